@@ -1,0 +1,93 @@
+//! Command-line types. Each command converts its arguments and calls one `ops` function.
+
+use crate::error::Error;
+use crate::output::OutputFormat;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kubeforge",
+    version,
+    about = "Build and operate highly-available Kubernetes clusters",
+    propagate_version = true
+)]
+pub struct Cli {
+    /// More log output (-v info, -vv debug, -vvv trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Output format for results.
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate a cluster file (and its inventory) and report every problem found.
+    Validate(SpecArgs),
+    /// Show what a bootstrap would do, without touching anything (works offline).
+    Plan(PlanArgs),
+    /// Write every rendered file to DIR/<host>/<remote path>.
+    Render(RenderArgs),
+    /// Inspect and manage the remote state: show, history, unlock, pull, push.
+    State(crate::state::cli::StateArgs),
+    /// Build or inspect the local node image used by the docker provider.
+    Image(crate::provider::cli::ImageArgs),
+    /// Measure fan-out performance against peers (parallel ssh/scp, Ansible).
+    Bench(crate::ops::bench::BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SpecArgs {
+    /// The cluster file.
+    #[arg(short = 'f', long = "file", default_value = "cluster.yaml")]
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub spec: SpecArgs,
+    /// Also print the (redacted) content of every file.
+    #[arg(long)]
+    pub show_content: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RenderArgs {
+    #[command(flatten)]
+    pub spec: SpecArgs,
+    /// Output directory (created if missing).
+    #[arg(long = "out")]
+    pub out: PathBuf,
+}
+
+pub fn init_tracing(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+pub async fn run(cli: Cli) -> Result<(), Error> {
+    let output = cli.output;
+    match cli.command {
+        Command::Validate(args) => crate::ops::validate::run(&args.file, output),
+        Command::Plan(args) => crate::ops::plan::run(&args.spec.file, args.show_content, output),
+        Command::Render(args) => crate::ops::render::run(&args.spec.file, &args.out, output),
+        Command::State(args) => crate::state::cli::run(args, output).await,
+        Command::Image(args) => crate::provider::cli::run_image(args, output).await,
+        Command::Bench(args) => crate::ops::bench::run(args, output).await,
+    }
+}

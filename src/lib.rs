@@ -1,0 +1,16 @@
+//! kubeforge: build and operate highly-available Kubernetes clusters.
+//!
+//! Layers (arrows point down only), see `docs/architecture.md`:
+//! `cli` -> `ops` -> `playbook`/`phase` -> `provider`/`transport`/`state`/`render` -> `spec`.
+
+pub mod cli;
+pub mod error;
+pub mod ops;
+pub mod output;
+pub mod phase;
+pub mod playbook;
+pub mod provider;
+pub mod render;
+pub mod spec;
+pub mod state;
+pub mod transport;

@@ -1,0 +1,4 @@
+pub mod bench;
+pub mod plan;
+pub mod render;
+pub mod validate;

@@ -1,0 +1,84 @@
+use super::{new_plan, Phase, PhasePlan, PlanContext, Step};
+use crate::spec::{IngressController, MetalLbMode};
+
+pub struct Addons;
+
+impl Phase for Addons {
+    fn name(&self) -> &'static str {
+        "addons"
+    }
+    fn description(&self) -> &'static str {
+        "MetalLB, ingress controller, Rook-Ceph by server-side apply"
+    }
+    fn plan(&self, ctx: &PlanContext<'_>) -> PhasePlan {
+        let mut p = new_plan(self);
+        let a = &ctx.cluster.cluster.spec.addons;
+        if let Some(m) = &a.metallb {
+            let mode = match m.mode {
+                MetalLbMode::L2 => "L2",
+                MetalLbMode::Bgp => "BGP (FRR)",
+            };
+            p.operator.push(Step::new(format!(
+                "apply MetalLB {} in {mode} mode; wait for its CRDs and webhook",
+                m.version.as_deref().unwrap_or("v0.16.1")
+            )));
+            for pool in &m.pools {
+                p.operator.push(Step::new(format!(
+                    "apply IPAddressPool `{}`: {}",
+                    pool.name,
+                    pool.addresses.join(", ")
+                )));
+            }
+            match (m.mode, &m.bgp) {
+                (MetalLbMode::Bgp, Some(b)) => {
+                    for peer in &b.peers {
+                        p.operator.push(Step::new(format!(
+                            "apply BGPPeer {} (ASN {}, local ASN {}) and a BGPAdvertisement",
+                            peer.address, peer.asn, b.my_asn
+                        )));
+                    }
+                }
+                _ => p
+                    .operator
+                    .push(Step::new("apply an L2Advertisement for every pool")),
+            }
+        }
+        if let Some(i) = &a.ingress {
+            let (name, version) = match i.controller {
+                IngressController::Contour => ("Contour", "v1.33.6"),
+                IngressController::IngressNginx => ("ingress-nginx (legacy)", "controller-v1.15.1"),
+            };
+            p.operator.push(Step::new(format!(
+                "apply {name} {} exposed by a LoadBalancer Service{}",
+                i.version.as_deref().unwrap_or(version),
+                i.pool
+                    .as_ref()
+                    .map(|pool| format!(" from pool `{pool}`"))
+                    .unwrap_or_default()
+            )));
+        }
+        if let Some(r) = &a.rook_ceph {
+            let nodes = if r.nodes.is_empty() {
+                format!(
+                    "every node, devices matching `{}`",
+                    r.device_filter.as_deref().unwrap_or("")
+                )
+            } else {
+                r.nodes
+                    .iter()
+                    .map(|n| format!("{} [{}]", n.name, n.devices.join(",")))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            p.operator.push(Step::new(format!(
+                "apply Rook-Ceph {} (CRDs, common, operator) and a CephCluster with {} mons on {nodes}",
+                r.version.as_deref().unwrap_or("v1.20.6"),
+                r.mon_count
+            )));
+        }
+        if p.operator.is_empty() {
+            p.operator.push(Step::new("no addons configured"));
+        }
+        p
+    }
+}

@@ -1,0 +1,128 @@
+//! Playbooks: ordered phases with host selectors, read from `playbooks/*.yaml`
+//! (embedded) or a file given with `--playbook`.
+
+use crate::spec::decode;
+use crate::spec::error::Reporter;
+use crate::spec::position::Positions;
+use crate::spec::{Host, SpecError, SpecErrors, Topology, API_VERSION};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+pub const BOOTSTRAP: &str = include_str!("../playbooks/bootstrap.yaml");
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Playbook {
+    pub api_version: String,
+    pub kind: String,
+    pub name: String,
+    pub phases: Vec<PhaseRef>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PhaseRef {
+    pub name: String,
+    pub hosts: Selector,
+    #[serde(default)]
+    pub strategy: Strategy,
+}
+
+/// Which hosts a phase runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Selector {
+    /// Runs on the operator's machine only (provider calls, API waits).
+    None,
+    All,
+    KubernetesNodes,
+    ControlPlanes,
+    FirstControlPlane,
+    OtherControlPlanes,
+    Workers,
+    LoadBalancers,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// Hosts in parallel (bounded by --concurrency).
+    #[default]
+    Parallel,
+    /// One host at a time, each health-gated.
+    Serial,
+}
+
+impl Selector {
+    pub fn select<'a>(&self, t: &'a Topology) -> Vec<&'a Host> {
+        let first = t.first_control_plane().map(|h| h.name.clone());
+        match self {
+            Selector::None => Vec::new(),
+            Selector::All => t.hosts.iter().collect(),
+            Selector::KubernetesNodes => t.kubernetes_nodes(),
+            Selector::ControlPlanes => t.control_planes(),
+            Selector::FirstControlPlane => t.first_control_plane().into_iter().collect(),
+            Selector::OtherControlPlanes => t
+                .control_planes()
+                .into_iter()
+                .filter(|h| Some(&h.name) != first.as_ref())
+                .collect(),
+            Selector::Workers => t.workers(),
+            Selector::LoadBalancers => t.lb_hosts(),
+        }
+    }
+}
+
+/// Parse a playbook; `known` lists the phase names the binary implements.
+pub fn parse(text: &str, file: &Path, known: &[&str]) -> Result<Playbook, SpecErrors> {
+    let value = decode::parse_yaml(text, file)?;
+    let positions = Positions::of(text);
+    let mut rep = Reporter::new(file, &positions);
+    let pb: Option<Playbook> = decode::decode(value, &mut rep);
+    let Some(pb) = pb else {
+        return Err(SpecErrors { errors: rep.errors });
+    };
+    if pb.api_version != API_VERSION {
+        rep.error(
+            "apiVersion",
+            format!("expected `{API_VERSION}`, found `{}`", pb.api_version),
+        );
+    }
+    if pb.kind != "Playbook" {
+        rep.error("kind", format!("expected `Playbook`, found `{}`", pb.kind));
+    }
+    for (i, p) in pb.phases.iter().enumerate() {
+        if !known.contains(&p.name.as_str()) {
+            rep.error(
+                &format!("phases[{i}].name"),
+                format!(
+                    "unknown phase `{}`, expected one of: {}",
+                    p.name,
+                    known.join(", ")
+                ),
+            );
+        }
+    }
+    if rep.errors.is_empty() {
+        Ok(pb)
+    } else {
+        Err(SpecErrors { errors: rep.errors })
+    }
+}
+
+/// The embedded bootstrap playbook, or the one in `file`.
+pub fn load(file: Option<&Path>, known: &[&str]) -> Result<Playbook, SpecErrors> {
+    match file {
+        None => parse(BOOTSTRAP, Path::new("playbooks/bootstrap.yaml"), known),
+        Some(f) => {
+            let text = std::fs::read_to_string(f).map_err(|e| SpecError {
+                file: f.to_path_buf(),
+                line: None,
+                column: None,
+                field: String::new(),
+                message: format!("cannot read the playbook: {e}"),
+            })?;
+            parse(&text, f, known)
+        }
+    }
+}

@@ -1,0 +1,311 @@
+//! Files kubeforge writes to hosts, rendered from tera templates embedded in the binary
+//! (`templates/`, mirroring the remote path) and fed only by typed view structs.
+
+pub mod secrets;
+pub mod views;
+
+pub use secrets::Secrets;
+
+use crate::spec::{LoadedCluster, Role};
+use serde::Serialize;
+use std::sync::OnceLock;
+use tera::{Context, Tera};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("template `{name}` failed to render")]
+    Template {
+        name: String,
+        #[source]
+        source: tera::Error,
+    },
+    #[error("the embedded templates are broken")]
+    Load(#[source] tera::Error),
+    #[error("cannot turn the {what} view into template input")]
+    View {
+        what: &'static str,
+        #[source]
+        source: tera::Error,
+    },
+}
+
+/// Every template, embedded at build time (a missing file fails the build).
+pub const TEMPLATES: &[(&str, &str)] = &[
+    (
+        "haproxy/haproxy.cfg",
+        include_str!("../../templates/haproxy/haproxy.cfg.tera"),
+    ),
+    (
+        "keepalived/keepalived.conf",
+        include_str!("../../templates/keepalived/keepalived.conf.tera"),
+    ),
+    (
+        "keepalived/check_haproxy.sh",
+        include_str!("../../templates/keepalived/check_haproxy.sh.tera"),
+    ),
+    (
+        "containerd/config.toml",
+        include_str!("../../templates/containerd/config.toml.tera"),
+    ),
+    (
+        "kubelet/kubelet.service",
+        include_str!("../../templates/kubelet/kubelet.service.tera"),
+    ),
+    (
+        "kubelet/10-kubeadm.conf",
+        include_str!("../../templates/kubelet/10-kubeadm.conf.tera"),
+    ),
+    (
+        "system/sysctl.conf",
+        include_str!("../../templates/system/sysctl.conf.tera"),
+    ),
+    (
+        "system/modules.conf",
+        include_str!("../../templates/system/modules.conf.tera"),
+    ),
+    (
+        "cni/10-kubeforge.conflist",
+        include_str!("../../templates/cni/10-kubeforge.conflist.tera"),
+    ),
+    (
+        "kubeadm/etcd+json.yaml",
+        include_str!("../../templates/kubeadm/etcd+json.yaml.tera"),
+    ),
+    (
+        "kubeadm/v1beta2/init.yaml",
+        include_str!("../../templates/kubeadm/v1beta2/init.yaml.tera"),
+    ),
+    (
+        "kubeadm/v1beta2/join.yaml",
+        include_str!("../../templates/kubeadm/v1beta2/join.yaml.tera"),
+    ),
+    (
+        "kubeadm/v1beta3/init.yaml",
+        include_str!("../../templates/kubeadm/v1beta3/init.yaml.tera"),
+    ),
+    (
+        "kubeadm/v1beta3/join.yaml",
+        include_str!("../../templates/kubeadm/v1beta3/join.yaml.tera"),
+    ),
+    (
+        "kubeadm/v1beta4/init.yaml",
+        include_str!("../../templates/kubeadm/v1beta4/init.yaml.tera"),
+    ),
+    (
+        "kubeadm/v1beta4/join.yaml",
+        include_str!("../../templates/kubeadm/v1beta4/join.yaml.tera"),
+    ),
+];
+
+fn engine() -> Result<&'static Tera, RenderError> {
+    static ENGINE: OnceLock<Result<Tera, String>> = OnceLock::new();
+    let built = ENGINE.get_or_init(|| {
+        let mut t = Tera::default();
+        t.autoescape_on(vec![]);
+        t.add_raw_templates(TEMPLATES.iter().copied())
+            .map(|_| t)
+            .map_err(|e| format!("{e:?}"))
+    });
+    built
+        .as_ref()
+        .map_err(|e| RenderError::Load(tera::Error::msg(e.clone())))
+}
+
+/// Render one template with a view.
+pub fn render<V: Serialize>(name: &str, view: &V) -> Result<String, RenderError> {
+    let ctx = Context::from_serialize(view).map_err(|source| RenderError::View {
+        what: "template",
+        source,
+    })?;
+    engine()?
+        .render(name, &ctx)
+        .map_err(|source| RenderError::Template {
+            name: name.to_string(),
+            source,
+        })
+}
+
+/// The kubeadm config API for a Kubernetes version: v1beta2 for 1.20-1.21, v1beta3 for
+/// 1.22-1.30, v1beta4 from 1.31.
+pub fn kubeadm_api_version(v: &semver::Version) -> &'static str {
+    match v.minor {
+        0..=21 => "v1beta2",
+        22..=30 => "v1beta3",
+        _ => "v1beta4",
+    }
+}
+
+/// A file for one host.
+#[derive(Debug, Clone, Serialize)]
+pub struct RenderedFile {
+    pub host: String,
+    /// Absolute path on the host.
+    pub path: String,
+    pub mode: u32,
+    /// The template it came from.
+    pub template: String,
+    pub content: String,
+    /// Holds secrets: shown redacted, never logged.
+    pub sensitive: bool,
+}
+
+impl RenderedFile {
+    pub fn sha256(&self) -> String {
+        use sha2::{Digest, Sha256};
+        hex::encode(Sha256::digest(self.content.as_bytes()))
+    }
+}
+
+/// Which files a host gets, by group. Used by the phases to pick their share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FileGroup {
+    /// Kernel settings, containerd, kubelet unit: every Kubernetes node.
+    NodeBase,
+    /// HAProxy + keepalived.
+    LoadBalancer,
+    /// kubeadm init/join configuration and patches.
+    Kubeadm,
+    /// The pod network.
+    Cni,
+}
+
+/// All files of all hosts, tagged by group.
+pub fn render_all(
+    c: &LoadedCluster,
+    secrets: &Secrets,
+) -> Result<Vec<(FileGroup, RenderedFile)>, RenderError> {
+    let mut out = Vec::new();
+    let t = &c.topology;
+    let profile = views::Profile::of(c);
+    let api = kubeadm_api_version(&c.version());
+    for h in &t.hosts {
+        let mut add = |group: FileGroup,
+                       template: &str,
+                       path: &str,
+                       mode: u32,
+                       content: String,
+                       sensitive: bool| {
+            out.push((
+                group,
+                RenderedFile {
+                    host: h.name.clone(),
+                    path: path.to_string(),
+                    mode,
+                    template: template.to_string(),
+                    content,
+                    sensitive,
+                },
+            ))
+        };
+        if h.is_kubernetes_node() {
+            let base = views::base(c, &profile);
+            for (template, path, mode) in [
+                (
+                    "system/modules.conf",
+                    "/etc/modules-load.d/kubeforge.conf",
+                    0o644,
+                ),
+                (
+                    "system/sysctl.conf",
+                    "/etc/sysctl.d/90-kubeforge.conf",
+                    0o644,
+                ),
+                (
+                    "containerd/config.toml",
+                    "/etc/containerd/config.toml",
+                    0o644,
+                ),
+                (
+                    "kubelet/kubelet.service",
+                    "/etc/systemd/system/kubelet.service",
+                    0o644,
+                ),
+                (
+                    "kubelet/10-kubeadm.conf",
+                    "/etc/systemd/system/kubelet.service.d/10-kubeadm.conf",
+                    0o644,
+                ),
+            ] {
+                add(
+                    FileGroup::NodeBase,
+                    template,
+                    path,
+                    mode,
+                    render(template, &base)?,
+                    false,
+                );
+            }
+            let is_first = t.first_control_plane().is_some_and(|f| f.name == h.name);
+            let kubeadm_path = if is_first {
+                "/etc/kubeforge/kubeadm-init.yaml"
+            } else {
+                "/etc/kubeforge/kubeadm-join.yaml"
+            };
+            let template = if is_first {
+                format!("kubeadm/{api}/init.yaml")
+            } else {
+                format!("kubeadm/{api}/join.yaml")
+            };
+            let view = views::kubeadm(c, h, &profile, secrets);
+            add(
+                FileGroup::Kubeadm,
+                &template,
+                kubeadm_path,
+                0o600,
+                render(&template, &view)?,
+                true,
+            );
+            if profile.etcd_ephemeral_storage_patch && h.has(Role::ControlPlane) {
+                add(
+                    FileGroup::Kubeadm,
+                    "kubeadm/etcd+json.yaml",
+                    "/etc/kubeforge/patches/etcd+json.yaml",
+                    0o644,
+                    render("kubeadm/etcd+json.yaml", &base)?,
+                    false,
+                );
+            }
+            if let Some(cni) = views::cni(c, h) {
+                add(
+                    FileGroup::Cni,
+                    "cni/10-kubeforge.conflist",
+                    "/etc/cni/net.d/10-kubeforge.conflist",
+                    0o644,
+                    render("cni/10-kubeforge.conflist", &cni)?,
+                    false,
+                );
+            }
+        }
+        if t.endpoint.lb_hosts().contains(&h.name) {
+            let hv = views::haproxy(c);
+            add(
+                FileGroup::LoadBalancer,
+                "haproxy/haproxy.cfg",
+                "/etc/haproxy/haproxy.cfg",
+                0o644,
+                render("haproxy/haproxy.cfg", &hv)?,
+                false,
+            );
+            if let Some(kv) = views::keepalived(c, h) {
+                add(
+                    FileGroup::LoadBalancer,
+                    "keepalived/keepalived.conf",
+                    "/etc/keepalived/keepalived.conf",
+                    0o644,
+                    render("keepalived/keepalived.conf", &kv)?,
+                    false,
+                );
+                add(
+                    FileGroup::LoadBalancer,
+                    "keepalived/check_haproxy.sh",
+                    views::CHECK_SCRIPT,
+                    0o755,
+                    render("keepalived/check_haproxy.sh", &hv)?,
+                    false,
+                );
+            }
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,292 @@
+//! Typed inputs of the templates. Everything a template prints comes from here.
+
+use super::Secrets;
+use crate::spec::{Cni, Endpoint, HealthCheck, Host, LoadedCluster, Provider, Role};
+use ipnet::IpNet;
+use serde::Serialize;
+
+pub const CHECK_SCRIPT: &str = "/etc/keepalived/check_haproxy.sh";
+pub const BIN_DIR: &str = "/usr/local/bin";
+
+/// Host settings that differ between real hosts and container machines.
+#[derive(Debug, Clone, Serialize)]
+pub struct Profile {
+    /// Docker provider: machines share the kernel and disk of one host.
+    pub container: bool,
+    pub cgroup_driver: &'static str,
+    pub fail_swap_on: bool,
+    /// runc cannot lower oom_score_adj without CAP_SYS_RESOURCE (not granted to machines).
+    pub restrict_oom_score_adj: bool,
+    pub cni_bin_dir: &'static str,
+    /// kubernetes/kubernetes#99305 workaround for 1.20-1.21 in container machines.
+    pub etcd_ephemeral_storage_patch: bool,
+    pub image_repository: String,
+    pub sandbox_image: String,
+}
+
+/// The pause image kubeadm of each minor release expects.
+pub fn pause_version(minor: u64) -> &'static str {
+    match minor {
+        0..=20 => "3.2",
+        21 => "3.4.1",
+        22 => "3.5",
+        23..=24 => "3.6",
+        25 => "3.8",
+        26..=30 => "3.9",
+        _ => "3.10",
+    }
+}
+
+impl Profile {
+    pub fn of(c: &LoadedCluster) -> Profile {
+        let container = matches!(c.cluster.spec.provider, Provider::Docker(_));
+        let v = c.version();
+        let image_repository = c
+            .cluster
+            .spec
+            .artifacts
+            .image_repository
+            .clone()
+            .unwrap_or_else(|| {
+                if v.minor < 25 {
+                    "k8s.gcr.io".into()
+                } else {
+                    "registry.k8s.io".into()
+                }
+            });
+        Profile {
+            container,
+            cgroup_driver: if container { "cgroupfs" } else { "systemd" },
+            fail_swap_on: !container,
+            restrict_oom_score_adj: container,
+            // Debian's containernetworking-plugins in the node image; upstream tarballs
+            // install to /opt/cni/bin.
+            cni_bin_dir: if container {
+                "/usr/lib/cni"
+            } else {
+                "/opt/cni/bin"
+            },
+            etcd_ephemeral_storage_patch: container && v.minor < 22,
+            sandbox_image: format!("{image_repository}/pause:{}", pause_version(v.minor)),
+            image_repository,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct BaseView {
+    pub cluster_name: String,
+    pub bin_dir: &'static str,
+    pub sandbox_image: String,
+    pub systemd_cgroup: bool,
+    pub restrict_oom_score_adj: bool,
+    pub cni_bin_dir: &'static str,
+}
+
+pub fn base(c: &LoadedCluster, p: &Profile) -> BaseView {
+    BaseView {
+        cluster_name: c.name().to_string(),
+        bin_dir: BIN_DIR,
+        sandbox_image: p.sandbox_image.clone(),
+        systemd_cgroup: p.cgroup_driver == "systemd",
+        restrict_oom_score_adj: p.restrict_oom_score_adj,
+        cni_bin_dir: p.cni_bin_dir,
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Backend {
+    pub name: String,
+    pub address: String,
+    pub port: u16,
+}
+
+#[derive(Debug, Serialize)]
+pub struct HaproxyView {
+    pub cluster_name: String,
+    pub bind: String,
+    pub port: u16,
+    pub health_check: &'static str,
+    pub backends: Vec<Backend>,
+}
+
+pub fn haproxy(c: &LoadedCluster) -> HaproxyView {
+    let t = &c.topology;
+    let port = match &t.endpoint {
+        Endpoint::Vip { port, .. } => *port,
+        Endpoint::External { port, .. } => *port,
+    };
+    HaproxyView {
+        cluster_name: c.name().to_string(),
+        // Bind every address: the VIP moves between nodes.
+        bind: "*".into(),
+        port,
+        health_check: match c.cluster.spec.load_balancer.health_check {
+            HealthCheck::HttpsReadyz => "https-readyz",
+            HealthCheck::Tcp => "tcp",
+        },
+        backends: t
+            .control_planes()
+            .iter()
+            .map(|h| Backend {
+                name: h.name.clone(),
+                address: h.internal_address.to_string(),
+                port: c.cluster.spec.networking.api_server_port,
+            })
+            .collect(),
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct KeepalivedView {
+    pub cluster_name: String,
+    pub router_id: String,
+    pub interface: String,
+    pub virtual_router_id: u8,
+    pub priority: u32,
+    pub self_address: String,
+    pub peers: Vec<String>,
+    pub vip: String,
+    pub prefix_len: u8,
+    pub check_script: &'static str,
+}
+
+/// keepalived settings for one load-balancer host. Priorities fall by 10 down the host
+/// list so the first host holds the VIP when all are healthy.
+pub fn keepalived(c: &LoadedCluster, h: &Host) -> Option<KeepalivedView> {
+    let Endpoint::Vip {
+        vip,
+        prefix_len,
+        lb_hosts,
+        ..
+    } = &c.topology.endpoint
+    else {
+        return None;
+    };
+    let idx = lb_hosts.iter().position(|n| n == &h.name)?;
+    let peers = c
+        .topology
+        .lb_hosts()
+        .iter()
+        .filter(|p| p.name != h.name)
+        .map(|p| p.internal_address.to_string())
+        .collect();
+    Some(KeepalivedView {
+        cluster_name: c.name().to_string(),
+        router_id: h.name.clone(),
+        interface: c.cluster.spec.load_balancer.interface.clone(),
+        virtual_router_id: c.cluster.spec.load_balancer.virtual_router_id,
+        priority: 150u32.saturating_sub(10 * idx as u32).max(1),
+        self_address: h.internal_address.to_string(),
+        peers,
+        vip: vip.to_string(),
+        prefix_len: *prefix_len,
+        check_script: CHECK_SCRIPT,
+    })
+}
+
+#[derive(Debug, Serialize)]
+pub struct KubeletView {
+    pub cgroup_driver: &'static str,
+    pub fail_swap_on: bool,
+    pub container: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct KubeadmView {
+    pub cluster_name: String,
+    pub kubernetes_version: String,
+    pub control_plane_endpoint: String,
+    pub image_repository: String,
+    pub pod_subnet: String,
+    pub service_subnet: String,
+    pub dns_domain: String,
+    pub cert_sans: Vec<String>,
+    pub advertise_address: String,
+    pub node_ip: String,
+    pub bind_port: u16,
+    pub node_name: String,
+    pub cri_socket: &'static str,
+    pub token: String,
+    pub certificate_key: String,
+    pub ca_cert_hash: String,
+    pub control_plane: bool,
+    /// Control-plane node that also runs workloads (no NoSchedule taint).
+    pub schedulable: bool,
+    /// kube-controller-manager hands out pod CIDRs, unless kubeforge's bridge CNI does.
+    pub allocate_node_cidrs: bool,
+    pub kubelet: KubeletView,
+}
+
+pub fn kubeadm(c: &LoadedCluster, h: &Host, p: &Profile, s: &Secrets) -> KubeadmView {
+    let spec = &c.cluster.spec;
+    let v = c.version();
+    let api = super::kubeadm_api_version(&v);
+    let t = &c.topology;
+    let mut sans: Vec<String> = vec![t.endpoint.host()];
+    sans.extend(t.control_planes().iter().flat_map(|cp| {
+        [
+            cp.name.clone(),
+            cp.address.to_string(),
+            cp.internal_address.to_string(),
+        ]
+    }));
+    sans.extend(spec.load_balancer.cert_sans.iter().cloned());
+    sans.push("127.0.0.1".into());
+    sans.push("localhost".into());
+    let mut seen = std::collections::BTreeSet::new();
+    sans.retain(|s| seen.insert(s.clone()));
+    KubeadmView {
+        cluster_name: c.name().to_string(),
+        kubernetes_version: format!("v{v}"),
+        control_plane_endpoint: t.endpoint.address(),
+        image_repository: p.image_repository.clone(),
+        pod_subnet: spec.networking.pod_subnet.clone(),
+        service_subnet: spec.networking.service_subnet.clone(),
+        dns_domain: spec.networking.dns_domain.clone(),
+        cert_sans: sans,
+        advertise_address: h.internal_address.to_string(),
+        node_ip: h.internal_address.to_string(),
+        bind_port: spec.networking.api_server_port,
+        node_name: h.name.clone(),
+        cri_socket: if api == "v1beta2" {
+            "/run/containerd/containerd.sock"
+        } else {
+            "unix:///run/containerd/containerd.sock"
+        },
+        token: s.bootstrap_token.clone(),
+        certificate_key: s.certificate_key.clone(),
+        ca_cert_hash: s.ca_cert_hash_or_pending(),
+        control_plane: h.has(Role::ControlPlane),
+        schedulable: h.has(Role::ControlPlane) && h.has(Role::Worker),
+        allocate_node_cidrs: spec.networking.cni != Cni::Bridge,
+        kubelet: KubeletView {
+            cgroup_driver: p.cgroup_driver,
+            fail_swap_on: p.fail_swap_on,
+            container: p.container,
+        },
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct CniView {
+    pub pod_cidr: String,
+}
+
+/// The /24 of pod addresses of the n-th Kubernetes node, in host order.
+pub fn pod_cidr(c: &LoadedCluster, h: &Host) -> Option<IpNet> {
+    let net: IpNet = c.cluster.spec.networking.pod_subnet.parse().ok()?;
+    let idx = c
+        .topology
+        .kubernetes_nodes()
+        .iter()
+        .position(|n| n.name == h.name)?;
+    net.subnets(24).ok()?.nth(idx)
+}
+
+pub fn cni(c: &LoadedCluster, h: &Host) -> Option<CniView> {
+    (c.cluster.spec.networking.cni == Cni::Bridge).then_some(())?;
+    Some(CniView {
+        pod_cidr: pod_cidr(c, h)?.to_string(),
+    })
+}

@@ -1,0 +1,108 @@
+//! Intent: the cluster file and the inventory, decoded, validated and resolved into a
+//! `Topology`. Nothing here touches the network.
+
+pub mod decode;
+pub mod error;
+pub mod inventory;
+pub mod position;
+pub mod topology;
+pub mod types;
+pub mod validate;
+
+pub use error::{SpecError, SpecErrors};
+pub use inventory::Role;
+pub use topology::{Endpoint, Host, Topology};
+pub use types::*;
+
+use error::Reporter;
+use std::path::{Path, PathBuf};
+
+/// A cluster file that decoded and validated, with its hosts resolved.
+#[derive(Debug, Clone)]
+pub struct LoadedCluster {
+    pub cluster: Cluster,
+    /// The cluster file as given.
+    pub path: PathBuf,
+    /// Directory relative paths in the cluster file are resolved against.
+    pub base_dir: PathBuf,
+    pub topology: Topology,
+    pub warnings: Vec<SpecError>,
+}
+
+impl LoadedCluster {
+    pub fn name(&self) -> &str {
+        &self.cluster.metadata.name
+    }
+
+    pub fn version(&self) -> semver::Version {
+        // Validated on load.
+        validate::parse_kubernetes_version(&self.cluster.spec.kubernetes_version)
+            .unwrap_or_else(|| semver::Version::new(1, validate::OLDEST_SUPPORTED_MINOR, 0))
+    }
+}
+
+/// Read, decode and validate a cluster file (and its inventory).
+pub fn load_file(path: &Path) -> Result<LoadedCluster, SpecErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| SpecError {
+        file: path.to_path_buf(),
+        line: None,
+        column: None,
+        field: String::new(),
+        message: format!("cannot read the cluster file: {e}"),
+    })?;
+    let base = path
+        .parent()
+        .map(Path::to_path_buf)
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| PathBuf::from("."));
+    load_str(&text, path, &base)
+}
+
+/// Decode and validate cluster-file text; `path` is used in messages, `base_dir` to find
+/// the inventory.
+pub fn load_str(text: &str, path: &Path, base_dir: &Path) -> Result<LoadedCluster, SpecErrors> {
+    let value = decode::parse_yaml(text, path)?;
+    if value.is_null() {
+        return Err(SpecError {
+            file: path.to_path_buf(),
+            line: None,
+            column: None,
+            field: String::new(),
+            message: "the file is empty: expected a Cluster (apiVersion: kubeforge.dev/v1alpha1, kind: Cluster)".into(),
+        }
+        .into());
+    }
+    let positions = position::Positions::of(text);
+    let mut rep = Reporter::new(path, &positions);
+    let cluster: Option<Cluster> = decode::decode(value, &mut rep);
+    let Some(cluster) = cluster else {
+        return Err(SpecErrors { errors: rep.errors });
+    };
+    let mut inv_errors = Vec::new();
+    let inventory = match &cluster.spec.provider {
+        Provider::Static(st) => {
+            let inv_path = base_dir.join(&st.inventory);
+            match inventory::load(&inv_path, &st.groups) {
+                Ok(hosts) => Some(hosts),
+                Err(errs) => {
+                    inv_errors.extend(errs);
+                    None
+                }
+            }
+        }
+        Provider::Docker(_) => None,
+    };
+    let topology = validate::check(&cluster, inventory, &mut rep, &mut inv_errors);
+    let mut errors = rep.errors;
+    errors.extend(inv_errors);
+    match topology {
+        Some(topology) if errors.is_empty() => Ok(LoadedCluster {
+            cluster,
+            path: path.to_path_buf(),
+            base_dir: base_dir.to_path_buf(),
+            topology,
+            warnings: rep.warnings,
+        }),
+        _ => Err(SpecErrors { errors }),
+    }
+}

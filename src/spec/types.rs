@@ -1,0 +1,594 @@
+//! The cluster file (`cluster.yaml`): intent only, as the user wrote it.
+//!
+//! Field names are camelCase in YAML. Unknown fields are errors everywhere
+//! (`deny_unknown_fields`). Strings that need checking (CIDRs, addresses, versions) are
+//! kept as strings here and checked in `validate`, so the error can say what was expected.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+pub const API_VERSION: &str = "kubeforge.dev/v1alpha1";
+pub const KIND_CLUSTER: &str = "Cluster";
+pub const KIND_INVENTORY: &str = "Inventory";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Cluster {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: Metadata,
+    pub spec: ClusterSpec,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Metadata {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ClusterSpec {
+    pub kubernetes_version: String,
+    pub provider: Provider,
+    #[serde(default)]
+    pub state: StateSpec,
+    #[serde(default)]
+    pub node_pools: NodePools,
+    #[serde(default)]
+    pub networking: Networking,
+    #[serde(default)]
+    pub load_balancer: LoadBalancer,
+    #[serde(default)]
+    pub addons: Addons,
+    #[serde(default)]
+    pub ssh: SshSpec,
+    #[serde(default)]
+    pub artifacts: Artifacts,
+}
+
+/// Where machines come from, written `provider: {docker: {...}}` (exactly one key).
+/// Clouds are further variants.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(try_from = "ProviderSpec", into = "ProviderSpec")]
+pub enum Provider {
+    /// Local machines: systemd containers with sshd on an internal docker network.
+    Docker(DockerProvider),
+    /// Existing hosts (bare metal or VMs made elsewhere) listed in an inventory file.
+    Static(StaticProvider),
+}
+
+/// The YAML form of `Provider`: one optional field per provider.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ProviderSpec {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub docker: Option<DockerProvider>,
+    #[serde(rename = "static", skip_serializing_if = "Option::is_none")]
+    pub static_: Option<StaticProvider>,
+}
+
+impl TryFrom<ProviderSpec> for Provider {
+    type Error = String;
+    fn try_from(p: ProviderSpec) -> Result<Self, Self::Error> {
+        match (p.docker, p.static_) {
+            (Some(d), None) => Ok(Provider::Docker(d)),
+            (None, Some(s)) => Ok(Provider::Static(s)),
+            (None, None) => {
+                Err("name one provider: `docker: {}` or `static: {inventory: FILE}`".into())
+            }
+            (Some(_), Some(_)) => Err("name only one provider: docker or static".into()),
+        }
+    }
+}
+
+impl From<Provider> for ProviderSpec {
+    fn from(p: Provider) -> Self {
+        match p {
+            Provider::Docker(d) => ProviderSpec {
+                docker: Some(d),
+                static_: None,
+            },
+            Provider::Static(s) => ProviderSpec {
+                docker: None,
+                static_: Some(s),
+            },
+        }
+    }
+}
+
+impl Provider {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Provider::Docker(_) => "docker",
+            Provider::Static(_) => "static",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DockerProvider {
+    /// Subnet of the cluster's internal docker network (default 172.29.10.0/24).
+    pub subnet: Option<String>,
+    /// Node image (default: the locally built `kubeforge/node` image).
+    pub image: Option<String>,
+    /// Name of the docker network (default: the cluster name).
+    pub network: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct StaticProvider {
+    /// Inventory file, relative to the cluster file: kubeforge YAML, or an Ansible
+    /// inventory (INI or YAML).
+    pub inventory: String,
+    /// Ansible group names mapped to roles, for inventories whose groups are named
+    /// differently from the usual ones.
+    #[serde(default)]
+    pub groups: GroupNames,
+}
+
+/// Which Ansible inventory groups hold which role. Defaults cover Kubespray, KubeOne-style
+/// and common hand-written inventories.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct GroupNames {
+    #[serde(default = "GroupNames::default_control_plane")]
+    pub control_plane: Vec<String>,
+    #[serde(default = "GroupNames::default_workers")]
+    pub workers: Vec<String>,
+    #[serde(default = "GroupNames::default_load_balancers")]
+    pub load_balancers: Vec<String>,
+}
+
+impl GroupNames {
+    fn default_control_plane() -> Vec<String> {
+        [
+            "kube_control_plane",
+            "kube-master",
+            "masters",
+            "control_plane",
+            "controlplane",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+    fn default_workers() -> Vec<String> {
+        ["kube_node", "kube-node", "workers", "nodes", "worker"]
+            .map(String::from)
+            .to_vec()
+    }
+    fn default_load_balancers() -> Vec<String> {
+        [
+            "lb",
+            "loadbalancers",
+            "load_balancers",
+            "haproxy",
+            "kube_lb",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+}
+
+impl Default for GroupNames {
+    fn default() -> Self {
+        GroupNames {
+            control_plane: Self::default_control_plane(),
+            workers: Self::default_workers(),
+            load_balancers: Self::default_load_balancers(),
+        }
+    }
+}
+
+/// Where the remote state lives. `url` defaults to a local directory next to the
+/// cluster file (`file://.kubeforge/<cluster>`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct StateSpec {
+    pub url: Option<String>,
+    /// S3 endpoint for MinIO and other S3-compatible stores.
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    /// Path-style addressing (needed by MinIO and most emulators).
+    #[serde(default)]
+    pub path_style: bool,
+    /// Allow plain http endpoints (local emulators only).
+    #[serde(default)]
+    pub allow_http: bool,
+    #[serde(default)]
+    pub encryption: EncryptionSpec,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct EncryptionSpec {
+    /// File holding an age X25519 identity.
+    pub key_file: Option<String>,
+    /// Environment variable holding an age identity.
+    pub key_env: Option<String>,
+    /// Environment variable holding a passphrase.
+    pub passphrase_env: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NodePools {
+    #[serde(default = "Pool::control_plane_default")]
+    pub control_plane: Pool,
+    #[serde(default)]
+    pub workers: Pool,
+    #[serde(default)]
+    pub load_balancers: Pool,
+}
+
+impl Default for NodePools {
+    fn default() -> Self {
+        NodePools {
+            control_plane: Pool::control_plane_default(),
+            workers: Pool::default(),
+            load_balancers: Pool::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Pool {
+    /// Number of machines. For the static provider it may be left out: the inventory
+    /// decides; when given, it must match the inventory.
+    pub count: Option<u32>,
+    /// Node labels applied at registration.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Extra block devices (bytes) the docker provider attaches, e.g. for Rook-Ceph.
+    #[serde(default)]
+    pub extra_disks: Vec<String>,
+}
+
+impl Pool {
+    fn control_plane_default() -> Pool {
+        Pool {
+            count: Some(3),
+            ..Pool::default()
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Networking {
+    #[serde(default = "Networking::default_pod_subnet")]
+    pub pod_subnet: String,
+    #[serde(default = "Networking::default_service_subnet")]
+    pub service_subnet: String,
+    /// The subnet the nodes' addresses (and the VIP) live in. Derived for the docker
+    /// provider; required for a VIP on the static provider.
+    pub node_subnet: Option<String>,
+    #[serde(default = "Networking::default_dns_domain")]
+    pub dns_domain: String,
+    #[serde(default)]
+    pub cni: Cni,
+    /// Port the kube-apiserver binds on each control-plane node.
+    #[serde(default = "Networking::default_api_server_port")]
+    pub api_server_port: u16,
+}
+
+impl Networking {
+    fn default_pod_subnet() -> String {
+        "10.244.0.0/16".into()
+    }
+    fn default_service_subnet() -> String {
+        "10.96.0.0/12".into()
+    }
+    fn default_dns_domain() -> String {
+        "cluster.local".into()
+    }
+    fn default_api_server_port() -> u16 {
+        6443
+    }
+}
+
+impl Default for Networking {
+    fn default() -> Self {
+        Networking {
+            pod_subnet: Self::default_pod_subnet(),
+            service_subnet: Self::default_service_subnet(),
+            node_subnet: None,
+            dns_domain: Self::default_dns_domain(),
+            cni: Cni::default(),
+            api_server_port: Self::default_api_server_port(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Cni {
+    /// kubeforge's own bridge CNI with one pod /24 per node and host routes between
+    /// nodes on the same L2 segment (works offline, no images needed).
+    #[default]
+    Bridge,
+    /// No CNI: the operator installs one.
+    None,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LoadBalancer {
+    #[serde(rename = "type", default)]
+    pub kind: LoadBalancerType,
+    /// Where HAProxy + keepalived run: dedicated load-balancer nodes (the default when
+    /// the loadBalancers pool is not empty) or every control-plane node.
+    pub placement: Option<Placement>,
+    /// Virtual IP held by keepalived. Derived for the docker provider.
+    pub vip: Option<String>,
+    /// Frontend port. Default 6443 on dedicated nodes, 8443 on control-plane nodes
+    /// (the apiserver already binds 6443 there).
+    pub port: Option<u16>,
+    /// Interface keepalived binds the VIP to.
+    #[serde(default = "LoadBalancer::default_interface")]
+    pub interface: String,
+    #[serde(default = "LoadBalancer::default_router_id")]
+    pub virtual_router_id: u8,
+    #[serde(default)]
+    pub health_check: HealthCheck,
+    /// `host:port` of a load balancer kubeforge does not manage (type `external`).
+    pub endpoint: Option<String>,
+    /// Extra names and addresses for the apiserver certificate.
+    #[serde(default)]
+    pub cert_sans: Vec<String>,
+}
+
+impl LoadBalancer {
+    fn default_interface() -> String {
+        "eth0".into()
+    }
+    fn default_router_id() -> u8 {
+        51
+    }
+}
+
+impl Default for LoadBalancer {
+    fn default() -> Self {
+        LoadBalancer {
+            kind: LoadBalancerType::default(),
+            placement: None,
+            vip: None,
+            port: None,
+            interface: Self::default_interface(),
+            virtual_router_id: Self::default_router_id(),
+            health_check: HealthCheck::default(),
+            endpoint: None,
+            cert_sans: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LoadBalancerType {
+    /// HAProxy in front of the apiservers, a keepalived VRRP VIP in front of HAProxy.
+    #[default]
+    HaproxyKeepalived,
+    /// A load balancer kubeforge does not manage; `endpoint` names it.
+    External,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Placement {
+    Dedicated,
+    ControlPlane,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HealthCheck {
+    /// `GET /readyz` over TLS (certificate not verified: the check is for liveness).
+    #[default]
+    HttpsReadyz,
+    /// Plain TCP connect.
+    Tcp,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Addons {
+    pub metallb: Option<MetalLb>,
+    pub ingress: Option<Ingress>,
+    pub rook_ceph: Option<RookCeph>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MetalLb {
+    pub version: Option<String>,
+    #[serde(default)]
+    pub mode: MetalLbMode,
+    #[serde(default)]
+    pub pools: Vec<AddressPool>,
+    pub bgp: Option<Bgp>,
+    /// L2 mode: limit announcements to these interfaces.
+    #[serde(default)]
+    pub interfaces: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MetalLbMode {
+    #[default]
+    L2,
+    Bgp,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AddressPool {
+    pub name: String,
+    /// CIDRs (`203.0.113.0/27`) or ranges (`203.0.113.10-203.0.113.20`).
+    pub addresses: Vec<String>,
+    #[serde(default = "default_true")]
+    pub auto_assign: bool,
+    #[serde(default)]
+    pub avoid_buggy_ips: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Bgp {
+    #[serde(rename = "myASN")]
+    pub my_asn: u32,
+    #[serde(default)]
+    pub peers: Vec<BgpPeer>,
+    /// BGP communities to attach, e.g. `64512:100`.
+    #[serde(default)]
+    pub communities: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct BgpPeer {
+    pub address: String,
+    #[serde(rename = "asn")]
+    pub asn: u32,
+    pub port: Option<u16>,
+    /// Name of a Secret holding the session password (never the password itself).
+    pub password_secret: Option<String>,
+    /// Only nodes with these host names peer with this router (default: all).
+    #[serde(default)]
+    pub nodes: Vec<String>,
+    pub hold_time: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Ingress {
+    #[serde(default)]
+    pub controller: IngressController,
+    pub version: Option<String>,
+    /// MetalLB pool the ingress Service takes its address from.
+    pub pool: Option<String>,
+    /// Fixed address for the ingress Service (must be inside a MetalLB pool).
+    pub load_balancer_ip: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IngressController {
+    /// Contour with Envoy: Ingress, HTTPProxy and Gateway API.
+    #[default]
+    Contour,
+    /// Legacy opt-in: ingress-nginx was retired upstream in March 2026.
+    IngressNginx,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RookCeph {
+    pub version: Option<String>,
+    /// Hosts and their raw devices. Empty means every worker with `deviceFilter`.
+    #[serde(default)]
+    pub nodes: Vec<CephNode>,
+    /// Regular expression for raw devices on every storage node, e.g. `^sd[b-d]`.
+    pub device_filter: Option<String>,
+    #[serde(default = "RookCeph::default_mon_count")]
+    pub mon_count: u32,
+    #[serde(default)]
+    pub store_type: CephStoreType,
+    #[serde(default = "RookCeph::default_data_dir")]
+    pub data_dir_host_path: String,
+}
+
+impl RookCeph {
+    fn default_mon_count() -> u32 {
+        3
+    }
+    fn default_data_dir() -> String {
+        "/var/lib/rook".into()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CephNode {
+    pub name: String,
+    #[serde(default)]
+    pub devices: Vec<String>,
+    pub device_filter: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CephStoreType {
+    #[default]
+    Bluestore,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SshSpec {
+    #[serde(default = "SshSpec::default_user")]
+    pub user: String,
+    #[serde(default = "SshSpec::default_port")]
+    pub port: u16,
+    /// Private key file. For the docker provider kubeforge makes a cluster key when
+    /// neither this nor `agent` is set.
+    pub key_file: Option<String>,
+    /// Authenticate with the keys of a running ssh-agent (SSH_AUTH_SOCK).
+    #[serde(default)]
+    pub agent: bool,
+    pub bastion: Option<Bastion>,
+    #[serde(default = "SshSpec::default_connect_timeout")]
+    pub connect_timeout_seconds: u32,
+}
+
+impl SshSpec {
+    fn default_user() -> String {
+        "root".into()
+    }
+    fn default_port() -> u16 {
+        22
+    }
+    fn default_connect_timeout() -> u32 {
+        10
+    }
+}
+
+impl Default for SshSpec {
+    fn default() -> Self {
+        SshSpec {
+            user: Self::default_user(),
+            port: Self::default_port(),
+            key_file: None,
+            agent: false,
+            bastion: None,
+            connect_timeout_seconds: Self::default_connect_timeout(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Bastion {
+    pub host: String,
+    #[serde(default = "SshSpec::default_port")]
+    pub port: u16,
+    pub user: Option<String>,
+    pub key_file: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Artifacts {
+    /// http(s) URL or local directory replacing the upstream download sites.
+    pub mirror: Option<String>,
+    /// Registry kubeadm pulls control-plane images from (default `k8s.gcr.io` before
+    /// 1.25, `registry.k8s.io` after).
+    pub image_repository: Option<String>,
+}

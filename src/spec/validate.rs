@@ -1,0 +1,1071 @@
+//! Checks that need more than types: addresses, CIDR overlaps, counts, combinations.
+//! Every problem is collected (with its field's position) rather than stopping at the
+//! first. The resolved `Topology` is built on the way.
+
+use super::error::{Reporter, SpecError};
+use super::inventory::{InventoryHost, Role};
+use super::topology::{docker_layout, Endpoint, Host, Topology};
+use super::types::*;
+use ipnet::IpNet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+/// The newest Kubernetes minor release kubeforge knows. Newer ones are accepted with a
+/// warning (kubeadm's config API has been stable at v1beta4 since 1.31).
+pub const NEWEST_KNOWN_MINOR: u64 = 34;
+pub const OLDEST_SUPPORTED_MINOR: u64 = 20;
+
+/// Parse `v1.30.4` / `1.30.4` into a semantic version.
+pub fn parse_kubernetes_version(s: &str) -> Option<semver::Version> {
+    let v = semver::Version::parse(s.strip_prefix('v').unwrap_or(s)).ok()?;
+    (v.major == 1).then_some(v)
+}
+
+fn parse_cidr(s: &str) -> Result<IpNet, String> {
+    let net: IpNet = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a CIDR like 10.244.0.0/16"))?;
+    if net.trunc() != net {
+        return Err(format!(
+            "`{s}` has host bits set; did you mean {}?",
+            net.trunc()
+        ));
+    }
+    Ok(net)
+}
+
+fn parse_ip(s: &str) -> Result<IpAddr, String> {
+    s.parse().map_err(|_| format!("`{s}` is not an IP address"))
+}
+
+fn overlaps(a: &IpNet, b: &IpNet) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+fn is_dns_label(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.starts_with(|c: char| c.is_ascii_lowercase())
+        && !s.ends_with('-')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+fn is_private(net: &IpNet) -> bool {
+    match net {
+        IpNet::V4(n) => {
+            let a = n.network();
+            a.is_private() && n.broadcast().is_private()
+        }
+        IpNet::V6(n) => (n.network().segments()[0] & 0xfe00) == 0xfc00,
+    }
+}
+
+/// A MetalLB pool entry: a CIDR or an inclusive range.
+#[derive(Debug, Clone, Copy)]
+pub struct AddrRange {
+    pub first: IpAddr,
+    pub last: IpAddr,
+}
+
+impl AddrRange {
+    pub fn parse(s: &str) -> Result<AddrRange, String> {
+        let bad = || format!("`{s}` is neither a CIDR nor a range like 192.0.2.10-192.0.2.20");
+        if let Some((a, b)) = s.split_once('-') {
+            let first: IpAddr = a.trim().parse().map_err(|_| bad())?;
+            let last: IpAddr = b.trim().parse().map_err(|_| bad())?;
+            if first.is_ipv4() != last.is_ipv4() {
+                return Err(format!("`{s}` mixes IPv4 and IPv6"));
+            }
+            if first > last {
+                return Err(format!("`{s}` ends before it starts"));
+            }
+            return Ok(AddrRange { first, last });
+        }
+        let net = parse_cidr(s).map_err(|e| if s.contains('/') { e } else { bad() })?;
+        Ok(AddrRange {
+            first: net.network(),
+            last: net.broadcast(),
+        })
+    }
+
+    pub fn contains(&self, ip: &IpAddr) -> bool {
+        self.first.is_ipv4() == ip.is_ipv4() && self.first <= *ip && *ip <= self.last
+    }
+
+    pub fn overlaps(&self, other: &AddrRange) -> bool {
+        self.first.is_ipv4() == other.first.is_ipv4()
+            && self.first <= other.last
+            && other.first <= self.last
+    }
+
+    pub fn overlaps_net(&self, net: &IpNet) -> bool {
+        self.overlaps(&AddrRange {
+            first: net.network(),
+            last: net.broadcast(),
+        })
+    }
+}
+
+fn nth_host(net: &IpNet, n: u32) -> Option<IpAddr> {
+    match net {
+        IpNet::V4(v4) => {
+            let base = u32::from(v4.network());
+            let ip = base.checked_add(n)?;
+            let ip = std::net::Ipv4Addr::from(ip);
+            (v4.contains(&ip) && ip != v4.broadcast()).then_some(IpAddr::V4(ip))
+        }
+        IpNet::V6(v6) => {
+            let base = u128::from(v6.network());
+            let ip = std::net::Ipv6Addr::from(base.checked_add(u128::from(n))?);
+            v6.contains(&ip).then_some(IpAddr::V6(ip))
+        }
+    }
+}
+
+/// Default subnet of the docker provider's internal network.
+pub const DOCKER_DEFAULT_SUBNET: &str = "172.29.10.0/24";
+
+/// Validate `cluster` (and the inventory of a static provider) and resolve its hosts.
+/// Returns None when any error was reported.
+pub fn check(
+    c: &Cluster,
+    inventory: Option<Vec<InventoryHost>>,
+    rep: &mut Reporter<'_>,
+    inv_errors: &mut Vec<SpecError>,
+) -> Option<Topology> {
+    let s = &c.spec;
+    if c.api_version != API_VERSION {
+        rep.error(
+            "apiVersion",
+            format!("expected `{API_VERSION}`, found `{}`", c.api_version),
+        );
+    }
+    if c.kind != KIND_CLUSTER {
+        rep.error(
+            "kind",
+            format!("expected `{KIND_CLUSTER}`, found `{}`", c.kind),
+        );
+    }
+    if !is_dns_label(&c.metadata.name, 40) {
+        rep.error(
+            "metadata.name",
+            format!(
+                "`{}` is not a valid cluster name: use lower-case letters, digits and `-`, start with a letter, at most 40 characters",
+                c.metadata.name
+            ),
+        );
+    }
+    check_version(&s.kubernetes_version, rep);
+    let nets = check_networking(&s.networking, rep);
+    check_counts(&s.node_pools, rep);
+    check_ssh(s, rep);
+    check_state(&s.state, rep);
+
+    let hosts = match &s.provider {
+        Provider::Docker(d) => docker_hosts(c, d, rep),
+        Provider::Static(_) => static_hosts(c, inventory, nets.node.as_ref(), rep, inv_errors),
+    };
+    let node_subnet = match &s.provider {
+        Provider::Docker(d) => d
+            .subnet
+            .as_deref()
+            .unwrap_or(DOCKER_DEFAULT_SUBNET)
+            .parse::<IpNet>()
+            .ok(),
+        Provider::Static(_) => nets.node,
+    };
+    if let Some(sub) = &node_subnet {
+        for (field, net) in [
+            ("spec.networking.podSubnet", &nets.pod),
+            ("spec.networking.serviceSubnet", &nets.service),
+        ] {
+            if let Some(net) = net {
+                if overlaps(net, sub) {
+                    rep.error(field, format!("{net} overlaps the node subnet {sub}"));
+                }
+            }
+        }
+    }
+    let hosts = hosts?;
+    let endpoint = check_load_balancer(s, &hosts, node_subnet.as_ref(), rep)?;
+    check_addons(s, &hosts, &endpoint, &nets, rep);
+    if !rep.errors.is_empty() || !inv_errors.is_empty() {
+        return None;
+    }
+    Some(Topology {
+        hosts,
+        node_subnet,
+        endpoint,
+    })
+}
+
+fn check_version(v: &str, rep: &mut Reporter<'_>) {
+    let field = "spec.kubernetesVersion";
+    match parse_kubernetes_version(v) {
+        None => rep.error(
+            field,
+            format!("`{v}` is not a Kubernetes version like v1.30.4 (semantic version, major 1)"),
+        ),
+        Some(ver) if ver.minor < OLDEST_SUPPORTED_MINOR => rep.error(
+            field,
+            format!("Kubernetes {v} is not supported: kubeforge supports 1.{OLDEST_SUPPORTED_MINOR} and later"),
+        ),
+        Some(ver) if ver.minor > NEWEST_KNOWN_MINOR => rep.warn(
+            field,
+            format!("Kubernetes {v} is newer than the newest release kubeforge was tested with (1.{NEWEST_KNOWN_MINOR}); using the kubeadm v1beta4 API"),
+        ),
+        Some(_) => {}
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Nets {
+    pub pod: Option<IpNet>,
+    pub service: Option<IpNet>,
+    pub node: Option<IpNet>,
+}
+
+fn check_networking(n: &Networking, rep: &mut Reporter<'_>) -> Nets {
+    let mut out = Nets::default();
+    let parse = |field: &str, s: &str, rep: &mut Reporter<'_>| match parse_cidr(s) {
+        Ok(n) => Some(n),
+        Err(e) => {
+            rep.error(field, e);
+            None
+        }
+    };
+    out.pod = parse("spec.networking.podSubnet", &n.pod_subnet, rep);
+    out.service = parse("spec.networking.serviceSubnet", &n.service_subnet, rep);
+    out.node = n
+        .node_subnet
+        .as_deref()
+        .and_then(|s| parse("spec.networking.nodeSubnet", s, rep));
+    if let (Some(p), Some(sv)) = (&out.pod, &out.service) {
+        if overlaps(p, sv) {
+            rep.error(
+                "spec.networking.serviceSubnet",
+                format!("{sv} overlaps spec.networking.podSubnet {p}"),
+            );
+        }
+    }
+    if let Some(IpNet::V4(sv)) = &out.service {
+        if sv.prefix_len() < 12 {
+            rep.error(
+                "spec.networking.serviceSubnet",
+                format!("{sv} is too large: the apiserver allows at most a /12 for services"),
+            );
+        }
+    }
+    if let Some(IpNet::V4(p)) = &out.pod {
+        if p.prefix_len() > 24 {
+            rep.error(
+                "spec.networking.podSubnet",
+                format!("{p} is too small: every node gets a /24 of pod addresses, so use /24 or larger"),
+            );
+        }
+    }
+    let domain_ok = !n.dns_domain.is_empty()
+        && n.dns_domain
+            .split('.')
+            .all(|l| is_dns_label(l, 63) || l.chars().all(|c| c.is_ascii_digit()) && !l.is_empty());
+    if !domain_ok {
+        rep.error(
+            "spec.networking.dnsDomain",
+            format!("`{}` is not a DNS domain like cluster.local", n.dns_domain),
+        );
+    }
+    if n.api_server_port == 0 {
+        rep.error(
+            "spec.networking.apiServerPort",
+            "port 0 is not a valid port",
+        );
+    }
+    out
+}
+
+fn check_counts(p: &NodePools, rep: &mut Reporter<'_>) {
+    let field = "spec.nodePools.controlPlane.count";
+    match p.control_plane.count {
+        Some(0) => rep.error(field, "at least one control-plane node is needed"),
+        Some(1) => rep.warn(
+            field,
+            "a single control-plane node is not highly available: use 3 for production",
+        ),
+        Some(n) if n % 2 == 0 => rep.error(
+            field,
+            format!(
+                "an even number of control-plane nodes ({n}) tolerates no more failures than {}: use an odd number (3 or 5)",
+                n - 1
+            ),
+        ),
+        _ => {}
+    }
+}
+
+fn check_ssh(s: &ClusterSpec, rep: &mut Reporter<'_>) {
+    if s.ssh.port == 0 {
+        rep.error("spec.ssh.port", "port 0 is not a valid port");
+    }
+    if s.ssh.user.is_empty() {
+        rep.error("spec.ssh.user", "the SSH user must not be empty");
+    }
+    if matches!(s.provider, Provider::Static(_)) && s.ssh.key_file.is_none() && !s.ssh.agent {
+        rep.error(
+            "spec.ssh",
+            "the static provider needs a way to log in: set keyFile or agent: true",
+        );
+    }
+    if let Some(b) = &s.ssh.bastion {
+        if b.host.trim().is_empty() {
+            rep.error(
+                "spec.ssh.bastion.host",
+                "the bastion host must not be empty",
+            );
+        }
+    }
+    if s.ssh.connect_timeout_seconds == 0 {
+        rep.error(
+            "spec.ssh.connectTimeoutSeconds",
+            "must be at least 1 second",
+        );
+    }
+}
+
+fn check_state(st: &StateSpec, rep: &mut Reporter<'_>) {
+    if let Some(url) = &st.url {
+        let scheme = url.split_once("://").map(|(s, _)| s);
+        match scheme {
+            Some("file" | "s3" | "gs" | "az" | "azure" | "abfs" | "abfss") => {}
+            _ => rep.error(
+                "spec.state.url",
+                format!("`{url}` is not a state store URL: expected file://DIR, s3://BUCKET/PREFIX, gs://BUCKET/PREFIX or az://CONTAINER/PREFIX"),
+            ),
+        }
+        if scheme != Some("s3") && (st.endpoint.is_some() || st.path_style) {
+            rep.error(
+                "spec.state.endpoint",
+                "endpoint and pathStyle apply to s3:// state URLs only",
+            );
+        }
+    }
+    if let Some(ep) = &st.endpoint {
+        if ep.starts_with("http://") && !st.allow_http {
+            rep.error(
+                "spec.state.endpoint",
+                format!(
+                    "`{ep}` is plain http: set allowHttp: true to allow it (local emulators only)"
+                ),
+            );
+        } else if !ep.starts_with("http://") && !ep.starts_with("https://") {
+            rep.error(
+                "spec.state.endpoint",
+                format!("`{ep}` is not a URL like https://minio.example.com:9000"),
+            );
+        }
+    }
+    let enc = &st.encryption;
+    let set = [
+        enc.key_file.is_some(),
+        enc.key_env.is_some(),
+        enc.passphrase_env.is_some(),
+    ];
+    if set.iter().filter(|b| **b).count() > 1 {
+        rep.error(
+            "spec.state.encryption",
+            "set only one of keyFile, keyEnv and passphraseEnv",
+        );
+    }
+}
+
+fn docker_hosts(c: &Cluster, d: &DockerProvider, rep: &mut Reporter<'_>) -> Option<Vec<Host>> {
+    let field = "spec.provider.docker.subnet";
+    let subnet = match parse_cidr(d.subnet.as_deref().unwrap_or(DOCKER_DEFAULT_SUBNET)) {
+        Ok(n) => n,
+        Err(e) => {
+            rep.error(field, e);
+            return None;
+        }
+    };
+    if !is_private(&subnet) {
+        rep.error(
+            field,
+            format!("{subnet} is not a private range: the docker network must stay inside 10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16"),
+        );
+        return None;
+    }
+    if matches!(subnet, IpNet::V4(n) if n.prefix_len() > 24) {
+        rep.error(field, format!("{subnet} is too small: use a /24 or larger"));
+        return None;
+    }
+    let pools = &c.spec.node_pools;
+    let cp = pools.control_plane.count.unwrap_or(3);
+    let workers = pools.workers.count.unwrap_or(0);
+    let lbs = pools.load_balancers.count.unwrap_or(0);
+    use docker_layout::*;
+    let mut ok = true;
+    if cp > CP_MAX {
+        rep.error(
+            "spec.nodePools.controlPlane.count",
+            format!("the docker provider supports at most {CP_MAX} control-plane nodes"),
+        );
+        ok = false;
+    }
+    if lbs > LB_MAX {
+        rep.error(
+            "spec.nodePools.loadBalancers.count",
+            format!("the docker provider supports at most {LB_MAX} load-balancer nodes"),
+        );
+        ok = false;
+    }
+    let name = &c.metadata.name;
+    let mut hosts = Vec::new();
+    let mut add =
+        |prefix: &str, i: u32, offset: u32, role: Role, pool: &Pool, rep: &mut Reporter<'_>| {
+            match nth_host(&subnet, offset + i) {
+                Some(ip) => hosts.push(Host {
+                    name: format!("{name}-{prefix}-{}", i + 1),
+                    address: ip,
+                    internal_address: ip,
+                    roles: BTreeSet::from([role]),
+                    ssh_user: c.spec.ssh.user.clone(),
+                    ssh_port: c.spec.ssh.port,
+                    labels: pool.labels.clone(),
+                }),
+                None => rep.error(
+                    "spec.nodePools",
+                    format!("{subnet} has no room for {prefix}-{}", i + 1),
+                ),
+            }
+        };
+    for i in 0..lbs.min(LB_MAX) {
+        add(
+            "lb",
+            i,
+            LB_OFFSET,
+            Role::LoadBalancer,
+            &pools.load_balancers,
+            rep,
+        );
+    }
+    for i in 0..cp.min(CP_MAX) {
+        add(
+            "cp",
+            i,
+            CP_OFFSET,
+            Role::ControlPlane,
+            &pools.control_plane,
+            rep,
+        );
+    }
+    for i in 0..workers {
+        add(
+            "worker",
+            i,
+            WORKER_OFFSET,
+            Role::Worker,
+            &pools.workers,
+            rep,
+        );
+        if rep.errors.len() > 40 {
+            break;
+        }
+    }
+    ok.then_some(hosts)
+}
+
+fn static_hosts(
+    c: &Cluster,
+    inventory: Option<Vec<InventoryHost>>,
+    node_subnet: Option<&IpNet>,
+    rep: &mut Reporter<'_>,
+    inv_errors: &mut Vec<SpecError>,
+) -> Option<Vec<Host>> {
+    let inv = inventory?;
+    let mut hosts = Vec::new();
+    let mut names: BTreeMap<String, &InventoryHost> = BTreeMap::new();
+    let mut addrs: BTreeMap<IpAddr, &InventoryHost> = BTreeMap::new();
+    for h in &inv {
+        if let Some(prev) = names.get(&h.name) {
+            inv_errors.push(h.origin.error(
+                "",
+                format!(
+                    "duplicate host name `{}` (first defined at {})",
+                    h.name,
+                    where_(prev)
+                ),
+            ));
+        } else {
+            names.insert(h.name.clone(), h);
+        }
+        if !is_dns_label(&h.name, 63) && !h.name.split('.').all(|l| is_dns_label(l, 63)) {
+            inv_errors.push(h.origin.error(
+                "",
+                format!(
+                    "`{}` is not a valid host name (lower-case letters, digits, `-` and `.`)",
+                    h.name
+                ),
+            ));
+        }
+        let address = match parse_ip(&h.address) {
+            Ok(a) => a,
+            Err(e) => {
+                inv_errors.push(h.origin.error("", format!("host `{}`: {e}", h.name)));
+                continue;
+            }
+        };
+        let internal = match h.internal_address.as_deref().map(parse_ip) {
+            None => address,
+            Some(Ok(a)) => a,
+            Some(Err(e)) => {
+                inv_errors.push(
+                    h.origin
+                        .error("", format!("host `{}` internal address: {e}", h.name)),
+                );
+                continue;
+            }
+        };
+        for a in BTreeSet::from([address, internal]) {
+            if let Some(prev) = addrs.get(&a) {
+                inv_errors.push(h.origin.error(
+                    "",
+                    format!(
+                        "duplicate address {a}: host `{}` also uses it (at {})",
+                        prev.name,
+                        where_(prev)
+                    ),
+                ));
+            } else {
+                addrs.insert(a, h);
+            }
+        }
+        if let Some(sub) = node_subnet {
+            if !sub.contains(&internal) {
+                inv_errors.push(h.origin.error(
+                    "",
+                    format!("address {internal} of host `{}` is outside spec.networking.nodeSubnet {sub}", h.name),
+                ));
+            }
+        }
+        if h.roles.contains(&Role::ControlPlane) && h.roles.contains(&Role::LoadBalancer) {
+            inv_errors.push(h.origin.error(
+                "",
+                format!("host `{}` is both a control-plane and a load-balancer node: use loadBalancer.placement: control-plane instead", h.name),
+            ));
+        }
+        hosts.push(Host {
+            name: h.name.clone(),
+            address,
+            internal_address: internal,
+            roles: h.roles.clone(),
+            ssh_user: h
+                .ssh_user
+                .clone()
+                .unwrap_or_else(|| c.spec.ssh.user.clone()),
+            ssh_port: h.ssh_port.unwrap_or(c.spec.ssh.port),
+            labels: h.labels.clone(),
+        });
+    }
+    // Pool counts, when given, must match what the inventory holds.
+    let pools = &c.spec.node_pools;
+    let count = |role: Role| {
+        inv.iter()
+            .filter(|h| {
+                h.roles.contains(&role)
+                    && !(role == Role::Worker && h.roles.contains(&Role::ControlPlane))
+            })
+            .count() as u32
+    };
+    for (field, pool, role, what) in [
+        (
+            "spec.nodePools.controlPlane.count",
+            &pools.control_plane,
+            Role::ControlPlane,
+            "control-plane",
+        ),
+        (
+            "spec.nodePools.workers.count",
+            &pools.workers,
+            Role::Worker,
+            "worker",
+        ),
+        (
+            "spec.nodePools.loadBalancers.count",
+            &pools.load_balancers,
+            Role::LoadBalancer,
+            "load-balancer",
+        ),
+    ] {
+        let have = count(role);
+        // Counts the user did not write (the control-plane default of 3) do not apply:
+        // the inventory decides.
+        if let Some(want) = pool.count.filter(|_| rep.positions.contains(field)) {
+            if want != have {
+                rep.error(
+                    field,
+                    format!("{want} {what} nodes requested, but the inventory lists {have}"),
+                );
+            }
+        }
+    }
+    let cp = count(Role::ControlPlane);
+    // An explicit count was checked (odd, matching) already.
+    let written_cp = rep.positions.contains("spec.nodePools.controlPlane.count");
+    if cp == 0 {
+        rep.error(
+            "spec.provider.static.inventory",
+            "the inventory lists no control-plane host (groups or roles: controlPlane / kube_control_plane)",
+        );
+    } else if cp % 2 == 0 && !written_cp {
+        rep.error(
+            "spec.provider.static.inventory",
+            format!("the inventory lists an even number of control-plane hosts ({cp}): use an odd number (3 or 5)"),
+        );
+    } else if cp == 1 && !written_cp {
+        rep.warn(
+            "spec.provider.static.inventory",
+            "a single control-plane node is not highly available: use 3 for production",
+        );
+    }
+    Some(hosts)
+}
+
+fn where_(h: &InventoryHost) -> String {
+    match h.origin.pos {
+        Some(p) => format!("{}:{}", h.origin.file.display(), p.line),
+        None => h.origin.file.display().to_string(),
+    }
+}
+
+fn check_load_balancer(
+    s: &ClusterSpec,
+    hosts: &[Host],
+    node_subnet: Option<&IpNet>,
+    rep: &mut Reporter<'_>,
+) -> Option<Endpoint> {
+    let lb = &s.load_balancer;
+    let api_port = s.networking.api_server_port;
+    match lb.kind {
+        LoadBalancerType::External => {
+            if lb.vip.is_some() {
+                rep.error(
+                    "spec.loadBalancer.vip",
+                    "a VIP is only used with type haproxy-keepalived",
+                );
+            }
+            let Some(ep) = &lb.endpoint else {
+                rep.error(
+                    "spec.loadBalancer.endpoint",
+                    "type external needs `endpoint: HOST:PORT` naming the load balancer",
+                );
+                return None;
+            };
+            let parsed = ep
+                .rsplit_once(':')
+                .and_then(|(h, p)| Some((h.trim_matches(['[', ']']), p.parse::<u16>().ok()?)))
+                .filter(|(h, p)| !h.is_empty() && *p != 0);
+            match parsed {
+                Some((h, p)) => Some(Endpoint::External {
+                    host: h.to_string(),
+                    port: p,
+                }),
+                None => {
+                    rep.error(
+                        "spec.loadBalancer.endpoint",
+                        format!("`{ep}` is not HOST:PORT like api.example.com:6443"),
+                    );
+                    None
+                }
+            }
+        }
+        LoadBalancerType::HaproxyKeepalived => {
+            if lb.endpoint.is_some() {
+                rep.error(
+                    "spec.loadBalancer.endpoint",
+                    "endpoint is only used with type external",
+                );
+            }
+            let lb_nodes: Vec<String> = hosts
+                .iter()
+                .filter(|h| h.has(Role::LoadBalancer))
+                .map(|h| h.name.clone())
+                .collect();
+            let placement = lb.placement.unwrap_or(if lb_nodes.is_empty() {
+                Placement::ControlPlane
+            } else {
+                Placement::Dedicated
+            });
+            let lb_hosts: Vec<String> = match placement {
+                Placement::Dedicated => {
+                    if lb_nodes.is_empty() {
+                        rep.error(
+                            "spec.loadBalancer.placement",
+                            "placement dedicated needs load-balancer nodes: set spec.nodePools.loadBalancers.count or put hosts in the inventory's load-balancer group",
+                        );
+                        return None;
+                    }
+                    lb_nodes
+                }
+                Placement::ControlPlane => {
+                    if !lb_nodes.is_empty() {
+                        rep.error(
+                            "spec.loadBalancer.placement",
+                            "placement control-plane leaves the load-balancer nodes unused: remove them or use placement dedicated",
+                        );
+                    }
+                    hosts
+                        .iter()
+                        .filter(|h| h.has(Role::ControlPlane))
+                        .map(|h| h.name.clone())
+                        .collect()
+                }
+            };
+            let port = lb.port.unwrap_or(match placement {
+                Placement::Dedicated => 6443,
+                Placement::ControlPlane => 8443,
+            });
+            if port == 0 {
+                rep.error("spec.loadBalancer.port", "port 0 is not a valid port");
+            }
+            if placement == Placement::ControlPlane && port == api_port {
+                rep.error(
+                    "spec.loadBalancer.port",
+                    format!("port {port} is taken by the kube-apiserver on the control-plane nodes where HAProxy runs: choose another (default 8443)"),
+                );
+            }
+            if lb.virtual_router_id == 0 {
+                rep.error(
+                    "spec.loadBalancer.virtualRouterId",
+                    "VRRP router ids run from 1 to 255",
+                );
+            }
+            if lb.interface.is_empty() {
+                rep.error(
+                    "spec.loadBalancer.interface",
+                    "must name a network interface",
+                );
+            }
+            let vip = match (&lb.vip, node_subnet, &s.provider) {
+                (Some(v), _, _) => match parse_ip(v) {
+                    Ok(ip) => ip,
+                    Err(e) => {
+                        rep.error("spec.loadBalancer.vip", e);
+                        return None;
+                    }
+                },
+                (None, Some(sub), Provider::Docker(_)) => match sub {
+                    IpNet::V4(v4) => {
+                        IpAddr::V4(std::net::Ipv4Addr::from(u32::from(v4.broadcast()) - 1))
+                    }
+                    IpNet::V6(_) => {
+                        rep.error(
+                            "spec.loadBalancer.vip",
+                            "set the VIP explicitly on IPv6 networks",
+                        );
+                        return None;
+                    }
+                },
+                _ => {
+                    rep.error(
+                        "spec.loadBalancer.vip",
+                        "type haproxy-keepalived needs a VIP: a free address in the nodes' subnet",
+                    );
+                    return None;
+                }
+            };
+            let Some(sub) = node_subnet else {
+                rep.error(
+                    "spec.networking.nodeSubnet",
+                    format!("required with a keepalived VIP on the static provider, to check that the VIP {vip} is in the nodes' subnet"),
+                );
+                return None;
+            };
+            if !sub.contains(&vip) {
+                rep.error(
+                    "spec.loadBalancer.vip",
+                    format!("VIP {vip} is outside the node subnet {sub}"),
+                );
+            } else if vip == sub.network()
+                || (matches!(sub, IpNet::V4(_)) && vip == sub.broadcast())
+            {
+                rep.error(
+                    "spec.loadBalancer.vip",
+                    format!("VIP {vip} is the network or broadcast address of {sub}"),
+                );
+            }
+            if let Some(h) = hosts
+                .iter()
+                .find(|h| h.address == vip || h.internal_address == vip)
+            {
+                rep.error(
+                    "spec.loadBalancer.vip",
+                    format!("VIP {vip} is already the address of host `{}`", h.name),
+                );
+            }
+            Some(Endpoint::Vip {
+                vip,
+                port,
+                prefix_len: sub.prefix_len(),
+                lb_hosts,
+            })
+        }
+    }
+}
+
+fn check_addons(
+    s: &ClusterSpec,
+    hosts: &[Host],
+    endpoint: &Endpoint,
+    nets: &Nets,
+    rep: &mut Reporter<'_>,
+) {
+    let mut pool_ranges: Vec<(String, String, AddrRange)> = Vec::new();
+    if let Some(m) = &s.addons.metallb {
+        check_semver_opt("spec.addons.metallb.version", m.version.as_deref(), rep);
+        if m.pools.is_empty() {
+            rep.error(
+                "spec.addons.metallb.pools",
+                "MetalLB needs at least one address pool",
+            );
+        }
+        let mut names = BTreeSet::new();
+        for (i, p) in m.pools.iter().enumerate() {
+            let field = format!("spec.addons.metallb.pools[{i}]");
+            if !is_dns_label(&p.name, 63) {
+                rep.error(
+                    &format!("{field}.name"),
+                    format!(
+                        "`{}` is not a valid pool name (lower-case letters, digits and `-`)",
+                        p.name
+                    ),
+                );
+            }
+            if !names.insert(p.name.clone()) {
+                rep.error(
+                    &format!("{field}.name"),
+                    format!("duplicate pool name `{}`", p.name),
+                );
+            }
+            if p.addresses.is_empty() {
+                rep.error(
+                    &format!("{field}.addresses"),
+                    "a pool needs at least one CIDR or range",
+                );
+            }
+            for (j, a) in p.addresses.iter().enumerate() {
+                let afield = format!("{field}.addresses[{j}]");
+                let r = match AddrRange::parse(a) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        rep.error(&afield, e);
+                        continue;
+                    }
+                };
+                for (other_pool, other_a, other) in &pool_ranges {
+                    if r.overlaps(other) {
+                        rep.error(
+                            &afield,
+                            format!("{a} overlaps {other_a} of pool `{other_pool}`"),
+                        );
+                    }
+                }
+                for (what, net) in [("podSubnet", &nets.pod), ("serviceSubnet", &nets.service)] {
+                    if let Some(net) = net {
+                        if r.overlaps_net(net) {
+                            rep.error(
+                                &afield,
+                                format!("{a} overlaps spec.networking.{what} {net}"),
+                            );
+                        }
+                    }
+                }
+                if let Some(h) = hosts
+                    .iter()
+                    .find(|h| r.contains(&h.address) || r.contains(&h.internal_address))
+                {
+                    rep.error(
+                        &afield,
+                        format!("{a} contains the address of host `{}`", h.name),
+                    );
+                }
+                if let Endpoint::Vip { vip, .. } = endpoint {
+                    if r.contains(vip) {
+                        rep.error(&afield, format!("{a} contains the control-plane VIP {vip}"));
+                    }
+                }
+                pool_ranges.push((p.name.clone(), a.clone(), r));
+            }
+        }
+        match (m.mode, &m.bgp) {
+            (MetalLbMode::Bgp, None) => rep.error(
+                "spec.addons.metallb.mode",
+                "BGP mode needs spec.addons.metallb.bgp with myASN and at least one peer",
+            ),
+            (MetalLbMode::Bgp, Some(b)) => {
+                if b.peers.is_empty() {
+                    rep.error(
+                        "spec.addons.metallb.bgp.peers",
+                        "BGP mode needs at least one peer",
+                    );
+                }
+                if b.my_asn == 0 {
+                    rep.error("spec.addons.metallb.bgp.myASN", "ASN 0 is reserved");
+                }
+                for (i, p) in b.peers.iter().enumerate() {
+                    let field = format!("spec.addons.metallb.bgp.peers[{i}]");
+                    if let Err(e) = parse_ip(&p.address) {
+                        rep.error(&format!("{field}.address"), e);
+                    }
+                    if p.asn == 0 {
+                        rep.error(&format!("{field}.asn"), "ASN 0 is reserved");
+                    }
+                    for (j, n) in p.nodes.iter().enumerate() {
+                        if !hosts.iter().any(|h| &h.name == n) {
+                            rep.error(
+                                &format!("{field}.nodes[{j}]"),
+                                format!("no host named `{n}`"),
+                            );
+                        }
+                    }
+                }
+                for (i, c) in b.communities.iter().enumerate() {
+                    let ok = c
+                        .split_once(':')
+                        .is_some_and(|(a, b)| a.parse::<u16>().is_ok() && b.parse::<u16>().is_ok());
+                    if !ok {
+                        rep.error(
+                            &format!("spec.addons.metallb.bgp.communities[{i}]"),
+                            format!("`{c}` is not a BGP community like 64512:100"),
+                        );
+                    }
+                }
+            }
+            (MetalLbMode::L2, Some(_)) => rep.error(
+                "spec.addons.metallb.bgp",
+                "BGP settings are only used with mode: bgp",
+            ),
+            (MetalLbMode::L2, None) => {}
+        }
+    }
+    if let Some(ing) = &s.addons.ingress {
+        check_semver_opt("spec.addons.ingress.version", ing.version.as_deref(), rep);
+        if ing.controller == IngressController::IngressNginx {
+            rep.warn(
+                "spec.addons.ingress.controller",
+                "ingress-nginx was retired upstream in March 2026 and gets no more fixes; contour is the maintained default",
+            );
+        }
+        match &s.addons.metallb {
+            None => rep.error(
+                "spec.addons.ingress",
+                "the ingress controller is exposed through a LoadBalancer Service: configure spec.addons.metallb",
+            ),
+            Some(m) => {
+                if let Some(pool) = &ing.pool {
+                    if !m.pools.iter().any(|p| &p.name == pool) {
+                        rep.error(
+                            "spec.addons.ingress.pool",
+                            format!("no MetalLB pool named `{pool}`"),
+                        );
+                    }
+                }
+                if let Some(ip) = &ing.load_balancer_ip {
+                    match parse_ip(ip) {
+                        Err(e) => rep.error("spec.addons.ingress.loadBalancerIp", e),
+                        Ok(addr) => {
+                            let in_pool = pool_ranges.iter().any(|(name, _, r)| {
+                                r.contains(&addr) && ing.pool.as_ref().is_none_or(|p| p == name)
+                            });
+                            if !in_pool {
+                                rep.error(
+                                    "spec.addons.ingress.loadBalancerIp",
+                                    format!("{addr} is not inside {}", match &ing.pool {
+                                        Some(p) => format!("MetalLB pool `{p}`"),
+                                        None => "any MetalLB pool".into(),
+                                    }),
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if let Some(r) = &s.addons.rook_ceph {
+        check_semver_opt("spec.addons.rookCeph.version", r.version.as_deref(), rep);
+        if r.mon_count == 0 || r.mon_count % 2 == 0 || r.mon_count > 9 {
+            rep.error(
+                "spec.addons.rookCeph.monCount",
+                format!(
+                    "{} monitors cannot keep a quorum well: use an odd number (1, 3 or 5)",
+                    r.mon_count
+                ),
+            );
+        }
+        let k8s_nodes = hosts.iter().filter(|h| h.is_kubernetes_node()).count() as u32;
+        if r.mon_count > k8s_nodes {
+            rep.error(
+                "spec.addons.rookCeph.monCount",
+                format!(
+                    "{} monitors need as many nodes, the cluster has {k8s_nodes}",
+                    r.mon_count
+                ),
+            );
+        }
+        if r.nodes.is_empty() && r.device_filter.is_none() {
+            rep.error(
+                "spec.addons.rookCeph",
+                "say which disks Ceph may use: list nodes with devices, or set deviceFilter",
+            );
+        }
+        let mut seen = BTreeSet::new();
+        for (i, n) in r.nodes.iter().enumerate() {
+            let field = format!("spec.addons.rookCeph.nodes[{i}]");
+            match hosts.iter().find(|h| h.name == n.name) {
+                None => rep.error(
+                    &format!("{field}.name"),
+                    format!("no host named `{}`", n.name),
+                ),
+                Some(h) if !h.is_kubernetes_node() => rep.error(
+                    &format!("{field}.name"),
+                    format!("`{}` is a load-balancer node and runs no kubelet", n.name),
+                ),
+                Some(_) => {}
+            }
+            if !seen.insert(&n.name) {
+                rep.error(
+                    &format!("{field}.name"),
+                    format!("`{}` is listed twice", n.name),
+                );
+            }
+            if n.devices.is_empty() && n.device_filter.is_none() && r.device_filter.is_none() {
+                rep.error(
+                    &field,
+                    format!("node `{}` has no devices and no deviceFilter", n.name),
+                );
+            }
+            for (j, d) in n.devices.iter().enumerate() {
+                if d.is_empty() || d.contains(char::is_whitespace) {
+                    rep.error(
+                        &format!("{field}.devices[{j}]"),
+                        format!("`{d}` is not a device name like sdb or /dev/disk/by-id/..."),
+                    );
+                }
+            }
+        }
+        if !r.data_dir_host_path.starts_with('/') {
+            rep.error(
+                "spec.addons.rookCeph.dataDirHostPath",
+                "must be an absolute path",
+            );
+        }
+    }
+}
+
+fn check_semver_opt(field: &str, v: Option<&str>, rep: &mut Reporter<'_>) {
+    if let Some(v) = v {
+        if semver::Version::parse(v.strip_prefix('v').unwrap_or(v)).is_err() {
+            rep.error(field, format!("`{v}` is not a version like v1.2.3"));
+        }
+    }
+}
