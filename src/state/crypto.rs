@@ -1,0 +1,272 @@
+//! Encryption at rest of the state's secrets with age: an X25519 identity (key file or
+//! environment variable) or a passphrase (scrypt, fixed work factor).
+
+use super::{EncryptionSpec, StateError};
+use age::secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use std::io::{Read, Write};
+use std::path::Path;
+use std::str::FromStr;
+
+/// Default environment variables, used when the cluster file names none.
+pub const ENV_KEY_FILE: &str = "KUBEFORGE_STATE_KEY_FILE";
+pub const ENV_KEY: &str = "KUBEFORGE_STATE_KEY";
+pub const ENV_PASSPHRASE: &str = "KUBEFORGE_STATE_PASSPHRASE";
+
+/// scrypt work factor (N = 2^16: ~64 MiB and a fraction of a second per save/load).
+pub const SCRYPT_LOG_N: u8 = 16;
+
+pub const SCHEME_X25519: &str = "age-x25519";
+pub const SCHEME_SCRYPT: &str = "age-scrypt";
+
+/// The key material the store encrypts secrets with.
+pub enum Keyring {
+    X25519 {
+        identity: age::x25519::Identity,
+        source: String,
+    },
+    Passphrase {
+        passphrase: SecretString,
+        source: String,
+    },
+}
+
+impl std::fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Keyring::X25519 { identity, source } => {
+                write!(f, "Keyring::X25519({} from {source})", identity.to_public())
+            }
+            Keyring::Passphrase { source, .. } => write!(f, "Keyring::Passphrase(from {source})"),
+        }
+    }
+}
+
+/// How the secrets blob is stored inside the state document: the names of the secrets
+/// in clear (so `state show` can list them without a key), the rest age-encrypted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SealedSecrets {
+    /// `age-x25519` or `age-scrypt`.
+    pub scheme: String,
+    /// For `age-x25519`: the public key (recipient) the blob was encrypted to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipient: Option<String>,
+    /// Which secrets the blob holds (names only).
+    #[serde(default)]
+    pub names: Vec<String>,
+    /// ASCII-armored age file.
+    pub ciphertext: String,
+}
+
+fn parse_identity(text: &str, source: &str) -> Result<age::x25519::Identity, StateError> {
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .ok_or_else(|| StateError::Key(format!("{source} holds no age key")))?;
+    age::x25519::Identity::from_str(line).map_err(|e| {
+        StateError::Key(format!(
+            "{source} is not an age X25519 secret key (AGE-SECRET-KEY-1...): {e}"
+        ))
+    })
+}
+
+fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+impl Keyring {
+    /// Find the key: explicit settings from the cluster file first, then the default
+    /// environment variables. `Ok(None)` when nothing is configured.
+    pub fn resolve(spec: &EncryptionSpec, base_dir: &Path) -> Result<Option<Keyring>, StateError> {
+        if let Some(file) = &spec.key_file {
+            let path = if file.is_absolute() {
+                file.clone()
+            } else {
+                base_dir.join(file)
+            };
+            return Self::from_key_file(&path, "spec.state.encryption.keyFile").map(Some);
+        }
+        if let Some(var) = &spec.key_env {
+            let value = env_var(var).ok_or_else(|| {
+                StateError::Key(format!(
+                    "spec.state.encryption.keyEnv names {var}, which is not set"
+                ))
+            })?;
+            let source = format!("${var}");
+            let identity = parse_identity(&value, &source)?;
+            return Ok(Some(Keyring::X25519 { identity, source }));
+        }
+        if let Some(var) = &spec.passphrase_env {
+            let value = env_var(var).ok_or_else(|| {
+                StateError::Key(format!(
+                    "spec.state.encryption.passphraseEnv names {var}, which is not set"
+                ))
+            })?;
+            return Ok(Some(Keyring::Passphrase {
+                passphrase: SecretString::from(value),
+                source: format!("${var}"),
+            }));
+        }
+        if let Some(path) = env_var(ENV_KEY_FILE) {
+            return Self::from_key_file(Path::new(&path), &format!("${ENV_KEY_FILE}")).map(Some);
+        }
+        if let Some(value) = env_var(ENV_KEY) {
+            let source = format!("${ENV_KEY}");
+            let identity = parse_identity(&value, &source)?;
+            return Ok(Some(Keyring::X25519 { identity, source }));
+        }
+        if let Some(value) = env_var(ENV_PASSPHRASE) {
+            return Ok(Some(Keyring::Passphrase {
+                passphrase: SecretString::from(value),
+                source: format!("${ENV_PASSPHRASE}"),
+            }));
+        }
+        Ok(None)
+    }
+
+    pub fn from_key_file(path: &Path, setting: &str) -> Result<Keyring, StateError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            StateError::Key(format!(
+                "cannot read the state key file {} ({setting}): {e}",
+                path.display()
+            ))
+        })?;
+        let source = format!("{} ({setting})", path.display());
+        let identity = parse_identity(&text, &source)?;
+        Ok(Keyring::X25519 { identity, source })
+    }
+
+    /// A fresh X25519 key and its text (`AGE-SECRET-KEY-1...`), for tests and `init`.
+    pub fn generate() -> (Keyring, String) {
+        let identity = age::x25519::Identity::generate();
+        let text = identity.to_string().expose_secret().to_string();
+        (
+            Keyring::X25519 {
+                identity,
+                source: "a generated key".into(),
+            },
+            text,
+        )
+    }
+
+    pub fn from_passphrase(passphrase: &str, source: &str) -> Keyring {
+        Keyring::Passphrase {
+            passphrase: SecretString::from(passphrase.to_string()),
+            source: source.to_string(),
+        }
+    }
+
+    pub fn source(&self) -> &str {
+        match self {
+            Keyring::X25519 { source, .. } | Keyring::Passphrase { source, .. } => source,
+        }
+    }
+
+    fn scheme(&self) -> &'static str {
+        match self {
+            Keyring::X25519 { .. } => SCHEME_X25519,
+            Keyring::Passphrase { .. } => SCHEME_SCRYPT,
+        }
+    }
+
+    /// The public key, for X25519.
+    pub fn recipient(&self) -> Option<String> {
+        match self {
+            Keyring::X25519 { identity, .. } => Some(identity.to_public().to_string()),
+            Keyring::Passphrase { .. } => None,
+        }
+    }
+
+    pub fn seal(&self, names: Vec<String>, plaintext: &[u8]) -> Result<SealedSecrets, StateError> {
+        let encryptor = match self {
+            Keyring::X25519 { identity, .. } => {
+                let recipient = identity.to_public();
+                age::Encryptor::with_recipients(std::iter::once(&recipient as &dyn age::Recipient))
+                    .map_err(|e| StateError::Key(format!("cannot encrypt the secrets: {e}")))?
+            }
+            Keyring::Passphrase { passphrase, .. } => {
+                let mut r = age::scrypt::Recipient::new(passphrase.clone());
+                r.set_work_factor(SCRYPT_LOG_N);
+                age::Encryptor::with_recipients(std::iter::once(&r as &dyn age::Recipient))
+                    .map_err(|e| StateError::Key(format!("cannot encrypt the secrets: {e}")))?
+            }
+        };
+        let io = |e: std::io::Error| StateError::Key(format!("cannot encrypt the secrets: {e}"));
+        let mut out = Vec::new();
+        let armored =
+            age::armor::ArmoredWriter::wrap_output(&mut out, age::armor::Format::AsciiArmor)
+                .map_err(io)?;
+        let mut w = encryptor.wrap_output(armored).map_err(io)?;
+        w.write_all(plaintext).map_err(io)?;
+        w.finish().and_then(|a| a.finish()).map_err(io)?;
+        Ok(SealedSecrets {
+            scheme: self.scheme().to_string(),
+            recipient: self.recipient(),
+            names,
+            ciphertext: String::from_utf8(out).expect("armored age output is ASCII"),
+        })
+    }
+
+    pub fn open(&self, sealed: &SealedSecrets) -> Result<Vec<u8>, StateError> {
+        if sealed.scheme != self.scheme() {
+            let have = match self {
+                Keyring::X25519 { .. } => "an X25519 key",
+                Keyring::Passphrase { .. } => "a passphrase",
+            };
+            let need = match sealed.scheme.as_str() {
+                SCHEME_X25519 => "an age X25519 key",
+                SCHEME_SCRYPT => "a passphrase",
+                other => other,
+            };
+            return Err(StateError::WrongKey(format!(
+                "the secrets are encrypted with {need}, but {have} was given ({})",
+                self.source()
+            )));
+        }
+        if let (Some(want), Some(have)) = (&sealed.recipient, self.recipient()) {
+            if *want != have {
+                return Err(StateError::WrongKey(format!(
+                    "the secrets are encrypted for {want}, but the key from {} is {have}",
+                    self.source()
+                )));
+            }
+        }
+        let reader = age::armor::ArmoredReader::new(sealed.ciphertext.as_bytes());
+        let decryptor = age::Decryptor::new(reader).map_err(|e| {
+            StateError::WrongKey(format!("the encrypted secrets are unreadable: {e}"))
+        })?;
+        let wrong = |e: age::DecryptError| match e {
+            age::DecryptError::NoMatchingKeys
+            | age::DecryptError::DecryptionFailed
+            | age::DecryptError::KeyDecryptionFailed => StateError::WrongKey(format!(
+                "the key from {} does not decrypt the state's secrets",
+                self.source()
+            )),
+            other => StateError::WrongKey(format!("cannot decrypt the state's secrets: {other}")),
+        };
+        let mut plain = Vec::new();
+        match self {
+            Keyring::X25519 { identity, .. } => {
+                let mut r = decryptor
+                    .decrypt(std::iter::once(identity as &dyn age::Identity))
+                    .map_err(wrong)?;
+                r.read_to_end(&mut plain).map_err(|e| {
+                    StateError::WrongKey(format!("cannot decrypt the state's secrets: {e}"))
+                })?;
+            }
+            Keyring::Passphrase { passphrase, .. } => {
+                let mut id = age::scrypt::Identity::new(passphrase.clone());
+                id.set_max_work_factor(22);
+                let mut r = decryptor
+                    .decrypt(std::iter::once(&id as &dyn age::Identity))
+                    .map_err(wrong)?;
+                r.read_to_end(&mut plain).map_err(|e| {
+                    StateError::WrongKey(format!("cannot decrypt the state's secrets: {e}"))
+                })?;
+            }
+        }
+        Ok(plain)
+    }
+}

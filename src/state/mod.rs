@@ -1,0 +1,208 @@
+//! Remote state store (issue 3): the cluster's persisted state in object storage, with
+//! a leased lock, compare-and-swap saves, a history of every generation, checksums,
+//! and age-encrypted secrets. See `docs/state.md`.
+//!
+//! Layout under the store's prefix: `state.json`, `lock`, `history/<generation>.json`
+//! (later `snapshots/`).
+
+pub mod backend;
+pub mod cli;
+pub mod crypto;
+pub mod document;
+pub mod lock;
+pub mod store;
+
+pub use backend::{FileBackend, ObjectStoreBackend, ObjectVersion, StateBackend};
+pub use crypto::{Keyring, SealedSecrets};
+pub use document::{AppliedVersions, JournalEntry, Machine, PhaseStatus, Secrets, StateDocument};
+pub use lock::{LockGuard, LockInfo, LockOptions, Unlocked};
+pub use store::{HistoryEntry, StateStore, Version};
+
+use crate::error::ExitKind;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// Connection options for a store URL.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct StoreOptions {
+    /// S3 endpoint URL (MinIO, any S3-compatible store); AWS when unset.
+    pub endpoint: Option<String>,
+    /// Region (default: $AWS_REGION / $AWS_DEFAULT_REGION, else us-east-1).
+    pub region: Option<String>,
+    /// Path-style requests (`endpoint/bucket/key`) instead of virtual-hosted style
+    /// (`bucket.endpoint/key`). MinIO and most emulators need it.
+    pub path_style: bool,
+    /// Allow plain http:// endpoints (local emulators).
+    pub allow_http: bool,
+}
+
+/// Where the age key for the secrets comes from. Unset: $KUBEFORGE_STATE_KEY_FILE,
+/// $KUBEFORGE_STATE_KEY, $KUBEFORGE_STATE_PASSPHRASE, in that order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct EncryptionSpec {
+    /// age X25519 identity file (relative to the cluster file's directory).
+    pub key_file: Option<PathBuf>,
+    /// Name of an environment variable holding an age X25519 identity.
+    pub key_env: Option<String>,
+    /// Name of an environment variable holding a passphrase.
+    pub passphrase_env: Option<String>,
+}
+
+/// `spec.state` of the cluster file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct StateSpec {
+    /// `file://DIR` (default `file://.kubeforge/<cluster>`), `s3://bucket/prefix`,
+    /// `gs://bucket/prefix`, `az://container/prefix`.
+    pub url: Option<String>,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub path_style: bool,
+    pub allow_http: bool,
+    pub encryption: EncryptionSpec,
+}
+
+impl StateSpec {
+    pub fn options(&self) -> StoreOptions {
+        StoreOptions {
+            endpoint: self.endpoint.clone(),
+            region: self.region.clone(),
+            path_style: self.path_style,
+            allow_http: self.allow_http,
+        }
+    }
+}
+
+/// The default store of a cluster: a directory next to the cluster file.
+pub fn default_url(cluster_name: &str) -> String {
+    format!("file://.kubeforge/{cluster_name}")
+}
+
+/// Open the store a cluster file describes. Relative `file://` URLs and key files are
+/// resolved against `base_dir` (the cluster file's directory).
+pub fn open(
+    spec: &StateSpec,
+    cluster_name: &str,
+    base_dir: &std::path::Path,
+) -> Result<StateStore, StateError> {
+    StateStore::open(spec, cluster_name, base_dir)
+}
+
+fn ts(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+fn last_good_text(g: &Option<u64>) -> String {
+    match g {
+        Some(g) => format!(
+            "the last good generation in history is {g} (history/{g}.json; `kubeforge state pull --generation {g}`)"
+        ),
+        None => "no good generation was found in history".to_string(),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("invalid state store URL {url:?}: {detail}")]
+    Url { url: String, detail: String },
+    #[error("{0}")]
+    Usage(String),
+    #[error("state encryption key: {0}")]
+    Key(String),
+    #[error("the state at {url} holds encrypted secrets ({names}) but no key was given: set KUBEFORGE_STATE_KEY_FILE, KUBEFORGE_STATE_KEY or KUBEFORGE_STATE_PASSPHRASE, or spec.state.encryption")]
+    NoKey { url: String, names: String },
+    #[error("wrong state encryption key: {0}; nothing was changed")]
+    WrongKey(String),
+    #[error("the state at {url} is locked by {holder}; the lease runs until {} and is refreshed while that command runs", ts(.expires))]
+    Locked {
+        url: String,
+        holder: String,
+        expires: DateTime<Utc>,
+    },
+    #[error("the state at {url} is locked by {holder}; its lease expired at {} (the holder probably died): if it is not running any more, remove the lock with `kubeforge state unlock --force`", ts(.expired))]
+    LockExpired {
+        url: String,
+        holder: String,
+        expired: DateTime<Utc>,
+    },
+    #[error(
+        "the state at {url} is locked by another command (the lock changed while it was read)"
+    )]
+    LockContended { url: String },
+    #[error("lost the state lock at {url}: {detail}")]
+    LockLost { url: String, detail: String },
+    #[error("the lock object at {url} is unreadable ({detail}); remove it with `kubeforge state unlock --force`")]
+    LockUnreadable { url: String, detail: String },
+    #[error("the state at {url} changed since it was read at generation {base}{}: nothing was written; read it again and retry", match .current { Some(c) => format!(" (it is now at generation {c})"), None => String::new() })]
+    Conflict {
+        url: String,
+        base: u64,
+        current: Option<u64>,
+    },
+    #[error("{key} at {url} is corrupted: {detail}; nothing was changed, and {}", last_good_text(.last_good))]
+    Corrupted {
+        url: String,
+        key: String,
+        detail: String,
+        last_good: Option<u64>,
+    },
+    #[error("{key} at {url} cannot be read by this kubeforge: {detail}")]
+    Unsupported {
+        url: String,
+        key: String,
+        detail: String,
+    },
+    #[error("the state at {url} belongs to cluster {found:?}, not {expected:?}")]
+    ClusterMismatch {
+        url: String,
+        expected: String,
+        found: String,
+    },
+    #[error("there is no state at {url} yet")]
+    NoState { url: String },
+    #[error("generation {generation} is not in the history at {url}")]
+    NoGeneration { url: String, generation: u64 },
+    #[error("cannot reach the state store at {url} (retried with backoff); nothing was changed")]
+    Unavailable {
+        url: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("interrupted (Ctrl-C); the state lock was released")]
+    Interrupted,
+}
+
+impl StateError {
+    pub fn exit_kind(&self) -> ExitKind {
+        match self {
+            StateError::Locked { .. }
+            | StateError::LockExpired { .. }
+            | StateError::LockContended { .. }
+            | StateError::LockLost { .. } => ExitKind::Lock,
+            StateError::Url { .. } | StateError::Usage(_) | StateError::Io { .. } => {
+                ExitKind::Input
+            }
+            StateError::Interrupted => ExitKind::Internal,
+            _ => ExitKind::State,
+        }
+    }
+}
+
+/// Run `fut` until it finishes or Ctrl-C arrives (then `Err(StateError::Interrupted)`).
+/// Pair it with [`LockGuard::release`] so an interrupted command still frees the lock:
+/// `let r = until_ctrl_c(work).await; guard.release().await?;`.
+pub async fn until_ctrl_c<F: std::future::Future>(fut: F) -> Result<F::Output, StateError> {
+    tokio::select! {
+        out = fut => Ok(out),
+        _ = tokio::signal::ctrl_c() => Err(StateError::Interrupted),
+    }
+}

@@ -1,0 +1,747 @@
+//! `StateStore`: load/save with compare-and-swap, history, lock, encryption.
+
+use super::backend::{
+    client_options, retry_config, BackendError, FileBackend, ObjectStoreBackend, ObjectVersion,
+    StateBackend, WriteMode,
+};
+use super::crypto::Keyring;
+use super::document::{self, DecodeError, Secrets, StateDocument};
+use super::lock::{self, backend_err, LockGuard, LockInfo, LockOptions, Unlocked};
+use super::{StateError, StateSpec, StoreOptions};
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+pub const STATE_KEY: &str = "state.json";
+pub const HISTORY_DIR: &str = "history";
+
+pub fn history_key(generation: u64) -> String {
+    format!("{HISTORY_DIR}/{generation}.json")
+}
+
+/// The version a document was read at: its generation and the object's ETag. Pass it
+/// back to [`StateStore::save`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Version {
+    pub generation: u64,
+    /// `None`: no state object exists yet (the save creates it).
+    pub object: Option<ObjectVersion>,
+}
+
+impl Version {
+    /// The version of a state that does not exist yet.
+    pub fn absent() -> Self {
+        Version {
+            generation: 0,
+            object: None,
+        }
+    }
+}
+
+/// One saved generation.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryEntry {
+    pub generation: u64,
+    pub size: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub updated: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub updated_by: Option<String>,
+    /// Why the entry cannot be read, if it cannot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+/// The cluster's remote state.
+#[derive(Debug, Clone)]
+pub struct StateStore {
+    backend: Arc<dyn StateBackend>,
+    cluster: Option<String>,
+    keyring: Option<Arc<Keyring>>,
+    /// A history entry whose write failed after its state was saved; retried first
+    /// thing on the next save.
+    pending_history: Arc<Mutex<Option<(u64, Bytes)>>>,
+}
+
+fn url_err(url: &str, detail: impl Into<String>) -> StateError {
+    StateError::Url {
+        url: url.to_string(),
+        detail: detail.into(),
+    }
+}
+
+/// Split `scheme://bucket/some/prefix` into (bucket, prefix).
+fn bucket_and_prefix<'a>(url: &'a str, rest: &'a str) -> Result<(&'a str, &'a str), StateError> {
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty() {
+        return Err(url_err(url, "the bucket name is missing"));
+    }
+    Ok((bucket, prefix.trim_matches('/')))
+}
+
+impl StateStore {
+    /// Open the store of a cluster from its `spec.state` (URL default:
+    /// [`super::default_url`]). Relative file URLs and key files resolve against
+    /// `base_dir`.
+    pub fn open(spec: &StateSpec, cluster_name: &str, base_dir: &Path) -> Result<Self, StateError> {
+        let url = spec
+            .url
+            .clone()
+            .unwrap_or_else(|| super::default_url(cluster_name));
+        let backend = Self::backend_for(&url, &spec.options(), base_dir)?;
+        let keyring = Keyring::resolve(&spec.encryption, base_dir)?;
+        Ok(StateStore::with_backend(backend)
+            .with_cluster(Some(cluster_name.to_string()))
+            .with_keyring(keyring))
+    }
+
+    /// Open a store by URL alone (key from the default environment variables).
+    pub fn open_url(
+        url: &str,
+        options: &StoreOptions,
+        base_dir: &Path,
+    ) -> Result<Self, StateError> {
+        let backend = Self::backend_for(url, options, base_dir)?;
+        let keyring = Keyring::resolve(&Default::default(), base_dir)?;
+        Ok(StateStore::with_backend(backend).with_keyring(keyring))
+    }
+
+    /// A store over any backend (tests use `memory://` or their own fakes).
+    pub fn with_backend(backend: Arc<dyn StateBackend>) -> Self {
+        StateStore {
+            backend,
+            cluster: None,
+            keyring: None,
+            pending_history: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// An empty in-process store (for unit tests of code that uses the state).
+    pub fn in_memory() -> Self {
+        let store = Arc::new(object_store::memory::InMemory::new());
+        Self::with_backend(Arc::new(ObjectStoreBackend::new(store, "", "memory://")))
+    }
+
+    pub fn with_cluster(mut self, cluster: Option<String>) -> Self {
+        self.cluster = cluster;
+        self
+    }
+
+    pub fn with_keyring(mut self, keyring: Option<Keyring>) -> Self {
+        self.keyring = keyring.map(Arc::new);
+        self
+    }
+
+    pub fn has_key(&self) -> bool {
+        self.keyring.is_some()
+    }
+
+    pub fn url(&self) -> String {
+        self.backend.describe()
+    }
+
+    pub fn backend(&self) -> &Arc<dyn StateBackend> {
+        &self.backend
+    }
+
+    /// Build the backend for a URL.
+    pub fn backend_for(
+        url: &str,
+        options: &StoreOptions,
+        base_dir: &Path,
+    ) -> Result<Arc<dyn StateBackend>, StateError> {
+        let Some((scheme, rest)) = url.split_once("://") else {
+            // A bare path is a local directory.
+            return Ok(Arc::new(FileBackend::new(resolve_dir(
+                Path::new(url),
+                base_dir,
+            ))));
+        };
+        match scheme {
+            "file" => {
+                if rest.is_empty() {
+                    return Err(url_err(url, "the directory is missing"));
+                }
+                Ok(Arc::new(FileBackend::new(resolve_dir(
+                    Path::new(rest),
+                    base_dir,
+                ))))
+            }
+            "s3" | "s3a" => {
+                let (bucket, prefix) = bucket_and_prefix(url, rest)?;
+                let mut b = object_store::aws::AmazonS3Builder::from_env()
+                    .with_bucket_name(bucket)
+                    .with_retry(retry_config())
+                    .with_client_options(client_options(options.allow_http))
+                    .with_allow_http(options.allow_http)
+                    .with_virtual_hosted_style_request(!options.path_style);
+                if let Some(endpoint) = &options.endpoint {
+                    b = b.with_endpoint(endpoint);
+                }
+                let region = options
+                    .region
+                    .clone()
+                    .or_else(|| std::env::var("AWS_REGION").ok())
+                    .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
+                    .unwrap_or_else(|| "us-east-1".into());
+                b = b.with_region(region);
+                let store = b.build().map_err(|e| url_err(url, e.to_string()))?;
+                let shown = match &options.endpoint {
+                    Some(ep) => format!("{url} (endpoint {ep})"),
+                    None => url.to_string(),
+                };
+                Ok(Arc::new(ObjectStoreBackend::new(
+                    Arc::new(store),
+                    prefix,
+                    shown,
+                )))
+            }
+            "gs" => {
+                let (bucket, prefix) = bucket_and_prefix(url, rest)?;
+                let store = object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                    .with_bucket_name(bucket)
+                    .with_retry(retry_config())
+                    .with_client_options(client_options(options.allow_http))
+                    .build()
+                    .map_err(|e| url_err(url, e.to_string()))?;
+                Ok(Arc::new(ObjectStoreBackend::new(
+                    Arc::new(store),
+                    prefix,
+                    url,
+                )))
+            }
+            "az" | "azure" | "abfs" => {
+                let (container, prefix) = bucket_and_prefix(url, rest)?;
+                let store = object_store::azure::MicrosoftAzureBuilder::from_env()
+                    .with_container_name(container)
+                    .with_retry(retry_config())
+                    .with_client_options(client_options(options.allow_http))
+                    .build()
+                    .map_err(|e| url_err(url, e.to_string()))?;
+                Ok(Arc::new(ObjectStoreBackend::new(
+                    Arc::new(store),
+                    prefix,
+                    url,
+                )))
+            }
+            "memory" => Ok(Arc::new(ObjectStoreBackend::new(
+                Arc::new(object_store::memory::InMemory::new()),
+                rest,
+                url,
+            ))),
+            other => Err(url_err(
+                url,
+                format!("unknown scheme {other:?} (use file://, s3://, gs:// or az://)"),
+            )),
+        }
+    }
+
+    // ---------------------------------------------------------------- lock
+
+    /// Take the lock for `command` (the command line shown to others) with the default
+    /// lease; it is refreshed in the background until released.
+    pub async fn lock(&self, command: &str) -> Result<LockGuard, StateError> {
+        self.lock_with(LockOptions::new(command)).await
+    }
+
+    pub async fn lock_with(&self, opts: LockOptions) -> Result<LockGuard, StateError> {
+        lock::acquire(self.backend.clone(), opts).await
+    }
+
+    /// Who holds the lock, if anyone.
+    pub async fn lock_status(&self) -> Result<Option<LockInfo>, StateError> {
+        Ok(lock::read_lock(self.backend.as_ref())
+            .await?
+            .map(|(i, _)| i))
+    }
+
+    /// Remove an expired lock (`force`: any lock). Returns what was broken.
+    pub async fn unlock(&self, force: bool) -> Result<Option<Unlocked>, StateError> {
+        lock::unlock(self.backend.as_ref(), force).await
+    }
+
+    pub async fn unlock_force(&self) -> Result<Option<Unlocked>, StateError> {
+        self.unlock(true).await
+    }
+
+    // ---------------------------------------------------------------- read
+
+    fn corrupted(&self, key: &str, detail: String, last_good: Option<u64>) -> StateError {
+        StateError::Corrupted {
+            url: self.url(),
+            key: key.to_string(),
+            detail,
+            last_good,
+        }
+    }
+
+    fn check_cluster(&self, doc: &StateDocument) -> Result<(), StateError> {
+        if let Some(c) = &self.cluster {
+            if !doc.cluster.is_empty() && doc.cluster != *c {
+                return Err(StateError::ClusterMismatch {
+                    url: self.url(),
+                    expected: c.clone(),
+                    found: doc.cluster.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<(Bytes, ObjectVersion)>, StateError> {
+        self.backend
+            .get(key)
+            .await
+            .map_err(|e| backend_err(self.backend.as_ref(), e))
+    }
+
+    /// Decode `state.json`; on damage, report the last good generation from history.
+    async fn decode_current(&self, bytes: &[u8]) -> Result<StateDocument, StateError> {
+        match document::decode(bytes) {
+            Ok(doc) => Ok(doc),
+            Err(DecodeError::Unsupported(detail)) => Err(StateError::Unsupported {
+                url: self.url(),
+                key: STATE_KEY.into(),
+                detail,
+            }),
+            Err(DecodeError::Corrupted(detail)) => {
+                let last_good = self.last_good_generation().await.unwrap_or(None);
+                Err(self.corrupted(STATE_KEY, detail, last_good))
+            }
+        }
+    }
+
+    /// The highest generation in history that decodes cleanly.
+    pub async fn last_good_generation(&self) -> Result<Option<u64>, StateError> {
+        let mut gens = self.history_generations().await?;
+        gens.sort_unstable_by(|a, b| b.cmp(a));
+        for g in gens.into_iter().take(50) {
+            if let Some((bytes, _)) = self.get(&history_key(g)).await? {
+                if document::decode(&bytes).is_ok() {
+                    return Ok(Some(g));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    async fn history_generations(&self) -> Result<Vec<u64>, StateError> {
+        let listed = self
+            .backend
+            .list(HISTORY_DIR)
+            .await
+            .map_err(|e| backend_err(self.backend.as_ref(), e))?;
+        Ok(listed
+            .iter()
+            .filter_map(|l| {
+                l.key
+                    .strip_prefix("history/")?
+                    .strip_suffix(".json")?
+                    .parse()
+                    .ok()
+            })
+            .collect())
+    }
+
+    /// The current state with its secrets left sealed (no key needed). For showing,
+    /// pulling and pushing.
+    pub async fn load_sealed(&self) -> Result<Option<(StateDocument, Version)>, StateError> {
+        let Some((bytes, object)) = self.get(STATE_KEY).await? else {
+            return Ok(None);
+        };
+        let doc = self.decode_current(&bytes).await?;
+        self.check_cluster(&doc)?;
+        let version = Version {
+            generation: doc.generation,
+            object: Some(object),
+        };
+        Ok(Some((doc, version)))
+    }
+
+    /// The current state with its secrets decrypted. Fails without a key when the state
+    /// holds secrets, and with a clear error for a wrong key (nothing is changed).
+    pub async fn load(&self) -> Result<Option<(StateDocument, Version)>, StateError> {
+        let Some((mut doc, version)) = self.load_sealed().await? else {
+            return Ok(None);
+        };
+        self.open_secrets(&mut doc)?;
+        Ok(Some((doc, version)))
+    }
+
+    /// [`Self::load`], or a new empty document (generation 0) when there is no state.
+    pub async fn load_or_new(&self) -> Result<(StateDocument, Version), StateError> {
+        match self.load().await? {
+            Some(found) => Ok(found),
+            None => Ok((
+                StateDocument::new(self.cluster.as_deref().unwrap_or_default()),
+                Version::absent(),
+            )),
+        }
+    }
+
+    /// Decrypt a document's sealed secrets into `doc.secrets`.
+    pub fn open_secrets(&self, doc: &mut StateDocument) -> Result<(), StateError> {
+        let Some(sealed) = doc.sealed.clone() else {
+            doc.secrets_open = true;
+            return Ok(());
+        };
+        let Some(keyring) = &self.keyring else {
+            return Err(StateError::NoKey {
+                url: self.url(),
+                names: sealed.names.join(", "),
+            });
+        };
+        let plain = keyring.open(&sealed)?;
+        doc.secrets = Secrets::from_plaintext(&plain)?;
+        doc.sealed_digest = Some(Sha256::digest(&plain).into());
+        doc.secrets_open = true;
+        Ok(())
+    }
+
+    /// One generation from history (secrets sealed; see [`Self::open_secrets`]).
+    pub async fn load_generation(&self, generation: u64) -> Result<StateDocument, StateError> {
+        let (_, doc) = self.raw_generation(generation).await?;
+        Ok(doc)
+    }
+
+    async fn raw_generation(&self, generation: u64) -> Result<(Bytes, StateDocument), StateError> {
+        let key = history_key(generation);
+        let Some((bytes, _)) = self.get(&key).await? else {
+            return Err(StateError::NoGeneration {
+                url: self.url(),
+                generation,
+            });
+        };
+        let doc = match document::decode(&bytes) {
+            Ok(d) => d,
+            Err(DecodeError::Corrupted(detail)) => {
+                let last_good = self.last_good_generation().await.unwrap_or(None);
+                return Err(self.corrupted(&key, detail, last_good));
+            }
+            Err(DecodeError::Unsupported(detail)) => {
+                return Err(StateError::Unsupported {
+                    url: self.url(),
+                    key,
+                    detail,
+                })
+            }
+        };
+        Ok((bytes, doc))
+    }
+
+    /// The stored bytes of the current state (or of `generation`), verified, for
+    /// `state pull`. Secrets stay encrypted.
+    pub async fn pull(
+        &self,
+        generation: Option<u64>,
+    ) -> Result<(Bytes, StateDocument), StateError> {
+        match generation {
+            Some(g) => self.raw_generation(g).await,
+            None => {
+                let Some((bytes, _)) = self.get(STATE_KEY).await? else {
+                    return Err(StateError::NoState { url: self.url() });
+                };
+                let doc = self.decode_current(&bytes).await?;
+                self.check_cluster(&doc)?;
+                Ok((bytes, doc))
+            }
+        }
+    }
+
+    /// Every generation kept in history, oldest first.
+    pub async fn history(&self) -> Result<Vec<HistoryEntry>, StateError> {
+        let listed = self
+            .backend
+            .list(HISTORY_DIR)
+            .await
+            .map_err(|e| backend_err(self.backend.as_ref(), e))?;
+        let mut items: Vec<(u64, u64)> = listed
+            .iter()
+            .filter_map(|l| {
+                let g = l
+                    .key
+                    .strip_prefix("history/")?
+                    .strip_suffix(".json")?
+                    .parse()
+                    .ok()?;
+                Some((g, l.size))
+            })
+            .collect();
+        items.sort_unstable();
+        let entries = futures::stream::iter(items)
+            .map(|(generation, size)| async move {
+                let mut e = HistoryEntry {
+                    generation,
+                    size,
+                    updated: None,
+                    updated_by: None,
+                    problem: None,
+                };
+                match self.get(&history_key(generation)).await {
+                    Ok(Some((bytes, _))) => match document::decode(&bytes) {
+                        Ok(doc) => {
+                            e.updated = doc.updated;
+                            e.updated_by = doc.updated_by;
+                            if doc.generation != generation {
+                                e.problem = Some(format!("holds generation {}", doc.generation));
+                            }
+                        }
+                        Err(DecodeError::Corrupted(d)) | Err(DecodeError::Unsupported(d)) => {
+                            e.problem = Some(d)
+                        }
+                    },
+                    Ok(None) => e.problem = Some("vanished while listing".into()),
+                    Err(err) => return Err(err),
+                }
+                Ok(e)
+            })
+            .buffered(8)
+            .collect::<Vec<_>>()
+            .await;
+        entries.into_iter().collect()
+    }
+
+    // ---------------------------------------------------------------- write
+
+    /// Save `doc`, read at `base`, as generation `base.generation + 1`: a
+    /// compare-and-swap on the state object's ETag (create-if-absent for the first
+    /// save). Losing the race is [`StateError::Conflict`]; nothing is overwritten.
+    /// On success `doc` is updated (generation, updated, sealed secrets) and the new
+    /// version is returned. Secrets are encrypted; without a key, a document that holds
+    /// secrets is refused.
+    pub async fn save(
+        &self,
+        doc: &mut StateDocument,
+        base: &Version,
+    ) -> Result<Version, StateError> {
+        if doc.generation != base.generation {
+            return Err(StateError::Usage(format!(
+                "internal: a document at generation {} was saved against version {}",
+                doc.generation, base.generation
+            )));
+        }
+        self.check_cluster(doc)?;
+        self.flush_pending_history().await;
+
+        let mut next = doc.clone();
+        if next.secrets_open {
+            if next.secrets.is_empty() {
+                next.sealed = None;
+                next.sealed_digest = None;
+            } else {
+                let plain = next.secrets.to_plaintext();
+                let digest: [u8; 32] = Sha256::digest(&plain).into();
+                if next.sealed.is_none() || next.sealed_digest != Some(digest) {
+                    let Some(keyring) = &self.keyring else {
+                        return Err(StateError::NoKey {
+                            url: self.url(),
+                            names: next.secrets.names().join(", "),
+                        });
+                    };
+                    next.sealed = Some(keyring.seal(next.secrets.names(), &plain)?);
+                    next.sealed_digest = Some(digest);
+                }
+            }
+        }
+        if next.cluster.is_empty() {
+            next.cluster = self.cluster.clone().unwrap_or_default();
+        }
+        next.generation = base.generation + 1;
+        next.updated = Some(Utc::now());
+        next.updated_by = Some(lock::current_holder());
+        next.versions.kubeforge = Some(env!("CARGO_PKG_VERSION").to_string());
+        let bytes = Bytes::from(document::encode(&next));
+
+        let mode = match &base.object {
+            None => WriteMode::Create,
+            Some(v) => WriteMode::Update(v.clone()),
+        };
+        let object = match self.backend.put(STATE_KEY, bytes.clone(), mode).await {
+            Ok(v) => v,
+            Err(BackendError::Precondition) | Err(BackendError::AlreadyExists) => {
+                let current = match self.get(STATE_KEY).await {
+                    Ok(Some((b, _))) => document::decode(&b).ok().map(|d| d.generation),
+                    _ => None,
+                };
+                return Err(StateError::Conflict {
+                    url: self.url(),
+                    base: base.generation,
+                    current,
+                });
+            }
+            Err(e) => return Err(backend_err(self.backend.as_ref(), e)),
+        };
+        self.write_history(next.generation, bytes).await;
+        *doc = next;
+        Ok(Version {
+            generation: doc.generation,
+            object: Some(object),
+        })
+    }
+
+    async fn write_history(&self, generation: u64, bytes: Bytes) {
+        match self
+            .backend
+            .put(&history_key(generation), bytes.clone(), WriteMode::Create)
+            .await
+        {
+            Ok(_) => {}
+            Err(BackendError::AlreadyExists) => {
+                tracing::warn!("history/{generation}.json already exists; left as it is");
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "generation {generation} is saved but its history copy is not ({e}); it will be written on the next save"
+                );
+                *self.pending_history.lock().expect("pending history") = Some((generation, bytes));
+            }
+        }
+    }
+
+    async fn flush_pending_history(&self) {
+        let pending = self.pending_history.lock().expect("pending history").take();
+        if let Some((g, bytes)) = pending {
+            self.write_history(g, bytes).await;
+        }
+    }
+
+    /// `state push`: replace the state with an edited copy pulled at `expected`
+    /// generation. The copy's sealed secrets are written back as they are.
+    pub async fn push(&self, bytes: &[u8], expected: u64) -> Result<Version, StateError> {
+        let mut doc = document::decode_edited(bytes)
+            .map_err(|e| StateError::Usage(format!("the file is not a state document: {e}")))?;
+        if doc.generation != expected {
+            return Err(StateError::Usage(format!(
+                "the file holds generation {} but --generation is {expected}",
+                doc.generation
+            )));
+        }
+        self.check_cluster(&doc)?;
+        if doc.sealed.is_some() && self.keyring.is_some() {
+            // Refuse a copy whose secrets our key cannot read (e.g. from another store).
+            let mut probe = doc.clone();
+            self.open_secrets(&mut probe)?;
+        }
+        let base = match self.get(STATE_KEY).await? {
+            None if expected == 0 => Version::absent(),
+            None => {
+                return Err(StateError::Conflict {
+                    url: self.url(),
+                    base: expected,
+                    current: None,
+                })
+            }
+            Some((current, object)) => {
+                let cur = self.decode_current(&current).await?;
+                if cur.generation != expected {
+                    return Err(StateError::Conflict {
+                        url: self.url(),
+                        base: expected,
+                        current: Some(cur.generation),
+                    });
+                }
+                Version {
+                    generation: expected,
+                    object: Some(object),
+                }
+            }
+        };
+        doc.secrets_open = doc.sealed.is_none();
+        self.save(&mut doc, &base).await
+    }
+}
+
+fn resolve_dir(p: &Path, base_dir: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base_dir.join(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keyed() -> StateStore {
+        StateStore::in_memory()
+            .with_cluster(Some("demo".into()))
+            .with_keyring(Some(Keyring::generate().0))
+    }
+
+    #[tokio::test]
+    async fn save_load_cas_and_history() {
+        let store = keyed();
+        let (mut doc, v0) = store.load_or_new().await.unwrap();
+        assert_eq!(v0, Version::absent());
+        doc.secrets.admin_kubeconfig = Some("kubeconfig-secret".into());
+        let v1 = store.save(&mut doc, &v0).await.unwrap();
+        assert_eq!(v1.generation, 1);
+        // A second save against the old version loses.
+        let mut stale = doc.clone();
+        stale.generation = 0;
+        let err = store.save(&mut stale, &v0).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StateError::Conflict {
+                    base: 0,
+                    current: Some(1),
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let (loaded, lv) = store.load().await.unwrap().unwrap();
+        assert_eq!(lv, v1);
+        assert_eq!(
+            loaded.secrets.admin_kubeconfig.as_deref(),
+            Some("kubeconfig-secret")
+        );
+        let h = store.history().await.unwrap();
+        assert_eq!(h.iter().map(|e| e.generation).collect::<Vec<_>>(), vec![1]);
+        let raw = store.pull(None).await.unwrap().0;
+        assert!(!String::from_utf8_lossy(&raw).contains("kubeconfig-secret"));
+    }
+
+    #[tokio::test]
+    async fn secrets_need_a_key() {
+        let store = StateStore::in_memory();
+        let (mut doc, v0) = store.load_or_new().await.unwrap();
+        doc.secrets
+            .join_tokens
+            .push("abcdef.0123456789abcdef".into());
+        let err = store.save(&mut doc, &v0).await.unwrap_err();
+        assert!(matches!(err, StateError::NoKey { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn unchanged_secrets_are_not_reencrypted() {
+        let store = keyed();
+        let (mut doc, v0) = store.load_or_new().await.unwrap();
+        doc.secrets.certificate_key = Some("ck".into());
+        let v1 = store.save(&mut doc, &v0).await.unwrap();
+        let sealed1 = doc.sealed.clone();
+        doc.host_keys
+            .insert("cp-1".into(), "ssh-ed25519 AAAA".into());
+        store.save(&mut doc, &v1).await.unwrap();
+        assert_eq!(doc.sealed, sealed1);
+        doc.secrets.certificate_key = Some("ck2".into());
+        let v3 = store
+            .save(
+                &mut doc,
+                &Version {
+                    generation: 2,
+                    ..v1.clone()
+                },
+            )
+            .await;
+        // v1's ETag is stale: conflict, nothing written.
+        assert!(matches!(v3, Err(StateError::Conflict { .. })));
+    }
+}
