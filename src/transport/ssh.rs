@@ -1,0 +1,835 @@
+//! The russh implementation of [`Transport`]: one connection per host, reused for every
+//! command and transfer of a run, many channels in parallel on it.
+
+use super::hostkeys::{check_and_pin, fingerprint, HostKeyCheck, HostKeyStore};
+use super::shell::quote;
+use super::{
+    ConnectFailure, ExecOutput, Transport, TransportError, UploadOutcome, UploadSource,
+    UploadTarget,
+};
+use russh::client::{self, Handle};
+use russh::keys::agent::client::AgentClient;
+use russh::keys::agent::AgentIdentity;
+use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
+use russh::ChannelMsg;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::{Mutex, Semaphore};
+
+/// How to authenticate.
+#[derive(Clone)]
+pub enum SshAuth {
+    /// A private key loaded once (see [`SshAuth::key_file`]).
+    Key(Arc<PrivateKey>),
+    /// Every identity the agent at `$SSH_AUTH_SOCK` holds, in order.
+    Agent,
+}
+
+impl std::fmt::Debug for SshAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SshAuth::Key(k) => write!(f, "Key({})", k.public_key().fingerprint(Default::default())),
+            SshAuth::Agent => f.write_str("Agent"),
+        }
+    }
+}
+
+impl SshAuth {
+    /// Load an unencrypted OpenSSH/PEM private key file.
+    pub fn key_file(path: impl AsRef<Path>) -> Result<SshAuth, TransportError> {
+        let path = path.as_ref();
+        russh::keys::load_secret_key(path, None)
+            .map(|k| SshAuth::Key(Arc::new(k)))
+            .map_err(|source| TransportError::KeyFile {
+                path: path.to_path_buf(),
+                source,
+            })
+    }
+}
+
+/// Retries of the connection step.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Retryable failures (refused, reset, timeout, handshake cut short) are retried
+    /// until this much time has passed since the first attempt.
+    pub window: Duration,
+    /// A rejected key is retried only within this window (fresh machines get their
+    /// authorized_keys a moment after sshd starts). Zero: the first rejection is final.
+    pub auth_window: Duration,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            window: Duration::from_secs(60),
+            auth_window: Duration::ZERO,
+            initial_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(3),
+        }
+    }
+}
+
+/// A jump host: connections to targets are tunnelled through it (direct-tcpip).
+#[derive(Debug, Clone)]
+pub struct BastionConfig {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    /// `None`: the same authentication as the targets.
+    pub auth: Option<SshAuth>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SshConfig {
+    pub user: String,
+    pub port: u16,
+    pub auth: SshAuth,
+    /// Limit for TCP connect plus SSH handshake plus authentication, per attempt.
+    pub connect_timeout: Duration,
+    /// Limit for one command or transfer (`None`: no limit).
+    pub command_timeout: Option<Duration>,
+    /// Keepalive probes every this often; the connection is dropped after 3 unanswered.
+    pub keepalive_interval: Option<Duration>,
+    pub retry: RetryPolicy,
+    pub bastion: Option<BastionConfig>,
+    /// Hosts whose changed host key is re-pinned on purpose (`--accept-new-host-key`).
+    pub accept_new_host_keys: BTreeSet<String>,
+    /// Channels open at once per connection (sshd's MaxSessions defaults to 10).
+    pub max_channels: usize,
+}
+
+impl SshConfig {
+    pub fn new(user: impl Into<String>, auth: SshAuth) -> Self {
+        SshConfig {
+            user: user.into(),
+            port: 22,
+            auth,
+            connect_timeout: Duration::from_secs(10),
+            command_timeout: None,
+            keepalive_interval: Some(Duration::from_secs(10)),
+            retry: RetryPolicy::default(),
+            bastion: None,
+            accept_new_host_keys: BTreeSet::new(),
+            max_channels: 8,
+        }
+    }
+
+    fn russh_config(&self) -> Arc<client::Config> {
+        Arc::new(client::Config {
+            keepalive_interval: self.keepalive_interval,
+            keepalive_max: 3,
+            nodelay: true,
+            window_size: 8 * 1024 * 1024,
+            ..Default::default()
+        })
+    }
+}
+
+/// Why the handshake was aborted by [`PinningHandler`].
+#[derive(Debug)]
+pub enum HandlerError {
+    Russh(russh::Error),
+    HostKeyChanged { pinned: String, offered: String },
+    HostCertificate,
+}
+
+impl From<russh::Error> for HandlerError {
+    fn from(e: russh::Error) -> Self {
+        HandlerError::Russh(e)
+    }
+}
+
+/// Checks the server's host key against the store during the handshake.
+pub struct PinningHandler {
+    host: String,
+    store: Arc<dyn HostKeyStore>,
+    accept_new: bool,
+}
+
+impl client::Handler for PinningHandler {
+    type Error = HandlerError;
+
+    async fn check_server_key(
+        &mut self,
+        server_public_key: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        let key = match server_public_key {
+            PublicKeyOrCertificate::PublicKey { key, .. } => key,
+            PublicKeyOrCertificate::Certificate(_) => return Err(HandlerError::HostCertificate),
+        };
+        match check_and_pin(self.store.as_ref(), &self.host, key, self.accept_new) {
+            HostKeyCheck::Known => Ok(true),
+            HostKeyCheck::PinnedNew => {
+                tracing::info!(host = %self.host, fingerprint = %key.fingerprint(Default::default()), "pinned new host key (first use)");
+                Ok(true)
+            }
+            HostKeyCheck::Repinned { previous } => {
+                tracing::warn!(host = %self.host, previous = %fingerprint(&previous), now = %key.fingerprint(Default::default()), "re-pinned changed host key on request");
+                Ok(true)
+            }
+            HostKeyCheck::Changed { pinned, offered } => {
+                Err(HandlerError::HostKeyChanged { pinned, offered })
+            }
+        }
+    }
+}
+
+/// One failed attempt, classified.
+enum Attempt {
+    Retry(ConnectFailure),
+    AuthRejected,
+    Fatal(TransportError),
+}
+
+/// An authenticated connection to one host.
+pub struct SshSession {
+    host: String,
+    user: String,
+    handle: Handle<PinningHandler>,
+    channels: Semaphore,
+    command_timeout: Option<Duration>,
+    /// Keeps the tunnel's carrier connection alive.
+    _bastion: Option<Arc<SshSession>>,
+}
+
+impl std::fmt::Debug for SshSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SshSession")
+            .field("host", &self.host)
+            .field("user", &self.user)
+            .finish()
+    }
+}
+
+/// Raw result of one channel.
+struct RawOutput {
+    exit_code: u32,
+    signal: Option<String>,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+}
+
+impl SshSession {
+    /// Connect and authenticate, retrying retryable failures per `cfg.retry`.
+    pub async fn connect(
+        host: &str,
+        cfg: &SshConfig,
+        store: Arc<dyn HostKeyStore>,
+        bastion: Option<Arc<SshSession>>,
+    ) -> Result<SshSession, TransportError> {
+        let start = Instant::now();
+        let mut attempts = 0u32;
+        let mut backoff = cfg.retry.initial_backoff;
+        loop {
+            attempts += 1;
+            let outcome = tokio::time::timeout(
+                cfg.connect_timeout,
+                Self::attempt(host, cfg, store.clone(), bastion.as_deref()),
+            )
+            .await
+            .unwrap_or(Err(Attempt::Retry(ConnectFailure::Timeout(
+                cfg.connect_timeout,
+            ))));
+            let attempt = match outcome {
+                Ok(handle) => {
+                    return Ok(SshSession {
+                        host: host.to_string(),
+                        user: cfg.user.clone(),
+                        handle,
+                        channels: Semaphore::new(cfg.max_channels.max(1)),
+                        command_timeout: cfg.command_timeout,
+                        _bastion: bastion,
+                    })
+                }
+                Err(a) => a,
+            };
+            let elapsed = start.elapsed();
+            match attempt {
+                Attempt::Fatal(e) => return Err(e),
+                Attempt::AuthRejected => {
+                    if elapsed + backoff > cfg.retry.auth_window {
+                        return Err(TransportError::Auth {
+                            host: host.into(),
+                            user: cfg.user.clone(),
+                            attempts,
+                            elapsed,
+                        });
+                    }
+                    tracing::debug!(
+                        host,
+                        attempts,
+                        "authentication rejected; retrying (fresh machine?)"
+                    );
+                }
+                Attempt::Retry(source) => {
+                    if elapsed + backoff > cfg.retry.window {
+                        return Err(TransportError::Connect {
+                            host: host.into(),
+                            port: cfg.port,
+                            attempts,
+                            elapsed,
+                            source,
+                        });
+                    }
+                    tracing::debug!(host, attempts, error = %source, "connect failed; retrying");
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(cfg.retry.max_backoff);
+        }
+    }
+
+    async fn attempt(
+        host: &str,
+        cfg: &SshConfig,
+        store: Arc<dyn HostKeyStore>,
+        bastion: Option<&SshSession>,
+    ) -> Result<Handle<PinningHandler>, Attempt> {
+        let handler = PinningHandler {
+            host: host.to_string(),
+            store,
+            accept_new: cfg.accept_new_host_keys.contains(host),
+        };
+        let rcfg = cfg.russh_config();
+        let connected = match bastion {
+            None => {
+                let tcp = tokio::net::TcpStream::connect((host, cfg.port))
+                    .await
+                    .map_err(|e| {
+                        if e.kind() == std::io::ErrorKind::InvalidInput {
+                            Attempt::Fatal(TransportError::Connect {
+                                host: host.into(),
+                                port: cfg.port,
+                                attempts: 1,
+                                elapsed: Duration::ZERO,
+                                source: ConnectFailure::Tcp(e),
+                            })
+                        } else {
+                            Attempt::Retry(ConnectFailure::Tcp(e))
+                        }
+                    })?;
+                let _ = tcp.set_nodelay(true);
+                client::connect_stream(rcfg, tcp, handler).await
+            }
+            Some(b) => {
+                let channel = b
+                    .handle
+                    .channel_open_direct_tcpip(host, u32::from(cfg.port), "127.0.0.1", 0)
+                    .await
+                    .map_err(|e| Attempt::Retry(ConnectFailure::Tunnel(e)))?;
+                client::connect_stream(rcfg, channel.into_stream(), handler).await
+            }
+        };
+        let mut handle = connected.map_err(|e| match e {
+            HandlerError::HostKeyChanged { pinned, offered } => {
+                Attempt::Fatal(TransportError::HostKeyChanged {
+                    host: host.into(),
+                    pinned_fingerprint: fingerprint(&pinned),
+                    offered_fingerprint: fingerprint(&offered),
+                })
+            }
+            HandlerError::HostCertificate => {
+                Attempt::Fatal(TransportError::HostCertificate { host: host.into() })
+            }
+            HandlerError::Russh(e) => Attempt::Retry(ConnectFailure::Handshake(e)),
+        })?;
+        let ok = authenticate(&mut handle, &cfg.user, &cfg.auth).await?;
+        if ok {
+            Ok(handle)
+        } else {
+            Err(Attempt::AuthRejected)
+        }
+    }
+
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    /// Whether the connection is gone (the pool then reconnects).
+    pub fn is_closed(&self) -> bool {
+        self.handle.is_closed()
+    }
+
+    fn privileged(&self, command: &str) -> String {
+        if self.user == "root" {
+            command.to_string()
+        } else {
+            format!("sudo -n -- sh -c {}", quote(command))
+        }
+    }
+
+    /// Run `command` as the SSH user, without sudo.
+    pub async fn exec_unprivileged(&self, command: &str) -> Result<ExecOutput, TransportError> {
+        let raw = self.run(command, command, None::<tokio::io::Empty>).await?;
+        Ok(to_output(raw))
+    }
+
+    /// Run a privileged command, failing unless it exits 0.
+    pub async fn exec_checked(&self, command: &str) -> Result<ExecOutput, TransportError> {
+        let out = Transport::exec(self, command).await?;
+        if out.success() {
+            Ok(out)
+        } else {
+            Err(TransportError::CommandFailed {
+                host: self.host.clone(),
+                command: command.into(),
+                exit_code: out.exit_code,
+                stderr: out.stderr.trim().to_string(),
+            })
+        }
+    }
+
+    /// Run `wire` (the exact string sent) on a new channel, feeding `stdin` when given.
+    /// `label` names the command in errors.
+    async fn run<R: AsyncRead + Unpin + Send>(
+        &self,
+        label: &str,
+        wire: &str,
+        stdin: Option<R>,
+    ) -> Result<RawOutput, TransportError> {
+        let work = self.run_inner(label, wire, stdin);
+        match self.command_timeout {
+            Some(t) => tokio::time::timeout(t, work).await.unwrap_or_else(|_| {
+                Err(TransportError::Timeout {
+                    host: self.host.clone(),
+                    command: label.into(),
+                    after: t,
+                })
+            }),
+            None => work.await,
+        }
+    }
+
+    async fn run_inner<R: AsyncRead + Unpin + Send>(
+        &self,
+        label: &str,
+        wire: &str,
+        stdin: Option<R>,
+    ) -> Result<RawOutput, TransportError> {
+        let _permit =
+            self.channels
+                .acquire()
+                .await
+                .map_err(|_| TransportError::ConnectionLost {
+                    host: self.host.clone(),
+                    command: label.into(),
+                    source: None,
+                })?;
+        let lost = |source: Option<russh::Error>| TransportError::ConnectionLost {
+            host: self.host.clone(),
+            command: label.into(),
+            source,
+        };
+        let channel = self
+            .handle
+            .channel_open_session()
+            .await
+            .map_err(|e| match e {
+                russh::Error::ChannelOpenFailure(_) => TransportError::Channel {
+                    host: self.host.clone(),
+                    source: e,
+                },
+                other => lost(Some(other)),
+            })?;
+        channel.exec(true, wire).await.map_err(|e| lost(Some(e)))?;
+        let (mut read, write) = channel.split();
+        let feed = async {
+            if let Some(mut input) = stdin {
+                write.data(&mut input).await?;
+            }
+            write.eof().await
+        };
+        let collect = async {
+            let mut out = RawOutput {
+                exit_code: 255,
+                signal: None,
+                stdout: Vec::new(),
+                stderr: Vec::new(),
+            };
+            let mut got_status = false;
+            while let Some(msg) = read.wait().await {
+                match msg {
+                    ChannelMsg::Data { data } => out.stdout.extend_from_slice(&data),
+                    ChannelMsg::ExtendedData { data, ext: 1 } => {
+                        out.stderr.extend_from_slice(&data)
+                    }
+                    ChannelMsg::ExitStatus { exit_status } => {
+                        out.exit_code = exit_status;
+                        got_status = true;
+                    }
+                    ChannelMsg::ExitSignal { signal_name, .. } => {
+                        out.signal = Some(format!("{signal_name:?}"));
+                        got_status = true;
+                    }
+                    _ => {}
+                }
+            }
+            (out, got_status)
+        };
+        let (fed, (out, got_status)) = tokio::join!(feed, collect);
+        if !got_status {
+            return Err(lost(fed.err()));
+        }
+        if let Err(e) = fed {
+            // The command exited before reading all of its input.
+            tracing::debug!(host = %self.host, error = %e, "stdin not fully sent");
+        }
+        Ok(out)
+    }
+
+    /// Close the connection politely.
+    pub async fn close(&self) {
+        let _ = self
+            .handle
+            .disconnect(russh::Disconnect::ByApplication, "", "en")
+            .await;
+    }
+}
+
+async fn authenticate(
+    handle: &mut Handle<PinningHandler>,
+    user: &str,
+    auth: &SshAuth,
+) -> Result<bool, Attempt> {
+    let handshake = |e: russh::Error| Attempt::Retry(ConnectFailure::Handshake(e));
+    match auth {
+        SshAuth::Key(key) => {
+            let hash = handle
+                .best_supported_rsa_hash()
+                .await
+                .map_err(handshake)?
+                .flatten();
+            let res = handle
+                .authenticate_publickey(user, PrivateKeyWithHashAlg::new(key.clone(), hash))
+                .await
+                .map_err(handshake)?;
+            Ok(res.success())
+        }
+        SshAuth::Agent => {
+            let mut agent = AgentClient::connect_env()
+                .await
+                .map_err(|e| Attempt::Fatal(TransportError::Agent(e)))?;
+            let ids = agent
+                .request_identities()
+                .await
+                .map_err(|e| Attempt::Fatal(TransportError::Agent(e)))?;
+            let keys: Vec<_> = ids
+                .into_iter()
+                .filter_map(|id| match id {
+                    AgentIdentity::PublicKey { key, .. } => Some(key),
+                    _ => None,
+                })
+                .collect();
+            if keys.is_empty() {
+                return Err(Attempt::Fatal(TransportError::AgentEmpty));
+            }
+            let hash = handle
+                .best_supported_rsa_hash()
+                .await
+                .map_err(handshake)?
+                .flatten();
+            for key in keys {
+                match handle
+                    .authenticate_publickey_with(user, key, hash, &mut agent)
+                    .await
+                {
+                    Ok(r) if r.success() => return Ok(true),
+                    Ok(_) => continue,
+                    Err(e) => tracing::debug!(error = %e, "agent could not sign"),
+                }
+            }
+            Ok(false)
+        }
+    }
+}
+
+fn to_output(raw: RawOutput) -> ExecOutput {
+    ExecOutput {
+        exit_code: raw.exit_code,
+        signal: raw.signal,
+        stdout: String::from_utf8_lossy(&raw.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&raw.stderr).into_owned(),
+    }
+}
+
+/// sha256 (hex) and size of an upload source, streaming files.
+async fn digest(source: &UploadSource) -> Result<(String, u64), TransportError> {
+    match source {
+        UploadSource::Bytes(b) => Ok((hex::encode(Sha256::digest(b)), b.len() as u64)),
+        UploadSource::File(path) => {
+            let local = |source| TransportError::LocalFile {
+                path: path.clone(),
+                source,
+            };
+            let mut f = tokio::fs::File::open(path).await.map_err(local)?;
+            let mut hasher = Sha256::new();
+            let mut buf = vec![0u8; 1 << 20];
+            let mut size = 0u64;
+            loop {
+                let n = f.read(&mut buf).await.map_err(local)?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+                size += n as u64;
+            }
+            Ok((hex::encode(hasher.finalize()), size))
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Transport for SshSession {
+    fn host(&self) -> &str {
+        &self.host
+    }
+
+    async fn exec(&self, command: &str) -> Result<ExecOutput, TransportError> {
+        let wire = self.privileged(command);
+        let raw = self.run(command, &wire, None::<tokio::io::Empty>).await?;
+        Ok(to_output(raw))
+    }
+
+    async fn upload(
+        &self,
+        source: UploadSource,
+        target: &UploadTarget,
+    ) -> Result<UploadOutcome, TransportError> {
+        let (sha, size) = digest(&source).await?;
+        let path = quote(&target.path);
+        let mode = format!("{:o}", target.mode);
+        let upload_err = |detail: String| TransportError::Upload {
+            host: self.host.clone(),
+            path: target.path.clone(),
+            detail,
+        };
+
+        // 1. What is there now?
+        let probe = format!(
+            "if [ -f {path} ]; then sha256sum {path} | cut -d' ' -f1; stat -c '%a %U:%G' {path}; fi"
+        );
+        let now = Transport::exec(self, &probe).await?;
+        if !now.success() {
+            return Err(upload_err(format!(
+                "cannot inspect the remote file: {}",
+                now.stderr.trim()
+            )));
+        }
+        let mut lines = now.stdout.lines();
+        if lines.next() == Some(sha.as_str()) {
+            let meta = lines.next().unwrap_or_default();
+            let (have_mode, have_owner) = meta.split_once(' ').unwrap_or((meta, ""));
+            let mode_ok = have_mode == mode;
+            let owner_ok = match &target.owner {
+                None => true,
+                Some(o) if o.contains(':') => have_owner == o,
+                Some(o) => have_owner.split(':').next() == Some(o.as_str()),
+            };
+            if mode_ok && owner_ok {
+                return Ok(UploadOutcome {
+                    sent: false,
+                    metadata_fixed: false,
+                    bytes: 0,
+                    sha256: sha,
+                });
+            }
+            let mut fix = format!("chmod {mode} {path}");
+            if let Some(o) = &target.owner {
+                fix.push_str(&format!(" && chown {} {path}", quote(o)));
+            }
+            self.exec_checked(&fix).await?;
+            return Ok(UploadOutcome {
+                sent: false,
+                metadata_fixed: true,
+                bytes: 0,
+                sha256: sha,
+            });
+        }
+
+        // 2. Send to a temp file next to the target, verify, then rename over it.
+        let chown = match &target.owner {
+            Some(o) => format!("chown {} \"$t\"", quote(o)),
+            None => ":".into(),
+        };
+        let script = format!(
+            "set -e; p={path}; d=$(dirname \"$p\"); mkdir -p \"$d\"; \
+             t=$(mktemp \"$d/.kubeforge-upload.XXXXXX\"); trap 'rm -f \"$t\"' EXIT; \
+             cat > \"$t\"; s=$(sha256sum \"$t\" | cut -d' ' -f1); \
+             if [ \"$s\" != {sha} ]; then echo \"checksum mismatch: remote $s\" >&2; exit 97; fi; \
+             chmod {mode} \"$t\"; {chown}; mv -f \"$t\" \"$p\"; trap - EXIT"
+        );
+        let wire = self.privileged(&script);
+        let label = format!("upload {}", target.path);
+        let raw = match &source {
+            UploadSource::Bytes(b) => self.run(&label, &wire, Some(&b[..])).await?,
+            UploadSource::File(p) => {
+                let f =
+                    tokio::fs::File::open(p)
+                        .await
+                        .map_err(|source| TransportError::LocalFile {
+                            path: p.clone(),
+                            source,
+                        })?;
+                let reader = tokio::io::BufReader::with_capacity(256 * 1024, f);
+                self.run(&label, &wire, Some(reader)).await?
+            }
+        };
+        if raw.exit_code != 0 || raw.signal.is_some() {
+            return Err(upload_err(format!(
+                "exit code {}: {}",
+                raw.exit_code,
+                String::from_utf8_lossy(&raw.stderr).trim()
+            )));
+        }
+        Ok(UploadOutcome {
+            sent: true,
+            metadata_fixed: false,
+            bytes: size,
+            sha256: sha,
+        })
+    }
+
+    async fn download(&self, path: &str) -> Result<Vec<u8>, TransportError> {
+        let command = format!("cat -- {}", quote(path));
+        let wire = self.privileged(&command);
+        let raw = self.run(&command, &wire, None::<tokio::io::Empty>).await?;
+        if raw.exit_code != 0 {
+            return Err(TransportError::CommandFailed {
+                host: self.host.clone(),
+                command,
+                exit_code: raw.exit_code,
+                stderr: String::from_utf8_lossy(&raw.stderr).trim().to_string(),
+            });
+        }
+        Ok(raw.stdout)
+    }
+}
+
+type Slot = Arc<Mutex<Option<Arc<SshSession>>>>;
+
+/// One connection per host for a whole run, opened on first use and reopened when it
+/// was lost. Cheap to share (`Arc<SshPool>`).
+pub struct SshPool {
+    cfg: SshConfig,
+    store: Arc<dyn HostKeyStore>,
+    slots: std::sync::Mutex<HashMap<String, Slot>>,
+    bastion: Mutex<Option<Arc<SshSession>>>,
+}
+
+impl SshPool {
+    pub fn new(cfg: SshConfig, store: Arc<dyn HostKeyStore>) -> Self {
+        SshPool {
+            cfg,
+            store,
+            slots: std::sync::Mutex::new(HashMap::new()),
+            bastion: Mutex::new(None),
+        }
+    }
+
+    pub fn config(&self) -> &SshConfig {
+        &self.cfg
+    }
+
+    async fn bastion(&self) -> Result<Option<Arc<SshSession>>, TransportError> {
+        let Some(b) = &self.cfg.bastion else {
+            return Ok(None);
+        };
+        let mut slot = self.bastion.lock().await;
+        if let Some(s) = slot.as_ref().filter(|s| !s.is_closed()) {
+            return Ok(Some(s.clone()));
+        }
+        let mut cfg = self.cfg.clone();
+        cfg.user = b.user.clone();
+        cfg.port = b.port;
+        cfg.bastion = None;
+        if let Some(auth) = &b.auth {
+            cfg.auth = auth.clone();
+        }
+        let s = SshSession::connect(&b.host, &cfg, self.store.clone(), None)
+            .await
+            .map_err(|e| TransportError::Bastion {
+                bastion: b.host.clone(),
+                source: Box::new(e),
+            })?;
+        let s = Arc::new(s);
+        *slot = Some(s.clone());
+        Ok(Some(s))
+    }
+
+    /// The connection to `host`, opening it when needed.
+    pub async fn session(&self, host: &str) -> Result<Arc<SshSession>, TransportError> {
+        let slot = {
+            let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+            slots.entry(host.to_string()).or_default().clone()
+        };
+        let mut guard = slot.lock().await;
+        if let Some(s) = guard.as_ref().filter(|s| !s.is_closed()) {
+            return Ok(s.clone());
+        }
+        let bastion = self.bastion().await?;
+        let s = Arc::new(SshSession::connect(host, &self.cfg, self.store.clone(), bastion).await?);
+        *guard = Some(s.clone());
+        Ok(s)
+    }
+
+    /// Drop the cached connection to `host` (e.g. after a reboot).
+    pub fn forget(&self, host: &str) {
+        self.slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(host);
+    }
+
+    /// Close every connection.
+    pub async fn close_all(&self) {
+        let slots: Vec<Slot> = self
+            .slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .map(|(_, s)| s)
+            .collect();
+        for slot in slots {
+            if let Some(s) = slot.lock().await.take() {
+                s.close().await;
+            }
+        }
+        if let Some(b) = self.bastion.lock().await.take() {
+            b.close().await;
+        }
+    }
+}
+
+/// Where a key file for the pool would be read from (for messages).
+pub fn describe_auth(auth: &SshAuth, key_path: Option<&PathBuf>) -> String {
+    match (auth, key_path) {
+        (SshAuth::Agent, _) => "ssh-agent".into(),
+        (SshAuth::Key(_), Some(p)) => format!("key {}", p.display()),
+        (SshAuth::Key(k), None) => {
+            format!("key {}", k.public_key().fingerprint(Default::default()))
+        }
+    }
+}
+
+/// A new random ed25519 key pair (e.g. the cluster's SSH key, or a test's).
+pub fn generate_ed25519_key() -> PrivateKey {
+    let seed: [u8; 32] = rand::random();
+    PrivateKey::from(russh::keys::ssh_key::private::Ed25519Keypair::from_seed(
+        &seed,
+    ))
+}
+
+/// The OpenSSH private key file text of `key` (unencrypted), and its public key line.
+pub fn encode_key(key: &PrivateKey) -> Result<(String, String), russh::keys::ssh_key::Error> {
+    let private = key
+        .to_openssh(russh::keys::ssh_key::LineEnding::LF)?
+        .to_string();
+    let public = key.public_key().to_openssh()?;
+    Ok((private, public))
+}
