@@ -31,7 +31,7 @@ pub enum Error {
     #[error(transparent)]
     Render(#[from] crate::render::RenderError),
     #[error(transparent)]
-    State(#[from] crate::state::StateError),
+    State(Box<crate::state::StateError>),
     #[error("cannot write {path}")]
     Write {
         path: PathBuf,
@@ -43,10 +43,27 @@ pub enum Error {
     #[error("cannot print the result as JSON")]
     Json(#[from] serde_json::Error),
     #[error(transparent)]
-    Provider(#[from] crate::provider::ProviderError),
+    Provider(Box<crate::provider::ProviderError>),
     #[error(transparent)]
-    Transport(#[from] crate::transport::TransportError),
+    Transport(Box<crate::transport::TransportError>),
 }
+
+// The module errors are large (they carry hosts, paths and sources); boxed here so that
+// every `Result<_, Error>` stays small.
+macro_rules! boxed_from {
+    ($($variant:ident($ty:ty)),*) => {$(
+        impl From<$ty> for Error {
+            fn from(e: $ty) -> Self {
+                Error::$variant(Box::new(e))
+            }
+        }
+    )*};
+}
+boxed_from!(
+    State(crate::state::StateError),
+    Provider(crate::provider::ProviderError),
+    Transport(crate::transport::TransportError)
+);
 
 impl Error {
     pub fn kind(&self) -> ExitKind {

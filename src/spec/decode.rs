@@ -37,14 +37,15 @@ fn strip_location(msg: &str) -> String {
     }
 }
 
-/// Decode `value` as `T`, reporting every problem into `rep`. Returns `None` when the
-/// document had any error.
+/// Decode `value` as `T`, reporting every problem into `rep`. When there were errors
+/// that could be stepped over, the value decoded without the offending nodes is still
+/// returned (so later checks can report their problems too); `rep` holds the errors.
+/// Returns `None` when it could not be decoded at all.
 pub fn decode<T: DeserializeOwned>(mut value: Value, rep: &mut Reporter<'_>) -> Option<T> {
-    let before = rep.errors.len();
     let mut removed: Vec<String> = Vec::new();
     for _ in 0..MAX_ERRORS {
         match serde_path_to_error::deserialize::<_, T>(value.clone()) {
-            Ok(t) => return (rep.errors.len() == before).then_some(t),
+            Ok(t) => return Some(t),
             Err(e) => {
                 let path = path_string(e.path());
                 let raw = strip_location(&e.inner().to_string());
@@ -84,11 +85,13 @@ fn classify(path: &str, raw: &str) -> (String, String, bool) {
     if let Some(rest) = raw.strip_prefix("unknown field `") {
         let name = rest.split('`').next().unwrap_or("");
         let expected = expected_list(rest);
-        return (
-            join(path, name),
-            format!("unknown field `{name}`{expected}"),
-            true,
-        );
+        // The path names the unknown key already, or (for some deserializers) its parent.
+        let field = if path == name || path.ends_with(&format!(".{name}")) {
+            path.to_string()
+        } else {
+            join(path, name)
+        };
+        return (field, format!("unknown field `{name}`{expected}"), true);
     }
     if let Some(rest) = raw.strip_prefix("missing field `") {
         let name = rest.split('`').next().unwrap_or("");
@@ -138,6 +141,12 @@ fn humanize(raw: &str) -> String {
         if s.contains(from) {
             s = s.replacen(from, to, 1);
         }
+    }
+    let scalar_found = ["floating point", "integer", "boolean"]
+        .iter()
+        .any(|t| s.starts_with(&format!("invalid type: {t}")));
+    if scalar_found && s.ends_with("expected a string") {
+        s.push_str(" (put the value in quotes)");
     }
     s
 }

@@ -91,7 +91,18 @@ impl<'a> Reporter<'a> {
         }
     }
 
+    /// Report a problem with `field`. A field that already has an error, in itself or
+    /// inside it (e.g. a value of the wrong type that was left out), gets no second,
+    /// consequential one.
     pub fn error(&mut self, field: &str, message: impl Into<String>) {
+        let inside = |f: &str| {
+            f == field
+                || f.strip_prefix(field)
+                    .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
+        };
+        if self.errors.iter().any(|e| inside(&e.field)) {
+            return;
+        }
         let e = self.make(field, message);
         self.errors.push(e);
     }

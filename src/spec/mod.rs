@@ -75,8 +75,12 @@ pub fn load_str(text: &str, path: &Path, base_dir: &Path) -> Result<LoadedCluste
     let positions = position::Positions::of(text);
     let mut rep = Reporter::new(path, &positions);
     let cluster: Option<Cluster> = decode::decode(value, &mut rep);
+    // With type errors stepped over, the rest is still checked so that one run reports
+    // every problem.
     let Some(cluster) = cluster else {
-        return Err(SpecErrors { errors: rep.errors });
+        let mut errors = rep.errors;
+        errors.sort_by_key(|e| (e.line, e.column));
+        return Err(SpecErrors { errors });
     };
     let mut inv_errors = Vec::new();
     let inventory = match &cluster.spec.provider {
@@ -95,6 +99,8 @@ pub fn load_str(text: &str, path: &Path, base_dir: &Path) -> Result<LoadedCluste
     let topology = validate::check(&cluster, inventory, &mut rep, &mut inv_errors);
     let mut errors = rep.errors;
     errors.extend(inv_errors);
+    // In file order, as a person fixes them.
+    errors.sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
     match topology {
         Some(topology) if errors.is_empty() => Ok(LoadedCluster {
             cluster,
