@@ -662,7 +662,7 @@ impl Transport for SshSession {
              t=$(mktemp \"$d/.kubeforge-upload.XXXXXX\"); trap 'rm -f \"$t\"' EXIT; \
              cat > \"$t\"; s=$(sha256sum \"$t\" | cut -d' ' -f1); \
              if [ \"$s\" != {sha} ]; then echo \"checksum mismatch: remote $s\" >&2; exit 97; fi; \
-             chmod {mode} \"$t\"; {chown}; mv -f \"$t\" \"$p\"; trap - EXIT"
+             chmod {mode} \"$t\"; {chown}; mv -fT \"$t\" \"$p\"; trap - EXIT"
         );
         let wire = self.privileged(&script);
         let label = format!("upload {}", target.path);
