@@ -380,9 +380,26 @@ impl SshSession {
                 host: self.host.clone(),
                 command: command.into(),
                 exit_code: out.exit_code,
-                stderr: out.stderr.trim().to_string(),
+                stderr: match &out.signal {
+                    Some(sig) => format!("killed by signal {sig}; {}", out.stderr.trim()),
+                    None => out.stderr.trim().to_string(),
+                },
             })
         }
+    }
+
+    /// Run a privileged command with its own time limit (overrides
+    /// `SshConfig::command_timeout`; `None`: no limit).
+    pub async fn exec_timeout(
+        &self,
+        command: &str,
+        timeout: Option<Duration>,
+    ) -> Result<ExecOutput, TransportError> {
+        let wire = self.privileged(command);
+        let raw = self
+            .run_with(command, &wire, None::<tokio::io::Empty>, timeout)
+            .await?;
+        Ok(to_output(raw))
     }
 
     /// Run `wire` (the exact string sent) on a new channel, feeding `stdin` when given.
@@ -393,8 +410,19 @@ impl SshSession {
         wire: &str,
         stdin: Option<R>,
     ) -> Result<RawOutput, TransportError> {
+        self.run_with(label, wire, stdin, self.command_timeout)
+            .await
+    }
+
+    async fn run_with<R: AsyncRead + Unpin + Send>(
+        &self,
+        label: &str,
+        wire: &str,
+        stdin: Option<R>,
+        timeout: Option<Duration>,
+    ) -> Result<RawOutput, TransportError> {
         let work = self.run_inner(label, wire, stdin);
-        match self.command_timeout {
+        match timeout {
             Some(t) => tokio::time::timeout(t, work).await.unwrap_or_else(|_| {
                 Err(TransportError::Timeout {
                     host: self.host.clone(),
