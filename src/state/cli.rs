@@ -70,7 +70,9 @@ pub enum StateCommand {
     },
     /// Replace the state with a (pulled and edited) copy; saved as a new generation.
     Push {
-        file: PathBuf,
+        /// The edited copy (from `state pull`).
+        #[arg(value_name = "FILE")]
+        copy: PathBuf,
         /// The generation the copy was pulled at; refused if the state moved since.
         #[arg(long)]
         generation: u64,
@@ -215,8 +217,8 @@ pub async fn run(args: StateArgs, output: OutputFormat) -> Result<(), Error> {
             let store = open_store(&target, false)?;
             pull(&store, out, generation, target.cluster.as_deref(), output).await
         }
-        StateCommand::Push { file, generation } => {
-            push(&open_store(&target, true)?, &file, generation, output).await
+        StateCommand::Push { copy, generation } => {
+            push(&open_store(&target, true)?, &copy, generation, output).await
         }
         StateCommand::LockProbe {
             lease_secs,
@@ -554,6 +556,13 @@ async fn lock_probe(
         lease: Duration::from_secs_f64(lease_secs.max(0.1)),
         refresh_every: refresh_secs.map(|s| Duration::from_secs_f64(s.max(0.05))),
     };
+    // Listen for Ctrl-C before announcing the lock, so a signal right after the
+    // announcement is handled (released) rather than killing the process.
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|e| StateError::Io {
+        what: "cannot listen for Ctrl-C".into(),
+        source: e,
+    })?;
     let guard = store.lock_with(opts).await?;
     println!("acquired lock {} at {}", guard.info().id, store.url());
     let _ = std::io::stdout().flush();
@@ -574,7 +583,10 @@ async fn lock_probe(
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     };
-    let interrupted = super::until_ctrl_c(wait).await.is_err();
+    let interrupted = tokio::select! {
+        _ = wait => false,
+        _ = interrupt.recv() => true,
+    };
     let lost = guard.check();
     guard.release().await?;
     lost?;

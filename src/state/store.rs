@@ -529,6 +529,19 @@ impl StateStore {
         self.flush_pending_history().await;
 
         let mut next = doc.clone();
+        if !next.secrets_open && !next.secrets.is_empty() {
+            // Secrets set on a document whose sealed secrets were never decrypted:
+            // writing the old blob back would silently drop them.
+            return Err(match &self.keyring {
+                None => StateError::NoKey {
+                    url: self.url(),
+                    names: next.secret_names().join(", "),
+                },
+                Some(_) => StateError::Usage(
+                    "internal: secrets changed on a document read without decrypting them (use StateStore::load)".into(),
+                ),
+            });
+        }
         if next.secrets_open {
             if next.secrets.is_empty() {
                 next.sealed = None;

@@ -1,0 +1,115 @@
+//! A moto S3 server for the tests: started once per test binary on a free loopback
+//! port, killed when the test process exits (PR_SET_PDEATHSIG from a thread that lives
+//! as long as the process). A missing moto_server is a test FAILURE, not a skip.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub struct Moto {
+    pub port: u16,
+    pub bucket: String,
+    pid: u32,
+}
+
+impl Moto {
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+}
+
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+fn which(name: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
+        .unwrap_or(false)
+}
+
+/// Send one small HTTP/1.1 request, return the status code.
+pub fn http(port: u16, method: &str, path: &str) -> std::io::Result<u16> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf)?;
+    let head = String::from_utf8_lossy(&buf[..n]);
+    head.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad response {head:?}")))
+}
+
+/// Start a moto_server on a free port and wait until it answers.
+pub fn start() -> (Child, u16) {
+    assert!(
+        which("moto_server"),
+        "moto_server is not on PATH: the S3 tests need it. Install it with \
+         `python3 -m pip install 'moto[server]'` (scripts/testbed/20-moto.sh does)."
+    );
+    for _attempt in 0..3 {
+        let port = free_port();
+        let mut cmd = Command::new("moto_server");
+        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // SAFETY: prctl is async-signal-safe; the child dies with the thread that made it.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().expect("cannot start moto_server");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("moto_server exited early with {status}");
+            }
+            if http(port, "GET", "/").is_ok() {
+                return (child, port);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    panic!("moto_server did not answer on 127.0.0.1 within 30 s (3 attempts)");
+}
+
+/// The moto server shared by all tests of this binary, with bucket `kubeforge-test`.
+pub fn shared() -> &'static Moto {
+    static MOTO: OnceLock<Moto> = OnceLock::new();
+    MOTO.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        // The server is a child of this thread, which never ends: PDEATHSIG fires
+        // only when the whole test process exits.
+        std::thread::spawn(move || {
+            let (mut child, port) = start();
+            let code = http(port, "PUT", "/kubeforge-test").expect("create bucket");
+            assert!(code == 200, "creating the bucket answered HTTP {code}");
+            tx.send((port, child.id())).unwrap();
+            let _ = child.wait();
+        });
+        let (port, pid) = rx.recv().expect("moto_server start");
+        Moto {
+            port,
+            bucket: "kubeforge-test".into(),
+            pid,
+        }
+    })
+}

@@ -1,0 +1,809 @@
+//! One conformance suite for the state store, run against file:// and against s3://
+//! (a real S3 API: moto, started by the tests). Library calls check the guarantees;
+//! the binary is run as a user runs it for the CLI and its exact messages.
+
+mod common;
+
+use common::Ctx;
+use kubeforge::state::{Keyring, LockOptions, Machine, StateError, StateStore, Version};
+use predicates::prelude::*;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod file {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Ctx::file()).await
+                }
+            )*
+        }
+        mod s3 {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Ctx::s3()).await
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    roundtrip_history_and_show,
+    save_race_one_winner,
+    lock_race_16_processes,
+    held_lock_is_named_and_force_unlock_breaks_it,
+    refresh_keeps_a_short_lease_live,
+    kill9_leaves_a_lock_that_expires,
+    ctrl_c_releases_the_lock,
+    wrong_key_changes_nothing,
+    passphrase_encryption,
+    corrupted_object_reported_with_last_good_generation,
+    pull_and_push,
+);
+
+const SECRET: &str = "SUPER-SECRET-KUBECONFIG-9f8e7d";
+
+fn key() -> (Keyring, String) {
+    Keyring::generate()
+}
+
+/// Save a first generation with one of everything.
+async fn seed(store: &StateStore) -> (kubeforge::state::StateDocument, Version) {
+    let (mut doc, v0) = store.load_or_new().await.unwrap();
+    assert_eq!(v0, Version::absent());
+    doc.machines.insert(
+        "cp-1".into(),
+        Machine {
+            name: "cp-1".into(),
+            provider_id: Some("docker:0123abcd".into()),
+            addresses: vec!["172.20.0.2".into()],
+            roles: vec!["control-plane".into()],
+            ..Default::default()
+        },
+    );
+    doc.host_keys.insert(
+        "cp-1".into(),
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITEST".into(),
+    );
+    doc.versions.kubernetes = Some("v1.20.2".into());
+    let i = doc.journal_start("provision", "sha256:abc", None);
+    doc.journal_finish(i, None);
+    doc.secrets.admin_kubeconfig = Some(SECRET.into());
+    doc.secrets
+        .pki
+        .insert("ca.key".into(), "-----BEGIN RSA PRIVATE KEY-----x".into());
+    let v1 = store.save(&mut doc, &v0).await.unwrap();
+    assert_eq!(v1.generation, 1);
+    (doc, v1)
+}
+
+async fn raw_state(store: &StateStore) -> Vec<u8> {
+    store
+        .backend()
+        .get("state.json")
+        .await
+        .unwrap()
+        .expect("state.json exists")
+        .0
+        .to_vec()
+}
+
+async fn roundtrip_history_and_show(ctx: Ctx) {
+    let (k, _) = key();
+    let store = ctx.store(Some(k));
+    let (mut doc, v1) = seed(&store).await;
+    let (loaded, lv) = store.load().await.unwrap().unwrap();
+    assert_eq!(lv, v1);
+    assert_eq!(loaded.machines, doc.machines);
+    assert_eq!(loaded.host_keys, doc.host_keys);
+    assert_eq!(loaded.secrets, doc.secrets);
+    assert_eq!(loaded.journal.len(), 1);
+    assert!(
+        !String::from_utf8_lossy(&raw_state(&store).await).contains(SECRET),
+        "secret stored in clear"
+    );
+
+    doc.versions.kubernetes = Some("v1.20.3".into());
+    let v2 = store.save(&mut doc, &v1).await.unwrap();
+    assert_eq!(v2.generation, 2);
+    let h = store.history().await.unwrap();
+    assert_eq!(
+        h.iter().map(|e| e.generation).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    assert!(h
+        .iter()
+        .all(|e| e.problem.is_none() && e.updated_by.is_some()));
+    let g1 = store.load_generation(1).await.unwrap();
+    assert_eq!(g1.versions.kubernetes.as_deref(), Some("v1.20.2"));
+
+    // The CLI, as a user runs it.
+    ctx.cli(&["history"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("GENERATION"))
+        .stdout(predicate::str::is_match(r"(?m)^1\s+\d{4}-").unwrap())
+        .stdout(predicate::str::is_match(r"(?m)^2\s+\d{4}-").unwrap());
+    let out = ctx.cli(&["show"]).assert().success();
+    let text = String::from_utf8(out.get_output().stdout.clone()).unwrap();
+    assert!(text.contains("cluster:     demo"), "{text}");
+    assert!(text.contains("generation:  2 (saved "), "{text}");
+    assert!(text.contains("lock:        free"), "{text}");
+    assert!(
+        text.contains("pki/ca.key, adminKubeconfig (encrypted with age-x25519 for age1"),
+        "{text}"
+    );
+    assert!(text.contains("kubernetes v1.20.3"), "{text}");
+    assert!(
+        !text.contains(SECRET) && !text.contains("PRIVATE KEY"),
+        "{text}"
+    );
+
+    let out = ctx.cli(&["show", "--output", "json"]).assert().success();
+    let stdout = String::from_utf8(out.get_output().stdout.clone()).unwrap();
+    assert!(
+        !stdout.contains(SECRET) && !stdout.contains("BEGIN AGE"),
+        "{stdout}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["state"]["generation"], 2);
+    assert_eq!(v["state"]["secrets"]["values"], "<redacted>");
+    assert_eq!(
+        v["state"]["machines"]["cp-1"]["providerId"],
+        "docker:0123abcd"
+    );
+
+    ctx.cli(&["show", "--generation", "1"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("generation:  1 (saved "))
+        .stdout(predicate::str::contains("kubernetes v1.20.2"));
+    ctx.cli(&["show", "--generation", "9"])
+        .assert()
+        .code(7)
+        .stderr(predicate::str::contains(
+            "error: generation 9 is not in the history at ",
+        ));
+    let out = ctx.cli(&["history", "-o", "json"]).assert().success();
+    let v: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert_eq!(v["generations"].as_array().unwrap().len(), 2);
+}
+
+async fn save_race_one_winner(ctx: Ctx) {
+    let (k, text) = key();
+    let store = ctx.store(Some(k));
+    let (_, mut version) = seed(&store).await;
+    for trial in 0..5u64 {
+        // Two independent writers read the same generation...
+        let a = ctx.store(Some(Keyring::X25519 {
+            identity: text.parse().unwrap(),
+            source: "a".into(),
+        }));
+        let b = ctx.store(Some(Keyring::X25519 {
+            identity: text.parse().unwrap(),
+            source: "b".into(),
+        }));
+        let (mut da, va) = a.load().await.unwrap().unwrap();
+        let (mut db, vb) = b.load().await.unwrap().unwrap();
+        assert_eq!(va, vb);
+        assert_eq!(va.generation, version.generation);
+        da.host_keys
+            .insert(format!("a-{trial}"), "ssh-ed25519 A".into());
+        db.host_keys
+            .insert(format!("b-{trial}"), "ssh-ed25519 B".into());
+        // ...and save at the same time: exactly one wins, the other gets a conflict.
+        let (ra, rb) = tokio::join!(a.save(&mut da, &va), b.save(&mut db, &vb));
+        let (winner, loser) = match (ra, rb) {
+            (Ok(v), Err(e)) | (Err(e), Ok(v)) => (v, e),
+            (Ok(_), Ok(_)) => panic!("trial {trial}: both writers won"),
+            (Err(x), Err(y)) => panic!("trial {trial}: both lost: {x} / {y}"),
+        };
+        assert_eq!(winner.generation, va.generation + 1);
+        match &loser {
+            StateError::Conflict { base, .. } => assert_eq!(*base, va.generation),
+            other => panic!("expected a conflict, got {other}"),
+        }
+        let msg = loser.to_string();
+        assert!(
+            msg.contains(&format!(
+                "changed since it was read at generation {}",
+                va.generation
+            )) && msg.contains("nothing was written"),
+            "{msg}"
+        );
+        let (now, nv) = store.load().await.unwrap().unwrap();
+        assert_eq!(nv, winner);
+        // The winner's change is there, the loser's is not (no silent overwrite).
+        let a_won = now.host_keys.contains_key(&format!("a-{trial}"));
+        let b_won = now.host_keys.contains_key(&format!("b-{trial}"));
+        assert!(a_won ^ b_won, "trial {trial}: a={a_won} b={b_won}");
+        version = nv;
+    }
+    let h = store.history().await.unwrap();
+    assert_eq!(
+        h.iter().map(|e| e.generation).collect::<Vec<_>>(),
+        (1..=6).collect::<Vec<_>>()
+    );
+}
+
+fn wait_for_line(child: &mut Child, needle: &str) -> String {
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut reader = BufReader::new(stdout);
+    let mut line = String::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        line.clear();
+        if reader.read_line(&mut line).unwrap() == 0 {
+            panic!("process ended before printing {needle:?}");
+        }
+        if line.contains(needle) {
+            return line;
+        }
+    }
+    panic!("no {needle:?} within 30 s");
+}
+
+async fn lock_race_16_processes(ctx: Ctx) {
+    let trials: usize = std::env::var("KUBEFORGE_LOCK_TRIALS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let store = ctx.store(None);
+    for trial in 0..trials {
+        let started = Instant::now();
+        let release = ctx.work.path().join(format!("release-{trial}"));
+        let release_arg = release.display().to_string();
+        let mut children: Vec<Child> = (0..16)
+            .map(|_| {
+                ctx.spawn_cmd(&[
+                    "lock-probe",
+                    "--hold-until-file",
+                    &release_arg,
+                    "--hold-ms",
+                    "120000",
+                ])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn kubeforge")
+            })
+            .collect();
+        // The losers fail at once; the winner holds until we create the release file.
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let exited = children
+                .iter_mut()
+                .map(|c| c.try_wait().unwrap())
+                .filter(Option::is_some)
+                .count();
+            if exited >= 15 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "trial {trial}: only {exited} of 16 racers finished: more than one holds the lock?"
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        let losers_done = started.elapsed();
+        std::fs::write(&release, b"go").unwrap();
+        let mut winners = 0;
+        let mut losers = 0;
+        for c in children {
+            let out = c.wait_with_output().unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            match out.status.code() {
+                Some(0) => {
+                    assert!(stdout.contains("acquired lock"), "{stdout}");
+                    assert!(stdout.contains("released the lock"), "{stdout}");
+                    winners += 1;
+                }
+                Some(3) => {
+                    assert!(
+                        stderr.contains("is locked by"),
+                        "loser without a lock message: {stderr}"
+                    );
+                    assert!(!stdout.contains("acquired"), "{stdout}");
+                    losers += 1;
+                }
+                other => panic!("trial {trial}: exit {other:?}: {stdout} {stderr}"),
+            }
+        }
+        assert_eq!(
+            (winners, losers),
+            (1, 15),
+            "trial {trial}: exactly one of 16 must win"
+        );
+        assert!(store.lock_status().await.unwrap().is_none());
+        eprintln!(
+            "[{}] lock race trial {trial}: 1 winner / 15 losers; losers done after {:?}, trial {:?}",
+            ctx.kind,
+            losers_done,
+            started.elapsed()
+        );
+    }
+}
+
+async fn held_lock_is_named_and_force_unlock_breaks_it(ctx: Ctx) {
+    let store = ctx.store(None);
+    let guard = store
+        .lock_with(LockOptions {
+            command: "kubeforge apply -f cluster.yaml".into(),
+            lease: Duration::from_secs(30),
+            refresh_every: Some(Duration::from_millis(200)),
+        })
+        .await
+        .unwrap();
+    let info = guard.info();
+    let since = info
+        .started
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let holder = format!(
+        "is locked by {} (pid {}, `kubeforge apply -f cluster.yaml`) since {since}",
+        info.holder, info.pid
+    );
+    // A second command fails at once, naming the holder and since when.
+    let t = Instant::now();
+    ctx.cli(&["lock-probe", "--hold-ms", "0"])
+        .assert()
+        .code(3)
+        .stderr(predicate::str::contains(&holder))
+        .stderr(predicate::str::contains("the lease runs until"));
+    eprintln!("[{}] second taker failed after {:?}", ctx.kind, t.elapsed());
+    match ctx.store(None).lock("kubeforge apply").await {
+        Err(StateError::Locked { .. }) => {}
+        other => panic!("expected Locked, got {other:?}"),
+    }
+    // unlock without --force refuses a live lease.
+    ctx.cli(&["unlock"])
+        .assert()
+        .code(3)
+        .stderr(predicate::str::contains(&holder));
+    assert!(store.lock_status().await.unwrap().is_some());
+    // --force breaks it and says what it broke.
+    ctx.cli(&["unlock", "--force"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(format!(
+        "broke a LIVE lock held by {} (pid {}, `kubeforge apply -f cluster.yaml`) since {since}",
+        info.holder, info.pid
+    )));
+    assert!(store.lock_status().await.unwrap().is_none());
+    // The old holder notices at its next refresh.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while guard.check().is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "holder did not notice the broken lock"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(matches!(guard.check(), Err(StateError::LockLost { .. })));
+    // Someone else takes it; the old holder's release must not remove theirs.
+    let other = ctx.store(None).lock("kubeforge upgrade").await.unwrap();
+    guard.release().await.unwrap();
+    let now = store.lock_status().await.unwrap().expect("still locked");
+    assert_eq!(now.id, other.info().id);
+    other.release().await.unwrap();
+    assert!(store.lock_status().await.unwrap().is_none());
+    ctx.cli(&["unlock"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("no lock at "));
+}
+
+async fn refresh_keeps_a_short_lease_live(ctx: Ctx) {
+    let store = ctx.store(None);
+    let guard = store
+        .lock_with(LockOptions {
+            command: "kubeforge apply".into(),
+            lease: Duration::from_secs(1),
+            refresh_every: Some(Duration::from_millis(200)),
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    guard.check().unwrap();
+    let held = store.lock_status().await.unwrap().unwrap();
+    assert!(
+        !held.is_expired(chrono::Utc::now()),
+        "lease was not refreshed"
+    );
+    assert!(held.refreshed > held.started);
+    match ctx.store(None).lock("other").await {
+        Err(StateError::Locked { .. }) => {}
+        other => panic!("expected a live lock, got {other:?}"),
+    }
+    guard.release().await.unwrap();
+    assert!(store.lock_status().await.unwrap().is_none());
+}
+
+async fn kill9_leaves_a_lock_that_expires(ctx: Ctx) {
+    let store = ctx.store(None);
+    let mut child = ctx
+        .spawn_cmd(&[
+            "lock-probe",
+            "--lease-secs",
+            "2",
+            "--refresh-secs",
+            "0.5",
+            "--hold-ms",
+            "120000",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_line(&mut child, "acquired lock");
+    child.kill().unwrap(); // SIGKILL: no chance to release
+    child.wait().unwrap();
+    let held = store
+        .lock_status()
+        .await
+        .unwrap()
+        .expect("lock left behind");
+    assert_eq!(held.pid, child.id());
+    // While the lease runs, others are refused.
+    ctx.cli(&["lock-probe", "--hold-ms", "0"])
+        .assert()
+        .code(3)
+        .stderr(predicate::str::contains("the lease runs until"));
+    // Wait for the lease to run out (nobody refreshes it any more).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !held.is_expired(chrono::Utc::now()) {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let since = held
+        .started
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    // An expired lease is NOT taken over silently.
+    ctx.cli(&["lock-probe", "--hold-ms", "0"])
+        .assert()
+        .code(3)
+        .stderr(predicate::str::contains(format!(
+            "is locked by {} (pid {}",
+            held.holder, held.pid
+        )))
+        .stderr(predicate::str::contains(format!(
+            ") since {since}; its lease expired at "
+        )))
+        .stderr(predicate::str::contains("`kubeforge state unlock --force`"));
+    ctx.cli(&["show"])
+        .assert()
+        .code(7)
+        .stderr(predicate::str::contains("there is no state at"));
+    // unlock removes an expired lock and says what it broke.
+    ctx.cli(&["unlock"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(format!(
+            "removed the lock held by {} (pid {}",
+            held.holder, held.pid
+        )))
+        .stdout(predicate::str::contains("(lease expired at "));
+    ctx.cli(&["lock-probe", "--hold-ms", "0"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("acquired lock"));
+    assert!(store.lock_status().await.unwrap().is_none());
+}
+
+async fn ctrl_c_releases_the_lock(ctx: Ctx) {
+    let store = ctx.store(None);
+    let mut child = ctx
+        .spawn_cmd(&["lock-probe", "--hold-ms", "120000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut reader = BufReader::new(stdout);
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert!(line.contains("acquired lock"), "{line}");
+    assert!(store.lock_status().await.unwrap().is_some());
+    // SAFETY: signalling our own child.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let status = child.wait().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut reader, &mut rest).unwrap();
+    assert!(rest.contains("interrupted; released the lock"), "{rest}");
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        store.lock_status().await.unwrap().is_none(),
+        "Ctrl-C left the lock behind"
+    );
+}
+
+async fn wrong_key_changes_nothing(ctx: Ctx) {
+    let (ka, _) = key();
+    let (kb, kb_text) = key();
+    let a_public = ka.recipient().unwrap();
+    let b_public = kb.recipient().unwrap();
+    let store = ctx.store(Some(ka));
+    seed(&store).await;
+    let before = raw_state(&store).await;
+
+    let wrong = ctx.store(Some(kb));
+    let err = wrong.load().await.unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, StateError::WrongKey(_)), "{msg}");
+    assert!(
+        msg.contains(&format!(
+            "wrong state encryption key: the secrets are encrypted for {a_public}, but the key from a generated key is {b_public}; nothing was changed"
+        )),
+        "{msg}"
+    );
+    // No key at all: refused, and the message says how to give one.
+    let err = ctx.store(None).load().await.unwrap_err();
+    assert!(matches!(err, StateError::NoKey { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains("holds encrypted secrets (pki/ca.key, adminKubeconfig) but no key was given"),
+        "{err}"
+    );
+    // A doc with secrets cannot be saved without a key either.
+    let nokey = ctx.store(None);
+    let (mut sealed, v) = nokey.load_sealed().await.unwrap().unwrap();
+    sealed.secrets.certificate_key = Some("x".into());
+    assert!(matches!(
+        nokey.save(&mut sealed, &v).await,
+        Err(StateError::NoKey { .. })
+    ));
+
+    // The CLI push with the wrong key: clear error, exit 7, nothing changed.
+    let pulled = ctx.work.path().join("pulled.json");
+    ctx.cli(&["pull", "--out", pulled.to_str().unwrap()])
+        .assert()
+        .success();
+    ctx.cli(&["push", pulled.to_str().unwrap(), "--generation", "1"])
+        .env("KUBEFORGE_STATE_KEY", &kb_text)
+        .assert()
+        .code(7)
+        .stderr(predicate::str::contains(format!(
+            "error: wrong state encryption key: the secrets are encrypted for {a_public}, but the key from $KUBEFORGE_STATE_KEY is {b_public}; nothing was changed"
+        )));
+    // A key file that is not a key.
+    let bad = ctx.work.path().join("bad.key");
+    std::fs::write(&bad, "not a key\n").unwrap();
+    ctx.cli(&["push", pulled.to_str().unwrap(), "--generation", "1"])
+        .env("KUBEFORGE_STATE_KEY_FILE", &bad)
+        .assert()
+        .code(7)
+        .stderr(predicate::str::contains("is not an age X25519 secret key"));
+
+    assert_eq!(raw_state(&store).await, before, "state changed");
+    assert_eq!(store.history().await.unwrap().len(), 1);
+    let (doc, _) = store.load().await.unwrap().unwrap();
+    assert_eq!(doc.secrets.admin_kubeconfig.as_deref(), Some(SECRET));
+}
+
+async fn passphrase_encryption(ctx: Ctx) {
+    let right = Keyring::from_passphrase(
+        "correct horse battery staple",
+        "$KUBEFORGE_STATE_PASSPHRASE",
+    );
+    let store = ctx.store(Some(right));
+    let t = Instant::now();
+    let (_, _) = seed(&store).await;
+    let (doc, _) = store.load().await.unwrap().unwrap();
+    eprintln!("[{}] passphrase save+load: {:?}", ctx.kind, t.elapsed());
+    assert_eq!(doc.secrets.admin_kubeconfig.as_deref(), Some(SECRET));
+    assert_eq!(doc.sealed_secrets().unwrap().scheme, "age-scrypt");
+    let before = raw_state(&store).await;
+    let wrong = ctx.store(Some(Keyring::from_passphrase(
+        "wrong",
+        "$KUBEFORGE_STATE_PASSPHRASE",
+    )));
+    let err = wrong.load().await.unwrap_err();
+    assert!(
+        err.to_string().contains(
+            "wrong state encryption key: the key from $KUBEFORGE_STATE_PASSPHRASE does not decrypt the state's secrets; nothing was changed"
+        ),
+        "{err}"
+    );
+    let (x, _) = key();
+    let err = ctx.store(Some(x)).load().await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("the secrets are encrypted with a passphrase, but an X25519 key was given"),
+        "{err}"
+    );
+    assert_eq!(raw_state(&store).await, before);
+}
+
+async fn corrupted_object_reported_with_last_good_generation(ctx: Ctx) {
+    let (k, _) = key();
+    let store = ctx.store(Some(k));
+    let (mut doc, mut v) = seed(&store).await;
+    for _ in 0..2 {
+        doc.journal_start("noop", "sha256:0", None);
+        v = store.save(&mut doc, &v).await.unwrap();
+    }
+    assert_eq!(v.generation, 3);
+    let good = raw_state(&store).await;
+
+    // Truncated object.
+    let truncated = bytes::Bytes::copy_from_slice(&good[..good.len() / 2]);
+    store
+        .backend()
+        .put(
+            "state.json",
+            truncated.clone(),
+            kubeforge::state::backend::WriteMode::Overwrite,
+        )
+        .await
+        .unwrap();
+    let err = store.load().await.unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(
+            err,
+            StateError::Corrupted {
+                last_good: Some(3),
+                ..
+            }
+        ),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("state.json at ") && msg.contains(" is corrupted: truncated"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("nothing was changed, and the last good generation in history is 3 (history/3.json; `kubeforge state pull --generation 3`)"),
+        "{msg}"
+    );
+    // A save against the old version does not overwrite it.
+    assert!(store.save(&mut doc, &v).await.is_err());
+    assert_eq!(raw_state(&store).await, truncated.to_vec());
+    ctx.cli(&["show"])
+        .assert()
+        .code(7)
+        .stderr(predicate::str::contains(" is corrupted: truncated"))
+        .stderr(predicate::str::contains(
+            "the last good generation in history is 3",
+        ));
+    ctx.cli(&["lock-probe", "--hold-ms", "0"])
+        .assert()
+        .success();
+
+    // One changed byte: checksum mismatch.
+    let text = String::from_utf8(good.clone()).unwrap();
+    let flipped = text.replace("172.20.0.2", "172.20.0.9");
+    assert_ne!(flipped, text);
+    store
+        .backend()
+        .put(
+            "state.json",
+            bytes::Bytes::from(flipped.clone()),
+            kubeforge::state::backend::WriteMode::Overwrite,
+        )
+        .await
+        .unwrap();
+    let err = store.load().await.unwrap_err();
+    assert!(
+        err.to_string().contains("is corrupted: checksum mismatch"),
+        "{err}"
+    );
+    // The history copy of 3 damaged too: the last good one is 2.
+    store
+        .backend()
+        .put(
+            "history/3.json",
+            bytes::Bytes::from(flipped.clone()),
+            kubeforge::state::backend::WriteMode::Overwrite,
+        )
+        .await
+        .unwrap();
+    let err = store.load().await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StateError::Corrupted {
+                last_good: Some(2),
+                ..
+            }
+        ),
+        "{err}"
+    );
+    ctx.cli(&["history"])
+        .assert()
+        .success()
+        .stdout(predicate::str::is_match(r"(?m)^3 .*DAMAGED: checksum mismatch").unwrap());
+    // The good generation can still be pulled.
+    let out = ctx.work.path().join("g2.json");
+    ctx.cli(&["pull", "--generation", "2", "--out", out.to_str().unwrap()])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("wrote generation 2 of "));
+    assert_eq!(
+        raw_state(&store).await,
+        flipped.into_bytes(),
+        "nothing overwritten"
+    );
+}
+
+async fn pull_and_push(ctx: Ctx) {
+    use std::os::unix::fs::PermissionsExt;
+    let (k, ktext) = key();
+    let store = ctx.store(Some(k));
+    let (mut doc, v1) = seed(&store).await;
+    let file = ctx.work.path().join("copy.json");
+    let fname = file.to_str().unwrap().to_string();
+    ctx.cli(&["pull", "--out", &fname])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(format!(
+            "wrote generation 1 of {} to {fname} (mode 0600; secrets stay encrypted)",
+            store.url()
+        )));
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let pulled = std::fs::read_to_string(&file).unwrap();
+    assert!(!pulled.contains(SECRET) && pulled.contains("BEGIN AGE ENCRYPTED FILE"));
+
+    // Someone saves meanwhile: pushing the copy pulled at 1 is refused.
+    doc.versions.kubernetes = Some("v1.20.9".into());
+    store.save(&mut doc, &v1).await.unwrap();
+    let mut edited: serde_json::Value = serde_json::from_str(&pulled).unwrap();
+    edited["state"]["hostKeys"]["cp-2"] = "ssh-ed25519 AAAAEDITED".into();
+    std::fs::write(&file, serde_json::to_vec_pretty(&edited).unwrap()).unwrap();
+    ctx.cli(&["push", &fname, "--generation", "1"])
+        .assert()
+        .code(7)
+        .stderr(predicate::str::contains(
+            "changed since it was read at generation 1 (it is now at generation 2): nothing was written",
+        ));
+    ctx.cli(&["push", &fname, "--generation", "2"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "error: the file holds generation 1 but --generation is 2",
+        ));
+    assert_eq!(store.load().await.unwrap().unwrap().1.generation, 2);
+
+    // Pull again at 2, edit, push: saved as 3, secrets carried over untouched.
+    ctx.cli(&["pull", "--out", &fname]).assert().success();
+    let mut edited: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    edited["state"]["hostKeys"]["cp-2"] = "ssh-ed25519 AAAAEDITED".into();
+    std::fs::write(&file, serde_json::to_vec_pretty(&edited).unwrap()).unwrap();
+    ctx.cli(&["push", &fname, "--generation", "2"])
+        .env("KUBEFORGE_STATE_KEY", &ktext)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(format!(
+            "pushed {fname} to {} as generation 3 (was 2)",
+            store.url()
+        )));
+    let (now, v3) = store.load().await.unwrap().unwrap();
+    assert_eq!(v3.generation, 3);
+    assert_eq!(now.host_keys["cp-2"], "ssh-ed25519 AAAAEDITED");
+    assert_eq!(now.secrets.admin_kubeconfig.as_deref(), Some(SECRET));
+    assert_eq!(now.versions.kubernetes.as_deref(), Some("v1.20.9"));
+    // The same copy again: it is stale now.
+    ctx.cli(&["push", &fname, "--generation", "2"])
+        .assert()
+        .code(7)
+        .stderr(predicate::str::contains("(it is now at generation 3)"));
+    assert_eq!(
+        store
+            .history()
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.generation)
+            .collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+}
