@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# moto's S3 server: the real S3 API (conditional PUTs: If-None-Match / If-Match) for the
+# state-store tests. Only installed here; each test binary starts its own
+# `moto_server -H 127.0.0.1 -p <free port>` and it dies with the tests.
+set -euo pipefail
+if ! command -v moto_server >/dev/null 2>&1; then
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends python3-pip >/dev/null
+  fi
+  # A Debian system python refuses pip installs (PEP 668) unless told otherwise.
+  python3 -m pip install -q 'moto[server]' \
+    || python3 -m pip install -q --break-system-packages 'moto[server]'
+  if command -v pyenv >/dev/null 2>&1; then
+    pyenv rehash
+  fi
+fi
+if ! command -v moto_server >/dev/null 2>&1; then
+  echo "moto_server is still not on PATH after installing moto[server]" >&2
+  exit 1
+fi
+python3 -c 'import moto; print("moto", moto.__version__)' 2>/dev/null || moto_server --help | head -1
