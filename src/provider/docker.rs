@@ -131,7 +131,7 @@ impl DockerProvider {
                     .into_iter()
                     .filter_map(|c| c.subnet)
                     .collect();
-                if found.iter().any(|s| *s == expected) {
+                if found.contains(&expected) {
                     Ok(())
                 } else {
                     Err(ProviderError::NetworkMismatch {

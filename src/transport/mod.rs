@@ -171,13 +171,13 @@ pub enum TransportError {
         host: String,
         command: String,
         #[source]
-        source: Option<russh::Error>,
+        source: Option<Box<russh::Error>>,
     },
     #[error("cannot open a channel to {host}")]
     Channel {
         host: String,
         #[source]
-        source: russh::Error,
+        source: Box<russh::Error>,
     },
     #[error("`{command}` failed on {host} with exit code {exit_code}: {stderr}")]
     CommandFailed {
@@ -216,9 +216,9 @@ pub enum ConnectFailure {
     #[error("no answer within {0:.1?}")]
     Timeout(Duration),
     #[error("SSH handshake failed")]
-    Handshake(#[source] russh::Error),
+    Handshake(#[source] Box<russh::Error>),
     #[error("the bastion could not open a tunnel")]
-    Tunnel(#[source] russh::Error),
+    Tunnel(#[source] Box<russh::Error>),
 }
 
 impl TransportError {

@@ -322,7 +322,7 @@ impl SshSession {
                     .handle
                     .channel_open_direct_tcpip(host, u32::from(cfg.port), "127.0.0.1", 0)
                     .await
-                    .map_err(|e| Attempt::Retry(ConnectFailure::Tunnel(e)))?;
+                    .map_err(|e| Attempt::Retry(ConnectFailure::Tunnel(Box::new(e))))?;
                 client::connect_stream(rcfg, channel.into_stream(), handler).await
             }
         };
@@ -337,7 +337,7 @@ impl SshSession {
             HandlerError::HostCertificate => {
                 Attempt::Fatal(TransportError::HostCertificate { host: host.into() })
             }
-            HandlerError::Russh(e) => Attempt::Retry(ConnectFailure::Handshake(e)),
+            HandlerError::Russh(e) => Attempt::Retry(ConnectFailure::Handshake(Box::new(e))),
         })?;
         let ok = authenticate(&mut handle, &cfg.user, &cfg.auth).await?;
         if ok {
@@ -452,7 +452,7 @@ impl SshSession {
         let lost = |source: Option<russh::Error>| TransportError::ConnectionLost {
             host: self.host.clone(),
             command: label.into(),
-            source,
+            source: source.map(Box::new),
         };
         let channel = self
             .handle
@@ -461,7 +461,7 @@ impl SshSession {
             .map_err(|e| match e {
                 russh::Error::ChannelOpenFailure(_) => TransportError::Channel {
                     host: self.host.clone(),
-                    source: e,
+                    source: Box::new(e),
                 },
                 other => lost(Some(other)),
             })?;
@@ -525,7 +525,7 @@ async fn authenticate(
     user: &str,
     auth: &SshAuth,
 ) -> Result<bool, Attempt> {
-    let handshake = |e: russh::Error| Attempt::Retry(ConnectFailure::Handshake(e));
+    let handshake = |e: russh::Error| Attempt::Retry(ConnectFailure::Handshake(Box::new(e)));
     match auth {
         SshAuth::Key(key) => {
             let hash = handle
