@@ -586,30 +586,63 @@ fn to_output(raw: RawOutput) -> ExecOutput {
     }
 }
 
+type DigestKey = (PathBuf, Option<std::time::SystemTime>, u64);
+
+/// Digests of local files already hashed in this process (a file pushed to many hosts
+/// is read once for its checksum, not once per host).
+fn digest_cache(
+) -> &'static std::sync::Mutex<HashMap<DigestKey, Arc<tokio::sync::OnceCell<String>>>> {
+    static CACHE: std::sync::OnceLock<
+        std::sync::Mutex<HashMap<DigestKey, Arc<tokio::sync::OnceCell<String>>>>,
+    > = std::sync::OnceLock::new();
+    CACHE.get_or_init(Default::default)
+}
+
 /// sha256 (hex) and size of an upload source, streaming files.
 async fn digest(source: &UploadSource) -> Result<(String, u64), TransportError> {
     match source {
         UploadSource::Bytes(b) => Ok((hex::encode(Sha256::digest(b)), b.len() as u64)),
         UploadSource::File(path) => {
-            let local = |source| TransportError::LocalFile {
-                path: path.clone(),
-                source,
-            };
-            let mut f = tokio::fs::File::open(path).await.map_err(local)?;
-            let mut hasher = Sha256::new();
-            let mut buf = vec![0u8; 1 << 20];
-            let mut size = 0u64;
-            loop {
-                let n = f.read(&mut buf).await.map_err(local)?;
-                if n == 0 {
-                    break;
-                }
-                hasher.update(&buf[..n]);
-                size += n as u64;
-            }
-            Ok((hex::encode(hasher.finalize()), size))
+            let meta =
+                tokio::fs::metadata(path)
+                    .await
+                    .map_err(|source| TransportError::LocalFile {
+                        path: path.clone(),
+                        source,
+                    })?;
+            let key = (path.clone(), meta.modified().ok(), meta.len());
+            let cell = digest_cache()
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(key)
+                .or_default()
+                .clone();
+            let sha = cell
+                .get_or_try_init(|| async { hash_file(path).await.map(|(sha, _)| sha) })
+                .await?;
+            Ok((sha.clone(), meta.len()))
         }
     }
+}
+
+async fn hash_file(path: &PathBuf) -> Result<(String, u64), TransportError> {
+    let local = |source| TransportError::LocalFile {
+        path: path.clone(),
+        source,
+    };
+    let mut f = tokio::fs::File::open(path).await.map_err(local)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = f.read(&mut buf).await.map_err(local)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok((hex::encode(hasher.finalize()), size))
 }
 
 #[async_trait::async_trait]
