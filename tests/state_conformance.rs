@@ -588,10 +588,13 @@ async fn wrong_key_changes_nothing(ctx: Ctx) {
 }
 
 async fn passphrase_encryption(ctx: Ctx) {
+    // scrypt at the production work factor takes seconds in an unoptimized test
+    // build; the code path is the same with a smaller factor (read from the file).
     let right = Keyring::from_passphrase(
         "correct horse battery staple",
         "$KUBEFORGE_STATE_PASSPHRASE",
-    );
+    )
+    .with_work_factor(10);
     let store = ctx.store(Some(right));
     let t = Instant::now();
     let (_, _) = seed(&store).await;
@@ -660,7 +663,7 @@ async fn corrupted_object_reported_with_last_good_generation(ctx: Ctx) {
         "{msg}"
     );
     assert!(
-        msg.contains("nothing was changed, and the last good generation in history is 3 (history/3.json; `kubeforge state pull --generation 3`)"),
+        msg.contains("nothing was changed, and the last good generation in history is 3: restore it with `kubeforge state pull --generation 3 --out FILE` and `kubeforge state push FILE --generation 3 --replace-corrupted`"),
         "{msg}"
     );
     // A save against the old version does not overwrite it.
@@ -728,9 +731,38 @@ async fn corrupted_object_reported_with_last_good_generation(ctx: Ctx) {
         .stdout(predicate::str::contains("wrote generation 2 of "));
     assert_eq!(
         raw_state(&store).await,
-        flipped.into_bytes(),
+        flipped.clone().into_bytes(),
         "nothing overwritten"
     );
+    // A plain push is refused on a corrupted state; --replace-corrupted restores it.
+    let g2 = out.to_str().unwrap();
+    ctx.cli(&["push", g2, "--generation", "2"])
+        .assert()
+        .code(7)
+        .stderr(predicate::str::contains(" is corrupted: checksum mismatch"));
+    assert_eq!(raw_state(&store).await, flipped.into_bytes());
+    ctx.cli(&["push", g2, "--generation", "2", "--replace-corrupted"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(format!(
+            "replaced the corrupted state at {} with {g2} (pulled at generation 2) as generation 4",
+            store.url()
+        )));
+    let (restored, v4) = store.load().await.unwrap().unwrap();
+    assert_eq!(v4.generation, 4);
+    assert_eq!(
+        restored.journal.len(),
+        2,
+        "generation 2 had two journal entries"
+    );
+    assert_eq!(restored.secrets.admin_kubeconfig.as_deref(), Some(SECRET));
+    // Refused on an intact state.
+    ctx.cli(&["push", g2, "--generation", "2", "--replace-corrupted"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "is not corrupted: push without --replace-corrupted",
+        ));
 }
 
 async fn pull_and_push(ctx: Ctx) {

@@ -76,6 +76,10 @@ pub enum StateCommand {
         /// The generation the copy was pulled at; refused if the state moved since.
         #[arg(long)]
         generation: u64,
+        /// Replace a corrupted state object (e.g. with the last good generation pulled
+        /// from history). Refused when the state is intact.
+        #[arg(long)]
+        replace_corrupted: bool,
     },
     /// Write a new age X25519 key file (mode 0600) for encrypting the state's secrets.
     Keygen {
@@ -217,8 +221,13 @@ pub async fn run(args: StateArgs, output: OutputFormat) -> Result<(), Error> {
             let store = open_store(&target, false)?;
             pull(&store, out, generation, target.cluster.as_deref(), output).await
         }
-        StateCommand::Push { copy, generation } => {
-            push(&open_store(&target, true)?, &copy, generation, output).await
+        StateCommand::Push {
+            copy,
+            generation,
+            replace_corrupted,
+        } => {
+            let store = open_store(&target, true)?;
+            push(&store, &copy, generation, replace_corrupted, output).await
         }
         StateCommand::LockProbe {
             lease_secs,
@@ -492,19 +501,31 @@ async fn push(
     store: &StateStore,
     file: &Path,
     generation: u64,
+    replace_corrupted: bool,
     output: OutputFormat,
 ) -> Result<(), Error> {
     let bytes = std::fs::read(file).map_err(|e| StateError::Io {
         what: format!("cannot read {}", file.display()),
         source: e,
     })?;
-    let v = store.push(&bytes, generation).await?;
+    let v = if replace_corrupted {
+        store.push_replacing_corrupted(&bytes, generation).await?
+    } else {
+        store.push(&bytes, generation).await?
+    };
     if output == OutputFormat::Json {
         print_json(&serde_json::json!({
             "url": store.url(),
             "previous": generation,
             "generation": v.generation,
         }))?;
+    } else if replace_corrupted {
+        println!(
+            "replaced the corrupted state at {} with {} (pulled at generation {generation}) as generation {}",
+            store.url(),
+            file.display(),
+            v.generation
+        );
     } else {
         println!(
             "pushed {} to {} as generation {} (was {generation})",

@@ -28,6 +28,8 @@ pub enum Keyring {
     Passphrase {
         passphrase: SecretString,
         source: String,
+        /// scrypt work factor for new encryptions (log2 N).
+        log_n: u8,
     },
 }
 
@@ -107,6 +109,7 @@ impl Keyring {
             return Ok(Some(Keyring::Passphrase {
                 passphrase: SecretString::from(value),
                 source: format!("${var}"),
+                log_n: SCRYPT_LOG_N,
             }));
         }
         if let Some(path) = env_var(ENV_KEY_FILE) {
@@ -121,6 +124,7 @@ impl Keyring {
             return Ok(Some(Keyring::Passphrase {
                 passphrase: SecretString::from(value),
                 source: format!("${ENV_PASSPHRASE}"),
+                log_n: SCRYPT_LOG_N,
             }));
         }
         Ok(None)
@@ -155,7 +159,18 @@ impl Keyring {
         Keyring::Passphrase {
             passphrase: SecretString::from(passphrase.to_string()),
             source: source.to_string(),
+            log_n: SCRYPT_LOG_N,
         }
+    }
+
+    /// Use another scrypt work factor (log2 N, 1..=22) for new encryptions; reading
+    /// takes the factor from the file. Only for tests: unoptimized debug builds run
+    /// scrypt ~50 times slower than release builds.
+    pub fn with_work_factor(mut self, new_log_n: u8) -> Keyring {
+        if let Keyring::Passphrase { log_n, .. } = &mut self {
+            *log_n = new_log_n.clamp(1, 22);
+        }
+        self
     }
 
     pub fn source(&self) -> &str {
@@ -186,9 +201,11 @@ impl Keyring {
                 age::Encryptor::with_recipients(std::iter::once(&recipient as &dyn age::Recipient))
                     .map_err(|e| StateError::Key(format!("cannot encrypt the secrets: {e}")))?
             }
-            Keyring::Passphrase { passphrase, .. } => {
+            Keyring::Passphrase {
+                passphrase, log_n, ..
+            } => {
                 let mut r = age::scrypt::Recipient::new(passphrase.clone());
-                r.set_work_factor(SCRYPT_LOG_N);
+                r.set_work_factor(*log_n);
                 age::Encryptor::with_recipients(std::iter::once(&r as &dyn age::Recipient))
                     .map_err(|e| StateError::Key(format!("cannot encrypt the secrets: {e}")))?
             }

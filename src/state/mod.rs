@@ -98,7 +98,7 @@ fn ts(t: &DateTime<Utc>) -> String {
 fn last_good_text(g: &Option<u64>) -> String {
     match g {
         Some(g) => format!(
-            "the last good generation in history is {g} (history/{g}.json; `kubeforge state pull --generation {g}`)"
+            "the last good generation in history is {g}: restore it with `kubeforge state pull --generation {g} --out FILE` and `kubeforge state push FILE --generation {g} --replace-corrupted`"
         ),
         None => "no good generation was found in history".to_string(),
     }

@@ -626,20 +626,7 @@ impl StateStore {
     /// `state push`: replace the state with an edited copy pulled at `expected`
     /// generation. The copy's sealed secrets are written back as they are.
     pub async fn push(&self, bytes: &[u8], expected: u64) -> Result<Version, StateError> {
-        let mut doc = document::decode_edited(bytes)
-            .map_err(|e| StateError::Usage(format!("the file is not a state document: {e}")))?;
-        if doc.generation != expected {
-            return Err(StateError::Usage(format!(
-                "the file holds generation {} but --generation is {expected}",
-                doc.generation
-            )));
-        }
-        self.check_cluster(&doc)?;
-        if doc.sealed.is_some() && self.keyring.is_some() {
-            // Refuse a copy whose secrets our key cannot read (e.g. from another store).
-            let mut probe = doc.clone();
-            self.open_secrets(&mut probe)?;
-        }
+        let mut doc = self.pushed_document(bytes, expected)?;
         let base = match self.get(STATE_KEY).await? {
             None if expected == 0 => Version::absent(),
             None => {
@@ -667,14 +654,74 @@ impl StateStore {
         doc.secrets_open = doc.sealed.is_none();
         self.save(&mut doc, &base).await
     }
+
+    fn pushed_document(&self, bytes: &[u8], expected: u64) -> Result<StateDocument, StateError> {
+        let doc = document::decode_edited(bytes)
+            .map_err(|e| StateError::Usage(format!("the file is not a state document: {e}")))?;
+        if doc.generation != expected {
+            return Err(StateError::Usage(format!(
+                "the file holds generation {} but --generation is {expected}",
+                doc.generation
+            )));
+        }
+        self.check_cluster(&doc)?;
+        if doc.sealed.is_some() && self.keyring.is_some() {
+            // Refuse a copy whose secrets our key cannot read (e.g. from another store).
+            let mut probe = doc.clone();
+            self.open_secrets(&mut probe)?;
+        }
+        Ok(doc)
+    }
+
+    /// `state push --replace-corrupted`: replace a state object that fails its checksum
+    /// (or is truncated) with a copy, typically the last good generation pulled from
+    /// history. Refused when the current object is intact. Still a compare-and-swap on
+    /// the damaged object's ETag; the new generation follows the highest one in history.
+    pub async fn push_replacing_corrupted(
+        &self,
+        bytes: &[u8],
+        expected: u64,
+    ) -> Result<Version, StateError> {
+        let mut doc = self.pushed_document(bytes, expected)?;
+        let Some((current, object)) = self.get(STATE_KEY).await? else {
+            return Err(StateError::NoState { url: self.url() });
+        };
+        match document::decode(&current) {
+            Err(DecodeError::Corrupted(detail)) => {
+                tracing::warn!("replacing the corrupted state object ({detail})");
+            }
+            _ => {
+                return Err(StateError::Usage(format!(
+                    "the state at {} is not corrupted: push without --replace-corrupted",
+                    self.url()
+                )))
+            }
+        }
+        let newest = self
+            .history_generations()
+            .await?
+            .into_iter()
+            .max()
+            .unwrap_or(0)
+            .max(expected);
+        doc.generation = newest;
+        doc.secrets_open = doc.sealed.is_none();
+        let base = Version {
+            generation: newest,
+            object: Some(object),
+        };
+        self.save(&mut doc, &base).await
+    }
 }
 
 fn resolve_dir(p: &Path, base_dir: &Path) -> PathBuf {
-    if p.is_absolute() {
+    let joined = if p.is_absolute() {
         p.to_path_buf()
     } else {
         base_dir.join(p)
-    }
+    };
+    // Absolute (without resolving symlinks) so messages name the real place.
+    std::path::absolute(&joined).unwrap_or(joined)
 }
 
 #[cfg(test)]
