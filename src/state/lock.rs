@@ -167,34 +167,15 @@ pub(crate) async fn acquire(
         .put(LOCK_KEY, encode_lock(&info), WriteMode::Create)
         .await
     {
-        Ok(version) => {
-            let shared = Arc::new(Mutex::new(Shared {
-                info,
-                version,
-                lost: None,
-            }));
-            let (tx, rx) = watch::channel(false);
-            let every = opts
-                .refresh_every
-                .unwrap_or(opts.lease / 3)
-                .max(Duration::from_millis(100));
-            let task = tokio::spawn(refresh_loop(
-                backend.clone(),
-                shared.clone(),
-                rx,
-                every,
-                opts.lease,
-            ));
-            Ok(LockGuard {
-                backend,
-                shared,
-                stop: Some(tx),
-                task: Some(task),
-            })
-        }
+        Ok(version) => Ok(start_guard(backend, info, version, &opts)),
         Err(BackendError::AlreadyExists) => {
             // Someone holds it (or held it and died). Never take it over here.
             match read_lock(backend.as_ref()).await? {
+                // Our own create went through but its answer was lost and the retry
+                // found it: it is ours.
+                Some((held, version)) if held.id == info.id => {
+                    Ok(start_guard(backend, info, version, &opts))
+                }
                 Some((held, _)) => Err(held_error(backend.as_ref(), held)),
                 // Released between our attempt and our read: report it as contention
                 // instead of retrying, so exactly one of a crowd of racers wins.
@@ -204,6 +185,37 @@ pub(crate) async fn acquire(
             }
         }
         Err(e) => Err(backend_err(backend.as_ref(), e)),
+    }
+}
+
+fn start_guard(
+    backend: Arc<dyn StateBackend>,
+    info: LockInfo,
+    version: ObjectVersion,
+    opts: &LockOptions,
+) -> LockGuard {
+    let shared = Arc::new(Mutex::new(Shared {
+        info,
+        version,
+        lost: None,
+    }));
+    let (tx, rx) = watch::channel(false);
+    let every = opts
+        .refresh_every
+        .unwrap_or(opts.lease / 3)
+        .max(Duration::from_millis(100));
+    let task = tokio::spawn(refresh_loop(
+        backend.clone(),
+        shared.clone(),
+        rx,
+        every,
+        opts.lease,
+    ));
+    LockGuard {
+        backend,
+        shared,
+        stop: Some(tx),
+        task: Some(task),
     }
 }
 
@@ -255,6 +267,15 @@ async fn refresh_loop(
                 s.version = v;
             }
             Err(BackendError::Precondition) | Err(BackendError::NotFound) => {
+                // Our refresh may have gone through with its answer lost.
+                if let Ok(Some((held, v))) = read_lock(backend.as_ref()).await {
+                    if held == info {
+                        let mut s = shared.lock().expect("lock state");
+                        s.info = info;
+                        s.version = v;
+                        continue;
+                    }
+                }
                 let mut s = shared.lock().expect("lock state");
                 tracing::error!("the state lock was removed or taken over by someone else");
                 s.lost = Some("the lock was removed or replaced by someone else".into());

@@ -577,15 +577,22 @@ impl StateStore {
         let object = match self.backend.put(STATE_KEY, bytes.clone(), mode).await {
             Ok(v) => v,
             Err(BackendError::Precondition) | Err(BackendError::AlreadyExists) => {
-                let current = match self.get(STATE_KEY).await {
-                    Ok(Some((b, _))) => document::decode(&b).ok().map(|d| d.generation),
-                    _ => None,
-                };
-                return Err(StateError::Conflict {
-                    url: self.url(),
-                    base: base.generation,
-                    current,
-                });
+                let current = self.get(STATE_KEY).await.ok().flatten();
+                match current {
+                    // Our own write went through but its answer was lost and the retry
+                    // failed its condition: the stored bytes are exactly ours.
+                    Some((b, v)) if b == bytes => v,
+                    other => {
+                        let current = other
+                            .and_then(|(b, _)| document::decode(&b).ok())
+                            .map(|d| d.generation);
+                        return Err(StateError::Conflict {
+                            url: self.url(),
+                            base: base.generation,
+                            current,
+                        });
+                    }
+                }
             }
             Err(e) => return Err(backend_err(self.backend.as_ref(), e)),
         };
@@ -767,6 +774,100 @@ mod tests {
         assert_eq!(h.iter().map(|e| e.generation).collect::<Vec<_>>(), vec![1]);
         let raw = store.pull(None).await.unwrap().0;
         assert!(!String::from_utf8_lossy(&raw).contains("kubeconfig-secret"));
+    }
+
+    /// A backend whose writes go through but whose answers are lost, as when a
+    /// conditional PUT succeeds, the connection drops, and the retry fails its
+    /// condition (412 / already exists).
+    #[derive(Debug)]
+    struct LostAnswers {
+        inner: Arc<dyn StateBackend>,
+    }
+
+    #[async_trait::async_trait]
+    impl StateBackend for LostAnswers {
+        fn describe(&self) -> String {
+            "lost-answers://".into()
+        }
+        async fn get(&self, key: &str) -> Result<Option<(Bytes, ObjectVersion)>, BackendError> {
+            self.inner.get(key).await
+        }
+        async fn put(
+            &self,
+            key: &str,
+            body: Bytes,
+            mode: WriteMode,
+        ) -> Result<ObjectVersion, BackendError> {
+            let lost = match &mode {
+                WriteMode::Create => BackendError::AlreadyExists,
+                _ => BackendError::Precondition,
+            };
+            self.inner.put(key, body, mode).await?;
+            Err(lost)
+        }
+        async fn delete(&self, key: &str) -> Result<(), BackendError> {
+            self.inner.delete(key).await
+        }
+        async fn list(
+            &self,
+            dir: &str,
+        ) -> Result<Vec<super::super::backend::Listed>, BackendError> {
+            self.inner.list(dir).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lost_answer_to_our_own_write_is_not_a_conflict() {
+        let memory = StateStore::in_memory();
+        let store = StateStore::with_backend(Arc::new(LostAnswers {
+            inner: memory.backend().clone(),
+        }))
+        .with_cluster(Some("demo".into()));
+        let (mut doc, v0) = store.load_or_new().await.unwrap();
+        let v1 = store.save(&mut doc, &v0).await.unwrap();
+        assert_eq!(v1.generation, 1);
+        let v2 = store.save(&mut doc, &v1).await.unwrap();
+        assert_eq!(v2.generation, 2);
+        // A real conflict is still one.
+        let mut stale = doc.clone();
+        stale.generation = 1;
+        assert!(matches!(
+            store.save(&mut stale, &v1).await,
+            Err(StateError::Conflict {
+                base: 1,
+                current: Some(2),
+                ..
+            })
+        ));
+        // The lock: our create went through, its answer was lost.
+        let guard = store.lock("test").await.unwrap();
+        assert_eq!(
+            memory.lock_status().await.unwrap().unwrap().id,
+            guard.info().id
+        );
+        // Someone else's lock is still refused.
+        assert!(matches!(
+            store.lock("other").await,
+            Err(StateError::Locked { .. })
+        ));
+        guard.release().await.unwrap();
+        assert!(memory.lock_status().await.unwrap().is_none());
+        // Refreshes whose answers are lost keep the lock too.
+        let guard = store
+            .lock_with(LockOptions {
+                command: "test".into(),
+                lease: std::time::Duration::from_secs(2),
+                refresh_every: Some(std::time::Duration::from_millis(100)),
+            })
+            .await
+            .unwrap();
+        let first = guard.info();
+        tokio::time::sleep(std::time::Duration::from_millis(450)).await;
+        guard.check().unwrap();
+        let held = memory.lock_status().await.unwrap().unwrap();
+        assert!(held.expires > first.expires, "not refreshed");
+        assert_eq!(held, guard.info());
+        guard.release().await.unwrap();
     }
 
     #[tokio::test]
