@@ -43,6 +43,8 @@ pub enum Error {
     #[error("cannot print the result as JSON")]
     Json(#[from] serde_json::Error),
     #[error(transparent)]
+    Artifacts(Box<crate::artifacts::ArtifactsError>),
+    #[error(transparent)]
     Provider(Box<crate::provider::ProviderError>),
     #[error(transparent)]
     Transport(Box<crate::transport::TransportError>),
@@ -61,6 +63,7 @@ macro_rules! boxed_from {
 }
 boxed_from!(
     State(crate::state::StateError),
+    Artifacts(crate::artifacts::ArtifactsError),
     Provider(crate::provider::ProviderError),
     Transport(crate::transport::TransportError)
 );
@@ -71,6 +74,7 @@ impl Error {
             Error::Spec(_) | Error::Usage(_) => ExitKind::Input,
             Error::Render(_) | Error::Write { .. } | Error::Json(_) => ExitKind::Internal,
             Error::State(e) => e.exit_kind(),
+            Error::Artifacts(e) => e.exit_kind(),
             Error::Provider(_) => ExitKind::Provider,
             Error::Transport(_) => ExitKind::Ssh,
         }

@@ -31,6 +31,8 @@ pub enum Command {
     Plan(PlanArgs),
     /// Write every rendered file to DIR/<host>/<remote path>.
     Render(RenderArgs),
+    /// What a Kubernetes version needs (binaries, images, host packages) and fetching it.
+    Artifacts(crate::ops::artifacts::ArtifactsArgs),
     /// Inspect and manage the remote state: show, history, unlock, pull, push.
     State(crate::state::cli::StateArgs),
     /// Build or inspect the local node image used by the docker provider.
@@ -86,6 +88,7 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         Command::Validate(args) => crate::ops::validate::run(&args.file, output),
         Command::Plan(args) => crate::ops::plan::run(&args.spec.file, args.show_content, output),
         Command::Render(args) => crate::ops::render::run(&args.spec.file, &args.out, output),
+        Command::Artifacts(args) => crate::ops::artifacts::run(args, output).await,
         Command::State(args) => crate::state::cli::run(args, output).await,
         Command::Image(args) => crate::provider::cli::run_image(args, output).await,
         Command::Bench(args) => crate::ops::bench::run(args, output).await,

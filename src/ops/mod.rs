@@ -1,3 +1,4 @@
+pub mod artifacts;
 pub mod bench;
 pub mod plan;
 pub mod render;
