@@ -43,6 +43,8 @@ pub enum Error {
     #[error("cannot print the result as JSON")]
     Json(#[from] serde_json::Error),
     #[error(transparent)]
+    Phase(Box<crate::phase::PhaseError>),
+    #[error(transparent)]
     Artifacts(Box<crate::artifacts::ArtifactsError>),
     #[error(transparent)]
     Provider(Box<crate::provider::ProviderError>),
@@ -76,6 +78,7 @@ impl Error {
             Error::State(e) => e.exit_kind(),
             Error::Artifacts(e) => e.exit_kind(),
             Error::Provider(_) => ExitKind::Provider,
+            Error::Phase(e) => e.exit_kind(),
             Error::Transport(_) => ExitKind::Ssh,
         }
     }

@@ -152,8 +152,8 @@ fn plan_shows_machines_files_and_commands_by_phase() {
         "    write /etc/haproxy/haproxy.cfg (0644,",
         "    write /etc/kubeforge/kubeadm-init.yaml (0600,",
         "holds secrets",
-        "    run   kubeadm init --config /etc/kubeforge/kubeadm-init.yaml --upload-certs --experimental-patches /etc/kubeforge/patches",
-        "    run   ip route replace 10.244.1.0/24 via 172.29.10.11",
+        "    run   /usr/local/bin/kubeadm init --config /etc/kubeforge/kubeadm-init.yaml --upload-certs --experimental-patches /etc/kubeforge/patches  (skip if /etc/kubernetes/admin.conf exists and the apiserver answers)",
+        "    write /etc/systemd/system/kubeforge-routes.service (0644,",
         "Phase 11/11 addons:",
     ] {
         assert!(text.contains(want), "missing {want:?} in:\n{text}");

@@ -31,6 +31,10 @@ pub enum Command {
     Plan(PlanArgs),
     /// Write every rendered file to DIR/<host>/<remote path>.
     Render(RenderArgs),
+    /// Bootstrap or converge the cluster: plan, confirm, then apply phase by phase.
+    Apply(crate::ops::apply::ApplyArgs),
+    /// Print the admin kubeconfig kept (encrypted) in the state.
+    Kubeconfig(SpecArgs),
     /// What a Kubernetes version needs (binaries, images, host packages) and fetching it.
     Artifacts(crate::ops::artifacts::ArtifactsArgs),
     /// Inspect and manage the remote state: show, history, unlock, pull, push.
@@ -88,6 +92,8 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         Command::Validate(args) => crate::ops::validate::run(&args.file, output),
         Command::Plan(args) => crate::ops::plan::run(&args.spec.file, args.show_content, output),
         Command::Render(args) => crate::ops::render::run(&args.spec.file, &args.out, output),
+        Command::Apply(args) => crate::ops::apply::run(args, output, cli.verbose > 0).await,
+        Command::Kubeconfig(args) => crate::ops::kubeconfig::run(&args.file, output).await,
         Command::Artifacts(args) => crate::ops::artifacts::run(args, output).await,
         Command::State(args) => crate::state::cli::run(args, output).await,
         Command::Image(args) => crate::provider::cli::run_image(args, output).await,

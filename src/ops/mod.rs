@@ -1,5 +1,7 @@
+pub mod apply;
 pub mod artifacts;
 pub mod bench;
+pub mod kubeconfig;
 pub mod plan;
 pub mod render;
 pub mod validate;

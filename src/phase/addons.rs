@@ -1,8 +1,9 @@
-use super::{new_plan, Phase, PhasePlan, PlanContext, Step};
+use super::{new_plan, ApplyContext, Phase, PhaseError, PhasePlan, PlanContext, Step};
 use crate::spec::{IngressController, MetalLbMode};
 
 pub struct Addons;
 
+#[async_trait::async_trait]
 impl Phase for Addons {
     fn name(&self) -> &'static str {
         "addons"
@@ -80,5 +81,16 @@ impl Phase for Addons {
             p.operator.push(Step::new("no addons configured"));
         }
         p
+    }
+
+    async fn apply(&self, ctx: &ApplyContext<'_>, _plan: &PhasePlan) -> Result<(), PhaseError> {
+        let a = &ctx.cluster.cluster.spec.addons;
+        if a.metallb.is_none() && a.ingress.is_none() && a.rook_ceph.is_none() {
+            return Ok(());
+        }
+        Err(PhaseError::Gate {
+            phase: self.name().into(),
+            message: "installing addons (MetalLB, ingress, Rook-Ceph) is not built yet; the control plane is up: remove spec.addons, or use --playbook with a playbook that ends before the addons phase".into(),
+        })
     }
 }

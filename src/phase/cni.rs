@@ -1,10 +1,11 @@
-use super::{host_plan, new_plan, Phase, PhasePlan, PlanContext, Step};
+use super::{host_plan, new_plan, restart_step, Phase, PhasePlan, PlanContext, Step};
 use crate::render::views::pod_cidr;
 use crate::render::FileGroup;
 use crate::spec::Cni as CniChoice;
 
 pub struct Cni;
 
+#[async_trait::async_trait]
 impl Phase for Cni {
     fn name(&self) -> &'static str {
         "cni"
@@ -21,25 +22,24 @@ impl Phase for Cni {
             ));
             return p;
         }
-        let nodes = c.topology.kubernetes_nodes();
         for h in &ctx.hosts {
-            let mut cmds = Vec::new();
-            for other in nodes.iter().filter(|o| o.name != h.name) {
-                if let Some(cidr) = pod_cidr(c, other) {
-                    cmds.push(
-                        Step::new(format!(
-                            "ip route replace {cidr} via {}",
-                            other.internal_address
-                        ))
-                        .unless("the route exists"),
-                    );
-                }
-            }
+            let files = ctx.files_for(&h.name, FileGroup::Cni);
+            let routes: Vec<_> = files
+                .iter()
+                .copied()
+                .filter(|f| f.path.ends_with(".service"))
+                .collect();
+            let mut cmds = vec![restart_step(
+                "pod-routes",
+                "systemctl daemon-reload && systemctl enable kubeforge-routes && systemctl restart kubeforge-routes",
+                &routes,
+                None,
+            )];
             if let Some(own) = pod_cidr(c, h) {
-                cmds.push(Step::new(format!(
-                    "persist the routes in /etc/kubeforge/routes and set spec.podCIDR {own} on node {}",
-                    h.name
-                )));
+                cmds[0].action = format!(
+                    "{}  # pods of {} use {own}; routes to the other nodes' /24s",
+                    cmds[0].action, h.name
+                );
             }
             p.hosts.push(host_plan(ctx, h, &[FileGroup::Cni], cmds));
         }

@@ -1,24 +1,62 @@
-use super::{host_plan, new_plan, Phase, PhasePlan, PlanContext, Step};
-use crate::render::views::Profile;
+use super::exec::{self, HostError};
+use super::{host_plan, new_plan, ApplyContext, Phase, PhaseError, PhasePlan, PlanContext, Step};
+use crate::render::views::{Profile, BIN_DIR};
 use crate::render::FileGroup;
+use crate::transport::Transport;
 
 pub struct InitControlPlane;
 
-/// `--experimental-patches` (1.20-1.21) or `--patches` (1.22+) when patches are rendered.
-pub fn patches_flag(ctx: &PlanContext<'_>) -> String {
+pub const ADMIN_CONF: &str = "/etc/kubernetes/admin.conf";
+pub const CA_CERT: &str = "/etc/kubernetes/pki/ca.crt";
+/// Where the CA public key hash is kept in the state's secrets (not secret itself, but
+/// it belongs with the PKI).
+pub const CA_HASH_KEY: &str = "ca-cert-hash";
+
+/// `kubectl` as root on a control-plane node.
+pub fn kubectl() -> String {
+    format!("{BIN_DIR}/kubectl --kubeconfig={ADMIN_CONF}")
+}
+
+/// Extra kubeadm flags: patches, skipped phases, ignored preflight errors.
+pub fn kubeadm_flags(ctx: &PlanContext<'_>, control_plane: bool) -> String {
     let c = ctx.cluster;
-    if Profile::of(c).etcd_ephemeral_storage_patch {
+    let mut out = String::new();
+    if control_plane && Profile::of(c).etcd_ephemeral_storage_patch {
         let flag = if c.version().minor < 22 {
             "--experimental-patches"
         } else {
             "--patches"
         };
-        format!(" {flag} /etc/kubeforge/patches")
-    } else {
-        String::new()
+        out.push_str(&format!(" {flag} /etc/kubeforge/patches"));
     }
+    let k = &c.cluster.spec.kubeadm;
+    if !k.skip_phases.is_empty() {
+        out.push_str(&format!(" --skip-phases={}", k.skip_phases.join(",")));
+    }
+    if !k.ignore_preflight_errors.is_empty() {
+        out.push_str(&format!(
+            " --ignore-preflight-errors={}",
+            k.ignore_preflight_errors.join(",")
+        ));
+    }
+    out
 }
 
+/// `sha256:<hex>` of a PEM certificate's SubjectPublicKeyInfo, as kubeadm's
+/// `--discovery-token-ca-cert-hash` expects.
+pub fn ca_cert_hash(pem: &[u8]) -> Result<String, String> {
+    use sha2::{Digest, Sha256};
+    let (_, pem) = x509_parser::pem::parse_x509_pem(pem).map_err(|e| format!("not PEM: {e}"))?;
+    let cert = pem
+        .parse_x509()
+        .map_err(|e| format!("not a certificate: {e}"))?;
+    Ok(format!(
+        "sha256:{}",
+        hex::encode(Sha256::digest(cert.tbs_certificate.subject_pki.raw))
+    ))
+}
+
+#[async_trait::async_trait]
 impl Phase for InitControlPlane {
     fn name(&self) -> &'static str {
         "init-control-plane"
@@ -28,27 +66,112 @@ impl Phase for InitControlPlane {
     }
     fn plan(&self, ctx: &PlanContext<'_>) -> PhasePlan {
         let mut p = new_plan(self);
-        let patches = patches_flag(ctx);
+        let flags = kubeadm_flags(ctx, true);
         for h in &ctx.hosts {
             p.hosts.push(host_plan(
                 ctx,
                 h,
                 &[FileGroup::Kubeadm],
-                vec![
-                    Step::new(format!(
-                        "kubeadm init --config /etc/kubeforge/kubeadm-init.yaml --upload-certs{patches}"
-                    ))
-                    .unless("/etc/kubernetes/admin.conf exists and the apiserver answers"),
-                    Step::new(
-                        "openssl x509 -pubkey -in /etc/kubernetes/pki/ca.crt | openssl pkey -pubin -outform der | sha256sum",
-                    ),
-                ],
+                vec![Step::cmd(format!(
+                    "{BIN_DIR}/kubeadm init --config /etc/kubeforge/kubeadm-init.yaml --upload-certs{flags}"
+                ))
+                .unless_check(
+                    format!("{ADMIN_CONF} exists and the apiserver answers"),
+                    format!("test -f {ADMIN_CONF} && {} get --raw=/readyz >/dev/null 2>&1", kubectl()),
+                )],
             ));
         }
         p.operator.push(Step::new(format!(
-            "record the CA public key hash in the state; wait for https://{}/readyz",
+            "record the cluster CA and its public key hash in the state; wait for https://{}/readyz",
             ctx.cluster.topology.endpoint.address()
         )));
         p
+    }
+
+    async fn apply(&self, ctx: &ApplyContext<'_>, plan: &PhasePlan) -> Result<(), PhaseError> {
+        ctx.hosts(plan, &exec::NoSpecial).await?;
+        let Some(first) = ctx.cluster.topology.first_control_plane() else {
+            return Ok(());
+        };
+        let phase = self.name().to_string();
+        let host_err = |e: HostError| PhaseError::Hosts {
+            phase: phase.clone(),
+            errors: vec![e],
+        };
+        let s = exec::session(ctx.rt, first).await.map_err(host_err)?;
+        let pem = s.download(CA_CERT).await.map_err(|source| {
+            host_err(HostError::Transport {
+                host: first.name.clone(),
+                source,
+            })
+        })?;
+        let hash = ca_cert_hash(&pem).map_err(|message| PhaseError::Gate {
+            phase: phase.clone(),
+            message: format!("{CA_CERT} on {}: {message}", first.name),
+        })?;
+        let ca = String::from_utf8_lossy(&pem).to_string();
+        ctx.state
+            .update(|doc| {
+                doc.secrets.pki.insert("ca.crt".into(), ca);
+                doc.secrets.extra.insert(CA_HASH_KEY.into(), hash);
+            })
+            .await
+            .map_err(|source| PhaseError::State {
+                phase: phase.clone(),
+                source,
+            })?;
+        super::wait_ready::wait_readyz(ctx, s.as_ref(), &phase).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+
+    #[test]
+    fn ca_hash_matches_what_openssl_computes() {
+        let dir = tempfile::tempdir().unwrap();
+        let crt = dir.path().join("ca.crt");
+        let key = dir.path().join("ca.key");
+        let ok = Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=kubernetes",
+                "-keyout",
+            ])
+            .arg(&key)
+            .arg("-out")
+            .arg(&crt)
+            .output()
+            .expect("openssl is installed");
+        assert!(
+            ok.status.success(),
+            "{}",
+            String::from_utf8_lossy(&ok.stderr)
+        );
+        let script = format!(
+            "openssl x509 -pubkey -noout -in {} | openssl pkey -pubin -outform der | sha256sum",
+            crt.display()
+        );
+        let out = Command::new("sh").arg("-c").arg(&script).output().unwrap();
+        let want = format!(
+            "sha256:{}",
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .next()
+                .unwrap()
+        );
+        let pem = std::fs::read(&crt).unwrap();
+        assert_eq!(super::ca_cert_hash(&pem).unwrap(), want);
+        assert!(super::ca_cert_hash(b"not a certificate").is_err());
     }
 }

@@ -1,7 +1,11 @@
-use super::{host_plan, new_plan, Phase, PhasePlan, PlanContext, Step};
+use super::exec::{self, HostError};
+use super::init::ADMIN_CONF;
+use super::{host_plan, new_plan, ApplyContext, Phase, PhaseError, PhasePlan, PlanContext, Step};
+use crate::transport::Transport;
 
 pub struct Kubeconfig;
 
+#[async_trait::async_trait]
 impl Phase for Kubeconfig {
     fn name(&self) -> &'static str {
         "kubeconfig"
@@ -16,13 +20,41 @@ impl Phase for Kubeconfig {
                 ctx,
                 h,
                 &[],
-                vec![Step::new("read /etc/kubernetes/admin.conf")],
+                vec![Step::new(format!("read {ADMIN_CONF}"))],
             ));
         }
         p.operator.push(Step::new(format!(
-            "point the kubeconfig at https://{} and store it encrypted in the state (`kubeforge kubeconfig` prints it)",
+            "store the admin kubeconfig (server https://{}) encrypted in the state; `kubeforge kubeconfig` prints it",
             ctx.cluster.topology.endpoint.address()
         )));
         p
+    }
+
+    async fn apply(&self, ctx: &ApplyContext<'_>, _plan: &PhasePlan) -> Result<(), PhaseError> {
+        let Some(first) = ctx.cluster.topology.first_control_plane() else {
+            return Ok(());
+        };
+        let phase = self.name().to_string();
+        let err = |e: HostError| PhaseError::Hosts {
+            phase: phase.clone(),
+            errors: vec![e],
+        };
+        let s = exec::session(ctx.rt, first).await.map_err(err)?;
+        let conf = s.download(ADMIN_CONF).await.map_err(|source| {
+            err(HostError::Transport {
+                host: first.name.clone(),
+                source,
+            })
+        })?;
+        let conf = String::from_utf8_lossy(&conf).to_string();
+        let unchanged =
+            ctx.state.get().await.secrets.admin_kubeconfig.as_deref() == Some(conf.as_str());
+        if unchanged {
+            return Ok(());
+        }
+        ctx.state
+            .update(|doc| doc.secrets.admin_kubeconfig = Some(conf))
+            .await
+            .map_err(|source| PhaseError::State { phase, source })
     }
 }

@@ -5,8 +5,10 @@
 //! hosts: every file is written, every guarded step is listed with its guard.
 
 mod addons;
+mod binaries;
 mod cni;
 mod connect;
+pub mod exec;
 mod init;
 mod join;
 mod kubeconfig;
@@ -15,9 +17,12 @@ mod prepare;
 mod provision;
 mod wait_ready;
 
+pub use init::CA_HASH_KEY;
+
 use crate::playbook::{PhaseRef, Strategy};
 use crate::render::{FileGroup, RenderedFile, Secrets};
 use crate::spec::{Host, LoadedCluster};
+use crate::state::{StateDocument, StateError, StateStore, Version};
 use serde::Serialize;
 
 /// What a phase needs to plan.
@@ -41,11 +46,128 @@ impl PlanContext<'_> {
     }
 }
 
+/// What a phase needs to carry its plan out.
+pub struct ApplyContext<'a> {
+    pub cluster: &'a LoadedCluster,
+    pub files: &'a [(FileGroup, RenderedFile)],
+    pub secrets: &'a Secrets,
+    pub rt: &'a exec::Runtime,
+    pub state: &'a StateHandle,
+    /// The docker provider, when the cluster uses it.
+    pub docker: Option<&'a crate::provider::DockerProvider>,
+}
+
+impl ApplyContext<'_> {
+    /// Run the plan's host parts with the given handler for steps without a command.
+    pub async fn hosts(
+        &self,
+        plan: &PhasePlan,
+        special: &dyn exec::SpecialSteps,
+    ) -> Result<Vec<(String, exec::HostReport)>, PhaseError> {
+        exec::apply_hosts(
+            self.rt,
+            self.cluster,
+            self.files,
+            self.secrets,
+            plan,
+            special,
+        )
+        .await
+        .map_err(|errors| PhaseError::Hosts {
+            phase: plan.name.clone(),
+            errors,
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PhaseError {
+    #[error("phase {phase} failed on {} host(s):\n{}", errors.len(), list(errors))]
+    Hosts {
+        phase: String,
+        errors: Vec<exec::HostError>,
+    },
+    #[error("phase {phase}: the machine provider failed")]
+    Provider {
+        phase: String,
+        #[source]
+        source: crate::provider::ProviderError,
+    },
+    #[error("phase {phase}: the state store failed")]
+    State {
+        phase: String,
+        #[source]
+        source: StateError,
+    },
+    #[error("phase {phase}: {message}")]
+    Gate { phase: String, message: String },
+}
+
+fn list(errors: &[exec::HostError]) -> String {
+    errors
+        .iter()
+        .map(|e| format!("  - {e}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl PhaseError {
+    pub fn exit_kind(&self) -> crate::error::ExitKind {
+        use crate::error::ExitKind;
+        match self {
+            PhaseError::Hosts { errors, .. } if errors.iter().all(|e| e.is_transport()) => {
+                ExitKind::Ssh
+            }
+            PhaseError::Hosts { .. } | PhaseError::Gate { .. } => ExitKind::Remote,
+            PhaseError::Provider { .. } => ExitKind::Provider,
+            PhaseError::State { source, .. } => source.exit_kind(),
+        }
+    }
+}
+
+/// The state document of a run, changed and saved under the run's lock.
+pub struct StateHandle {
+    pub store: StateStore,
+    inner: tokio::sync::Mutex<(StateDocument, Version)>,
+}
+
+impl StateHandle {
+    pub fn new(store: StateStore, doc: StateDocument, version: Version) -> Self {
+        StateHandle {
+            store,
+            inner: tokio::sync::Mutex::new((doc, version)),
+        }
+    }
+
+    /// A copy of the current document.
+    pub async fn get(&self) -> StateDocument {
+        self.inner.lock().await.0.clone()
+    }
+
+    /// Change the document and save it as the next generation (compare-and-swap).
+    pub async fn update<F: FnOnce(&mut StateDocument)>(&self, f: F) -> Result<(), StateError> {
+        let mut guard = self.inner.lock().await;
+        let (doc, version) = &mut *guard;
+        let mut next = doc.clone();
+        f(&mut next);
+        let v = self.store.save(&mut next, version).await?;
+        *doc = next;
+        *version = v;
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
 pub trait Phase: Send + Sync {
     fn name(&self) -> &'static str;
     fn description(&self) -> &'static str;
-    /// Steps on the operator's machine and on each selected host.
+    /// Steps on the operator's machine and on each selected host. Read-only.
     fn plan(&self, ctx: &PlanContext<'_>) -> PhasePlan;
+    /// Carry out exactly `plan`. The default uploads each host's files and runs its
+    /// commands (guarded by their checks).
+    async fn apply(&self, ctx: &ApplyContext<'_>, plan: &PhasePlan) -> Result<(), PhaseError> {
+        ctx.hosts(plan, &exec::NoSpecial).await.map(|_| ())
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -79,25 +201,94 @@ pub struct PlannedFile {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Step {
-    /// A shell command on the host, or a description of an operator step.
+    /// What the step does: the shell command on a host, or a description of an
+    /// operator step.
     pub action: String,
-    /// When the step is skipped on a re-run.
+    /// When the step is skipped on a re-run, in words.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub skip_if: Option<String>,
+    /// The shell command run on the host (`None`: the phase carries the step out
+    /// itself, e.g. provider calls, artifact uploads, waits).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
+    /// A read-only shell command: exit 0 means the step's result already exists and the
+    /// step is skipped. Evaluated when planning against live hosts and again right
+    /// before the step runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub check: Option<String>,
 }
 
 impl Step {
+    /// A step the phase carries out itself.
     pub fn new(action: impl Into<String>) -> Step {
         Step {
             action: action.into(),
             skip_if: None,
+            run: None,
+            check: None,
         }
     }
 
+    /// A shell command run on the host as shown.
+    pub fn cmd(command: impl Into<String>) -> Step {
+        let command = command.into();
+        Step {
+            action: command.clone(),
+            skip_if: None,
+            run: Some(command),
+            check: None,
+        }
+    }
+
+    /// Skipped when `guard` (described) holds.
     pub fn unless(mut self, guard: impl Into<String>) -> Step {
         self.skip_if = Some(guard.into());
         self
     }
+
+    /// Skipped when the shell command `check` exits 0 (`why` describes it).
+    pub fn unless_check(mut self, why: impl Into<String>, check: impl Into<String>) -> Step {
+        self.skip_if = Some(why.into());
+        self.check = Some(check.into());
+        self
+    }
+}
+
+/// Where kubeforge records what it applied on a host (sha256 of the config a service
+/// was last restarted with), so that an interrupted run restarts it next time.
+pub const APPLIED_DIR: &str = "/var/lib/kubeforge/applied";
+
+/// `restart` runs when the given files' content differs from what it last ran with
+/// (recorded under `marker`), or when `service` (if any) is not running.
+pub fn restart_step(
+    marker: &str,
+    restart: &str,
+    files: &[&crate::render::RenderedFile],
+    service: Option<&str>,
+) -> Step {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for f in files {
+        h.update(f.path.as_bytes());
+        h.update(f.content.as_bytes());
+    }
+    // 128 bits are plenty to notice a change.
+    let digest = hex::encode(&h.finalize()[..16]);
+    let path = format!("{APPLIED_DIR}/{marker}");
+    let mut check = format!("[ \"$(cat {path} 2>/dev/null)\" = {digest} ]");
+    if let Some(svc) = service {
+        check.push_str(&format!(" && systemctl is-active --quiet {svc}"));
+    }
+    Step::cmd(format!(
+        "{restart} && mkdir -p {APPLIED_DIR} && echo {digest} > {path}"
+    ))
+    .unless_check(
+        match service {
+            Some(svc) => format!("{svc} runs with this configuration"),
+            None => "it was done with this configuration".to_string(),
+        },
+        check,
+    )
 }
 
 impl PlannedFile {

@@ -68,6 +68,10 @@ pub const TEMPLATES: &[(&str, &str)] = &[
         include_str!("../../templates/cni/10-kubeforge.conflist.tera"),
     ),
     (
+        "cni/kubeforge-routes.service",
+        include_str!("../../templates/cni/kubeforge-routes.service.tera"),
+    ),
+    (
         "kubeadm/etcd+json.yaml",
         include_str!("../../templates/kubeadm/etcd+json.yaml.tera"),
     ),
@@ -273,6 +277,14 @@ pub fn render_all(
                     "/etc/cni/net.d/10-kubeforge.conflist",
                     0o644,
                     render("cni/10-kubeforge.conflist", &cni)?,
+                    false,
+                );
+                add(
+                    FileGroup::Cni,
+                    "cni/kubeforge-routes.service",
+                    "/etc/systemd/system/kubeforge-routes.service",
+                    0o644,
+                    render("cni/kubeforge-routes.service", &cni)?,
                     false,
                 );
             }

@@ -104,6 +104,9 @@ pub struct Backend {
 #[derive(Debug, Serialize)]
 pub struct HaproxyView {
     pub cluster_name: String,
+    /// Container machines cannot raise their open-files limit (no CAP_SYS_RESOURCE)
+    /// above 1024, which caps HAProxy at a few hundred connections there.
+    pub maxconn: u32,
     pub bind: String,
     pub port: u16,
     pub health_check: &'static str,
@@ -118,6 +121,7 @@ pub fn haproxy(c: &LoadedCluster) -> HaproxyView {
     };
     HaproxyView {
         cluster_name: c.name().to_string(),
+        maxconn: if Profile::of(c).container { 400 } else { 20000 },
         // Bind every address: the VIP moves between nodes.
         bind: "*".into(),
         port,
@@ -271,6 +275,14 @@ pub fn kubeadm(c: &LoadedCluster, h: &Host, p: &Profile, s: &Secrets) -> Kubeadm
 #[derive(Debug, Serialize)]
 pub struct CniView {
     pub pod_cidr: String,
+    /// Routes to every other node's pod /24 through that node.
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Route {
+    pub cidr: String,
+    pub via: String,
 }
 
 /// The /24 of pod addresses of the n-th Kubernetes node, in host order.
@@ -286,7 +298,20 @@ pub fn pod_cidr(c: &LoadedCluster, h: &Host) -> Option<IpNet> {
 
 pub fn cni(c: &LoadedCluster, h: &Host) -> Option<CniView> {
     (c.cluster.spec.networking.cni == Cni::Bridge).then_some(())?;
+    let routes = c
+        .topology
+        .kubernetes_nodes()
+        .into_iter()
+        .filter(|o| o.name != h.name)
+        .filter_map(|o| {
+            Some(Route {
+                cidr: pod_cidr(c, o)?.to_string(),
+                via: o.internal_address.to_string(),
+            })
+        })
+        .collect();
     Some(CniView {
         pod_cidr: pod_cidr(c, h)?.to_string(),
+        routes,
     })
 }

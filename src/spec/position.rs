@@ -93,7 +93,12 @@ pub fn index(parent: &str, i: usize) -> String {
 }
 
 enum Frame {
-    Map { path: String, key: Option<String> },
+    Map {
+        path: String,
+        key: Option<String>,
+        /// No key seen yet.
+        first: bool,
+    },
     Seq { path: String, next: usize },
 }
 
@@ -114,12 +119,18 @@ impl Receiver {
                 self.positions.values.insert(String::new(), pos);
                 Some(String::new())
             }
-            Some(Frame::Map { path, key }) => match key.take() {
+            Some(Frame::Map { path, key, first }) => match key.take() {
                 None => {
                     // A key. Complex keys (mappings as keys) get an unusable name.
                     let k = scalar.unwrap_or("?").to_string();
                     let full = join(path, &k);
                     self.positions.keys.entry(full).or_insert(pos);
+                    // A mapping that is a list item stands where its first key stands
+                    // (the parser marks block mappings late).
+                    if *first && path.ends_with(']') {
+                        self.positions.keys.insert(path.clone(), pos);
+                    }
+                    *first = false;
                     *key = Some(k);
                     None
                 }
@@ -155,7 +166,11 @@ impl MarkedEventReceiver for Receiver {
             Event::MappingStart(..) => {
                 // A mapping used as a key is pushed under a throwaway path.
                 let path = self.node(None, &mark).unwrap_or_else(|| "?".into());
-                self.stack.push(Frame::Map { path, key: None });
+                self.stack.push(Frame::Map {
+                    path,
+                    key: None,
+                    first: true,
+                });
             }
             Event::SequenceStart(..) => {
                 let path = self.node(None, &mark).unwrap_or_else(|| "?".into());

@@ -45,6 +45,21 @@ pub struct ClusterSpec {
     pub ssh: SshSpec,
     #[serde(default)]
     pub artifacts: Artifacts,
+    #[serde(default)]
+    pub kubeadm: KubeadmSpec,
+}
+
+/// Extra kubeadm knobs for `init` and `join`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct KubeadmSpec {
+    /// `--skip-phases` for init and join, e.g. `[preflight, addon/coredns]` where
+    /// crictl or the CoreDNS image cannot be had.
+    #[serde(default)]
+    pub skip_phases: Vec<String>,
+    /// `--ignore-preflight-errors`.
+    #[serde(default)]
+    pub ignore_preflight_errors: Vec<String>,
 }
 
 /// Where machines come from, written `provider: {docker: {...}}` (exactly one key).

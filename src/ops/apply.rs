@@ -1,0 +1,445 @@
+//! `kubeforge apply`: take the state lock, show the plan, then plan and apply each phase
+//! of the playbook in order, journalling every phase in the state. A re-run skips what
+//! exists (files by sha256, steps by their checks); a failed or killed run resumes.
+
+use crate::error::Error;
+use crate::output::{print_json, OutputFormat};
+use crate::phase::exec::Runtime;
+use crate::phase::{self, ApplyContext, PhasePlan, StateHandle};
+use crate::playbook;
+use crate::provider::{DockerConfig, DockerProvider};
+use crate::render::{self, Secrets};
+use crate::spec::{self, LoadedCluster, Provider};
+use crate::state::{JournalEntry, PhaseStatus, StateDocument, StateStore};
+use crate::transport::{MemoryHostKeyStore, ProgressMode, SshAuth, SshConfig, SshPool};
+use clap::Args;
+use serde::Serialize;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    #[command(flatten)]
+    pub spec: crate::cli::SpecArgs,
+    /// Apply without asking for confirmation.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// A playbook file replacing the embedded bootstrap playbook.
+    #[arg(long)]
+    pub playbook: Option<PathBuf>,
+    /// Hosts worked on at once in parallel phases.
+    #[arg(long, default_value_t = 10)]
+    pub concurrency: usize,
+    /// Re-pin the SSH host key of this host (address) on purpose, e.g. after a rebuild.
+    #[arg(long = "accept-new-host-key", value_name = "HOST")]
+    pub accept_new_host_key: Vec<String>,
+}
+
+/// Names of the secrets kept in the state's `extra` map.
+pub const SSH_KEY: &str = "ssh-private-key";
+
+#[derive(Debug, Serialize)]
+struct PhaseOutcome {
+    phase: String,
+    status: &'static str,
+    seconds: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct ApplyReport {
+    cluster: String,
+    generation: u64,
+    phases: Vec<PhaseOutcome>,
+}
+
+/// The cluster file's `spec.state`, as the state store takes it.
+pub fn state_spec(s: &spec::StateSpec) -> crate::state::StateSpec {
+    crate::state::StateSpec {
+        url: s.url.clone(),
+        endpoint: s.endpoint.clone(),
+        region: s.region.clone(),
+        path_style: s.path_style,
+        allow_http: s.allow_http,
+        encryption: crate::state::EncryptionSpec {
+            key_file: s.encryption.key_file.as_ref().map(|p| expand_home(p)),
+            key_env: s.encryption.key_env.clone(),
+            passphrase_env: s.encryption.passphrase_env.clone(),
+        },
+    }
+}
+
+fn expand_home(p: &str) -> PathBuf {
+    match (p.strip_prefix("~/"), std::env::var_os("HOME")) {
+        (Some(rest), Some(home)) => Path::new(&home).join(rest),
+        _ => PathBuf::from(p),
+    }
+}
+
+/// Open the cluster's state store.
+pub fn open_store(c: &LoadedCluster) -> Result<StateStore, Error> {
+    Ok(StateStore::open(
+        &state_spec(&c.cluster.spec.state),
+        c.name(),
+        &c.base_dir,
+    )?)
+}
+
+/// The render secrets of a state document.
+pub fn render_secrets(doc: &StateDocument) -> Option<Secrets> {
+    Some(Secrets {
+        bootstrap_token: doc.secrets.join_tokens.first()?.clone(),
+        certificate_key: doc.secrets.certificate_key.clone()?,
+        ca_cert_hash: doc.secrets.extra.get(phase::CA_HASH_KEY).cloned(),
+    })
+}
+
+fn command_line() -> String {
+    std::env::args().collect::<Vec<_>>().join(" ")
+}
+
+pub async fn run(args: ApplyArgs, output: OutputFormat, verbose: bool) -> Result<(), Error> {
+    let loaded = spec::load_file(&args.spec.file)?;
+    crate::ops::validate::print_warnings(&loaded.warnings, output);
+    let store = open_store(&loaded)?;
+    let lock = store.lock(&command_line()).await?;
+    let result = run_locked(&loaded, store, &args, output, verbose).await;
+    // Release on success and on failure; Ctrl-C is handled inside the phases (the
+    // fan-out cancels) so we get here too.
+    let released = lock.release().await;
+    let report = result?;
+    released?;
+    match output {
+        OutputFormat::Json => print_json(&report)?,
+        OutputFormat::Text => println!(
+            "cluster `{}` applied ({} phases, state generation {})",
+            report.cluster,
+            report.phases.len(),
+            report.generation
+        ),
+    }
+    Ok(())
+}
+
+async fn run_locked(
+    c: &LoadedCluster,
+    store: StateStore,
+    args: &ApplyArgs,
+    output: OutputFormat,
+    verbose: bool,
+) -> Result<ApplyReport, Error> {
+    let (doc, version) = store.load_or_new().await?;
+    if !store.has_key() {
+        return Err(Error::Usage(
+            "the state will hold secrets (join token, certificate key, kubeconfig): give it an encryption key \
+(spec.state.encryption, or KUBEFORGE_STATE_KEY_FILE / KUBEFORGE_STATE_PASSPHRASE; \
+`kubeforge state keygen --out FILE` makes one)"
+                .into(),
+        ));
+    }
+    let state = StateHandle::new(store, doc, version);
+    ensure_secrets(c, &state).await?;
+    let doc = state.get().await;
+    let auth = ssh_auth(c, &doc)?;
+    let docker = match &c.cluster.spec.provider {
+        Provider::Docker(d) => Some(docker_provider(c, d, &doc).await?),
+        Provider::Static(_) => None,
+    };
+    let host_keys = Arc::new(MemoryHostKeyStore::from_map(doc.host_keys.clone()));
+    let pool = Arc::new(SshPool::new(
+        ssh_config(c, auth, &args.accept_new_host_key)?,
+        host_keys.clone(),
+    ));
+    let rt = Runtime {
+        pool: pool.clone(),
+        host_keys,
+        concurrency: args.concurrency.max(1),
+        progress: if output == OutputFormat::Json || !std::io::stderr().is_terminal() {
+            ProgressMode::Hidden
+        } else {
+            ProgressMode::Auto
+        },
+        verbose,
+    };
+    let registry = phase::registry();
+    let names: Vec<&str> = registry.iter().map(|p| p.name()).collect();
+    let pb = playbook::load(args.playbook.as_deref(), &names)?;
+
+    // The whole plan first, for the operator to confirm.
+    let secrets =
+        render_secrets(&doc).ok_or_else(|| Error::Usage("internal: secrets missing".into()))?;
+    let full = crate::ops::plan::build(c, &secrets, args.playbook.as_deref())?;
+    if output == OutputFormat::Text {
+        eprint!("{}", crate::ops::plan::text(&full, c, false));
+    }
+    if !args.yes {
+        confirm()?;
+    }
+
+    let mut outcomes = Vec::new();
+    let total = pb.phases.len();
+    for (i, r) in pb.phases.iter().enumerate() {
+        let Some(ph) = registry.iter().find(|p| p.name() == r.name) else {
+            continue;
+        };
+        // Re-render with what earlier phases recorded (e.g. the CA hash for joins).
+        let doc = state.get().await;
+        let secrets =
+            render_secrets(&doc).ok_or_else(|| Error::Usage("internal: secrets missing".into()))?;
+        let files = render::render_all(c, &secrets)?;
+        let plan = phase::plan_phase(ph.as_ref(), r, c, &files, &secrets);
+        let digest = plan_digest(&plan);
+        if output == OutputFormat::Text {
+            eprintln!(
+                "==> phase {}/{total} {}: {}",
+                i + 1,
+                plan.name,
+                plan.description
+            );
+        }
+        journal(&state, &plan.name, &digest, PhaseStatus::Started, None).await?;
+        let started = Instant::now();
+        let ctx = ApplyContext {
+            cluster: c,
+            files: &files,
+            secrets: &secrets,
+            rt: &rt,
+            state: &state,
+            docker: docker.as_ref(),
+        };
+        let result = ph.apply(&ctx, &plan).await;
+        let seconds = started.elapsed().as_secs_f64();
+        match result {
+            Ok(()) => {
+                journal(&state, &plan.name, &digest, PhaseStatus::Done, None).await?;
+                outcomes.push(PhaseOutcome {
+                    phase: plan.name.clone(),
+                    status: "done",
+                    seconds,
+                    error: None,
+                });
+            }
+            Err(e) => {
+                let text = secrets.redact(&e.to_string());
+                // The failure is recorded; if even that fails, the phase error is the
+                // one to show.
+                let _ = journal(&state, &plan.name, &digest, PhaseStatus::Failed, Some(text)).await;
+                pool.close_all().await;
+                return Err(Error::Phase(Box::new(e)));
+            }
+        }
+    }
+    pool.close_all().await;
+    let doc = state.get().await;
+    Ok(ApplyReport {
+        cluster: c.name().to_string(),
+        generation: doc.generation,
+        phases: outcomes,
+    })
+}
+
+fn confirm() -> Result<(), Error> {
+    if !std::io::stdin().is_terminal() {
+        return Err(Error::Usage(
+            "not applying without confirmation: stdin is not a terminal; pass --yes".into(),
+        ));
+    }
+    eprint!("Apply this plan? [y/N] ");
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| Error::Usage(format!("cannot read the answer: {e}")))?;
+    if matches!(line.trim(), "y" | "Y" | "yes") {
+        Ok(())
+    } else {
+        Err(Error::Usage("not applied".into()))
+    }
+}
+
+fn plan_digest(p: &PhasePlan) -> String {
+    use sha2::{Digest, Sha256};
+    let json = serde_json::to_vec(p).unwrap_or_default();
+    hex::encode(&Sha256::digest(&json)[..8])
+}
+
+async fn journal(
+    state: &StateHandle,
+    phase: &str,
+    digest: &str,
+    status: PhaseStatus,
+    error: Option<String>,
+) -> Result<(), Error> {
+    let now = chrono::Utc::now();
+    state
+        .update(|doc| {
+            // One entry per phase attempt: `started` opens it, done/failed closes it.
+            match doc.journal.last_mut() {
+                Some(last)
+                    if status != PhaseStatus::Started
+                        && last.phase == phase
+                        && last.status == PhaseStatus::Started =>
+                {
+                    last.status = status;
+                    last.finished = Some(now);
+                    last.error = error;
+                }
+                _ => doc.journal.push(JournalEntry {
+                    phase: phase.to_string(),
+                    plan_digest: digest.to_string(),
+                    status,
+                    started: now,
+                    finished: (status != PhaseStatus::Started).then_some(now),
+                    host: None,
+                    error,
+                }),
+            }
+            // Keep the journal bounded.
+            let excess = doc.journal.len().saturating_sub(500);
+            doc.journal.drain(..excess);
+        })
+        .await?;
+    Ok(())
+}
+
+/// Generate what the cluster needs once: the bootstrap token, the certificate key and,
+/// for the docker provider without a key file, the cluster's SSH key.
+async fn ensure_secrets(c: &LoadedCluster, state: &StateHandle) -> Result<(), Error> {
+    let doc = state.get().await;
+    let need_ssh = matches!(c.cluster.spec.provider, Provider::Docker(_))
+        && c.cluster.spec.ssh.key_file.is_none()
+        && !c.cluster.spec.ssh.agent
+        && !doc.secrets.extra.contains_key(SSH_KEY);
+    if render_secrets(&doc).is_some() && !need_ssh {
+        return Ok(());
+    }
+    let fresh = Secrets::generate();
+    let ssh = if need_ssh {
+        let key = crate::transport::ssh::generate_ed25519_key();
+        let (private, _) = crate::transport::ssh::encode_key(&key)
+            .map_err(|e| Error::Usage(format!("cannot encode a new SSH key: {e}")))?;
+        Some(private)
+    } else {
+        None
+    };
+    state
+        .update(|doc| {
+            if doc.secrets.join_tokens.is_empty() {
+                doc.secrets.join_tokens.push(fresh.bootstrap_token.clone());
+            }
+            if doc.secrets.certificate_key.is_none() {
+                doc.secrets.certificate_key = Some(fresh.certificate_key.clone());
+            }
+            if let Some(k) = ssh {
+                doc.secrets.extra.insert(SSH_KEY.into(), k);
+            }
+        })
+        .await?;
+    Ok(())
+}
+
+fn ssh_auth(c: &LoadedCluster, doc: &StateDocument) -> Result<SshAuth, Error> {
+    let ssh = &c.cluster.spec.ssh;
+    if let Some(f) = &ssh.key_file {
+        let path = expand_home(f);
+        let path = if path.is_relative() {
+            c.base_dir.join(path)
+        } else {
+            path
+        };
+        return Ok(SshAuth::key_file(&path)?);
+    }
+    if ssh.agent {
+        return Ok(SshAuth::Agent);
+    }
+    let pem =
+        doc.secrets.extra.get(SSH_KEY).ok_or_else(|| {
+            Error::Usage("no SSH key: set spec.ssh.keyFile or spec.ssh.agent".into())
+        })?;
+    let key = russh::keys::decode_secret_key(pem, None)
+        .map_err(|e| Error::Usage(format!("the SSH key in the state is unreadable: {e}")))?;
+    Ok(SshAuth::Key(Arc::new(key)))
+}
+
+fn ssh_config(c: &LoadedCluster, auth: SshAuth, accept: &[String]) -> Result<SshConfig, Error> {
+    let ssh = &c.cluster.spec.ssh;
+    if let Some(h) = c
+        .topology
+        .hosts
+        .iter()
+        .find(|h| h.ssh_user != ssh.user || h.ssh_port != ssh.port)
+    {
+        return Err(Error::Usage(format!(
+            "host `{}` uses SSH {}@:{} but the cluster uses {}@:{}: per-host SSH users and ports are not supported yet",
+            h.name, h.ssh_user, h.ssh_port, ssh.user, ssh.port
+        )));
+    }
+    let mut cfg = SshConfig::new(ssh.user.clone(), auth.clone());
+    cfg.port = ssh.port;
+    cfg.connect_timeout = Duration::from_secs(ssh.connect_timeout_seconds.into());
+    if matches!(c.cluster.spec.provider, Provider::Docker(_)) {
+        // Fresh machines get their authorized key a moment after sshd starts.
+        cfg.retry.auth_window = Duration::from_secs(15);
+    }
+    if let Some(b) = &ssh.bastion {
+        let bauth = match &b.key_file {
+            Some(f) => Some(SshAuth::key_file(expand_home(f))?),
+            None => None,
+        };
+        cfg.bastion = Some(crate::transport::BastionConfig {
+            host: b.host.clone(),
+            port: b.port,
+            user: b.user.clone().unwrap_or_else(|| ssh.user.clone()),
+            auth: bauth,
+        });
+    }
+    cfg.accept_new_host_keys = accept.iter().cloned().collect();
+    Ok(cfg)
+}
+
+async fn docker_provider(
+    c: &LoadedCluster,
+    d: &spec::DockerProvider,
+    doc: &StateDocument,
+) -> Result<DockerProvider, Error> {
+    let public = match doc.secrets.extra.get(SSH_KEY) {
+        Some(pem) => {
+            let key = russh::keys::decode_secret_key(pem, None).map_err(|e| {
+                Error::Usage(format!("the SSH key in the state is unreadable: {e}"))
+            })?;
+            crate::transport::ssh::encode_key(&key)
+                .map_err(|e| Error::Usage(format!("cannot encode the SSH key: {e}")))?
+                .1
+        }
+        None => {
+            // A user-provided key file: install its public half.
+            let f = c.cluster.spec.ssh.key_file.as_deref().unwrap_or_default();
+            let path = expand_home(&format!("{f}.pub"));
+            let path = if path.is_relative() {
+                c.base_dir.join(path)
+            } else {
+                path
+            };
+            std::fs::read_to_string(&path)
+                .map_err(|e| Error::Usage(format!("cannot read {}: {e}", path.display())))?
+                .trim()
+                .to_string()
+        }
+    };
+    let cfg = DockerConfig {
+        cluster: c.name().to_string(),
+        network: d.network.clone().unwrap_or_else(|| c.name().to_string()),
+        subnet: c
+            .topology
+            .node_subnet
+            .ok_or_else(|| Error::Usage("internal: docker subnet missing".into()))?,
+        image: d
+            .image
+            .clone()
+            .unwrap_or_else(crate::provider::cli::node_image_tag),
+        ssh_public_key: public,
+    };
+    Ok(DockerProvider::connect(cfg).await?)
+}

@@ -1,0 +1,283 @@
+//! Carrying a phase plan out on hosts: upload files (skipped when the remote sha256
+//! matches), run each command unless its check says its result exists, per host, in
+//! parallel (bounded) or one host at a time. One host's failure never stops the others
+//! of the same phase; the phase then fails and no later phase starts.
+
+use super::{HostPlan, PhasePlan, Step};
+use crate::playbook::Strategy;
+use crate::render::{RenderedFile, Secrets};
+use crate::spec::{Host, LoadedCluster};
+use crate::transport::{
+    fan_out, Cancelled, FanOutOptions, ProgressMode, SshPool, SshSession, Transport,
+    TransportError, UploadTarget,
+};
+use std::fmt;
+use std::sync::Arc;
+
+/// What a failed host reports: enough to act on without reading logs.
+#[derive(Debug, Clone)]
+pub struct CommandFailure {
+    pub host: String,
+    pub command: String,
+    pub exit_code: u32,
+    /// The last lines of stderr (secrets redacted).
+    pub stderr_tail: String,
+}
+
+impl fmt::Display for CommandFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "on {}: `{}` exited with {}",
+            self.host, self.command, self.exit_code
+        )?;
+        if !self.stderr_tail.is_empty() {
+            write!(f, "; stderr ends with:\n{}", indent(&self.stderr_tail))?;
+        }
+        Ok(())
+    }
+}
+
+fn indent(s: &str) -> String {
+    s.lines()
+        .map(|l| format!("      {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error("{0}")]
+    Command(CommandFailure),
+    #[error("on {host}: {source}")]
+    Transport {
+        host: String,
+        #[source]
+        source: TransportError,
+    },
+    #[error("on {host}: {message}")]
+    Other { host: String, message: String },
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl From<Cancelled> for HostError {
+    fn from(_: Cancelled) -> Self {
+        HostError::Cancelled
+    }
+}
+
+impl HostError {
+    pub fn is_transport(&self) -> bool {
+        matches!(self, HostError::Transport { .. })
+    }
+}
+
+/// Keep the last `n` lines of `text`, secrets redacted.
+pub fn tail(text: &str, n: usize, secrets: &Secrets) -> String {
+    let lines: Vec<&str> = text.trim_end().lines().collect();
+    let start = lines.len().saturating_sub(n);
+    secrets.redact(&lines[start..].join("\n"))
+}
+
+/// What host execution needs from the run.
+pub struct Runtime {
+    pub pool: Arc<SshPool>,
+    /// The pinned host keys the pool checks against (saved into the state).
+    pub host_keys: Arc<crate::transport::MemoryHostKeyStore>,
+    pub concurrency: usize,
+    pub progress: ProgressMode,
+    /// Print remote command output as it finishes (`--verbose`).
+    pub verbose: bool,
+}
+
+/// The connection to a host (by its address).
+pub async fn session(rt: &Runtime, host: &Host) -> Result<Arc<SshSession>, HostError> {
+    rt.pool
+        .session(&host.address.to_string())
+        .await
+        .map_err(|source| HostError::Transport {
+            host: host.name.clone(),
+            source,
+        })
+}
+
+/// Run a shell command on a host; non-zero exit is a `CommandFailure`.
+pub async fn run(
+    t: &dyn Transport,
+    host: &str,
+    command: &str,
+    secrets: &Secrets,
+    verbose: bool,
+) -> Result<String, HostError> {
+    let out = t
+        .exec(command)
+        .await
+        .map_err(|source| HostError::Transport {
+            host: host.to_string(),
+            source,
+        })?;
+    if verbose {
+        for line in out.stdout.lines().chain(out.stderr.lines()) {
+            eprintln!("  [{host}] {}", secrets.redact(line));
+        }
+    }
+    tracing::debug!(host, command = %secrets.redact(command), exit = out.exit_code, "ran");
+    if !out.success() {
+        return Err(HostError::Command(CommandFailure {
+            host: host.to_string(),
+            command: secrets.redact(command),
+            exit_code: out.exit_code,
+            stderr_tail: tail(
+                if out.stderr.trim().is_empty() {
+                    &out.stdout
+                } else {
+                    &out.stderr
+                },
+                8,
+                secrets,
+            ),
+        }));
+    }
+    Ok(out.stdout)
+}
+
+/// Whether a step's check says its result already exists.
+pub async fn already_done(t: &dyn Transport, host: &str, step: &Step) -> Result<bool, HostError> {
+    let Some(check) = &step.check else {
+        return Ok(false);
+    };
+    let out = t.exec(check).await.map_err(|source| HostError::Transport {
+        host: host.to_string(),
+        source,
+    })?;
+    Ok(out.success())
+}
+
+/// Upload one rendered file unless the host has it already. Returns whether it was sent.
+pub async fn put_file(t: &dyn Transport, host: &str, f: &RenderedFile) -> Result<bool, HostError> {
+    let target = UploadTarget::new(f.path.clone(), f.mode);
+    let outcome = t
+        .upload(f.content.clone().into(), &target)
+        .await
+        .map_err(|source| HostError::Transport {
+            host: host.to_string(),
+            source,
+        })?;
+    Ok(outcome.sent || outcome.metadata_fixed)
+}
+
+/// Called for host steps without a shell command: the phase carries them out.
+#[async_trait::async_trait]
+pub trait SpecialSteps: Sync {
+    async fn special(
+        &self,
+        _t: &dyn Transport,
+        _host: &Host,
+        _step: &Step,
+    ) -> Result<(), HostError> {
+        Ok(())
+    }
+}
+
+/// No special steps.
+pub struct NoSpecial;
+impl SpecialSteps for NoSpecial {}
+
+/// What happened on one host.
+#[derive(Debug, Default, Clone)]
+pub struct HostReport {
+    pub files_sent: usize,
+    pub steps_run: usize,
+    pub steps_skipped: usize,
+}
+
+async fn apply_host(
+    rt: &Runtime,
+    c: &LoadedCluster,
+    files: &[(crate::render::FileGroup, RenderedFile)],
+    secrets: &Secrets,
+    hp: &HostPlan,
+    special: &dyn SpecialSteps,
+) -> Result<HostReport, HostError> {
+    let host = c.topology.host(&hp.host).ok_or_else(|| HostError::Other {
+        host: hp.host.clone(),
+        message: "not in the cluster's topology".into(),
+    })?;
+    let s = session(rt, host).await?;
+    let mut report = HostReport::default();
+    for pf in &hp.files {
+        let f = files
+            .iter()
+            .map(|(_, f)| f)
+            .find(|f| f.host == hp.host && f.path == pf.path)
+            .ok_or_else(|| HostError::Other {
+                host: hp.host.clone(),
+                message: format!("no rendered content for {}", pf.path),
+            })?;
+        if put_file(s.as_ref(), &host.name, f).await? {
+            report.files_sent += 1;
+        }
+    }
+    for step in &hp.commands {
+        if already_done(s.as_ref(), &host.name, step).await? {
+            report.steps_skipped += 1;
+            continue;
+        }
+        match &step.run {
+            Some(cmd) => {
+                run(s.as_ref(), &host.name, cmd, secrets, rt.verbose).await?;
+            }
+            None => special.special(s.as_ref(), host, step).await?,
+        }
+        report.steps_run += 1;
+    }
+    Ok(report)
+}
+
+/// Carry out every host plan of `plan`: in parallel up to the concurrency, or one at a
+/// time for serial phases. Every host finishes (or fails) before this returns.
+pub async fn apply_hosts(
+    rt: &Runtime,
+    c: &LoadedCluster,
+    files: &[(crate::render::FileGroup, RenderedFile)],
+    secrets: &Secrets,
+    plan: &PhasePlan,
+    special: &dyn SpecialSteps,
+) -> Result<Vec<(String, HostReport)>, Vec<HostError>> {
+    let names: Vec<String> = plan.hosts.iter().map(|h| h.host.clone()).collect();
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    let opts = FanOutOptions {
+        concurrency: match plan.strategy {
+            Strategy::Serial => 1,
+            Strategy::Parallel => rt.concurrency.max(1),
+        },
+        progress: rt.progress,
+        label: plan.name.clone(),
+        cancel_on_ctrl_c: true,
+    };
+    let results = fan_out(&names, &opts, |name| async move {
+        let hp = plan
+            .hosts
+            .iter()
+            .find(|h| h.host == name)
+            .ok_or(HostError::Cancelled)?;
+        apply_host(rt, c, files, secrets, hp, special).await
+    })
+    .await;
+    let mut ok = Vec::new();
+    let mut failed = Vec::new();
+    for r in results {
+        match r.result {
+            Ok(rep) => ok.push((r.host, rep)),
+            Err(e) => failed.push(e),
+        }
+    }
+    if failed.is_empty() {
+        Ok(ok)
+    } else {
+        Err(failed)
+    }
+}
