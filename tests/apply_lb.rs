@@ -1,0 +1,299 @@
+//! `kubeforge apply` on real machines (docker provider, systemd + sshd), with a playbook
+//! that stops after the load balancers: HAProxy + keepalived come up and the VIP
+//! answers; a re-run changes nothing; the VIP fails over; a machine rebuilt with a new
+//! SSH host key is refused until re-pinned on purpose.
+//!
+//! Needs the Docker engine and the node image (scripts/testbed/30-docker.sh and
+//! 40-node-image.sh); fails, never skips, without them.
+
+use assert_cmd::Command;
+use std::path::{Path, PathBuf};
+use std::process::Command as Std;
+use std::time::{Duration, Instant};
+
+const NAME: &str = "kf-apply-lb";
+const VIP: &str = "10.252.7.254";
+
+fn docker(args: &[&str]) -> std::process::Output {
+    Std::new("docker")
+        .args(args)
+        .output()
+        .expect("the docker CLI is installed (scripts/testbed/30-docker.sh)")
+}
+
+fn require_testbed() {
+    let info = docker(&["info", "--format", "{{.ServerVersion}}"]);
+    assert!(
+        info.status.success(),
+        "the Docker engine is not running: run scripts/testbed/30-docker.sh\n{}",
+        String::from_utf8_lossy(&info.stderr)
+    );
+    let tag = kubeforge::provider::cli::node_image_tag();
+    let img = docker(&["image", "inspect", &tag]);
+    assert!(
+        img.status.success(),
+        "the node image {tag} is missing: run scripts/testbed/40-node-image.sh"
+    );
+}
+
+fn cleanup() {
+    let ids = docker(&[
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("label=dev.kubeforge.cluster={NAME}"),
+    ]);
+    for id in String::from_utf8_lossy(&ids.stdout).split_whitespace() {
+        docker(&["rm", "-f", "-v", id]);
+    }
+    let vols = docker(&[
+        "volume",
+        "ls",
+        "-q",
+        "--filter",
+        &format!("label=dev.kubeforge.cluster={NAME}"),
+    ]);
+    for v in String::from_utf8_lossy(&vols.stdout).split_whitespace() {
+        docker(&["volume", "rm", "-f", v]);
+    }
+    docker(&["network", "rm", NAME]);
+}
+
+struct Cleanup;
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        cleanup();
+    }
+}
+
+fn write_files(dir: &Path) -> PathBuf {
+    std::fs::write(
+        dir.join("cluster.yaml"),
+        format!(
+            "apiVersion: kubeforge.dev/v1alpha1
+kind: Cluster
+metadata:
+  name: {NAME}
+spec:
+  kubernetesVersion: v1.20.2
+  provider:
+    docker: {{subnet: 10.252.7.0/24}}
+  nodePools:
+    controlPlane: {{count: 1}}
+    loadBalancers: {{count: 2}}
+"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("lb.yaml"),
+        "apiVersion: kubeforge.dev/v1alpha1
+kind: Playbook
+name: load-balancers
+phases:
+  - {name: provision, hosts: none}
+  - {name: connect, hosts: all}
+  - {name: load-balancer, hosts: load-balancers}
+",
+    )
+    .unwrap();
+    dir.join("cluster.yaml")
+}
+
+fn kubeforge(dir: &Path) -> Command {
+    let mut c = Command::cargo_bin("kubeforge").unwrap();
+    c.current_dir(dir)
+        .env("KUBEFORGE_STATE_KEY_FILE", dir.join("state.agekey"))
+        .env_remove("KUBEFORGE_STATE_PASSPHRASE")
+        .env_remove("KUBEFORGE_STATE_KEY");
+    c
+}
+
+fn apply(dir: &Path, extra: &[&str]) -> std::process::Output {
+    kubeforge(dir)
+        .args([
+            "apply",
+            "-f",
+            "cluster.yaml",
+            "--playbook",
+            "lb.yaml",
+            "--yes",
+        ])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+fn vip_holders() -> Vec<String> {
+    ["lb-1", "lb-2"]
+        .iter()
+        .map(|n| format!("{NAME}-{n}"))
+        .filter(|m| {
+            let out = docker(&["exec", m, "ip", "-o", "-4", "addr", "show"]);
+            String::from_utf8_lossy(&out.stdout).contains(&format!("inet {VIP}/"))
+        })
+        .collect()
+}
+
+fn exec(machine: &str, cmd: &str) -> String {
+    let out = docker(&["exec", machine, "sh", "-c", cmd]);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn apply_brings_up_the_load_balancers_and_converges() {
+    require_testbed();
+    cleanup();
+    let _cleanup = Cleanup;
+    let dir = tempfile::tempdir().unwrap();
+    write_files(dir.path());
+
+    // Without an encryption key the state cannot hold the secrets: a clear refusal.
+    let out = Command::cargo_bin("kubeforge")
+        .unwrap()
+        .current_dir(dir.path())
+        .env_remove("KUBEFORGE_STATE_KEY_FILE")
+        .env_remove("KUBEFORGE_STATE_PASSPHRASE")
+        .env_remove("KUBEFORGE_STATE_KEY")
+        .args([
+            "apply",
+            "-f",
+            "cluster.yaml",
+            "--playbook",
+            "lb.yaml",
+            "--yes",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("give it an encryption key"));
+
+    kubeforge(dir.path())
+        .args(["state", "keygen", "--out", "state.agekey"])
+        .assert()
+        .success();
+
+    // First run: machines, host keys, HAProxy + keepalived, VIP.
+    let t0 = Instant::now();
+    let out = apply(dir.path(), &[]);
+    let first = t0.elapsed();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .contains(&format!("cluster `{NAME}` applied (3 phases")));
+    assert_eq!(
+        vip_holders().len(),
+        1,
+        "exactly one load balancer holds the VIP"
+    );
+    let lb1 = format!("{NAME}-lb-1");
+    assert_eq!(
+        exec(&lb1, "systemctl is-active haproxy keepalived"),
+        "active\nactive"
+    );
+    assert!(exec(&lb1, "cat /etc/haproxy/haproxy.cfg")
+        .contains(&format!("server {NAME}-cp-1 10.252.7.10:6443 check")));
+
+    // The state records machines, pinned host keys and the journal; secrets are
+    // encrypted (listed by name only).
+    let out = kubeforge(dir.path())
+        .args(["state", "show", "-f", "cluster.yaml", "-o", "json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let doc = if v.get("state").is_some() {
+        &v["state"]
+    } else {
+        &v
+    };
+    let state_text = doc.to_string();
+    for host in ["10.252.7.2", "10.252.7.3", "10.252.7.10"] {
+        assert!(
+            state_text.contains(host),
+            "{host} missing from the state: {text}"
+        );
+    }
+    assert!(
+        !text.contains("BEGIN OPENSSH PRIVATE KEY"),
+        "the SSH key is never shown"
+    );
+    assert!(
+        text.contains(kubeforge::ops::apply::SSH_KEY),
+        "secrets are listed by name"
+    );
+
+    // Second run: nothing changes (same file, same HAProxy process), quickly.
+    let mtime = exec(&lb1, "stat -c %Y.%s /etc/haproxy/haproxy.cfg");
+    let pid = exec(&lb1, "systemctl show -p MainPID --value haproxy");
+    let t1 = Instant::now();
+    let out = apply(dir.path(), &["-o", "json"]);
+    let second = t1.elapsed();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["phases"].as_array().unwrap().len(), 3);
+    assert_eq!(exec(&lb1, "stat -c %Y.%s /etc/haproxy/haproxy.cfg"), mtime);
+    assert_eq!(
+        exec(&lb1, "systemctl show -p MainPID --value haproxy"),
+        pid,
+        "haproxy was not restarted"
+    );
+    eprintln!("first apply {first:?}, second apply {second:?}");
+
+    // The VIP moves when its holder dies, and apply brings the machine back.
+    let holder = vip_holders().remove(0);
+    docker(&["stop", "-t", "1", &holder]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while vip_holders().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let now = vip_holders();
+    assert_eq!(now.len(), 1);
+    assert_ne!(now[0], holder, "the VIP moved to the other load balancer");
+    let out = apply(dir.path(), &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(exec(&holder, "systemctl is-active haproxy"), "active");
+    assert_eq!(vip_holders().len(), 1);
+
+    // A rebuilt machine has a new host key: refused with both fingerprints, exit 4 ...
+    let lb2 = format!("{NAME}-lb-2");
+    docker(&["rm", "-f", "-v", &lb2]);
+    let out = apply(dir.path(), &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("10.252.7.3"), "{stderr}");
+    assert!(
+        stderr.matches("SHA256:").count() >= 2,
+        "both fingerprints are shown: {stderr}"
+    );
+    // ... until re-pinned on purpose.
+    let out = apply(dir.path(), &["--accept-new-host-key", "10.252.7.3"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(exec(&lb2, "systemctl is-active keepalived"), "active");
+    assert_eq!(vip_holders().len(), 1);
+}
