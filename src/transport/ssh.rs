@@ -207,6 +207,9 @@ impl std::fmt::Debug for SshSession {
     }
 }
 
+/// Bytes read from an upload's source per hand-over to the channel.
+const STDIN_CHUNK: usize = 512 * 1024;
+
 /// Raw result of one channel.
 struct RawOutput {
     exit_code: u32,
@@ -469,7 +472,24 @@ impl SshSession {
         let (mut read, write) = channel.split();
         let feed = async {
             if let Some(mut input) = stdin {
-                write.data(&mut input).await?;
+                // Large reads handed over as owned chunks: russh cuts them into
+                // full-size packets (tokio::io::copy would send 8 KiB packets).
+                loop {
+                    let mut buf = bytes::BytesMut::with_capacity(STDIN_CHUNK);
+                    while buf.len() < STDIN_CHUNK {
+                        if input.read_buf(&mut buf).await? == 0 {
+                            break;
+                        }
+                    }
+                    if buf.is_empty() {
+                        break;
+                    }
+                    let last = buf.len() < STDIN_CHUNK;
+                    write.data_bytes(buf.freeze()).await?;
+                    if last {
+                        break;
+                    }
+                }
             }
             write.eof().await
         };
