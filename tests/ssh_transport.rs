@@ -454,3 +454,57 @@ fn a_bastion_tunnels_connections_to_the_targets() {
         .await;
     });
 }
+
+#[test]
+fn ssh_agent_authentication() {
+    run(|| async {
+        with_cluster("kft-agent", &THREE[..1], |c| async move {
+            let dir = tempfile::tempdir().unwrap();
+            let sock = dir.path().join("agent.sock");
+            let mut agent = std::process::Command::new("ssh-agent")
+                .arg("-D")
+                .arg("-a")
+                .arg(&sock)
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("ssh-agent (openssh-client) is needed for this test");
+            for _ in 0..50 {
+                if sock.exists() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let add = std::process::Command::new("ssh-add")
+                .arg(&c.key_path)
+                .env("SSH_AUTH_SOCK", &sock)
+                .output()
+                .unwrap();
+            assert!(add.status.success(), "{add:?}");
+            // The tests of this binary run one at a time: setting the variable is safe.
+            std::env::set_var("SSH_AUTH_SOCK", &sock);
+            let mut cfg = c.ssh_config("kubeforge");
+            cfg.auth = SshAuth::Agent;
+            let result =
+                SshSession::connect(&c.ip(0), &cfg, Arc::new(MemoryHostKeyStore::new()), None)
+                    .await;
+            // An agent without the right key is rejected (not retried).
+            let _ = std::process::Command::new("ssh-add")
+                .arg("-D")
+                .env("SSH_AUTH_SOCK", &sock)
+                .output();
+            let empty =
+                SshSession::connect(&c.ip(0), &cfg, Arc::new(MemoryHostKeyStore::new()), None)
+                    .await;
+            std::env::remove_var("SSH_AUTH_SOCK");
+            let _ = agent.kill();
+            let _ = agent.wait();
+            let s = result.unwrap();
+            assert_eq!(s.exec("id -un").await.unwrap().stdout.trim(), "root");
+            assert!(
+                matches!(empty, Err(TransportError::AgentEmpty)),
+                "{empty:?}"
+            );
+        })
+        .await;
+    });
+}

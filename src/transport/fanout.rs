@@ -144,6 +144,31 @@ where
     Fut: Future<Output = Result<T, E>>,
     E: Display + From<Cancelled>,
 {
+    let ctrl_c = async {
+        if opts.cancel_on_ctrl_c {
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    fan_out_until(hosts, opts, ctrl_c, task).await
+}
+
+/// [`fan_out`] that stops when `cancel` completes (instead of on Ctrl-C).
+pub async fn fan_out_until<T, E, F, Fut, C>(
+    hosts: &[String],
+    opts: &FanOutOptions,
+    cancel: C,
+    task: F,
+) -> Vec<HostResult<T, E>>
+where
+    F: Fn(String) -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+    E: Display + From<Cancelled>,
+    C: Future<Output = ()>,
+{
     let bars = Bars::new(hosts, opts);
     let mut slots: Vec<Option<HostResult<T, E>>> = hosts.iter().map(|_| None).collect();
     let mut pending = hosts.iter().enumerate();
@@ -164,16 +189,7 @@ where
         running.push(launch(i, host));
     }
 
-    let ctrl_c = async {
-        if opts.cancel_on_ctrl_c {
-            if tokio::signal::ctrl_c().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        } else {
-            std::future::pending::<()>().await;
-        }
-    };
-    tokio::pin!(ctrl_c);
+    tokio::pin!(cancel);
 
     loop {
         tokio::select! {
@@ -192,7 +208,7 @@ where
                     running.push(launch(j, host));
                 }
             }
-            _ = &mut ctrl_c => {
+            _ = &mut cancel => {
                 tracing::warn!("interrupted: cancelling the remaining hosts");
                 break;
             }
@@ -215,6 +231,67 @@ where
 
 #[cfg(test)]
 mod tests {
+    fn hidden(concurrency: usize, ctrl_c: bool) -> FanOutOptions {
+        FanOutOptions {
+            concurrency,
+            progress: ProgressMode::Hidden,
+            label: "t".into(),
+            cancel_on_ctrl_c: ctrl_c,
+        }
+    }
+
+    async fn sleepy(h: String) -> Result<String, TransportError> {
+        let ms: u64 = h.trim_start_matches('h').parse().unwrap();
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        Ok(h)
+    }
+
+    #[tokio::test]
+    async fn cancel_stops_running_and_pending_hosts() {
+        let hosts: Vec<String> = ["h10", "h5000", "h20", "h5000"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let t = Instant::now();
+        let cancel = tokio::time::sleep(Duration::from_millis(200));
+        let results = fan_out_until(&hosts, &hidden(2, false), cancel, sleepy).await;
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        assert_eq!(results[0].result.as_ref().unwrap(), "h10");
+        assert_eq!(results[2].result.as_ref().unwrap(), "h20");
+        assert!(matches!(
+            results[1].result,
+            Err(TransportError::Cancelled(_))
+        ));
+        assert!(matches!(
+            results[3].result,
+            Err(TransportError::Cancelled(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_real_sigint_cancels_the_fan_out() {
+        let hosts: Vec<String> = ["h10", "h5000"].iter().map(|s| s.to_string()).collect();
+        let pid = std::process::id().to_string();
+        let interrupt = async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let st = tokio::process::Command::new("kill")
+                .args(["-INT", &pid])
+                .status()
+                .await
+                .unwrap();
+            assert!(st.success());
+        };
+        let t = Instant::now();
+        let opts = hidden(2, true);
+        let (results, ()) = tokio::join!(fan_out(&hosts, &opts, sleepy), interrupt);
+        assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+        assert!(results[0].result.is_ok());
+        assert!(matches!(
+            results[1].result,
+            Err(TransportError::Cancelled(_))
+        ));
+    }
+
     use super::*;
     use crate::transport::TransportError;
     use std::sync::atomic::{AtomicUsize, Ordering};

@@ -15,7 +15,7 @@ pub mod ssh;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use fanout::{fan_out, FanOutOptions, HostResult, ProgressMode};
+pub use fanout::{fan_out, fan_out_until, FanOutOptions, HostResult, ProgressMode};
 pub use hostkeys::{fingerprint, HostKeyStore, MemoryHostKeyStore};
 pub use ssh::{BastionConfig, RetryPolicy, SshAuth, SshConfig, SshPool, SshSession};
 
