@@ -53,7 +53,7 @@ pub struct FanoutArgs {
     #[arg(long)]
     pub image: Option<String>,
     /// Subnet of the benchmark's internal network.
-    #[arg(long, default_value = "10.252.0.0/24")]
+    #[arg(long, default_value = "10.253.0.0/24")]
     pub subnet: ipnet::IpNet,
     /// Skip the Ansible comparison.
     #[arg(long)]
