@@ -229,6 +229,15 @@ async fn save_race_one_winner(ctx: Ctx) {
         h.iter().map(|e| e.generation).collect::<Vec<_>>(),
         (1..=6).collect::<Vec<_>>()
     );
+    // The state object removed under a writer: a conflict too, never a blind create.
+    let (mut doc, v) = store.load().await.unwrap().unwrap();
+    store.backend().delete("state.json").await.unwrap();
+    let err = store.save(&mut doc, &v).await.unwrap_err();
+    assert!(
+        matches!(err, StateError::Conflict { current: None, .. }),
+        "{err}"
+    );
+    assert!(store.backend().get("state.json").await.unwrap().is_none());
 }
 
 fn wait_for_line(child: &mut Child, needle: &str) -> String {

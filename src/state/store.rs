@@ -576,7 +576,9 @@ impl StateStore {
         };
         let object = match self.backend.put(STATE_KEY, bytes.clone(), mode).await {
             Ok(v) => v,
-            Err(BackendError::Precondition) | Err(BackendError::AlreadyExists) => {
+            Err(BackendError::Precondition)
+            | Err(BackendError::AlreadyExists)
+            | Err(BackendError::NotFound) => {
                 let current = self.get(STATE_KEY).await.ok().flatten();
                 match current {
                     // Our own write went through but its answer was lost and the retry

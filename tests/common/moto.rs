@@ -57,7 +57,7 @@ pub fn http(port: u16, method: &str, path: &str) -> std::io::Result<u16> {
 /// moto's own server application (what `moto_server` runs), with one change: requests
 /// are handled one at a time. moto checks `If-None-Match` / `If-Match` and then writes,
 /// without a lock; in its threaded server two racing conditional PUTs can both pass
-/// the check under CPU load (seen: 2 winners of 16 in 1 of ~40 trials). Real S3 is
+/// the check under CPU load (seen: 2 winners of 16 in 2 of ~50 trials). Real S3 is
 /// atomic here, and so is moto with requests serialised.
 const SERIAL_MOTO: &str = r#"
 import os, sys, threading
