@@ -872,6 +872,81 @@ mod tests {
         guard.release().await.unwrap();
     }
 
+    #[test]
+    fn urls() {
+        let base = Path::new("/srv/clusters");
+        let opts = StoreOptions::default();
+        let b = StateStore::backend_for("file://state", &opts, base).unwrap();
+        assert_eq!(b.describe(), "file:///srv/clusters/state");
+        let b = StateStore::backend_for("file:///abs/dir", &opts, base).unwrap();
+        assert_eq!(b.describe(), "file:///abs/dir");
+        let b = StateStore::backend_for("relative/dir", &opts, base).unwrap();
+        assert_eq!(b.describe(), "file:///srv/clusters/relative/dir");
+        let s3 = StoreOptions {
+            endpoint: Some("http://127.0.0.1:9000".into()),
+            path_style: true,
+            allow_http: true,
+            ..Default::default()
+        };
+        let b = StateStore::backend_for("s3://bucket/clusters/prod", &s3, base).unwrap();
+        assert_eq!(
+            b.describe(),
+            "s3://bucket/clusters/prod (endpoint http://127.0.0.1:9000)"
+        );
+        assert!(StateStore::backend_for("gs://bucket/prefix", &opts, base).is_ok());
+        for (url, want) in [
+            ("s3:///x", "the bucket name is missing"),
+            ("file://", "the directory is missing"),
+            ("ftp://h/x", "unknown scheme \"ftp\""),
+        ] {
+            let err = StateStore::backend_for(url, &opts, base).unwrap_err();
+            assert!(err.to_string().contains(want), "{url}: {err}");
+            assert_eq!(err.exit_kind(), crate::error::ExitKind::Input);
+        }
+    }
+
+    #[tokio::test]
+    async fn keys_live_under_the_prefix() {
+        let memory = Arc::new(object_store::memory::InMemory::new());
+        let backend = Arc::new(ObjectStoreBackend::new(
+            memory.clone(),
+            "clusters/prod/",
+            "memory://clusters/prod",
+        ));
+        let store = StateStore::with_backend(backend).with_cluster(Some("prod".into()));
+        let (mut doc, v0) = store.load_or_new().await.unwrap();
+        let v1 = store.save(&mut doc, &v0).await.unwrap();
+        store.save(&mut doc, &v1).await.unwrap();
+        let lock = store.lock("t").await.unwrap();
+        use futures::TryStreamExt;
+        use object_store::ObjectStore;
+        let mut keys: Vec<String> = memory
+            .list(None)
+            .map_ok(|m| m.location.to_string())
+            .try_collect()
+            .await
+            .unwrap();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "clusters/prod/history/1.json",
+                "clusters/prod/history/2.json",
+                "clusters/prod/lock",
+                "clusters/prod/state.json"
+            ]
+        );
+        lock.release().await.unwrap();
+        let gens: Vec<u64> = store
+            .history()
+            .await
+            .unwrap()
+            .iter()
+            .map(|h| h.generation)
+            .collect();
+        assert_eq!(gens, [1, 2]);
+    }
+
     #[tokio::test]
     async fn secrets_need_a_key() {
         let store = StateStore::in_memory();
