@@ -287,3 +287,75 @@ impl Keyring {
         Ok(plain)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolve_from_spec() {
+        let dir = std::env::temp_dir().join(format!("kf-crypto-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (k, text) = Keyring::generate();
+        std::fs::write(dir.join("state.key"), format!("# comment\n{text}\n")).unwrap();
+        let spec = EncryptionSpec {
+            key_file: Some("state.key".into()),
+            ..Default::default()
+        };
+        let found = Keyring::resolve(&spec, &dir).unwrap().unwrap();
+        assert_eq!(found.recipient(), k.recipient());
+        assert!(found
+            .source()
+            .ends_with("state.key (spec.state.encryption.keyFile)"));
+
+        // Variables named in the spec must be set.
+        let spec = EncryptionSpec {
+            key_env: Some("KF_TEST_UNSET_KEY_VAR_93".into()),
+            ..Default::default()
+        };
+        let err = Keyring::resolve(&spec, &dir).unwrap_err().to_string();
+        assert!(
+            err.contains(
+                "spec.state.encryption.keyEnv names KF_TEST_UNSET_KEY_VAR_93, which is not set"
+            ),
+            "{err}"
+        );
+        std::env::set_var("KF_TEST_PASS_VAR_93", "pw");
+        let spec = EncryptionSpec {
+            passphrase_env: Some("KF_TEST_PASS_VAR_93".into()),
+            ..Default::default()
+        };
+        let p = Keyring::resolve(&spec, &dir).unwrap().unwrap();
+        assert_eq!(p.source(), "$KF_TEST_PASS_VAR_93");
+        assert!(p.recipient().is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn seal_open_and_wrong_keys() {
+        let (a, _) = Keyring::generate();
+        let (b, _) = Keyring::generate();
+        let sealed = a
+            .seal(vec!["adminKubeconfig".into()], b"top secret")
+            .unwrap();
+        assert!(!sealed.ciphertext.contains("top secret"));
+        assert_eq!(a.open(&sealed).unwrap(), b"top secret");
+        assert!(matches!(b.open(&sealed), Err(StateError::WrongKey(_))));
+        // A tampered recipient field cannot make the wrong key work either.
+        let mut forged = sealed.clone();
+        forged.recipient = b.recipient();
+        let err = b.open(&forged).unwrap_err().to_string();
+        assert!(err.contains("does not decrypt"), "{err}");
+        // Passphrase, with a small work factor (the default is SCRYPT_LOG_N).
+        let p = Keyring::from_passphrase("pw", "test").with_work_factor(8);
+        let sealed = p.seal(vec![], b"x").unwrap();
+        assert_eq!(sealed.scheme, SCHEME_SCRYPT);
+        assert_eq!(p.open(&sealed).unwrap(), b"x");
+        let wrong = Keyring::from_passphrase("nope", "test");
+        assert!(wrong
+            .open(&sealed)
+            .unwrap_err()
+            .to_string()
+            .contains("does not decrypt"));
+    }
+}
