@@ -105,3 +105,26 @@ async fn s3_endpoint_down_clear_error_retries_nothing_lost() {
     lock.release().await.unwrap();
     assert!(store.lock_status().await.unwrap().is_none());
 }
+
+/// A store that cannot do conditional writes is refused, not used unsafely
+/// (object_store's `AWS_CONDITIONAL_PUT=disabled` stands in for such a store).
+#[test]
+fn s3_without_conditional_writes_is_refused() {
+    let ctx = Ctx::s3();
+    let out = ctx
+        .cli(&["lock-probe", "--hold-ms", "0"])
+        .env("AWS_CONDITIONAL_PUT", "disabled")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(7), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "error: the state store at {} (endpoint {}) cannot do conditional writes (create-if-absent, compare-and-swap), without which the lock and safe saves are impossible; see docs/state.md",
+            ctx.url,
+            ctx.options.endpoint.as_deref().unwrap()
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("caused by:"), "{stderr}");
+}

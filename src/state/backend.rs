@@ -51,6 +51,9 @@ pub enum BackendError {
     Precondition,
     #[error("object not found")]
     NotFound,
+    /// The store cannot do a conditional write (create-if-absent, compare-and-swap).
+    #[error("{0}")]
+    NoConditionalWrites(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("{0}")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -116,6 +119,10 @@ fn map_os_err(e: object_store::Error) -> BackendError {
         object_store::Error::AlreadyExists { .. } => BackendError::AlreadyExists,
         object_store::Error::Precondition { .. } => BackendError::Precondition,
         object_store::Error::NotFound { .. } => BackendError::NotFound,
+        e @ (object_store::Error::NotImplemented { .. }
+        | object_store::Error::NotSupported { .. }) => {
+            BackendError::NoConditionalWrites(Box::new(e))
+        }
         other => BackendError::Unavailable(Box::new(other)),
     }
 }

@@ -97,6 +97,10 @@ pub(crate) fn backend_err(backend: &dyn StateBackend, e: BackendError) -> StateE
             url: backend.describe(),
             source,
         },
+        BackendError::NoConditionalWrites(source) => StateError::NoConditionalWrites {
+            url: backend.describe(),
+            source,
+        },
         other => StateError::Unavailable {
             url: backend.describe(),
             source: Box::new(other),

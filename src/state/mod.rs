@@ -171,6 +171,12 @@ pub enum StateError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error("the state store at {url} cannot do conditional writes (create-if-absent, compare-and-swap), without which the lock and safe saves are impossible; see docs/state.md")]
+    NoConditionalWrites {
+        url: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("{what}")]
     Io {
         what: String,
