@@ -44,6 +44,7 @@ conformance!(
     passphrase_encryption,
     corrupted_object_reported_with_last_good_generation,
     pull_and_push,
+    snapshots_are_encrypted_and_never_overwritten,
 );
 
 const SECRET: &str = "SUPER-SECRET-KUBECONFIG-9f8e7d";
@@ -847,4 +848,95 @@ async fn pull_and_push(ctx: Ctx) {
             .collect::<Vec<_>>(),
         vec![1, 2, 3]
     );
+}
+
+async fn snapshots_are_encrypted_and_never_overwritten(ctx: Ctx) {
+    let marker = b"ETCD-SNAPSHOT-PLAINTEXT-MARKER";
+    let mut data = Vec::with_capacity(1 << 20);
+    while data.len() < (1 << 20) {
+        data.extend_from_slice(marker);
+        data.extend_from_slice(&(data.len() as u64).to_le_bytes());
+    }
+    let err = ctx
+        .store(None)
+        .put_snapshot("etcd-1", &data)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("give the state an encryption key"),
+        "{err}"
+    );
+
+    let (k, _) = key();
+    let store = ctx.store(Some(k));
+    let info = store
+        .put_snapshot("etcd-20261122T070000Z", &data)
+        .await
+        .unwrap();
+    assert!(info.size > data.len() as u64);
+    let raw = store
+        .backend()
+        .get("snapshots/etcd-20261122T070000Z.age")
+        .await
+        .unwrap()
+        .unwrap()
+        .0;
+    assert!(
+        !raw.windows(marker.len()).any(|w| w == marker),
+        "stored in clear"
+    );
+    assert_eq!(
+        store.get_snapshot("etcd-20261122T070000Z").await.unwrap(),
+        data
+    );
+    let err = store
+        .put_snapshot("etcd-20261122T070000Z", b"other")
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("a snapshot with this name exists already"),
+        "{err}"
+    );
+    assert_eq!(
+        store.get_snapshot("etcd-20261122T070000Z").await.unwrap(),
+        data
+    );
+    assert!(store.put_snapshot("../x", b"x").await.is_err());
+    let err = ctx
+        .store(Some(key().0))
+        .get_snapshot("etcd-20261122T070000Z")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StateError::WrongKey(_)), "{err}");
+
+    // A damaged snapshot is reported as such.
+    let mut bad = raw.to_vec();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0x55;
+    store
+        .backend()
+        .put(
+            "snapshots/etcd-damaged.age",
+            bytes::Bytes::from(bad),
+            kubeforge::state::backend::WriteMode::Create,
+        )
+        .await
+        .unwrap();
+    let err = store.get_snapshot("etcd-damaged").await.unwrap_err();
+    assert!(err.to_string().contains("corrupted or truncated"), "{err}");
+
+    ctx.cli(&["snapshots"])
+        .assert()
+        .success()
+        .stdout(predicate::str::is_match(r"(?m)^etcd-20261122T070000Z\s+\d{4}-").unwrap())
+        .stdout(predicate::str::contains("etcd-damaged"));
+    let names: Vec<String> = store
+        .snapshots()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(names, ["etcd-20261122T070000Z", "etcd-damaged"]);
 }

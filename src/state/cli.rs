@@ -53,6 +53,8 @@ pub enum StateCommand {
     },
     /// List the saved generations.
     History,
+    /// List the stored (encrypted) snapshots.
+    Snapshots,
     /// Remove the lock: an expired one, or with --force any one (prints what it breaks).
     Unlock {
         /// Break the lock even if its lease is live.
@@ -216,6 +218,7 @@ pub async fn run(args: StateArgs, output: OutputFormat) -> Result<(), Error> {
             show(&open_store(&target, false)?, generation, output).await
         }
         StateCommand::History => history(&open_store(&target, false)?, output).await,
+        StateCommand::Snapshots => snapshots(&open_store(&target, false)?, output).await,
         StateCommand::Unlock { force } => unlock(&open_store(&target, false)?, force, output).await,
         StateCommand::Pull { out, generation } => {
             let store = open_store(&target, false)?;
@@ -408,6 +411,31 @@ async fn history(store: &StateStore, output: OutputFormat) -> Result<(), Error> 
             e.problem
                 .map(|p| format!("  DAMAGED: {p}"))
                 .unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+async fn snapshots(store: &StateStore, output: OutputFormat) -> Result<(), Error> {
+    let list = store.snapshots().await?;
+    if output == OutputFormat::Json {
+        print_json(&serde_json::json!({ "url": store.url(), "snapshots": list }))?;
+        return Ok(());
+    }
+    if list.is_empty() {
+        println!("no snapshots at {}", store.url());
+        return Ok(());
+    }
+    println!("{:<40} {:<21} {:>12}", "NAME", "STORED", "BYTES");
+    for s in list {
+        println!(
+            "{:<40} {:<21} {:>12}",
+            s.name,
+            s.last_modified
+                .as_ref()
+                .map(ts)
+                .unwrap_or_else(|| "-".into()),
+            s.size
         );
     }
     Ok(())

@@ -226,6 +226,61 @@ impl Keyring {
         })
     }
 
+    fn encryptor(&self) -> Result<age::Encryptor, StateError> {
+        let r: Box<dyn age::Recipient> = match self {
+            Keyring::X25519 { identity, .. } => Box::new(identity.to_public()),
+            Keyring::Passphrase {
+                passphrase, log_n, ..
+            } => {
+                let mut r = age::scrypt::Recipient::new(passphrase.clone());
+                r.set_work_factor(*log_n);
+                Box::new(r)
+            }
+        };
+        age::Encryptor::with_recipients(std::iter::once(r.as_ref()))
+            .map_err(|e| StateError::Key(format!("cannot encrypt: {e}")))
+    }
+
+    /// Encrypt a blob (binary age format), e.g. an etcd snapshot.
+    pub fn encrypt_blob(&self, data: &[u8]) -> Result<Vec<u8>, StateError> {
+        let io = |e: std::io::Error| StateError::Key(format!("cannot encrypt: {e}"));
+        let mut out = Vec::with_capacity(data.len() + 256);
+        let mut w = self.encryptor()?.wrap_output(&mut out).map_err(io)?;
+        w.write_all(data).map_err(io)?;
+        w.finish().map_err(io)?;
+        Ok(out)
+    }
+
+    /// Decrypt a blob from [`Self::encrypt_blob`]. `Err(Ok(..))`: wrong key;
+    /// `Err(Err(detail))`: the blob is damaged.
+    pub fn decrypt_blob(&self, data: &[u8]) -> Result<Vec<u8>, Result<StateError, String>> {
+        let decryptor = age::Decryptor::new_buffered(data).map_err(|e| Err(e.to_string()))?;
+        let scrypt_id;
+        let id: &dyn age::Identity = match self {
+            Keyring::X25519 { identity, .. } => identity,
+            Keyring::Passphrase { passphrase, .. } => {
+                let mut i = age::scrypt::Identity::new(passphrase.clone());
+                i.set_max_work_factor(22);
+                scrypt_id = i;
+                &scrypt_id
+            }
+        };
+        let mut r = decryptor
+            .decrypt(std::iter::once(id))
+            .map_err(|e| match e {
+                age::DecryptError::NoMatchingKeys
+                | age::DecryptError::DecryptionFailed
+                | age::DecryptError::KeyDecryptionFailed => Ok(StateError::WrongKey(format!(
+                    "the key from {} does not decrypt it",
+                    self.source()
+                ))),
+                other => Err(other.to_string()),
+            })?;
+        let mut plain = Vec::new();
+        r.read_to_end(&mut plain).map_err(|e| Err(e.to_string()))?;
+        Ok(plain)
+    }
+
     pub fn open(&self, sealed: &SealedSecrets) -> Result<Vec<u8>, StateError> {
         if sealed.scheme != self.scheme() {
             let have = match self {

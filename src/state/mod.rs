@@ -16,7 +16,7 @@ pub use backend::{FileBackend, ObjectStoreBackend, ObjectVersion, StateBackend};
 pub use crypto::{Keyring, SealedSecrets};
 pub use document::{AppliedVersions, JournalEntry, Machine, PhaseStatus, Secrets, StateDocument};
 pub use lock::{LockGuard, LockInfo, LockOptions, Unlocked};
-pub use store::{HistoryEntry, StateStore, Version};
+pub use store::{HistoryEntry, SnapshotInfo, StateStore, Version};
 
 use crate::error::ExitKind;
 use chrono::{DateTime, Utc};
@@ -176,6 +176,12 @@ pub enum StateError {
         url: String,
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("snapshot {name:?} at {url}: {detail}")]
+    Snapshot {
+        url: String,
+        name: String,
+        detail: String,
     },
     #[error("{what}")]
     Io {

@@ -42,6 +42,19 @@ impl Version {
     }
 }
 
+pub const SNAPSHOT_DIR: &str = "snapshots";
+
+/// One stored snapshot (`snapshots/<name>.age`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotInfo {
+    pub name: String,
+    /// Encrypted size in bytes.
+    pub size: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_modified: Option<DateTime<Utc>>,
+}
+
 /// One saved generation.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -720,6 +733,94 @@ impl StateStore {
             object: Some(object),
         };
         self.save(&mut doc, &base).await
+    }
+}
+
+impl StateStore {
+    fn snapshot_err(&self, name: &str, detail: impl Into<String>) -> StateError {
+        StateError::Snapshot {
+            url: self.url(),
+            name: name.to_string(),
+            detail: detail.into(),
+        }
+    }
+
+    fn snapshot_key(&self, name: &str) -> Result<String, StateError> {
+        let ok = !name.is_empty()
+            && name.len() <= 200
+            && !name.starts_with('.')
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if !ok {
+            return Err(self.snapshot_err(
+                name,
+                "a snapshot name is letters, digits, '.', '_' and '-' (not starting with '.')",
+            ));
+        }
+        Ok(format!("{SNAPSHOT_DIR}/{name}.age"))
+    }
+
+    /// Store a snapshot (an etcd snapshot holds every cluster secret, so it is
+    /// encrypted with the state key, which is required). Never overwrites one.
+    pub async fn put_snapshot(&self, name: &str, data: &[u8]) -> Result<SnapshotInfo, StateError> {
+        let key = self.snapshot_key(name)?;
+        let Some(keyring) = &self.keyring else {
+            return Err(self.snapshot_err(
+                name,
+                "snapshots hold the cluster's secrets and are encrypted: give the state an encryption key",
+            ));
+        };
+        let sealed = Bytes::from(keyring.encrypt_blob(data)?);
+        let size = sealed.len() as u64;
+        match self.backend.put(&key, sealed, WriteMode::Create).await {
+            Ok(_) => Ok(SnapshotInfo {
+                name: name.to_string(),
+                size,
+                last_modified: Some(Utc::now()),
+            }),
+            Err(BackendError::AlreadyExists) => {
+                Err(self.snapshot_err(name, "a snapshot with this name exists already"))
+            }
+            Err(e) => Err(backend_err(self.backend.as_ref(), e)),
+        }
+    }
+
+    /// Read and decrypt a snapshot.
+    pub async fn get_snapshot(&self, name: &str) -> Result<Vec<u8>, StateError> {
+        let key = self.snapshot_key(name)?;
+        let Some((bytes, _)) = self.get(&key).await? else {
+            return Err(self.snapshot_err(name, "no such snapshot"));
+        };
+        let Some(keyring) = &self.keyring else {
+            return Err(self.snapshot_err(name, "it is encrypted and no key was given"));
+        };
+        keyring.decrypt_blob(&bytes).map_err(|e| match e {
+            Ok(wrong) => wrong,
+            Err(detail) => self.snapshot_err(name, format!("corrupted or truncated: {detail}")),
+        })
+    }
+
+    /// Stored snapshots, oldest name first.
+    pub async fn snapshots(&self) -> Result<Vec<SnapshotInfo>, StateError> {
+        let listed = self
+            .backend
+            .list(SNAPSHOT_DIR)
+            .await
+            .map_err(|e| backend_err(self.backend.as_ref(), e))?;
+        let mut out: Vec<SnapshotInfo> = listed
+            .into_iter()
+            .filter_map(|l| {
+                let name = l.key.strip_prefix("snapshots/")?.strip_suffix(".age")?;
+                Some(SnapshotInfo {
+                    name: name.to_string(),
+                    size: l.size,
+                    last_modified: l.last_modified,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
     }
 }
 
