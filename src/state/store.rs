@@ -1049,6 +1049,21 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_dropped_guard_releases_in_the_background() {
+        let store = StateStore::in_memory();
+        let guard = store.lock("test").await.unwrap();
+        assert!(store.lock_status().await.unwrap().is_some());
+        drop(guard);
+        for _ in 0..50 {
+            if store.lock_status().await.unwrap().is_none() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("the dropped guard did not release the lock");
+    }
+
+    #[tokio::test]
     async fn secrets_need_a_key() {
         let store = StateStore::in_memory();
         let (mut doc, v0) = store.load_or_new().await.unwrap();
