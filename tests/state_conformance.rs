@@ -45,6 +45,7 @@ conformance!(
     corrupted_object_reported_with_last_good_generation,
     pull_and_push,
     snapshots_are_encrypted_and_never_overwritten,
+    two_processes_pushing_one_wins,
 );
 
 const SECRET: &str = "SUPER-SECRET-KUBECONFIG-9f8e7d";
@@ -939,4 +940,64 @@ async fn snapshots_are_encrypted_and_never_overwritten(ctx: Ctx) {
         .map(|s| s.name)
         .collect();
     assert_eq!(names, ["etcd-20261122T070000Z", "etcd-damaged"]);
+}
+
+async fn two_processes_pushing_one_wins(ctx: Ctx) {
+    let (k, _) = key();
+    let store = ctx.store(Some(k));
+    seed(&store).await;
+    for trial in 0..5u64 {
+        let generation = 1 + trial;
+        let file = ctx.work.path().join(format!("pulled-{trial}.json"));
+        let fname = file.to_str().unwrap().to_string();
+        ctx.cli(&["pull", "--out", &fname]).assert().success();
+        let mut copies = Vec::new();
+        for who in ["a", "b"] {
+            let mut v: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+            v["state"]["hostKeys"][format!("{who}-{trial}")] = "ssh-ed25519 X".into();
+            let p = ctx.work.path().join(format!("{who}-{trial}.json"));
+            std::fs::write(&p, serde_json::to_vec(&v).unwrap()).unwrap();
+            copies.push(p);
+        }
+        let gen_arg = generation.to_string();
+        let children: Vec<Child> = copies
+            .iter()
+            .map(|p| {
+                ctx.spawn_cmd(&["push", p.to_str().unwrap(), "--generation", &gen_arg])
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let outs: Vec<_> = children
+            .into_iter()
+            .map(|c| c.wait_with_output().unwrap())
+            .collect();
+        let codes: Vec<_> = outs.iter().map(|o| o.status.code()).collect();
+        let wins = codes.iter().filter(|c| **c == Some(0)).count();
+        let conflicts: Vec<_> = outs
+            .iter()
+            .filter(|o| o.status.code() == Some(7))
+            .map(|o| String::from_utf8_lossy(&o.stderr).to_string())
+            .collect();
+        assert_eq!(
+            (wins, conflicts.len()),
+            (1, 1),
+            "trial {trial}: {codes:?} {conflicts:?}"
+        );
+        assert!(
+            conflicts[0].contains(&format!(
+                "changed since it was read at generation {generation}"
+            )),
+            "{}",
+            conflicts[0]
+        );
+        let (now, v) = store.load().await.unwrap().unwrap();
+        assert_eq!(v.generation, generation + 1);
+        let a = now.host_keys.contains_key(&format!("a-{trial}"));
+        let b = now.host_keys.contains_key(&format!("b-{trial}"));
+        assert!(a ^ b, "trial {trial}: a={a} b={b}");
+    }
 }
