@@ -9,7 +9,7 @@
 use super::catalogue::Catalogue;
 use super::source::{parse_checksum, Location, Source};
 use super::ArtifactsError;
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -300,11 +300,34 @@ pub async fn fetch_all(
             path: dir.clone(),
             source,
         })?;
-    futures::stream::iter(wanted(source, catalogue))
-        .map(|w| fetch_one(&fetcher, source, cache, w))
-        .buffered(3)
-        .try_collect()
-        .await
+    // After a failure no new fetch starts, but the ones in flight finish (and clean up
+    // after themselves) instead of being dropped halfway; the first error in catalogue
+    // order is returned.
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let results: Vec<Option<Result<LocalArtifact, ArtifactsError>>> =
+        futures::stream::iter(wanted(source, catalogue))
+            .map(|w| {
+                let failed = &failed;
+                let fetcher = &fetcher;
+                async move {
+                    if failed.load(std::sync::atomic::Ordering::SeqCst) {
+                        return None;
+                    }
+                    let r = fetch_one(fetcher, source, cache, w).await;
+                    if r.is_err() {
+                        failed.store(true, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    Some(r)
+                }
+            })
+            .buffered(3)
+            .collect()
+            .await;
+    let mut out = Vec::with_capacity(results.len());
+    for r in results.into_iter().flatten() {
+        out.push(r?);
+    }
+    Ok(out)
 }
 
 async fn fetch_one(
@@ -339,16 +362,11 @@ async fn fetch_one(
                 std::process::id(),
                 w.name
             ));
-            let result = fetcher.copy_hashing(&loc, &part).await;
-            let (actual, len) = match result {
-                Ok(v) => v,
-                Err(e) => {
-                    let _ = tokio::fs::remove_file(&part).await;
-                    return Err(e);
-                }
-            };
+            // Removed on every early return, also when the caller drops this future
+            // (another artifact failed first).
+            let guard = PartFile(part.clone());
+            let (actual, len) = fetcher.copy_hashing(&loc, &part).await?;
             if actual != expected {
-                let _ = tokio::fs::remove_file(&part).await;
                 return Err(ArtifactsError::ChecksumMismatch {
                     file: loc.to_string(),
                     expected,
@@ -361,6 +379,7 @@ async fn fetch_one(
                     path: blob.clone(),
                     source,
                 })?;
+            std::mem::forget(guard);
             tracing::info!("fetched {} ({len} bytes) from {loc}", w.name);
             len
         }
@@ -382,6 +401,15 @@ async fn fetch_one(
         archive_ref,
         cached,
     })
+}
+
+/// A temporary download, deleted when dropped.
+struct PartFile(PathBuf);
+
+impl Drop for PartFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// The first `RepoTags` entry of a docker-archive tarball's `manifest.json`.

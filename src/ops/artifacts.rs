@@ -18,8 +18,10 @@ pub struct ArtifactsArgs {
 pub enum ArtifactsCommand {
     /// Print exactly what a Kubernetes version needs: binaries, images, host packages,
     /// each with its source (upstream URL, mirror path or registry).
+    #[command(disable_version_flag = true)]
     List(SelectArgs),
     /// Download everything into the local cache, verifying every sha256.
+    #[command(disable_version_flag = true)]
     Fetch(FetchArgs),
 }
 
