@@ -330,19 +330,19 @@ fn cases() -> Vec<(&'static str, String, Option<&'static str>, &'static str)> {
             "static: duplicate host names",
             static_("  loadBalancer: {placement: control-plane, vip: 10.0.0.10}\n"),
             Some("apiVersion: kubeforge.dev/v1alpha1\nkind: Inventory\nhosts:\n  - {name: m1, address: 10.0.0.11, roles: [controlPlane]}\n  - {name: m1, address: 10.0.0.12, roles: [controlPlane]}\n  - {name: m3, address: 10.0.0.13, roles: [controlPlane]}\n"),
-            "hosts.yaml:5:5: hosts[1]: duplicate host name `m1` (first defined at hosts.yaml:4)",
+            "hosts.yaml:5:6: hosts[1]: duplicate host name `m1` (first defined at hosts.yaml:4)",
         ),
         (
             "static: duplicate addresses",
             static_("  loadBalancer: {placement: control-plane, vip: 10.0.0.10}\n"),
             Some("apiVersion: kubeforge.dev/v1alpha1\nkind: Inventory\nhosts:\n  - {name: m1, address: 10.0.0.11, roles: [controlPlane]}\n  - {name: m2, address: 10.0.0.12, roles: [controlPlane]}\n  - {name: m3, address: 10.0.0.11, roles: [controlPlane]}\n"),
-            "hosts.yaml:6:5: hosts[2]: duplicate address 10.0.0.11: host `m1` also uses it (at hosts.yaml:4)",
+            "hosts.yaml:6:6: hosts[2]: duplicate address 10.0.0.11: host `m1` also uses it (at hosts.yaml:4)",
         ),
         (
             "static: host outside the node subnet",
             static_("  loadBalancer: {placement: control-plane, vip: 10.0.0.10}\n"),
             Some("apiVersion: kubeforge.dev/v1alpha1\nkind: Inventory\nhosts:\n  - {name: m1, address: 10.0.0.11, roles: [controlPlane]}\n  - {name: m2, address: 10.0.0.12, roles: [controlPlane]}\n  - {name: m3, address: 10.0.1.13, roles: [controlPlane]}\n"),
-            "hosts.yaml:6:5: hosts[2]: address 10.0.1.13 of host `m3` is outside spec.networking.nodeSubnet 10.0.0.0/24",
+            "hosts.yaml:6:6: hosts[2]: address 10.0.1.13 of host `m3` is outside spec.networking.nodeSubnet 10.0.0.0/24",
         ),
         (
             "static: no VIP",
@@ -390,7 +390,7 @@ fn cases() -> Vec<(&'static str, String, Option<&'static str>, &'static str)> {
             "static: inventory host address is not an IP",
             static_("  loadBalancer: {placement: control-plane, vip: 10.0.0.10}\n"),
             Some("apiVersion: kubeforge.dev/v1alpha1\nkind: Inventory\nhosts:\n  - {name: m1, address: 10.0.0.300, roles: [controlPlane]}\n"),
-            "hosts.yaml:4:5: hosts[0]: host `m1`: `10.0.0.300` is not an IP address",
+            "hosts.yaml:4:6: hosts[0]: host `m1`: `10.0.0.300` is not an IP address",
         ),
     ]
 }

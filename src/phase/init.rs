@@ -17,8 +17,26 @@ pub fn kubectl() -> String {
     format!("{BIN_DIR}/kubectl --kubeconfig={ADMIN_CONF}")
 }
 
+/// The phases `kubeadm join` has; skipped phases of `init` only (e.g. addon/coredns)
+/// are not passed to join, which rejects them.
+const JOIN_PHASES: &[&str] = &[
+    "preflight",
+    "control-plane-prepare",
+    "kubelet-start",
+    "control-plane-join",
+];
+
 /// Extra kubeadm flags: patches, skipped phases, ignored preflight errors.
 pub fn kubeadm_flags(ctx: &PlanContext<'_>, control_plane: bool) -> String {
+    kubeadm_flags_for(ctx, control_plane, false)
+}
+
+/// The same for `kubeadm join`.
+pub fn kubeadm_join_flags(ctx: &PlanContext<'_>, control_plane: bool) -> String {
+    kubeadm_flags_for(ctx, control_plane, true)
+}
+
+fn kubeadm_flags_for(ctx: &PlanContext<'_>, control_plane: bool, join: bool) -> String {
     let c = ctx.cluster;
     let mut out = String::new();
     if control_plane && Profile::of(c).etcd_ephemeral_storage_patch {
@@ -30,8 +48,14 @@ pub fn kubeadm_flags(ctx: &PlanContext<'_>, control_plane: bool) -> String {
         out.push_str(&format!(" {flag} /etc/kubeforge/patches"));
     }
     let k = &c.cluster.spec.kubeadm;
-    if !k.skip_phases.is_empty() {
-        out.push_str(&format!(" --skip-phases={}", k.skip_phases.join(",")));
+    let skip: Vec<&str> = k
+        .skip_phases
+        .iter()
+        .map(String::as_str)
+        .filter(|p| !join || JOIN_PHASES.iter().any(|j| p.split('/').next() == Some(*j)))
+        .collect();
+    if !skip.is_empty() {
+        out.push_str(&format!(" --skip-phases={}", skip.join(",")));
     }
     if !k.ignore_preflight_errors.is_empty() {
         out.push_str(&format!(

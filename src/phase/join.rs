@@ -1,5 +1,5 @@
 use super::exec::{self, HostError};
-use super::init::{kubeadm_flags, ADMIN_CONF};
+use super::init::{kubeadm_join_flags, ADMIN_CONF};
 use super::{host_plan, new_plan, ApplyContext, Phase, PhaseError, PhasePlan, PlanContext, Step};
 use crate::render::views::BIN_DIR;
 use crate::render::FileGroup;
@@ -14,7 +14,7 @@ const KUBELET_CONF: &str = "/etc/kubernetes/kubelet.conf";
 const MEMBER_WAIT: Duration = Duration::from_secs(180);
 
 fn join_step(ctx: &PlanContext<'_>, control_plane: bool) -> Step {
-    let flags = kubeadm_flags(ctx, control_plane);
+    let flags = kubeadm_join_flags(ctx, control_plane);
     Step::cmd(format!(
         "{BIN_DIR}/kubeadm join --config /etc/kubeforge/kubeadm-join.yaml{flags}"
     ))

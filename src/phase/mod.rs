@@ -101,6 +101,12 @@ pub enum PhaseError {
     },
     #[error("phase {phase}: {message}")]
     Gate { phase: String, message: String },
+    #[error("phase {phase}: the Kubernetes artifacts")]
+    Artifacts {
+        phase: String,
+        #[source]
+        source: crate::artifacts::ArtifactsError,
+    },
 }
 
 fn list(errors: &[exec::HostError]) -> String {
@@ -121,6 +127,7 @@ impl PhaseError {
             PhaseError::Hosts { .. } | PhaseError::Gate { .. } => ExitKind::Remote,
             PhaseError::Provider { .. } => ExitKind::Provider,
             PhaseError::State { source, .. } => source.exit_kind(),
+            PhaseError::Artifacts { source, .. } => source.exit_kind(),
         }
     }
 }

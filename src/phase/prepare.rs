@@ -13,11 +13,12 @@ pub struct PrepareHosts;
 /// Marks the step that installs the Kubernetes binaries (carried out by the phase).
 const INSTALL: &str = "install kubeadm, kubelet, kubectl";
 
-/// Container machines: kubelet's cgroups go under the machine's own cgroup, or every
-/// machine's kubelet would share (and fight over) /kubepods on the docker host.
+/// Container machines: kubelet's cgroups go under the machine's own cgroup (PID 1's,
+/// less systemd's init.scope), or every machine's kubelet would share (and fight over)
+/// /kubepods on the docker host, and `docker rm` would leave pods behind.
 const CGROUP_ROOT: &str =
     "cg=$(awk -F: '$2==\"memory\"{print $3; exit} $1==\"0\"{print $3; exit}' /proc/1/cgroup); \
-printf 'KUBELET_EXTRA_ARGS=--cgroup-root=%s/kubelet\\n' \"${cg%/}\" > /etc/default/kubelet";
+cg=${cg%/init.scope}; want=\"KUBELET_EXTRA_ARGS=--cgroup-root=${cg:-/}\"";
 
 #[async_trait::async_trait]
 impl Phase for PrepareHosts {
@@ -36,6 +37,26 @@ impl Phase for PrepareHosts {
             None => "the upstream release site".to_string(),
         };
         let container = Profile::of(c).container;
+        // With a mirror, the control-plane images are pushed too: the step is done only
+        // when containerd has every one of them.
+        let provides_images = crate::artifacts::Source::from_spec(
+            c.cluster.spec.artifacts.mirror.as_deref(),
+            &c.base_dir,
+        )
+        .map(|s| s.provides_images())
+        .unwrap_or(false);
+        let images: Vec<String> = match crate::phase::binaries::catalogue(c) {
+            Ok(cat) if provides_images => cat.images.iter().map(|i| i.reference()).collect(),
+            _ => Vec::new(),
+        };
+        let mut installed_check = format!(
+            "[ \"$({BIN_DIR}/kubeadm version -o short 2>/dev/null)\" = {version} ] && [ -x {BIN_DIR}/kubelet ] && [ -x {BIN_DIR}/kubectl ]"
+        );
+        for i in &images {
+            installed_check.push_str(&format!(
+                " && ctr -n k8s.io images ls -q name=={i} | grep -q ."
+            ));
+        }
         for h in &ctx.hosts {
             let files = ctx.files_for(&h.name, FileGroup::NodeBase);
             let pick = |suffix: &str| {
@@ -53,10 +74,19 @@ impl Phase for PrepareHosts {
                 cmds.push(Step::cmd(
                     "test -e /proc/sys/net/bridge/bridge-nf-call-iptables || { echo 'br_netfilter is not loaded on the docker host: modprobe br_netfilter there' >&2; exit 1; }",
                 ));
-                cmds.push(Step::cmd(CGROUP_ROOT).unless_check(
-                    "kubelet's cgroup root is set",
-                    "grep -q -- --cgroup-root= /etc/default/kubelet",
-                ));
+                // kubelet wants its cgroup root in every controller; PID 1 sits at `/`
+                // in some (perf_event, hugetlb, net_cls), so the directories are made.
+                let dirs_exist = "for d in /sys/fs/cgroup/*/; do [ -L \"${d%/}\" ] || [ -d \"$d${cg#/}\" ] || exit 1; done";
+                cmds.push(
+                    Step::cmd(format!(
+                        "{CGROUP_ROOT}; for d in /sys/fs/cgroup/*/; do [ -L \"${{d%/}}\" ] || mkdir -p \"$d${{cg#/}}\"; done; \
+if [ \"$(cat /etc/default/kubelet 2>/dev/null)\" != \"$want\" ]; then printf '%s\\n' \"$want\" > /etc/default/kubelet && systemctl try-restart kubelet; fi"
+                    ))
+                    .unless_check(
+                        "kubelet's cgroup root is the machine's cgroup, in every controller",
+                        format!("{CGROUP_ROOT}; [ \"$(cat /etc/default/kubelet 2>/dev/null)\" = \"$want\" ] && {{ {dirs_exist}; }}"),
+                    ),
+                );
             } else {
                 cmds.push(
                     Step::cmd("modprobe overlay && modprobe br_netfilter").unless_check(
@@ -71,21 +101,25 @@ impl Phase for PrepareHosts {
                 &pick("sysctl.d"),
                 None,
             ));
-            cmds.push(
-                Step::new(format!(
-                    "{INSTALL} {version} into {BIN_DIR} from {source}, sha256-verified"
-                ))
-                .unless_check(
-                    format!("`kubeadm version` already reports {version}"),
-                    format!("[ \"$({BIN_DIR}/kubeadm version -o short 2>/dev/null)\" = {version} ] && [ -x {BIN_DIR}/kubelet ] && [ -x {BIN_DIR}/kubectl ]"),
-                ),
-            );
             cmds.push(restart_step(
                 "containerd",
                 "systemctl daemon-reload && systemctl enable containerd && systemctl restart containerd",
                 &pick("containerd"),
                 Some("containerd"),
             ));
+            cmds.push(
+                Step::new(format!(
+                    "{INSTALL} {version} into {BIN_DIR} from {source}, sha256-verified"
+                ))
+                .unless_check(
+                    if images.is_empty() {
+                        format!("`kubeadm version` already reports {version}")
+                    } else {
+                        format!("`kubeadm version` already reports {version} and containerd has the {} images", images.len())
+                    },
+                    installed_check.clone(),
+                ),
+            );
             cmds.push(restart_step(
                 "kubelet-unit",
                 "systemctl daemon-reload && systemctl enable kubelet",
@@ -99,19 +133,29 @@ impl Phase for PrepareHosts {
     }
 
     async fn apply(&self, ctx: &ApplyContext<'_>, plan: &PhasePlan) -> Result<(), PhaseError> {
-        ctx.hosts(plan, &Installer { ctx }).await.map(|_| ())
+        if plan.hosts.is_empty() {
+            return Ok(());
+        }
+        // Fetched and verified once, before any host is touched.
+        let fetched = crate::phase::binaries::fetch(ctx.cluster)
+            .await
+            .map_err(|source| PhaseError::Artifacts {
+                phase: self.name().into(),
+                source,
+            })?;
+        ctx.hosts(plan, &Installer { fetched }).await.map(|_| ())
     }
 }
 
-struct Installer<'a> {
-    ctx: &'a ApplyContext<'a>,
+struct Installer {
+    fetched: Vec<crate::artifacts::LocalArtifact>,
 }
 
 #[async_trait::async_trait]
-impl SpecialSteps for Installer<'_> {
+impl SpecialSteps for Installer {
     async fn special(&self, t: &dyn Transport, host: &Host, step: &Step) -> Result<(), HostError> {
         if step.action.starts_with(INSTALL) {
-            return crate::phase::binaries::install(self.ctx, t, host).await;
+            return crate::phase::binaries::install(t, host, &self.fetched).await;
         }
         Ok(())
     }
