@@ -414,12 +414,12 @@ async fn refresh_keeps_a_short_lease_live(ctx: Ctx) {
     let guard = store
         .lock_with(LockOptions {
             command: "kubeforge apply".into(),
-            lease: Duration::from_secs(1),
+            lease: Duration::from_millis(1500),
             refresh_every: Some(Duration::from_millis(200)),
         })
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    tokio::time::sleep(Duration::from_millis(3500)).await;
     guard.check().unwrap();
     let held = store.lock_status().await.unwrap().unwrap();
     assert!(
