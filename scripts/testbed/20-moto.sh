@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # moto's S3 server: the real S3 API (conditional PUTs: If-None-Match / If-Match) for the
-# state-store tests. Only installed here; each test binary starts its own
-# `moto_server -H 127.0.0.1 -p <free port>` and it dies with the tests.
+# state-store tests. Only installed here; each test binary starts its own server on a
+# free 127.0.0.1 port with `python3` (moto's own server app, requests serialised; see
+# tests/common/moto.rs) and it dies with the tests.
 set -euo pipefail
-if ! command -v moto_server >/dev/null 2>&1; then
+has_moto() {
+  python3 -c 'import moto.moto_server.werkzeug_app, werkzeug' >/dev/null 2>&1 \
+    && command -v moto_server >/dev/null 2>&1
+}
+if ! has_moto; then
   if ! python3 -m pip --version >/dev/null 2>&1; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
@@ -16,8 +21,8 @@ if ! command -v moto_server >/dev/null 2>&1; then
     pyenv rehash
   fi
 fi
-if ! command -v moto_server >/dev/null 2>&1; then
-  echo "moto_server is still not on PATH after installing moto[server]" >&2
+if ! has_moto; then
+  echo "moto[server] is not usable from python3 (or moto_server is not on PATH) after installing it" >&2
   exit 1
 fi
-python3 -c 'import moto; print("moto", moto.__version__)' 2>/dev/null || moto_server --help | head -1
+python3 -c 'import moto; print("moto", moto.__version__)'
