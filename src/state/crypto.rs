@@ -83,10 +83,11 @@ impl Keyring {
     /// environment variables. `Ok(None)` when nothing is configured.
     pub fn resolve(spec: &EncryptionSpec, base_dir: &Path) -> Result<Option<Keyring>, StateError> {
         if let Some(file) = &spec.key_file {
-            let path = if file.is_absolute() {
-                file.clone()
-            } else {
-                base_dir.join(file)
+            let home = std::env::var_os("HOME");
+            let path = match (file.strip_prefix("~"), home) {
+                (Ok(rest), Some(home)) => Path::new(&home).join(rest),
+                _ if file.is_absolute() => file.clone(),
+                _ => base_dir.join(file),
             };
             return Self::from_key_file(&path, "spec.state.encryption.keyFile").map(Some);
         }
