@@ -33,7 +33,7 @@ async fn s3_endpoint_down_clear_error_retries_nothing_lost() {
     let chain = kubeforge::error::render_chain(&kubeforge::error::Error::from(err));
     assert!(
         chain.starts_with(&format!(
-            "error: cannot reach the state store at {} (retried with backoff); nothing was changed",
+            "error: cannot reach the state store at {} (retried with backoff); every write is all-or-nothing: read the state again once the store is back",
             store.url()
         )),
         "{chain}"
@@ -59,7 +59,7 @@ async fn s3_endpoint_down_clear_error_retries_nothing_lost() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("error: cannot reach the state store at s3://")
-            && stderr.contains("(retried with backoff); nothing was changed"),
+            && stderr.contains("(retried with backoff); every write is all-or-nothing: read the state again once the store is back"),
         "{stderr}"
     );
     assert!(matches!(

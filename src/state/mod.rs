@@ -165,7 +165,7 @@ pub enum StateError {
     NoState { url: String },
     #[error("generation {generation} is not in the history at {url}")]
     NoGeneration { url: String, generation: u64 },
-    #[error("cannot reach the state store at {url} (retried with backoff); nothing was changed")]
+    #[error("cannot reach the state store at {url} (retried with backoff); every write is all-or-nothing: read the state again once the store is back")]
     Unavailable {
         url: String,
         #[source]
