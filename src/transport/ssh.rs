@@ -734,17 +734,7 @@ impl Transport for SshSession {
         }
 
         // 2. Send to a temp file next to the target, verify, then rename over it.
-        let chown = match &target.owner {
-            Some(o) => format!("chown {} \"$t\"", quote(o)),
-            None => ":".into(),
-        };
-        let script = format!(
-            "set -e; p={path}; d=$(dirname \"$p\"); mkdir -p \"$d\"; \
-             t=$(mktemp \"$d/.kubeforge-upload.XXXXXX\"); trap 'rm -f \"$t\"' EXIT; \
-             cat > \"$t\"; s=$(sha256sum \"$t\" | cut -d' ' -f1); \
-             if [ \"$s\" != {sha} ]; then echo \"checksum mismatch: remote $s\" >&2; exit 97; fi; \
-             chmod {mode} \"$t\"; {chown}; mv -fT \"$t\" \"$p\"; trap - EXIT"
-        );
+        let script = upload_script(target, size);
         let wire = self.privileged(&script);
         let label = format!("upload {}", target.path);
         let raw = match &source {
@@ -913,4 +903,86 @@ pub fn encode_key(key: &PrivateKey) -> Result<(String, String), russh::keys::ssh
         .to_string();
     let public = key.public_key().to_openssh()?;
     Ok((private, public))
+}
+
+/// The remote side of an upload: stdin into a temp file next to the target, size
+/// check (a cut connection leaves a short file), mode/owner, then an atomic rename.
+/// `mv -T` refuses to move into a directory that sits at the target path.
+fn upload_script(target: &UploadTarget, size: u64) -> String {
+    let path = quote(&target.path);
+    let mode = format!("{:o}", target.mode);
+    let chown = match &target.owner {
+        Some(o) => format!("chown {} \"$t\"", quote(o)),
+        None => ":".into(),
+    };
+    format!(
+        "set -e; p={path}; d=$(dirname \"$p\"); mkdir -p \"$d\"; \
+         t=$(mktemp \"$d/.kubeforge-upload.XXXXXX\"); trap 'rm -f \"$t\"' EXIT; \
+         cat > \"$t\"; s=$(stat -c %s \"$t\"); \
+         if [ \"$s\" != {size} ]; then echo \"incomplete: $s of {size} bytes arrived\" >&2; exit 97; fi; \
+         chmod {mode} \"$t\"; {chown}; mv -fT \"$t\" \"$p\"; trap - EXIT"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+
+    fn run_script(script: &str, input: &[u8]) -> std::process::Output {
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    #[test]
+    fn upload_script_renames_only_complete_content_and_leaves_no_temp_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let target_path = dir.path().join("sub dir/it's.conf");
+        let target = UploadTarget::new(target_path.to_str().unwrap(), 0o640);
+        // Short input (connection cut): error, nothing renamed, no temp file left.
+        let out = run_script(&upload_script(&target, 10), b"12345");
+        assert_eq!(out.status.code(), Some(97));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("incomplete: 5 of 10"));
+        assert!(!target_path.exists());
+        assert_eq!(
+            std::fs::read_dir(target_path.parent().unwrap())
+                .unwrap()
+                .count(),
+            0
+        );
+        // Complete input: renamed into place with the mode.
+        let out = run_script(&upload_script(&target, 10), b"0123456789");
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(std::fs::read(&target_path).unwrap(), b"0123456789");
+        let mode = std::fs::metadata(&target_path)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o640);
+        assert_eq!(
+            std::fs::read_dir(target_path.parent().unwrap())
+                .unwrap()
+                .count(),
+            1
+        );
+        // A directory at the target is refused, and cleaned up after.
+        let d = dir.path().join("adir");
+        std::fs::create_dir_all(d.join("x")).unwrap();
+        let t = UploadTarget::new(d.to_str().unwrap(), 0o644);
+        let out = run_script(&upload_script(&t, 1), b"x");
+        assert!(!out.status.success());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+        assert_eq!(std::fs::read_dir(&d).unwrap().count(), 1);
+    }
 }
