@@ -239,13 +239,57 @@ fn kubeadm_init_from_the_mirror_gives_a_ready_single_control_plane() {
             sh(&s, "systemctl daemon-reload && systemctl enable containerd kubelet && systemctl restart containerd").await;
             let files_time = t.elapsed();
 
-            // --- install: binaries + images over SSH, then the same again (no-op) -------
+            // --- hosts download binaries themselves (installOn: hosts) -----------------
+            // From an HTTP server on this test network's gateway (the host side of the
+            // machine's own internal network), checked against the published checksums.
+            let t = Instant::now();
+            let gateway = match cluster.provider.config().subnet.network() {
+                std::net::IpAddr::V4(n) => std::net::Ipv4Addr::from(u32::from(n) + 1).to_string(),
+                std::net::IpAddr::V6(_) => unreachable!(),
+            };
+            let server = common_k8s::serve_dir_on(&gateway, mirror.clone()).await;
+            let http = Source::parse_mirror(&server.base, Path::new("/")).unwrap();
+            let sums = artifacts::published_checksums(&http, &Catalogue { images: vec![], ..catalogue.clone() })
+                .await
+                .unwrap();
+            let downloads = artifacts::direct_downloads(&http, &catalogue, &sums).unwrap();
+            // A tampered file aborts the download before anything is installed.
+            let mut tampered: Vec<_> = downloads
+                .iter()
+                .map(|d| artifacts::DirectDownload {
+                    remote_path: format!("/opt/kf-tampered/{}", d.name),
+                    ..d.clone()
+                })
+                .collect();
+            tampered[2].sha256 = "0".repeat(64);
+            let e = artifacts::install_direct_on(s.as_ref(), &tampered).await.unwrap_err();
+            let msg = e.to_string();
+            assert!(
+                msg.contains("checksum mismatch for")
+                    && msg.contains("/v1.20.2/bin/linux/amd64/kubectl")
+                    && msg.contains(&"0".repeat(64))
+                    && msg.contains(&downloads[2].sha256),
+                "{msg}"
+            );
+            assert_eq!(sh(&s, "ls /opt/kf-tampered 2>/dev/null | wc -l").await.trim(), "0");
+            let direct = artifacts::install_direct_on(s.as_ref(), &downloads)
+                .await
+                .unwrap_or_else(|e| panic!("{}", kubeforge::error::render_chain(&e)));
+            assert_eq!(
+                direct.sent,
+                ["/usr/local/bin/kubeadm", "/usr/local/bin/kubelet", "/usr/local/bin/kubectl"]
+            );
+            let direct_time = t.elapsed();
+
+            // --- install from the operator: images (binaries already match) -------------
             let t = Instant::now();
             let report = artifacts::install_on(s.as_ref(), &files)
                 .await
                 .unwrap_or_else(|e| panic!("{}", kubeforge::error::render_chain(&e)));
             let install_time = t.elapsed();
-            assert_eq!(report.sent.len(), 9, "{report:?}");
+            // The binaries the host downloaded are byte-identical to the verified ones.
+            assert_eq!(report.unchanged.len(), 3, "{report:?}");
+            assert_eq!(report.sent.len(), 6, "{report:?}");
             assert_eq!(
                 report.imported,
                 [
@@ -347,13 +391,14 @@ fn kubeadm_init_from_the_mirror_gives_a_ready_single_control_plane() {
             .await;
             assert!(versions.contains("Server Version: v1.20.2"), "{versions}");
             eprintln!(
-                "k8s smoke: boot {:.1} s, fetch {:.1} s, node files {:.1} s, install {:.1} s \
+                "k8s smoke: boot {:.1} s, fetch {:.1} s, node files {:.1} s, host downloads {:.1} s, install {:.1} s \
                  (re-install {:.1} s, {} MiB sent), kubeadm init {:.1} s, /readyz after {:.1} s, \
                  node Ready after {:.1} s more, kube-system Running after {:.1} s more, \
                  pod on the bridge CNI in {:.1} s, total {:.1} s\ncni0: {}",
                 cluster.boot_time.as_secs_f64(),
                 fetch_time.as_secs_f64(),
                 files_time.as_secs_f64(),
+                direct_time.as_secs_f64(),
                 install_time.as_secs_f64(),
                 reinstall_time.as_secs_f64(),
                 report.bytes_sent / (1 << 20),

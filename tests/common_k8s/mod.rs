@@ -39,9 +39,17 @@ pub struct FileServer {
 }
 
 pub async fn serve_dir(root: PathBuf) -> FileServer {
+    serve_dir_on("127.0.0.1", root).await
+}
+
+/// The same on another local address (e.g. the gateway of a test's own internal docker
+/// network, so machines on it can download from the host).
+pub async fn serve_dir_on(ip: &str, root: PathBuf) -> FileServer {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = tokio::net::TcpListener::bind((ip, 0))
+        .await
+        .unwrap_or_else(|e| panic!("cannot listen on {ip}: {e}"));
     let addr = listener.local_addr().unwrap();
     let requests = std::sync::Arc::new(AtomicUsize::new(0));
     let counter = requests.clone();
