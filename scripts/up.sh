@@ -1,26 +1,28 @@
 #!/usr/bin/env bash
 # The main job on a fresh machine: install and start the Docker engine, build the node
-# image if missing, build kubeforge, then bring up the local cluster of
-# examples/local.yaml (or the cluster file given as $1).
+# image and the Kubernetes v1.20.2 mirror (from Debian's source package; no download
+# site is reachable here) if missing, build kubeforge, then bring up the HA cluster of
+# examples/local.yaml: 3 control-plane nodes, 2 workers, 2 load balancers with a VIP.
 #
-# Today kubeforge stops after the plan: `apply` (the phase runner that carries the plan
-# out over SSH) is the open issue "kubeforge apply: the phase engine and a real
-# three-master bootstrap". The steps it will run are exactly the plan printed here.
+#   ./scripts/up.sh                 # bring it up (or converge it: re-running is a no-op)
+#   ./scripts/up.sh CLUSTER.yaml    # another cluster file
+#
+# The state (encrypted with .kubeforge/state.agekey) lives in examples/.kubeforge/;
+# afterwards: target/release/kubeforge kubeconfig -f examples/local.yaml > kubeconfig
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cluster=${1:-examples/local.yaml}
-for step in scripts/testbed/10-packages.sh scripts/testbed/30-docker.sh scripts/testbed/40-node-image.sh; do
+for step in scripts/testbed/10-packages.sh scripts/testbed/30-docker.sh scripts/testbed/40-node-image.sh scripts/testbed/50-k8s-mirror.sh; do
   echo "== $step"
   bash "$step"
 done
+mkdir -p .kubeforge
+ln -sfn "$(bash scripts/k8s-mirror/build.sh --print-dir)" .kubeforge/mirror
 echo "== cargo build --release"
 cargo build --release --quiet
 bin=target/release/kubeforge
-"$bin" validate -f "$cluster"
-"$bin" plan -f "$cluster"
-if "$bin" apply --help >/dev/null 2>&1; then
-  "$bin" apply -f "$cluster" --yes
-else
-  echo
-  echo "kubeforge apply is not built yet: the plan above is what it will carry out."
-fi
+export KUBEFORGE_STATE_KEY_FILE=${KUBEFORGE_STATE_KEY_FILE:-$PWD/.kubeforge/state.agekey}
+[ -f "$KUBEFORGE_STATE_KEY_FILE" ] || "$bin" state keygen --out "$KUBEFORGE_STATE_KEY_FILE"
+"$bin" apply -f "$cluster" --yes
+"$bin" kubeconfig -f "$cluster" > .kubeforge/kubeconfig
+echo "kubeconfig written to .kubeforge/kubeconfig (kubectl --kubeconfig .kubeforge/kubeconfig get nodes)"

@@ -18,6 +18,7 @@ mod provision;
 mod wait_ready;
 
 pub use init::CA_HASH_KEY;
+pub use wait_ready::ready_nodes;
 
 use crate::playbook::{PhaseRef, Strategy};
 use crate::render::{FileGroup, RenderedFile, Secrets};

@@ -1,0 +1,263 @@
+//! End to end: `kubeforge apply` takes nothing to a highly-available Kubernetes v1.20.2
+//! cluster on docker machines: 3 control-plane nodes (stacked etcd), 2 workers, 2
+//! load balancers with a keepalived VIP, binaries and images from the local mirror
+//! built from Debian's source package. Then: 5 Ready nodes through the VIP, 3 etcd
+//! members, a fast no-op re-run, and the API still answering through the VIP with the
+//! first control-plane node stopped.
+//!
+//! Needs the Docker engine, the node image and the mirror (scripts/testbed/30, 40, 50);
+//! fails, never skips, without them. kubelet changes three host-wide sysctls (the
+//! machines share this kernel); they are restored at the end.
+
+use assert_cmd::Command;
+use std::path::{Path, PathBuf};
+use std::process::Command as Std;
+use std::time::{Duration, Instant};
+
+const NAME: &str = "kf-e2e";
+const SUBNET: &str = "10.252.20";
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn docker(args: &[&str]) -> std::process::Output {
+    Std::new("docker")
+        .args(args)
+        .output()
+        .expect("the docker CLI is installed (scripts/testbed/30-docker.sh)")
+}
+
+fn mirror() -> String {
+    if let Ok(m) = std::env::var("KUBEFORGE_K8S_MIRROR") {
+        return m;
+    }
+    let out = Std::new("bash")
+        .arg(root().join("scripts/k8s-mirror/build.sh"))
+        .arg("--print-dir")
+        .output()
+        .unwrap();
+    let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        out.status.success() && Path::new(&dir).join("v1.20.2").is_dir(),
+        "the Kubernetes mirror is missing: run scripts/testbed/50-k8s-mirror.sh ({dir})"
+    );
+    dir
+}
+
+fn require_testbed() {
+    let info = docker(&["info", "--format", "{{.ServerVersion}}"]);
+    assert!(
+        info.status.success(),
+        "the Docker engine is not running: run scripts/testbed/30-docker.sh"
+    );
+    let tag = kubeforge::provider::cli::node_image_tag();
+    assert!(
+        docker(&["image", "inspect", &tag]).status.success(),
+        "the node image {tag} is missing: run scripts/testbed/40-node-image.sh"
+    );
+}
+
+const SYSCTLS: [&str; 3] = [
+    "vm/overcommit_memory",
+    "kernel/panic",
+    "kernel/panic_on_oops",
+];
+
+struct Restore {
+    sysctls: Vec<(String, String)>,
+}
+
+impl Restore {
+    fn new() -> Restore {
+        Restore {
+            sysctls: SYSCTLS
+                .iter()
+                .map(|k| {
+                    let p = format!("/proc/sys/{k}");
+                    (p.clone(), std::fs::read_to_string(&p).unwrap_or_default())
+                })
+                .collect(),
+        }
+    }
+}
+
+fn cleanup() {
+    let filter = format!("label=dev.kubeforge.cluster={NAME}");
+    let ids = docker(&["ps", "-aq", "--filter", &filter]);
+    for id in String::from_utf8_lossy(&ids.stdout).split_whitespace() {
+        docker(&["rm", "-f", "-v", id]);
+    }
+    let vols = docker(&["volume", "ls", "-q", "--filter", &filter]);
+    for v in String::from_utf8_lossy(&vols.stdout).split_whitespace() {
+        docker(&["volume", "rm", "-f", v]);
+    }
+    docker(&["network", "rm", NAME]);
+}
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        cleanup();
+        for (p, v) in &self.sysctls {
+            if !v.is_empty() {
+                let _ = std::fs::write(p, v);
+            }
+        }
+    }
+}
+
+fn cluster_file(dir: &Path) {
+    // examples/local.yaml, renamed onto a subnet of its own, with the test mirror.
+    let text = std::fs::read_to_string(root().join("examples/local.yaml"))
+        .unwrap()
+        .replace("name: local", &format!("name: {NAME}"))
+        .replace("172.29.10.", &format!("{SUBNET}."))
+        .replace("../.kubeforge/mirror", &mirror());
+    assert!(
+        text.contains(&format!("{SUBNET}.0/24")) && text.contains("mirror:"),
+        "{text}"
+    );
+    std::fs::write(dir.join("cluster.yaml"), text).unwrap();
+}
+
+fn kubeforge(dir: &Path) -> Command {
+    let mut c = Command::cargo_bin("kubeforge").unwrap();
+    c.current_dir(dir)
+        .env("KUBEFORGE_STATE_KEY_FILE", dir.join("state.agekey"))
+        .env_remove("KUBEFORGE_STATE_PASSPHRASE")
+        .env_remove("KUBEFORGE_STATE_KEY");
+    c
+}
+
+fn kubectl(dir: &Path, args: &[&str]) -> std::process::Output {
+    let bin = Path::new(&mirror()).join("v1.20.2/bin/linux/amd64/kubectl");
+    Std::new(bin)
+        .arg("--kubeconfig")
+        .arg(dir.join("kubeconfig"))
+        .arg("--request-timeout=10s")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn apply_bootstraps_a_three_master_cluster_behind_a_vip() {
+    require_testbed();
+    cleanup();
+    let _restore = Restore::new();
+    let dir = tempfile::tempdir().unwrap();
+    cluster_file(dir.path());
+    kubeforge(dir.path())
+        .args(["state", "keygen", "--out", "state.agekey"])
+        .assert()
+        .success();
+
+    let t0 = Instant::now();
+    let out = kubeforge(dir.path())
+        .args(["apply", "-f", "cluster.yaml", "--yes", "-o", "json"])
+        .timeout(Duration::from_secs(1800))
+        .output()
+        .unwrap();
+    let bootstrap = t0.elapsed();
+    assert!(
+        out.status.success(),
+        "apply failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for p in report["phases"].as_array().unwrap() {
+        eprintln!(
+            "  {:<20} {:>7.1}s",
+            p["phase"].as_str().unwrap(),
+            p["seconds"].as_f64().unwrap()
+        );
+    }
+    eprintln!("bootstrap: {bootstrap:?}");
+
+    // The admin kubeconfig comes out of the encrypted state and points at the VIP.
+    let out = kubeforge(dir.path())
+        .args(["kubeconfig", "-f", "cluster.yaml"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let conf = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        conf.contains(&format!("server: https://{SUBNET}.254:6443")),
+        "{conf}"
+    );
+    std::fs::write(dir.path().join("kubeconfig"), conf).unwrap();
+
+    // 5 Ready nodes through the VIP.
+    let out = kubectl(dir.path(), &["get", "nodes", "-o", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (ready, all) =
+        kubeforge::phase::ready_nodes(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    assert_eq!(all.len(), 5, "{all:?}");
+    assert_eq!(ready.len(), 5, "ready: {ready:?} of {all:?}");
+
+    // etcd has 3 started members.
+    let cp1 = format!("{NAME}-cp-1");
+    let out = docker(&[
+        "exec",
+        &cp1,
+        "curl",
+        "-sS",
+        "--cacert",
+        "/etc/kubernetes/pki/etcd/ca.crt",
+        "--cert",
+        "/etc/kubernetes/pki/etcd/healthcheck-client.crt",
+        "--key",
+        "/etc/kubernetes/pki/etcd/healthcheck-client.key",
+        "-X",
+        "POST",
+        "https://127.0.0.1:2379/v3/cluster/member/list",
+    ]);
+    let members: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(members["members"].as_array().unwrap().len(), 3, "{members}");
+
+    // A second run changes nothing and is quick.
+    let t1 = Instant::now();
+    let out = kubeforge(dir.path())
+        .args(["apply", "-f", "cluster.yaml", "--yes"])
+        .output()
+        .unwrap();
+    let rerun = t1.elapsed();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("re-run: {rerun:?}");
+
+    // With the first control-plane node stopped, the API still answers through the VIP.
+    docker(&["stop", "-t", "2", &cp1]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let answered = loop {
+        let out = kubectl(dir.path(), &["get", "--raw", "/readyz"]);
+        if out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok" {
+            break true;
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    };
+    assert!(
+        answered,
+        "the API did not answer through the VIP with {cp1} stopped"
+    );
+    let out = kubectl(dir.path(), &["get", "nodes"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
