@@ -512,6 +512,24 @@ mod tests {
     }
 
     #[test]
+    fn containerd_sandbox_image_is_the_pause_kubeadm_pins() {
+        // The rendered containerd config (render::views::pause_version) and the images
+        // delivered here must name the same pause image, or every sandbox pulls.
+        for minor in MIN_MINOR..=MAX_MINOR {
+            if minor == 24 {
+                // views::pause_version says 3.6 for 1.24; kubeadm 1.24 pins pause 3.7
+                // (reported to the owner of src/render; remove this skip once fixed).
+                continue;
+            }
+            assert_eq!(
+                crate::render::views::pause_version(minor),
+                pinned_images(minor, 0).unwrap().pause,
+                "pause image for 1.{minor}"
+            );
+        }
+    }
+
+    #[test]
     fn every_supported_minor_has_a_catalogue() {
         for minor in MIN_MINOR..=MAX_MINOR {
             for patch in [0, 5, 20] {
