@@ -383,7 +383,7 @@ fn connection_refused_is_retried_until_sshd_comes_up() {
             let s = pool.session(&host).await.unwrap();
             // sshd goes away for ~2 s (as on a machine still booting), then returns.
             let down = s
-                .exec("systemd-run --quiet --on-active=2 --unit=kf-ssh-back-1 systemctl start ssh.service && systemctl stop ssh.service")
+                .exec("systemd-run --quiet --on-active=2 --timer-property=AccuracySec=100ms --unit=kf-ssh-back-1 systemctl start ssh.service && systemctl stop ssh.service")
                 .await
                 .unwrap();
             assert!(down.success(), "{down:?}");
@@ -399,7 +399,7 @@ fn connection_refused_is_retried_until_sshd_comes_up() {
 
             // With a short window the refusal surfaces as a retryable connect error.
             let down = s2
-                .exec("systemd-run --quiet --on-active=3 --unit=kf-ssh-back-2 systemctl start ssh.service && systemctl stop ssh.service")
+                .exec("systemd-run --quiet --on-active=3 --timer-property=AccuracySec=100ms --unit=kf-ssh-back-2 systemctl start ssh.service && systemctl stop ssh.service")
                 .await
                 .unwrap();
             assert!(down.success(), "{down:?}");
