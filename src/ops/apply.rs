@@ -106,11 +106,12 @@ pub async fn run(args: ApplyArgs, output: OutputFormat, verbose: bool) -> Result
     crate::ops::validate::print_warnings(&loaded.warnings, output);
     let store = open_store(&loaded)?;
     let lock = store.lock(&command_line()).await?;
-    let result = run_locked(&loaded, store, &args, output, verbose).await;
-    // Release on success and on failure; Ctrl-C is handled inside the phases (the
-    // fan-out cancels) so we get here too.
+    // Ctrl-C drops the run (open SSH channels close) and still releases the lock; the
+    // journal shows the phase that was interrupted, and the next run resumes.
+    let result =
+        crate::state::until_ctrl_c(run_locked(&loaded, store, &args, output, verbose, &lock)).await;
     let released = lock.release().await;
-    let report = result?;
+    let report = result??;
     released?;
     match output {
         OutputFormat::Json => print_json(&report)?,
@@ -130,6 +131,7 @@ async fn run_locked(
     args: &ApplyArgs,
     output: OutputFormat,
     verbose: bool,
+    lock: &crate::state::LockGuard,
 ) -> Result<ApplyReport, Error> {
     let (doc, version) = store.load_or_new().await?;
     if !store.has_key() {
@@ -181,10 +183,25 @@ async fn run_locked(
 
     let mut outcomes = Vec::new();
     let total = pb.phases.len();
+    // An overall bar on a terminal; plain lines otherwise (logs, CI).
+    let overall = (rt.progress != ProgressMode::Hidden).then(|| {
+        let bar = indicatif::ProgressBar::new(total as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{prefix:.bold} [{bar:30}] {pos}/{len} {msg} ({elapsed})",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar.set_prefix(c.name().to_string());
+        bar
+    });
     for (i, r) in pb.phases.iter().enumerate() {
         let Some(ph) = registry.iter().find(|p| p.name() == r.name) else {
             continue;
         };
+        // Someone broke our lock (`state unlock --force`): stop before changing more.
+        lock.check()?;
         // Re-render with what earlier phases recorded (e.g. the CA hash for joins).
         let doc = state.get().await;
         let secrets =
@@ -192,14 +209,19 @@ async fn run_locked(
         let files = render::render_all(c, &secrets)?;
         let plan = phase::plan_phase(ph.as_ref(), r, c, &files, &secrets);
         let digest = plan_digest(&plan);
-        if output == OutputFormat::Text {
-            eprintln!(
-                "==> phase {}/{total} {}: {}",
-                i + 1,
-                plan.name,
-                plan.description
-            );
+        match &overall {
+            Some(bar) => bar.set_message(plan.name.clone()),
+            None if output == OutputFormat::Text => {
+                eprintln!(
+                    "==> phase {}/{total} {}: {}",
+                    i + 1,
+                    plan.name,
+                    plan.description
+                )
+            }
+            None => {}
         }
+        let span = tracing::info_span!("phase", name = %plan.name);
         journal(&state, &plan.name, &digest, PhaseStatus::Started, None).await?;
         let started = Instant::now();
         let ctx = ApplyContext {
@@ -210,11 +232,15 @@ async fn run_locked(
             state: &state,
             docker: docker.as_ref(),
         };
-        let result = ph.apply(&ctx, &plan).await;
+        let result = tracing::Instrument::instrument(ph.apply(&ctx, &plan), span).await;
         let seconds = started.elapsed().as_secs_f64();
         match result {
             Ok(()) => {
                 journal(&state, &plan.name, &digest, PhaseStatus::Done, None).await?;
+                if let Some(bar) = &overall {
+                    bar.println(format!("  {:<20} done in {seconds:.1}s", plan.name));
+                    bar.inc(1);
+                }
                 outcomes.push(PhaseOutcome {
                     phase: plan.name.clone(),
                     status: "done",
@@ -227,12 +253,18 @@ async fn run_locked(
                 // The failure is recorded; if even that fails, the phase error is the
                 // one to show.
                 let _ = journal(&state, &plan.name, &digest, PhaseStatus::Failed, Some(text)).await;
+                if let Some(bar) = &overall {
+                    bar.abandon_with_message(format!("{} failed", plan.name));
+                }
                 pool.close_all().await;
                 return Err(Error::Phase(Box::new(e)));
             }
         }
     }
     pool.close_all().await;
+    if let Some(bar) = &overall {
+        bar.finish_with_message("done");
+    }
     let doc = state.get().await;
     Ok(ApplyReport {
         cluster: c.name().to_string(),
