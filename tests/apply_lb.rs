@@ -7,62 +7,18 @@
 //! 40-node-image.sh); fails, never skips, without them.
 
 use assert_cmd::Command;
+mod support;
 use std::path::{Path, PathBuf};
-use std::process::Command as Std;
 use std::time::{Duration, Instant};
+use support::{docker, kubeforge, require_testbed};
 
 const NAME: &str = "kf-apply-lb";
 const VIP: &str = "10.252.7.254";
 
-fn docker(args: &[&str]) -> std::process::Output {
-    Std::new("docker")
-        .args(args)
-        .output()
-        .expect("the docker CLI is installed (scripts/testbed/30-docker.sh)")
-}
-
-fn require_testbed() {
-    let info = docker(&["info", "--format", "{{.ServerVersion}}"]);
-    assert!(
-        info.status.success(),
-        "the Docker engine is not running: run scripts/testbed/30-docker.sh\n{}",
-        String::from_utf8_lossy(&info.stderr)
-    );
-    let tag = kubeforge::provider::cli::node_image_tag();
-    let img = docker(&["image", "inspect", &tag]);
-    assert!(
-        img.status.success(),
-        "the node image {tag} is missing: run scripts/testbed/40-node-image.sh"
-    );
-}
-
-fn cleanup() {
-    let ids = docker(&[
-        "ps",
-        "-aq",
-        "--filter",
-        &format!("label=dev.kubeforge.cluster={NAME}"),
-    ]);
-    for id in String::from_utf8_lossy(&ids.stdout).split_whitespace() {
-        docker(&["rm", "-f", "-v", id]);
-    }
-    let vols = docker(&[
-        "volume",
-        "ls",
-        "-q",
-        "--filter",
-        &format!("label=dev.kubeforge.cluster={NAME}"),
-    ]);
-    for v in String::from_utf8_lossy(&vols.stdout).split_whitespace() {
-        docker(&["volume", "rm", "-f", v]);
-    }
-    docker(&["network", "rm", NAME]);
-}
-
 struct Cleanup;
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        cleanup();
+        support::cleanup(NAME);
     }
 }
 
@@ -100,15 +56,6 @@ phases:
     dir.join("cluster.yaml")
 }
 
-fn kubeforge(dir: &Path) -> Command {
-    let mut c = Command::cargo_bin("kubeforge").unwrap();
-    c.current_dir(dir)
-        .env("KUBEFORGE_STATE_KEY_FILE", dir.join("state.agekey"))
-        .env_remove("KUBEFORGE_STATE_PASSPHRASE")
-        .env_remove("KUBEFORGE_STATE_KEY");
-    c
-}
-
 fn apply(dir: &Path, extra: &[&str]) -> std::process::Output {
     kubeforge(dir)
         .args([
@@ -143,7 +90,7 @@ fn exec(machine: &str, cmd: &str) -> String {
 #[test]
 fn apply_brings_up_the_load_balancers_and_converges() {
     require_testbed();
-    cleanup();
+    support::cleanup(NAME);
     let _cleanup = Cleanup;
     let dir = tempfile::tempdir().unwrap();
     write_files(dir.path());

@@ -9,23 +9,17 @@
 //! fails, never skips, without them. kubelet changes three host-wide sysctls (the
 //! machines share this kernel); they are restored at the end.
 
-use assert_cmd::Command;
+mod support;
 use std::path::{Path, PathBuf};
 use std::process::Command as Std;
 use std::time::{Duration, Instant};
+use support::{docker, kubeforge, require_testbed};
 
 const NAME: &str = "kf-e2e";
 const SUBNET: &str = "10.252.20";
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn docker(args: &[&str]) -> std::process::Output {
-    Std::new("docker")
-        .args(args)
-        .output()
-        .expect("the docker CLI is installed (scripts/testbed/30-docker.sh)")
 }
 
 fn mirror() -> String {
@@ -43,19 +37,6 @@ fn mirror() -> String {
         "the Kubernetes mirror is missing: run scripts/testbed/50-k8s-mirror.sh ({dir})"
     );
     dir
-}
-
-fn require_testbed() {
-    let info = docker(&["info", "--format", "{{.ServerVersion}}"]);
-    assert!(
-        info.status.success(),
-        "the Docker engine is not running: run scripts/testbed/30-docker.sh"
-    );
-    let tag = kubeforge::provider::cli::node_image_tag();
-    assert!(
-        docker(&["image", "inspect", &tag]).status.success(),
-        "the node image {tag} is missing: run scripts/testbed/40-node-image.sh"
-    );
 }
 
 const SYSCTLS: [&str; 3] = [
@@ -82,22 +63,9 @@ impl Restore {
     }
 }
 
-fn cleanup() {
-    let filter = format!("label=dev.kubeforge.cluster={NAME}");
-    let ids = docker(&["ps", "-aq", "--filter", &filter]);
-    for id in String::from_utf8_lossy(&ids.stdout).split_whitespace() {
-        docker(&["rm", "-f", "-v", id]);
-    }
-    let vols = docker(&["volume", "ls", "-q", "--filter", &filter]);
-    for v in String::from_utf8_lossy(&vols.stdout).split_whitespace() {
-        docker(&["volume", "rm", "-f", v]);
-    }
-    docker(&["network", "rm", NAME]);
-}
-
 impl Drop for Restore {
     fn drop(&mut self) {
-        cleanup();
+        support::cleanup(NAME);
         for (p, v) in &self.sysctls {
             if !v.is_empty() {
                 let _ = std::fs::write(p, v);
@@ -120,15 +88,6 @@ fn cluster_file(dir: &Path) {
     std::fs::write(dir.join("cluster.yaml"), text).unwrap();
 }
 
-fn kubeforge(dir: &Path) -> Command {
-    let mut c = Command::cargo_bin("kubeforge").unwrap();
-    c.current_dir(dir)
-        .env("KUBEFORGE_STATE_KEY_FILE", dir.join("state.agekey"))
-        .env_remove("KUBEFORGE_STATE_PASSPHRASE")
-        .env_remove("KUBEFORGE_STATE_KEY");
-    c
-}
-
 fn kubectl(dir: &Path, args: &[&str]) -> std::process::Output {
     let bin = Path::new(&mirror()).join("v1.20.2/bin/linux/amd64/kubectl");
     Std::new(bin)
@@ -143,7 +102,7 @@ fn kubectl(dir: &Path, args: &[&str]) -> std::process::Output {
 #[test]
 fn apply_bootstraps_a_three_master_cluster_behind_a_vip() {
     require_testbed();
-    cleanup();
+    support::cleanup(NAME);
     let _restore = Restore::new();
     let dir = tempfile::tempdir().unwrap();
     cluster_file(dir.path());

@@ -142,6 +142,16 @@ pub async fn run(
     Ok(out.stdout)
 }
 
+/// Read a (small) remote file.
+pub async fn download(t: &dyn Transport, host: &str, path: &str) -> Result<Vec<u8>, HostError> {
+    t.download(path)
+        .await
+        .map_err(|source| HostError::Transport {
+            host: host.to_string(),
+            source,
+        })
+}
+
 /// Whether a step's check says its result already exists.
 pub async fn already_done(t: &dyn Transport, host: &str, step: &Step) -> Result<bool, HostError> {
     let Some(check) = &step.check else {

@@ -1,8 +1,7 @@
-use super::exec::{self, HostError};
+use super::exec;
 use super::{host_plan, new_plan, ApplyContext, Phase, PhaseError, PhasePlan, PlanContext, Step};
 use crate::render::views::{Profile, BIN_DIR};
 use crate::render::FileGroup;
-use crate::transport::Transport;
 
 pub struct InitControlPlane;
 
@@ -114,21 +113,13 @@ impl Phase for InitControlPlane {
 
     async fn apply(&self, ctx: &ApplyContext<'_>, plan: &PhasePlan) -> Result<(), PhaseError> {
         ctx.hosts(plan, &exec::NoSpecial).await?;
-        let Some(first) = ctx.cluster.topology.first_control_plane() else {
+        let phase = self.name().to_string();
+        let Some((first, s)) = ctx.first_control_plane(&phase).await? else {
             return Ok(());
         };
-        let phase = self.name().to_string();
-        let host_err = |e: HostError| PhaseError::Hosts {
-            phase: phase.clone(),
-            errors: vec![e],
-        };
-        let s = exec::session(ctx.rt, first).await.map_err(host_err)?;
-        let pem = s.download(CA_CERT).await.map_err(|source| {
-            host_err(HostError::Transport {
-                host: first.name.clone(),
-                source,
-            })
-        })?;
+        let pem = exec::download(s.as_ref(), &first.name, CA_CERT)
+            .await
+            .map_err(|e| PhaseError::host(&phase, e))?;
         let hash = ca_cert_hash(&pem).map_err(|message| PhaseError::Gate {
             phase: phase.clone(),
             message: format!("{CA_CERT} on {}: {message}", first.name),

@@ -27,14 +27,10 @@ fn join_step(ctx: &PlanContext<'_>, control_plane: bool) -> Step {
 /// Re-upload the control-plane certificates (kubeadm keeps them 2 hours) and make sure
 /// the bootstrap token exists (it expires after 24 hours): a resumed run may come later.
 async fn refresh_join_credentials(ctx: &ApplyContext<'_>, phase: &str) -> Result<(), PhaseError> {
-    let Some(first) = ctx.cluster.topology.first_control_plane() else {
+    let Some((first, s)) = ctx.first_control_plane(phase).await? else {
         return Ok(());
     };
-    let err = |e: HostError| PhaseError::Hosts {
-        phase: phase.to_string(),
-        errors: vec![e],
-    };
-    let s = exec::session(ctx.rt, first).await.map_err(err)?;
+    let err = |e: HostError| PhaseError::host(phase, e);
     let token = &ctx.secrets.bootstrap_token;
     let ensure_token = format!(
         "{BIN_DIR}/kubeadm token list --kubeconfig {ADMIN_CONF} | awk '{{print $1}}' | grep -qx {token} || {BIN_DIR}/kubeadm token create {token} --ttl 24h0m0s --kubeconfig {ADMIN_CONF}"
@@ -120,19 +116,14 @@ impl Phase for JoinControlPlane {
         }
         let phase = self.name().to_string();
         refresh_join_credentials(ctx, &phase).await?;
-        let first = ctx
-            .cluster
-            .topology
-            .first_control_plane()
-            .ok_or_else(|| PhaseError::Gate {
-                phase: phase.clone(),
-                message: "no control-plane node".into(),
-            })?;
-        let err = |e: HostError| PhaseError::Hosts {
-            phase: phase.clone(),
-            errors: vec![e],
-        };
-        let s = exec::session(ctx.rt, first).await.map_err(err)?;
+        let (first, s) =
+            ctx.first_control_plane(&phase)
+                .await?
+                .ok_or_else(|| PhaseError::Gate {
+                    phase: phase.clone(),
+                    message: "no control-plane node".into(),
+                })?;
+        let err = |e: HostError| PhaseError::host(&phase, e);
         let mut expected = 1;
         // Strictly one node at a time; a failed join or gate stops the rest.
         for hp in &plan.hosts {

@@ -1,7 +1,6 @@
-use super::exec::{self, HostError};
+use super::exec;
 use super::init::ADMIN_CONF;
 use super::{host_plan, new_plan, ApplyContext, Phase, PhaseError, PhasePlan, PlanContext, Step};
-use crate::transport::Transport;
 
 pub struct Kubeconfig;
 
@@ -31,21 +30,13 @@ impl Phase for Kubeconfig {
     }
 
     async fn apply(&self, ctx: &ApplyContext<'_>, _plan: &PhasePlan) -> Result<(), PhaseError> {
-        let Some(first) = ctx.cluster.topology.first_control_plane() else {
+        let phase = self.name();
+        let Some((first, s)) = ctx.first_control_plane(phase).await? else {
             return Ok(());
         };
-        let phase = self.name().to_string();
-        let err = |e: HostError| PhaseError::Hosts {
-            phase: phase.clone(),
-            errors: vec![e],
-        };
-        let s = exec::session(ctx.rt, first).await.map_err(err)?;
-        let conf = s.download(ADMIN_CONF).await.map_err(|source| {
-            err(HostError::Transport {
-                host: first.name.clone(),
-                source,
-            })
-        })?;
+        let conf = exec::download(s.as_ref(), &first.name, ADMIN_CONF)
+            .await
+            .map_err(|e| PhaseError::host(phase, e))?;
         let conf = String::from_utf8_lossy(&conf).to_string();
         let unchanged =
             ctx.state.get().await.secrets.admin_kubeconfig.as_deref() == Some(conf.as_str());
@@ -55,6 +46,9 @@ impl Phase for Kubeconfig {
         ctx.state
             .update(|doc| doc.secrets.admin_kubeconfig = Some(conf))
             .await
-            .map_err(|source| PhaseError::State { phase, source })
+            .map_err(|source| PhaseError::State {
+                phase: phase.into(),
+                source,
+            })
     }
 }

@@ -59,6 +59,20 @@ pub struct ApplyContext<'a> {
 }
 
 impl ApplyContext<'_> {
+    /// The first control-plane node and the connection to it (None: no control plane).
+    pub async fn first_control_plane(
+        &self,
+        phase: &str,
+    ) -> Result<Option<(&Host, std::sync::Arc<crate::transport::SshSession>)>, PhaseError> {
+        let Some(first) = self.cluster.topology.first_control_plane() else {
+            return Ok(None);
+        };
+        let s = exec::session(self.rt, first)
+            .await
+            .map_err(|e| PhaseError::host(phase, e))?;
+        Ok(Some((first, s)))
+    }
+
     /// Run the plan's host parts with the given handler for steps without a command.
     pub async fn hosts(
         &self,
@@ -119,6 +133,14 @@ fn list(errors: &[exec::HostError]) -> String {
 }
 
 impl PhaseError {
+    /// One host's failure as the phase's error.
+    pub fn host(phase: &str, e: exec::HostError) -> PhaseError {
+        PhaseError::Hosts {
+            phase: phase.to_string(),
+            errors: vec![e],
+        }
+    }
+
     pub fn exit_kind(&self) -> crate::error::ExitKind {
         use crate::error::ExitKind;
         match self {

@@ -81,15 +81,11 @@ impl Phase for WaitReady {
     }
 
     async fn apply(&self, ctx: &ApplyContext<'_>, _plan: &PhasePlan) -> Result<(), PhaseError> {
-        let Some(first) = ctx.cluster.topology.first_control_plane() else {
+        let phase = self.name().to_string();
+        let Some((first, s)) = ctx.first_control_plane(&phase).await? else {
             return Ok(());
         };
-        let phase = self.name().to_string();
-        let err = |e: HostError| PhaseError::Hosts {
-            phase: phase.clone(),
-            errors: vec![e],
-        };
-        let s = exec::session(ctx.rt, first).await.map_err(err)?;
+        let err = |e: HostError| PhaseError::host(&phase, e);
         let want: Vec<String> = ctx
             .cluster
             .topology

@@ -1,0 +1,51 @@
+//! Shared by the tests that run `kubeforge apply` on docker machines.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::Command as Std;
+
+pub fn docker(args: &[&str]) -> std::process::Output {
+    Std::new("docker")
+        .args(args)
+        .output()
+        .expect("the docker CLI is installed (scripts/testbed/30-docker.sh)")
+}
+
+/// The Docker engine and the node image are required: fail with what provides them.
+pub fn require_testbed() {
+    let info = docker(&["info", "--format", "{{.ServerVersion}}"]);
+    assert!(
+        info.status.success(),
+        "the Docker engine is not running: run scripts/testbed/30-docker.sh\n{}",
+        String::from_utf8_lossy(&info.stderr)
+    );
+    let tag = kubeforge::provider::cli::node_image_tag();
+    assert!(
+        docker(&["image", "inspect", &tag]).status.success(),
+        "the node image {tag} is missing: run scripts/testbed/40-node-image.sh"
+    );
+}
+
+/// Remove a test cluster's machines, volumes and network.
+pub fn cleanup(cluster: &str) {
+    let filter = format!("label=dev.kubeforge.cluster={cluster}");
+    let ids = docker(&["ps", "-aq", "--filter", &filter]);
+    for id in String::from_utf8_lossy(&ids.stdout).split_whitespace() {
+        docker(&["rm", "-f", "-v", id]);
+    }
+    let vols = docker(&["volume", "ls", "-q", "--filter", &filter]);
+    for v in String::from_utf8_lossy(&vols.stdout).split_whitespace() {
+        docker(&["volume", "rm", "-f", v]);
+    }
+    docker(&["network", "rm", cluster]);
+}
+
+/// The binary, in `dir`, with the state key `dir/state.agekey`.
+pub fn kubeforge(dir: &Path) -> assert_cmd::Command {
+    let mut c = assert_cmd::Command::cargo_bin("kubeforge").unwrap();
+    c.current_dir(dir)
+        .env("KUBEFORGE_STATE_KEY_FILE", dir.join("state.agekey"))
+        .env_remove("KUBEFORGE_STATE_PASSPHRASE")
+        .env_remove("KUBEFORGE_STATE_KEY");
+    c
+}
