@@ -692,8 +692,11 @@ impl Transport for SshSession {
         };
 
         // 1. What is there now?
+        // Size, mode and owner first; the (costly) remote sha256 only when the size
+        // matches.
         let probe = format!(
-            "if [ -f {path} ]; then sha256sum {path} | cut -d' ' -f1; stat -c '%a %U:%G' {path}; fi"
+            "if [ -f {path} ]; then stat -c '%s %a %U:%G' {path}; \
+             if [ \"$(stat -c %s {path})\" = {size} ]; then sha256sum {path} | cut -d' ' -f1; fi; fi"
         );
         let now = Transport::exec(self, &probe).await?;
         if !now.success() {
@@ -703,8 +706,12 @@ impl Transport for SshSession {
             )));
         }
         let mut lines = now.stdout.lines();
+        let meta = lines.next().unwrap_or_default();
         if lines.next() == Some(sha.as_str()) {
-            let meta = lines.next().unwrap_or_default();
+            let meta = meta
+                .split_once(' ')
+                .map(|(_, rest)| rest)
+                .unwrap_or_default();
             let (have_mode, have_owner) = meta.split_once(' ').unwrap_or((meta, ""));
             let mode_ok = have_mode == mode;
             let owner_ok = match &target.owner {
