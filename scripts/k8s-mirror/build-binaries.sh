@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the seven Kubernetes v1.20.2 binaries (kube-apiserver, kube-controller-manager,
-# kube-scheduler, kube-proxy, kubelet, kubeadm, kubectl) offline from Debian's source
-# package `kubernetes` (1.20.5+really1.20.2-1.1+deb12u1: the orig tarball is the full
+# kube-scheduler, kube-proxy, kubelet, kubeadm, kubectl) and pause 3.2 offline from
+# Debian's source package `kubernetes` (1.20.5+really1.20.2-1.1+deb12u1: the orig tarball is the full
 # upstream v1.20.2 tree with vendor/), with the three fixes the build needs here
 # (see ../shared/TESTBED.md) and upstream's version stamping.
 #
@@ -88,9 +88,16 @@ log "go build ${COMMANDS[*]} ($(go version | cut -d' ' -f3), GOCACHE=$GOCACHE)"
 go build -trimpath -ldflags "$ldflags" -o "$out.part/" "${pkgs[@]}" >"$cache/k8s-go-build.log" 2>&1 \
     || { tail -n 40 "$cache/k8s-go-build.log" >&2; exit 1; }
 for c in "${COMMANDS[@]}"; do [ -x "$out.part/$c" ] || { log "missing $c after the build"; exit 1; }; done
+log "go build done in $(elapsed "$t") s"
+# The sandbox image's only binary, from the same tree (pause.c of v1.20.2 is pause 3.2).
+t=$(now)
+gcc -Os -Wall -Werror -static -DVERSION=v3.2-kubeforge -o "$out.part/pause" build/pause/linux/pause.c
+strip "$out.part/pause"
+"$out.part/pause" -v | grep -q "v3.2" || { log "pause -v does not report v3.2"; exit 1; }
+log "pause built in $(elapsed "$t") s"
 got=$("$out.part/kubeadm" version -o short)
 [ "$got" = "$K8S_VERSION" ] || { log "kubeadm reports $got, expected $K8S_VERSION"; exit 1; }
 rm -rf "$out"
 mv "$out.part" "$out"
 touch "$out/.complete"
-log "go build done in $(elapsed "$t") s ($(du -sh "$out" | cut -f1))"
+log "binaries ready in $out ($(du -sh "$out" | cut -f1))"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build a kubeforge artifact mirror for Kubernetes v1.20.2, offline, from Debian:
 #   - the seven binaries from Debian's `kubernetes` source package (build-binaries.sh),
-#   - pause:3.2 (gcc -static from build/pause/linux/pause.c),
+#   - pause 3.2 (gcc -static from build/pause/linux/pause.c, also in build-binaries.sh),
 #   - single-layer docker-archive image tarballs (mkimage.py, no registry, no daemon) for
 #     k8s.gcr.io/{kube-apiserver,kube-controller-manager,kube-scheduler,kube-proxy}:v1.20.2,
 #     k8s.gcr.io/pause:3.2 and k8s.gcr.io/etcd:3.4.13-0 (Debian's etcd-server inside),
@@ -85,21 +85,13 @@ rm -rf "$out.part"
 mkdir -p "$out.part/work" "$out.part/mirror"
 work="$out.part/work"
 
-# --- stage 3: pause ---------------------------------------------------------------------
-t=$(now)
-src_tree=$(readlink -f "$root/k8s-gopath/src/k8s.io/kubernetes")
-gcc -Os -Wall -Werror -static -DVERSION=v$PAUSE_TAG-kubeforge -o "$work/pause" "$src_tree/build/pause/linux/pause.c"
-strip "$work/pause"
-"$work/pause" -v | grep -q "v$PAUSE_TAG" || { log "pause -v does not report v$PAUSE_TAG"; exit 1; }
-log "stage pause: $(elapsed "$t") s"
-
-# --- stage 4: image tarballs ------------------------------------------------------------
+# --- stage 3: image tarballs ------------------------------------------------------------
 t=$(now)
 images="$out.part/mirror/images/$K8S_VERSION"
 mkdir -p "$images"
 mk() { python3 "$here/mkimage.py" "$@"; }
 mk --ref "$REPO/pause:$PAUSE_TAG" --out "$images/pause-$PAUSE_TAG.tar" \
-    --entrypoint /pause --file "$work/pause:/pause"
+    --entrypoint /pause --file "$bins/pause:/pause"
 for c in kube-apiserver kube-controller-manager kube-scheduler; do
     mk --ref "$REPO/$c:$K8S_VERSION" --out "$images/$c-$K8S_VERSION.tar" \
         --entrypoint "/usr/local/bin/$c" --file "$bins/$c:/usr/local/bin/$c"
@@ -121,7 +113,7 @@ mk --ref "$REPO/etcd:$ETCD_TAG" --out "$images/etcd-$ETCD_TAG.tar" \
     --dir /var/lib/etcd --dir /var/etcd
 log "stage images: $(elapsed "$t") s"
 
-# --- stage 5: check the dynamically linked images run from their own root -----------------
+# --- stage 4: check the dynamically linked images run from their own root -----------------
 t=$(now)
 check() { # image-tar, command...
     local tarball=$1; shift
@@ -141,7 +133,7 @@ check "$images/kube-proxy-$K8S_VERSION.tar" /usr/local/bin/kube-proxy --version
 check "$images/pause-$PAUSE_TAG.tar" /pause -v
 log "stage image checks: $(elapsed "$t") s"
 
-# --- stage 6: the mirror layout ---------------------------------------------------------
+# --- stage 5: the mirror layout ---------------------------------------------------------
 t=$(now)
 bindir="$out.part/mirror/$K8S_VERSION/bin/linux/amd64"
 mkdir -p "$bindir"
