@@ -884,17 +884,6 @@ impl SshPool {
     }
 }
 
-/// Where a key file for the pool would be read from (for messages).
-pub fn describe_auth(auth: &SshAuth, key_path: Option<&PathBuf>) -> String {
-    match (auth, key_path) {
-        (SshAuth::Agent, _) => "ssh-agent".into(),
-        (SshAuth::Key(_), Some(p)) => format!("key {}", p.display()),
-        (SshAuth::Key(k), None) => {
-            format!("key {}", k.public_key().fingerprint(Default::default()))
-        }
-    }
-}
-
 /// A new random ed25519 key pair (e.g. the cluster's SSH key, or a test's).
 pub fn generate_ed25519_key() -> PrivateKey {
     let seed: [u8; 32] = rand::random();
