@@ -56,22 +56,6 @@ struct ApplyReport {
     phases: Vec<PhaseOutcome>,
 }
 
-/// The cluster file's `spec.state`, as the state store takes it.
-pub fn state_spec(s: &spec::StateSpec) -> crate::state::StateSpec {
-    crate::state::StateSpec {
-        url: s.url.clone(),
-        endpoint: s.endpoint.clone(),
-        region: s.region.clone(),
-        path_style: s.path_style,
-        allow_http: s.allow_http,
-        encryption: crate::state::EncryptionSpec {
-            key_file: s.encryption.key_file.as_ref().map(|p| expand_home(p)),
-            key_env: s.encryption.key_env.clone(),
-            passphrase_env: s.encryption.passphrase_env.clone(),
-        },
-    }
-}
-
 fn expand_home(p: &str) -> PathBuf {
     match (p.strip_prefix("~/"), std::env::var_os("HOME")) {
         (Some(rest), Some(home)) => Path::new(&home).join(rest),
@@ -82,7 +66,7 @@ fn expand_home(p: &str) -> PathBuf {
 /// Open the cluster's state store.
 pub fn open_store(c: &LoadedCluster) -> Result<StateStore, Error> {
     Ok(StateStore::open(
-        &state_spec(&c.cluster.spec.state),
+        &c.cluster.spec.state,
         c.name(),
         &c.base_dir,
     )?)

@@ -198,8 +198,8 @@ impl Default for GroupNames {
 }
 
 /// Where the remote state lives. `url` defaults to a local directory next to the
-/// cluster file (`file://.kubeforge/<cluster>`).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// cluster file (`file://.kubeforge/<cluster>`); see `docs/state.md`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct StateSpec {
     pub url: Option<String>,
@@ -216,11 +216,15 @@ pub struct StateSpec {
     pub encryption: EncryptionSpec,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// Where the age key for the state's secrets comes from. Unset:
+/// $KUBEFORGE_STATE_KEY_FILE, $KUBEFORGE_STATE_KEY, $KUBEFORGE_STATE_PASSPHRASE, in
+/// that order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct EncryptionSpec {
-    /// File holding an age X25519 identity.
-    pub key_file: Option<String>,
+    /// File holding an age X25519 identity (relative to the cluster file; `~/` is the
+    /// home directory).
+    pub key_file: Option<std::path::PathBuf>,
     /// Environment variable holding an age identity.
     pub key_env: Option<String>,
     /// Environment variable holding a passphrase.

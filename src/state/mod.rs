@@ -21,7 +21,6 @@ pub use store::{HistoryEntry, SnapshotInfo, StateStore, Version};
 use crate::error::ExitKind;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
 
 /// Connection options for a store URL.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,32 +37,9 @@ pub struct StoreOptions {
     pub allow_http: bool,
 }
 
-/// Where the age key for the secrets comes from. Unset: $KUBEFORGE_STATE_KEY_FILE,
-/// $KUBEFORGE_STATE_KEY, $KUBEFORGE_STATE_PASSPHRASE, in that order.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
-pub struct EncryptionSpec {
-    /// age X25519 identity file (relative to the cluster file's directory).
-    pub key_file: Option<PathBuf>,
-    /// Name of an environment variable holding an age X25519 identity.
-    pub key_env: Option<String>,
-    /// Name of an environment variable holding a passphrase.
-    pub passphrase_env: Option<String>,
-}
-
-/// `spec.state` of the cluster file.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
-pub struct StateSpec {
-    /// `file://DIR` (default `file://.kubeforge/<cluster>`), `s3://bucket/prefix`,
-    /// `gs://bucket/prefix`, `az://container/prefix`.
-    pub url: Option<String>,
-    pub endpoint: Option<String>,
-    pub region: Option<String>,
-    pub path_style: bool,
-    pub allow_http: bool,
-    pub encryption: EncryptionSpec,
-}
+// `spec.state` of the cluster file is intent and lives with the cluster spec; the
+// store adds how it is used.
+pub use crate::spec::{EncryptionSpec, StateSpec};
 
 impl StateSpec {
     pub fn options(&self) -> StoreOptions {
