@@ -361,6 +361,20 @@ fn kubeadm_init_from_the_mirror_gives_a_ready_single_control_plane() {
                 Duration::from_secs(180),
             )
             .await;
+            // No restarts: etcd (Debian's 3.4.23 in the 3.4.13-0 image) passes kubeadm's
+            // liveness probe on :2381/health, the others theirs.
+            let restarts = sh(
+                &s,
+                &format!(
+                    "{kubectl} -n kube-system get pods -o jsonpath='{{range .items[*]}}{{.metadata.name}}={{.status.containerStatuses[0].restartCount}} {{end}}'"
+                ),
+            )
+            .await;
+            for entry in restarts.split_whitespace() {
+                if entry.starts_with("etcd-") || entry.starts_with("kube-apiserver-") {
+                    assert!(entry.ends_with("=0"), "restarted: {entry} ({restarts})");
+                }
+            }
             // A pod on the pod network (the pause image is there already): the bridge
             // CNI gives it an address from the node's range, the node reaches it over cni0.
             let t = Instant::now();
@@ -394,7 +408,7 @@ fn kubeadm_init_from_the_mirror_gives_a_ready_single_control_plane() {
                 "k8s smoke: boot {:.1} s, fetch {:.1} s, node files {:.1} s, host downloads {:.1} s, install {:.1} s \
                  (re-install {:.1} s, {} MiB sent), kubeadm init {:.1} s, /readyz after {:.1} s, \
                  node Ready after {:.1} s more, kube-system Running after {:.1} s more, \
-                 pod on the bridge CNI in {:.1} s, total {:.1} s\ncni0: {}",
+                 pod on the bridge CNI in {:.1} s, total {:.1} s\ncni0: {}\nrestarts: {}",
                 cluster.boot_time.as_secs_f64(),
                 fetch_time.as_secs_f64(),
                 files_time.as_secs_f64(),
@@ -408,7 +422,8 @@ fn kubeadm_init_from_the_mirror_gives_a_ready_single_control_plane() {
                 pods.as_secs_f64(),
                 pod_time.as_secs_f64(),
                 t_all.elapsed().as_secs_f64(),
-                cni.trim()
+                cni.trim(),
+                restarts.trim()
             );
             // Stop kubelet before the machine goes, so nothing restarts pods meanwhile.
             let _ = Transport::exec(s.as_ref(), "systemctl stop kubelet").await;
