@@ -196,6 +196,10 @@ fn apply_brings_up_the_load_balancers_and_converges() {
     );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["phases"].as_array().unwrap().len(), 3);
+    for p in report["phases"].as_array().unwrap() {
+        assert_eq!(p["files_sent"], 0, "{p}");
+        assert_eq!(p["steps_run"], 0, "{p}");
+    }
     assert_eq!(exec(&lb1, "stat -c %Y.%s /etc/haproxy/haproxy.cfg"), mtime);
     assert_eq!(
         exec(&lb1, "systemctl show -p MainPID --value haproxy"),

@@ -185,7 +185,7 @@ fn apply_bootstraps_a_three_master_cluster_behind_a_vip() {
     // A second run changes nothing and is quick.
     let t1 = Instant::now();
     let out = kubeforge(dir.path())
-        .args(["apply", "-f", "cluster.yaml", "--yes"])
+        .args(["apply", "-f", "cluster.yaml", "--yes", "-o", "json"])
         .output()
         .unwrap();
     let rerun = t1.elapsed();
@@ -194,7 +194,39 @@ fn apply_bootstraps_a_three_master_cluster_behind_a_vip() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for p in report["phases"].as_array().unwrap() {
+        assert_eq!(p["files_sent"], 0, "nothing to send on a re-run: {p}");
+        assert_eq!(p["steps_run"], 0, "nothing to run on a re-run: {p}");
+    }
     eprintln!("re-run: {rerun:?}");
+
+    // Stopping the load balancer that holds the VIP moves it; the API stays up.
+    let holder = ["lb-1", "lb-2"]
+        .iter()
+        .map(|n| format!("{NAME}-{n}"))
+        .find(|m| {
+            let out = docker(&["exec", m, "ip", "-o", "-4", "addr", "show"]);
+            String::from_utf8_lossy(&out.stdout).contains(&format!("inet {SUBNET}.254/"))
+        })
+        .expect("one load balancer holds the VIP");
+    docker(&["stop", "-t", "1", &holder]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let moved = loop {
+        let out = kubectl(dir.path(), &["get", "--raw", "/readyz"]);
+        if out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok" {
+            break true;
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    assert!(
+        moved,
+        "the API did not answer through the VIP with {holder} stopped"
+    );
+    docker(&["start", &holder]);
 
     // With the first control-plane node stopped, the API still answers through the VIP.
     docker(&["stop", "-t", "2", &cp1]);

@@ -45,8 +45,11 @@ struct PhaseOutcome {
     phase: String,
     status: &'static str,
     seconds: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
+    /// Files uploaded because the host's copy differed (or was missing).
+    files_sent: usize,
+    /// Host commands run; skipped ones found their result already there.
+    steps_run: usize,
+    steps_skipped: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -215,21 +218,33 @@ async fn run_locked(
             rt: &rt,
             state: &state,
             docker: docker.as_ref(),
+            done: Default::default(),
         };
         let result = tracing::Instrument::instrument(ph.apply(&ctx, &plan), span).await;
         let seconds = started.elapsed().as_secs_f64();
+        let changes = ctx.done.lock().map(|d| d.clone()).unwrap_or_default();
         match result {
             Ok(()) => {
                 journal(&state, &plan.name, &digest, PhaseStatus::Done, None).await?;
-                if let Some(bar) = &overall {
-                    bar.println(format!("  {:<20} done in {seconds:.1}s", plan.name));
-                    bar.inc(1);
+                let line = format!(
+                    "    {} done in {seconds:.1}s: {} files sent, {} commands run, {} already done",
+                    plan.name, changes.files_sent, changes.steps_run, changes.steps_skipped
+                );
+                match &overall {
+                    Some(bar) => {
+                        bar.println(line);
+                        bar.inc(1);
+                    }
+                    None if output == OutputFormat::Text => eprintln!("{line}"),
+                    None => {}
                 }
                 outcomes.push(PhaseOutcome {
                     phase: plan.name.clone(),
                     status: "done",
                     seconds,
-                    error: None,
+                    files_sent: changes.files_sent,
+                    steps_run: changes.steps_run,
+                    steps_skipped: changes.steps_skipped,
                 });
             }
             Err(e) => {

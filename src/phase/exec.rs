@@ -195,7 +195,7 @@ pub struct NoSpecial;
 impl SpecialSteps for NoSpecial {}
 
 /// What happened on one host.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct HostReport {
     pub files_sent: usize,
     pub steps_run: usize,

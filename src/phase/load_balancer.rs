@@ -40,10 +40,9 @@ impl Phase for LoadBalancer {
                 h,
                 &[FileGroup::LoadBalancer],
                 vec![
-                    Step::cmd("haproxy -c -q -f /etc/haproxy/haproxy.cfg"),
                     restart_step(
                         "haproxy",
-                        "systemctl enable haproxy && systemctl reload-or-restart haproxy",
+                        "haproxy -c -q -f /etc/haproxy/haproxy.cfg && systemctl enable haproxy && systemctl reload-or-restart haproxy",
                         &haproxy,
                         Some("haproxy"),
                     ),

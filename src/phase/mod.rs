@@ -56,6 +56,8 @@ pub struct ApplyContext<'a> {
     pub state: &'a StateHandle,
     /// The docker provider, when the cluster uses it.
     pub docker: Option<&'a crate::provider::DockerProvider>,
+    /// What the host parts did, summed over the phase (for the run's report).
+    pub done: std::sync::Mutex<exec::HostReport>,
 }
 
 impl ApplyContext<'_> {
@@ -79,7 +81,7 @@ impl ApplyContext<'_> {
         plan: &PhasePlan,
         special: &dyn exec::SpecialSteps,
     ) -> Result<Vec<(String, exec::HostReport)>, PhaseError> {
-        exec::apply_hosts(
+        let reports = exec::apply_hosts(
             self.rt,
             self.cluster,
             self.files,
@@ -91,7 +93,14 @@ impl ApplyContext<'_> {
         .map_err(|errors| PhaseError::Hosts {
             phase: plan.name.clone(),
             errors,
-        })
+        })?;
+        let mut done = self.done.lock().unwrap_or_else(|e| e.into_inner());
+        for (_, r) in &reports {
+            done.files_sent += r.files_sent;
+            done.steps_run += r.steps_run;
+            done.steps_skipped += r.steps_skipped;
+        }
+        Ok(reports)
     }
 }
 

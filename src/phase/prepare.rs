@@ -71,9 +71,15 @@ impl Phase for PrepareHosts {
                 "[ -z \"$(swapon --noheadings --show 2>/dev/null)\" ]",
             )];
             if container {
-                cmds.push(Step::cmd(
-                    "test -e /proc/sys/net/bridge/bridge-nf-call-iptables || { echo 'br_netfilter is not loaded on the docker host: modprobe br_netfilter there' >&2; exit 1; }",
-                ));
+                cmds.push(
+                    Step::cmd(
+                        "echo 'br_netfilter is not loaded on the docker host: modprobe br_netfilter there' >&2; exit 1",
+                    )
+                    .unless_check(
+                        "br_netfilter is loaded (by the docker host)",
+                        "test -e /proc/sys/net/bridge/bridge-nf-call-iptables",
+                    ),
+                );
                 // kubelet wants its cgroup root in every controller; PID 1 sits at `/`
                 // in some (perf_event, hugetlb, net_cls), so the directories are made.
                 let dirs_exist = "for d in /sys/fs/cgroup/*/; do [ -L \"${d%/}\" ] || [ -d \"$d${cg#/}\" ] || exit 1; done";
