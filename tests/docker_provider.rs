@@ -100,3 +100,67 @@ fn machines_boot_systemd_with_fixed_addresses_and_own_host_keys() {
         .await;
     });
 }
+
+#[test]
+fn a_missing_image_and_foreign_machines_are_clear_errors() {
+    run(|| async {
+        let cfg = |cluster: &str, image: &str| kubeforge::provider::DockerConfig {
+            cluster: cluster.into(),
+            network: format!("{cluster}-net"),
+            subnet: "10.251.254.0/24".parse().unwrap(),
+            image: image.into(),
+            ssh_public_key: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTheTest test".into(),
+        };
+        let p = kubeforge::provider::DockerProvider::connect(cfg(
+            "kft-noimg",
+            "kubeforge/node:does-not-exist",
+        ))
+        .await
+        .expect("dockerd must run (scripts/testbed/30-docker.sh)");
+        let spec = MachineSpec {
+            name: "kft-noimg-cp-1".into(),
+            role: MachineRole::ControlPlane,
+            ip: "10.251.254.10".parse().unwrap(),
+        };
+        let err = p.ensure(std::slice::from_ref(&spec)).await.unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("kubeforge/node:does-not-exist") && msg.contains("image build"),
+            "{msg}"
+        );
+        assert!(p.list().await.unwrap().is_empty());
+        // An address outside the subnet is refused before anything is created.
+        let mut outside = spec.clone();
+        outside.ip = "10.9.9.9".parse().unwrap();
+        let real = kubeforge::provider::DockerProvider::connect(cfg(
+            "kft-noimg",
+            &common_docker::node_image(),
+        ))
+        .await
+        .unwrap();
+        let err = real.ensure(&[outside]).await.unwrap_err();
+        assert!(
+            err.to_string().contains("outside the cluster subnet"),
+            "{err}"
+        );
+        // Deleting a machine that does not exist is success.
+        real.delete("kft-noimg-cp-9").await.unwrap();
+        // A machine of this cluster cannot be deleted through another cluster's provider.
+        let m = real.ensure(std::slice::from_ref(&spec)).await.unwrap();
+        assert_eq!(m.len(), 1);
+        let other = kubeforge::provider::DockerProvider::connect(cfg(
+            "kft-other",
+            &common_docker::node_image(),
+        ))
+        .await
+        .unwrap();
+        let err = other.delete("kft-noimg-cp-1").await.unwrap_err();
+        assert!(
+            err.to_string().contains("not part of cluster kft-other"),
+            "{err}"
+        );
+        real.destroy().await.unwrap();
+        other.destroy().await.unwrap();
+        assert!(real.list().await.unwrap().is_empty());
+    });
+}
