@@ -306,6 +306,22 @@ fn kubeadm_init_from_the_mirror_gives_a_ready_single_control_plane() {
             let reinstall_time = t.elapsed();
             assert!(again.sent.is_empty() && again.imported.is_empty(), "{again:?}");
             assert_eq!(again.unchanged.len(), 9);
+            // imageRepository set: the tarball (named k8s.gcr.io/...) is imported and
+            // re-tagged to what kubeadm will ask for, with real ctr.
+            let renamed: Vec<_> = files
+                .iter()
+                .filter(|a| a.name == "pause")
+                .map(|a| artifacts::LocalArtifact {
+                    image_ref: Some("registry.example.com/k8s/pause:3.2".into()),
+                    ..a.clone()
+                })
+                .collect();
+            let retag = artifacts::install_on(s.as_ref(), &renamed).await.unwrap();
+            assert_eq!(retag.imported, ["registry.example.com/k8s/pause:3.2"], "{retag:?}");
+            assert!(sh(&s, "ctr -n k8s.io images ls -q")
+                .await
+                .lines()
+                .any(|l| l == "registry.example.com/k8s/pause:3.2"));
             assert_eq!(sh(&s, "kubeadm version -o short").await.trim(), "v1.20.2");
             assert!(sh(&s, "kubelet --version").await.contains("v1.20.2"));
 
