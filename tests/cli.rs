@@ -134,7 +134,7 @@ fn warnings_go_to_stderr_and_do_not_fail() {
 #[test]
 fn plan_shows_machines_files_and_commands_by_phase() {
     let out = kubeforge()
-        .args(["plan", "-f", "examples/local.yaml"])
+        .args(["plan", "--offline", "-f", "examples/local.yaml"])
         .assert()
         .success()
         .get_output()
@@ -164,7 +164,10 @@ fn plan_shows_machines_files_and_commands_by_phase() {
 #[test]
 fn plan_never_prints_secrets() {
     for ex in examples() {
-        for args in [vec!["plan", "--show-content"], vec!["plan", "-o", "json"]] {
+        for args in [
+            vec!["plan", "--offline", "--show-content"],
+            vec!["plan", "--offline", "-o", "json"],
+        ] {
             let out = kubeforge()
                 .args(&args)
                 .args(["-f", &ex])
@@ -196,7 +199,7 @@ fn plan_never_prints_secrets() {
 #[test]
 fn plan_json_has_every_phase_host_and_file() {
     let out = kubeforge()
-        .args(["plan", "-o", "json", "-f", "examples/baremetal.yaml"])
+        .args(["plan", "--offline", "-o", "json", "-f", "examples/baremetal.yaml"])
         .assert()
         .success()
         .get_output()
@@ -383,7 +386,7 @@ fn a_static_inventory_can_be_ansible_ini_or_yaml_or_kubeforge_yaml() {
         let f = dir.path().join(format!("c-{inv}.yaml"));
         std::fs::write(&f, text).unwrap();
         let out = kubeforge()
-            .args(["plan", "-o", "json", "-f"])
+            .args(["plan", "--offline", "-o", "json", "-f"])
             .arg(&f)
             .assert()
             .success()

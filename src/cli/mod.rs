@@ -56,9 +56,17 @@ pub struct SpecArgs {
 pub struct PlanArgs {
     #[command(flatten)]
     pub spec: SpecArgs,
-    /// Also print the (redacted) content of every file.
+    /// Also print the (redacted) content of every file (offline plans).
     #[arg(long)]
     pub show_content: bool,
+    /// Plan for fresh hosts without reading the state or contacting any host. Without
+    /// it, a cluster with machines in its state is planned against the hosts: only
+    /// what would change is shown, files as diffs.
+    #[arg(long)]
+    pub offline: bool,
+    /// A playbook file replacing the embedded bootstrap playbook.
+    #[arg(long)]
+    pub playbook: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -90,7 +98,7 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
     let output = cli.output;
     match cli.command {
         Command::Validate(args) => crate::ops::validate::run(&args.file, output),
-        Command::Plan(args) => crate::ops::plan::run(&args.spec.file, args.show_content, output),
+        Command::Plan(args) => crate::ops::plan::run(args, output).await,
         Command::Render(args) => crate::ops::render::run(&args.spec.file, &args.out, output),
         Command::Apply(args) => crate::ops::apply::run(args, output, cli.verbose > 0).await,
         Command::Kubeconfig(args) => crate::ops::kubeconfig::run(&args.file, output).await,

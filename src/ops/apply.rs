@@ -371,7 +371,7 @@ async fn ensure_secrets(c: &LoadedCluster, state: &StateHandle) -> Result<(), Er
     Ok(())
 }
 
-fn ssh_auth(c: &LoadedCluster, doc: &StateDocument) -> Result<SshAuth, Error> {
+pub fn ssh_auth(c: &LoadedCluster, doc: &StateDocument) -> Result<SshAuth, Error> {
     let ssh = &c.cluster.spec.ssh;
     if let Some(f) = &ssh.key_file {
         let path = expand_home(f);
@@ -394,7 +394,7 @@ fn ssh_auth(c: &LoadedCluster, doc: &StateDocument) -> Result<SshAuth, Error> {
     Ok(SshAuth::Key(Arc::new(key)))
 }
 
-fn ssh_config(c: &LoadedCluster, auth: SshAuth, accept: &[String]) -> Result<SshConfig, Error> {
+pub fn ssh_config(c: &LoadedCluster, auth: SshAuth, accept: &[String]) -> Result<SshConfig, Error> {
     let ssh = &c.cluster.spec.ssh;
     if let Some(h) = c
         .topology
@@ -412,7 +412,7 @@ fn ssh_config(c: &LoadedCluster, auth: SshAuth, accept: &[String]) -> Result<Ssh
     cfg.connect_timeout = Duration::from_secs(ssh.connect_timeout_seconds.into());
     if matches!(c.cluster.spec.provider, Provider::Docker(_)) {
         // Fresh machines get their authorized key a moment after sshd starts.
-        cfg.retry.auth_window = Duration::from_secs(15);
+        cfg.retry.auth_window = Duration::from_secs(30);
     }
     if let Some(b) = &ssh.bastion {
         let bauth = match &b.key_file {

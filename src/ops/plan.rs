@@ -78,18 +78,196 @@ pub fn build(
     })
 }
 
-pub fn run(file: &Path, show_content: bool, output: OutputFormat) -> Result<(), Error> {
+pub async fn run(args: crate::cli::PlanArgs, output: OutputFormat) -> Result<(), Error> {
+    let file = &args.spec.file;
     let loaded = spec::load_file(file)?;
     crate::ops::validate::print_warnings(&loaded.warnings, output);
+    if !args.offline {
+        // Planning is read-only: a store that cannot be opened or reached is not fatal,
+        // but said; a state that is there but unreadable (wrong key, corrupt) is.
+        let store = match crate::ops::apply::open_store(&loaded) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                note(
+                    output,
+                    &format!(
+                        "{}: planning for fresh hosts",
+                        crate::error::render_chain(&e).trim_start_matches("error: ")
+                    ),
+                );
+                None
+            }
+        };
+        let loaded_state = match &store {
+            Some(store) => Some(store.load().await),
+            None => None,
+        };
+        if let Some(result) = loaded_state {
+            match result {
+                Ok(Some((doc, _))) if !doc.machines.is_empty() => {
+                    return online(&loaded, &doc, args.playbook.as_deref(), output).await;
+                }
+                Ok(_) => note(
+                    output,
+                    "no machines in the state yet: planning for fresh hosts",
+                ),
+                Err(e @ crate::state::StateError::Unavailable { .. }) => note(
+                    output,
+                    &format!(
+                        "{}: planning for fresh hosts",
+                        crate::error::render_chain(&e).trim_start_matches("error: ")
+                    ),
+                ),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
     // Offline: no state to read secrets from, so the plan is made with fresh ones, and
     // shows them redacted like any plan.
     let secrets = Secrets::generate();
-    let plan = build(&loaded, &secrets, None)?;
+    let plan = build(&loaded, &secrets, args.playbook.as_deref())?;
     match output {
         OutputFormat::Json => print_json(&plan)?,
-        OutputFormat::Text => print!("{}", text(&plan, &loaded, show_content)),
+        OutputFormat::Text => print!("{}", text(&plan, &loaded, args.show_content)),
     }
     Ok(())
+}
+
+fn note(output: OutputFormat, text: &str) {
+    if output == OutputFormat::Text {
+        eprintln!("note: {text}");
+    }
+}
+
+/// A plan against the hosts as they are: only what would change.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OnlinePlan {
+    pub cluster: String,
+    pub state_generation: u64,
+    /// Phases that would change something, with what.
+    pub phases: Vec<OnlinePhase>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct OnlinePhase {
+    pub name: String,
+    pub hosts: Vec<crate::phase::exec::ResolvedHost>,
+}
+
+async fn online(
+    c: &LoadedCluster,
+    doc: &crate::state::StateDocument,
+    playbook_file: Option<&Path>,
+    output: OutputFormat,
+) -> Result<(), Error> {
+    use crate::phase::exec::{resolve_host, HostError, Runtime};
+    use crate::transport::{MemoryHostKeyStore, ProgressMode, SshPool};
+    use std::sync::Arc;
+    let secrets = crate::ops::apply::render_secrets(doc)
+        .ok_or_else(|| Error::Usage("the state has no join secrets yet: run apply".into()))?;
+    let auth = crate::ops::apply::ssh_auth(c, doc)?;
+    // Read-only: keys learned now are not saved.
+    let host_keys = Arc::new(MemoryHostKeyStore::from_map(doc.host_keys.clone()));
+    let pool = Arc::new(SshPool::new(
+        crate::ops::apply::ssh_config(c, auth, &[])?,
+        host_keys.clone(),
+    ));
+    let rt = Runtime {
+        pool: pool.clone(),
+        host_keys,
+        concurrency: 10,
+        progress: ProgressMode::Hidden,
+        verbose: false,
+    };
+    let registry = phase::registry();
+    let names: Vec<&str> = registry.iter().map(|p| p.name()).collect();
+    let pb = playbook::load(playbook_file, &names)?;
+    let files = render::render_all(c, &secrets)?;
+    let mut phases = Vec::new();
+    let mut failures: Vec<HostError> = Vec::new();
+    for r in &pb.phases {
+        let Some(ph) = registry.iter().find(|p| p.name() == r.name) else {
+            continue;
+        };
+        let plan = phase::plan_phase(ph.as_ref(), r, c, &files, &secrets);
+        let mut hosts = Vec::new();
+        for hp in &plan.hosts {
+            // A host that already failed is not asked again for the next phases.
+            if failures.iter().any(|e| e.host() == Some(hp.host.as_str())) {
+                continue;
+            }
+            match resolve_host(&rt, c, &files, &secrets, hp).await {
+                Ok(h) if h.is_empty() => {}
+                Ok(h) => hosts.push(h),
+                Err(e) => failures.push(e),
+            }
+        }
+        if !hosts.is_empty() {
+            phases.push(OnlinePhase {
+                name: plan.name.clone(),
+                hosts,
+            });
+        }
+    }
+    pool.close_all().await;
+    let plan = OnlinePlan {
+        cluster: c.name().to_string(),
+        state_generation: doc.generation,
+        phases,
+    };
+    match output {
+        OutputFormat::Json => print_json(&plan)?,
+        OutputFormat::Text => print!("{}", online_text(&plan)),
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Phase(Box::new(phase::PhaseError::Hosts {
+            phase: "plan".into(),
+            errors: failures,
+        })))
+    }
+}
+
+fn online_text(p: &OnlinePlan) -> String {
+    use crate::phase::exec::FileChange;
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "Plan for cluster `{}` against its hosts (state generation {}):",
+        p.cluster, p.state_generation
+    );
+    if p.phases.is_empty() {
+        o.push_str("No changes: the hosts match the cluster file.\n");
+        return o;
+    }
+    for ph in &p.phases {
+        let _ = writeln!(o, "\nPhase {}:", ph.name);
+        for h in &ph.hosts {
+            let _ = writeln!(o, "  {}", h.host);
+            for f in &h.files {
+                match &f.change {
+                    FileChange::Create => {
+                        let _ = writeln!(o, "    create {}", f.path);
+                    }
+                    FileChange::Update { diff } if diff.is_empty() => {
+                        let _ = writeln!(o, "    update {} (holds secrets: no diff shown)", f.path);
+                    }
+                    FileChange::Update { diff } => {
+                        let _ = writeln!(o, "    update {}", f.path);
+                        for line in diff.lines() {
+                            let _ = writeln!(o, "      {line}");
+                        }
+                    }
+                }
+            }
+            for cmd in &h.commands {
+                let _ = writeln!(o, "    run    {cmd}");
+            }
+        }
+    }
+    o
 }
 
 /// The plan as a person reads it.

@@ -68,6 +68,15 @@ impl From<Cancelled> for HostError {
 }
 
 impl HostError {
+    /// The host it happened on.
+    pub fn host(&self) -> Option<&str> {
+        match self {
+            HostError::Command(c) => Some(&c.host),
+            HostError::Transport { host, .. } | HostError::Other { host, .. } => Some(host),
+            HostError::Cancelled => None,
+        }
+    }
+
     pub fn is_transport(&self) -> bool {
         matches!(self, HostError::Transport { .. })
     }
@@ -290,4 +299,104 @@ pub async fn apply_hosts(
     } else {
         Err(failed)
     }
+}
+
+/// How a planned file compares with the host's copy.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "kebab-case", tag = "change")]
+pub enum FileChange {
+    Create,
+    /// `diff` is a unified diff (empty for files that hold secrets).
+    Update { diff: String },
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ResolvedFile {
+    pub path: String,
+    #[serde(flatten)]
+    pub change: FileChange,
+}
+
+/// What a host plan would change on the host as it is now.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ResolvedHost {
+    pub host: String,
+    pub files: Vec<ResolvedFile>,
+    /// The commands that would run (their checks did not find their result).
+    pub commands: Vec<String>,
+}
+
+impl ResolvedHost {
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty() && self.commands.is_empty()
+    }
+}
+
+/// Compare a host plan with the host: files by sha256 (diffs for files without
+/// secrets), steps by their checks. Read-only.
+pub async fn resolve_host(
+    rt: &Runtime,
+    c: &LoadedCluster,
+    files: &[(crate::render::FileGroup, RenderedFile)],
+    secrets: &Secrets,
+    hp: &HostPlan,
+) -> Result<ResolvedHost, HostError> {
+    let host = c.topology.host(&hp.host).ok_or_else(|| HostError::Other {
+        host: hp.host.clone(),
+        message: "not in the cluster's topology".into(),
+    })?;
+    let s = session(rt, host).await?;
+    let mut out = ResolvedHost {
+        host: hp.host.clone(),
+        ..Default::default()
+    };
+    for pf in &hp.files {
+        let Some(f) = files
+            .iter()
+            .map(|(_, f)| f)
+            .find(|f| f.host == hp.host && f.path == pf.path)
+        else {
+            continue;
+        };
+        let probe = format!(
+            "sha256sum -- {} 2>/dev/null | cut -d' ' -f1",
+            crate::transport::shell::quote(&f.path)
+        );
+        let remote = run(s.as_ref(), &host.name, &probe, secrets, false).await?;
+        let remote = remote.trim();
+        if remote == f.sha256() {
+            continue;
+        }
+        let change = if remote.is_empty() {
+            FileChange::Create
+        } else if f.sensitive {
+            FileChange::Update {
+                diff: String::new(),
+            }
+        } else {
+            let old = download(s.as_ref(), &host.name, &f.path).await?;
+            let old = String::from_utf8_lossy(&old);
+            FileChange::Update {
+                diff: similar::TextDiff::from_lines(old.as_ref(), f.content.as_str())
+                    .unified_diff()
+                    .context_radius(2)
+                    .header(&format!("{} (on {})", f.path, host.name), &format!("{} (planned)", f.path))
+                    .to_string(),
+            }
+        };
+        out.files.push(ResolvedFile {
+            path: f.path.clone(),
+            change,
+        });
+    }
+    for step in &hp.commands {
+        if step.run.is_none() && step.check.is_none() {
+            // Described steps the phase carries out itself (e.g. "gather facts").
+            continue;
+        }
+        if !already_done(s.as_ref(), &host.name, step).await? {
+            out.commands.push(secrets.redact(&step.action));
+        }
+    }
+    Ok(out)
 }

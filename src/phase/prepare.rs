@@ -3,7 +3,7 @@ use super::{
     host_plan, new_plan, restart_step, ApplyContext, Phase, PhaseError, PhasePlan, PlanContext,
     Step,
 };
-use crate::render::views::{Profile, BIN_DIR};
+use crate::render::views::{Profile, BIN_DIR, CGROUP_SCRIPT};
 use crate::render::FileGroup;
 use crate::spec::Host;
 use crate::transport::Transport;
@@ -80,17 +80,16 @@ impl Phase for PrepareHosts {
                         "test -e /proc/sys/net/bridge/bridge-nf-call-iptables",
                     ),
                 );
-                // kubelet wants its cgroup root in every controller; PID 1 sits at `/`
-                // in some (perf_event, hugetlb, net_cls), so the directories are made.
-                let dirs_exist = "for d in /sys/fs/cgroup/*/; do [ -L \"${d%/}\" ] || [ -d \"$d${cg#/}\" ] || exit 1; done";
+                // The script kubelet's drop-in runs before each start makes the root
+                // exist in every controller (PID 1 sits at `/` in some; systemd prunes
+                // empty cgroups on daemon-reload), so only the setting is checked here.
                 cmds.push(
                     Step::cmd(format!(
-                        "{CGROUP_ROOT}; for d in /sys/fs/cgroup/*/; do [ -L \"${{d%/}}\" ] || mkdir -p \"$d${{cg#/}}\"; done; \
-if [ \"$(cat /etc/default/kubelet 2>/dev/null)\" != \"$want\" ]; then printf '%s\\n' \"$want\" > /etc/default/kubelet && systemctl try-restart kubelet; fi"
+                        "{CGROUP_ROOT}; printf '%s\\n' \"$want\" > /etc/default/kubelet && {CGROUP_SCRIPT} && systemctl try-restart kubelet"
                     ))
                     .unless_check(
-                        "kubelet's cgroup root is the machine's cgroup, in every controller",
-                        format!("{CGROUP_ROOT}; [ \"$(cat /etc/default/kubelet 2>/dev/null)\" = \"$want\" ] && {{ {dirs_exist}; }}"),
+                        "kubelet's cgroup root is the machine's cgroup",
+                        format!("{CGROUP_ROOT}; [ \"$(cat /etc/default/kubelet 2>/dev/null)\" = \"$want\" ]"),
                     ),
                 );
             } else {

@@ -52,6 +52,14 @@ pub const TEMPLATES: &[(&str, &str)] = &[
         include_str!("../../templates/kubelet/kubelet.service.tera"),
     ),
     (
+        "kubelet/kubelet-cgroup-root.sh",
+        include_str!("../../templates/kubelet/kubelet-cgroup-root.sh.tera"),
+    ),
+    (
+        "kubelet/20-kubeforge-cgroup-root.conf",
+        include_str!("../../templates/kubelet/20-kubeforge-cgroup-root.conf.tera"),
+    ),
+    (
         "kubelet/10-kubeadm.conf",
         include_str!("../../templates/kubelet/10-kubeadm.conf.tera"),
     ),
@@ -239,6 +247,29 @@ pub fn render_all(
                     render(template, &base)?,
                     false,
                 );
+            }
+            if profile.container {
+                for (template, path, mode) in [
+                    (
+                        "kubelet/kubelet-cgroup-root.sh",
+                        views::CGROUP_SCRIPT,
+                        0o755,
+                    ),
+                    (
+                        "kubelet/20-kubeforge-cgroup-root.conf",
+                        "/etc/systemd/system/kubelet.service.d/20-kubeforge-cgroup-root.conf",
+                        0o644,
+                    ),
+                ] {
+                    add(
+                        FileGroup::NodeBase,
+                        template,
+                        path,
+                        mode,
+                        render(template, &base)?,
+                        false,
+                    );
+                }
             }
             let is_first = t.first_control_plane().is_some_and(|f| f.name == h.name);
             let kubeadm_path = if is_first {

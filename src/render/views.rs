@@ -7,6 +7,8 @@ use serde::Serialize;
 
 pub const CHECK_SCRIPT: &str = "/etc/keepalived/check_haproxy.sh";
 pub const BIN_DIR: &str = "/usr/local/bin";
+/// Container machines: recreates kubelet's cgroup root before kubelet starts.
+pub const CGROUP_SCRIPT: &str = "/usr/local/lib/kubeforge/kubelet-cgroup-root.sh";
 
 /// Host settings that differ between real hosts and container machines.
 #[derive(Debug, Clone, Serialize)]
@@ -24,17 +26,12 @@ pub struct Profile {
     pub sandbox_image: String,
 }
 
-/// The pause image kubeadm of each minor release expects.
-pub fn pause_version(minor: u64) -> &'static str {
-    match minor {
-        0..=20 => "3.2",
-        21 => "3.4.1",
-        22 => "3.5",
-        23..=24 => "3.6",
-        25 => "3.8",
-        26..=30 => "3.9",
-        _ => "3.10",
-    }
+/// The pause image tag kubeadm of a release expects: the artifact catalogue's (one
+/// table for what is delivered and what containerd is told to use), `3.10` past it.
+pub fn pause_version(v: &semver::Version) -> &'static str {
+    crate::artifacts::catalogue::pinned_images(v.minor, v.patch)
+        .map(|p| p.pause)
+        .unwrap_or("3.10")
 }
 
 impl Profile {
@@ -67,7 +64,7 @@ impl Profile {
                 "/opt/cni/bin"
             },
             etcd_ephemeral_storage_patch: container && v.minor < 22,
-            sandbox_image: format!("{image_repository}/pause:{}", pause_version(v.minor)),
+            sandbox_image: format!("{image_repository}/pause:{}", pause_version(&v)),
             image_repository,
         }
     }
@@ -76,6 +73,7 @@ impl Profile {
 #[derive(Debug, Serialize)]
 pub struct BaseView {
     pub cluster_name: String,
+    pub cgroup_script: &'static str,
     pub bin_dir: &'static str,
     pub sandbox_image: String,
     pub systemd_cgroup: bool,
@@ -86,6 +84,7 @@ pub struct BaseView {
 pub fn base(c: &LoadedCluster, p: &Profile) -> BaseView {
     BaseView {
         cluster_name: c.name().to_string(),
+        cgroup_script: CGROUP_SCRIPT,
         bin_dir: BIN_DIR,
         sandbox_image: p.sandbox_image.clone(),
         systemd_cgroup: p.cgroup_driver == "systemd",
