@@ -208,6 +208,71 @@ fn apply_brings_up_the_load_balancers_and_converges() {
     );
     eprintln!("first apply {first:?}, second apply {second:?}");
 
+    // plan against the converged hosts is empty ...
+    let plan = |dir: &Path| -> serde_json::Value {
+        let out = kubeforge(dir)
+            .args([
+                "plan",
+                "-f",
+                "cluster.yaml",
+                "--playbook",
+                "lb.yaml",
+                "-o",
+                "json",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let p = plan(dir.path());
+    assert_eq!(p["phases"], serde_json::json!([]), "{p}");
+    // ... and after one edit shows exactly that file's diff on the load balancers.
+    let cluster = dir.path().join("cluster.yaml");
+    let text = std::fs::read_to_string(&cluster).unwrap();
+    std::fs::write(
+        &cluster,
+        format!("{text}  loadBalancer: {{healthCheck: tcp}}\n"),
+    )
+    .unwrap();
+    let p = plan(dir.path());
+    let phases = p["phases"].as_array().unwrap();
+    assert_eq!(phases.len(), 1, "{p}");
+    assert_eq!(phases[0]["name"], "load-balancer");
+    let hosts = phases[0]["hosts"].as_array().unwrap();
+    let names: Vec<&str> = hosts.iter().map(|h| h["host"].as_str().unwrap()).collect();
+    assert_eq!(names, [format!("{NAME}-lb-1"), format!("{NAME}-lb-2")]);
+    for h in hosts {
+        let files = h["files"].as_array().unwrap();
+        assert_eq!(files.len(), 1, "{h}");
+        assert_eq!(files[0]["path"], "/etc/haproxy/haproxy.cfg");
+        assert_eq!(files[0]["change"], "update");
+        let diff = files[0]["diff"].as_str().unwrap();
+        assert!(
+            diff.contains("-    option httpchk") && diff.contains("+    option tcp-check"),
+            "{diff}"
+        );
+        let cmds = h["commands"].as_array().unwrap();
+        assert_eq!(cmds.len(), 1, "only HAProxy is reloaded: {h}");
+        assert!(cmds[0]
+            .as_str()
+            .unwrap()
+            .contains("reload-or-restart haproxy"));
+    }
+    // Applying it reloads HAProxy with the new check; then the plan is empty again.
+    let out = apply(dir.path(), &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(exec(&lb1, "cat /etc/haproxy/haproxy.cfg").contains("option tcp-check"));
+    assert_eq!(plan(dir.path())["phases"], serde_json::json!([]));
+
     // The VIP moves when its holder dies, and apply brings the machine back.
     let holder = vip_holders().remove(0);
     docker(&["stop", "-t", "1", &holder]);

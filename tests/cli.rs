@@ -199,7 +199,14 @@ fn plan_never_prints_secrets() {
 #[test]
 fn plan_json_has_every_phase_host_and_file() {
     let out = kubeforge()
-        .args(["plan", "--offline", "-o", "json", "-f", "examples/baremetal.yaml"])
+        .args([
+            "plan",
+            "--offline",
+            "-o",
+            "json",
+            "-f",
+            "examples/baremetal.yaml",
+        ])
         .assert()
         .success()
         .get_output()

@@ -307,7 +307,9 @@ pub async fn apply_hosts(
 pub enum FileChange {
     Create,
     /// `diff` is a unified diff (empty for files that hold secrets).
-    Update { diff: String },
+    Update {
+        diff: String,
+    },
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -380,7 +382,10 @@ pub async fn resolve_host(
                 diff: similar::TextDiff::from_lines(old.as_ref(), f.content.as_str())
                     .unified_diff()
                     .context_radius(2)
-                    .header(&format!("{} (on {})", f.path, host.name), &format!("{} (planned)", f.path))
+                    .header(
+                        &format!("{} (on {})", f.path, host.name),
+                        &format!("{} (planned)", f.path),
+                    )
                     .to_string(),
             }
         };

@@ -99,7 +99,10 @@ enum Frame {
         /// No key seen yet.
         first: bool,
     },
-    Seq { path: String, next: usize },
+    Seq {
+        path: String,
+        next: usize,
+    },
 }
 
 #[derive(Default)]
