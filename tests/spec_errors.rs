@@ -321,6 +321,12 @@ fn cases() -> Vec<(&'static str, String, Option<&'static str>, &'static str)> {
             "cluster.yaml:9:26: spec.state.endpoint: `http://127.0.0.1:9000` is plain http: set allowHttp: true to allow it (local emulators only)",
         ),
         (
+            "half of the S3 credential settings",
+            docker("  state: {url: s3://b/p, accessKeyIdEnv: MINIO_USER}\n"),
+            None,
+            "cluster.yaml:9:3: spec.state: set both accessKeyIdEnv and secretAccessKeyEnv, or neither (then the AWS environment variables are used)",
+        ),
+        (
             "invalid cluster name",
             docker("").replace("name: t", "name: My_Cluster"),
             None,

@@ -212,6 +212,11 @@ pub struct StateSpec {
     /// Allow plain http endpoints (local emulators only).
     #[serde(default)]
     pub allow_http: bool,
+    /// Name of the environment variable holding the S3 access key id (default: the
+    /// usual AWS variables and files). The key itself never goes in the cluster file.
+    pub access_key_id_env: Option<String>,
+    /// Name of the environment variable holding the S3 secret access key.
+    pub secret_access_key_env: Option<String>,
     #[serde(default)]
     pub encryption: EncryptionSpec,
 }

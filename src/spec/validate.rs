@@ -364,6 +364,12 @@ fn check_state(st: &StateSpec, rep: &mut Reporter<'_>) {
             );
         }
     }
+    if st.access_key_id_env.is_some() != st.secret_access_key_env.is_some() {
+        rep.error(
+            "spec.state",
+            "set both accessKeyIdEnv and secretAccessKeyEnv, or neither (then the AWS environment variables are used)",
+        );
+    }
     let enc = &st.encryption;
     let set = [
         enc.key_file.is_some(),

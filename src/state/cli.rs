@@ -192,7 +192,7 @@ fn open_store(target: &Target, with_key: bool) -> Result<StateStore, StateError>
         (None, Some(c)) => super::default_url(c),
         (None, None) => return Err(StateError::Usage("no state store URL".into())),
     };
-    let options: StoreOptions = target.spec.options();
+    let options: StoreOptions = target.spec.options()?;
     let backend = StateStore::backend_for(&url, &options, &target.base_dir)?;
     let keyring = if with_key {
         Keyring::resolve(&target.spec.encryption, &target.base_dir)?

@@ -35,6 +35,25 @@ pub struct StoreOptions {
     pub path_style: bool,
     /// Allow plain http:// endpoints (local emulators).
     pub allow_http: bool,
+    /// S3 credentials read from the variables the cluster file names (default: the
+    /// AWS environment). Never serialized.
+    #[serde(skip)]
+    pub credentials: Option<S3Credentials>,
+}
+
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct S3Credentials {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+}
+
+impl std::fmt::Debug for S3Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Credentials")
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"<redacted>")
+            .finish()
+    }
 }
 
 // `spec.state` of the cluster file is intent and lives with the cluster spec; the
@@ -42,13 +61,30 @@ pub struct StoreOptions {
 pub use crate::spec::{EncryptionSpec, StateSpec};
 
 impl StateSpec {
-    pub fn options(&self) -> StoreOptions {
-        StoreOptions {
+    /// Connection options, with the S3 credentials read from the variables named in
+    /// `accessKeyIdEnv` / `secretAccessKeyEnv` (an unset variable is an error).
+    pub fn options(&self) -> Result<StoreOptions, StateError> {
+        let read = |setting: &str, var: &String| {
+            std::env::var(var).map_err(|_| {
+                StateError::Usage(format!(
+                    "spec.state.{setting} names {var}, which is not set"
+                ))
+            })
+        };
+        let credentials = match (&self.access_key_id_env, &self.secret_access_key_env) {
+            (Some(id), Some(secret)) => Some(S3Credentials {
+                access_key_id: read("accessKeyIdEnv", id)?,
+                secret_access_key: read("secretAccessKeyEnv", secret)?,
+            }),
+            _ => None,
+        };
+        Ok(StoreOptions {
             endpoint: self.endpoint.clone(),
             region: self.region.clone(),
             path_style: self.path_style,
             allow_http: self.allow_http,
-        }
+            credentials,
+        })
     }
 }
 
@@ -192,5 +228,42 @@ pub async fn until_ctrl_c<F: std::future::Future>(fut: F) -> Result<F::Output, S
     tokio::select! {
         out = fut => Ok(out),
         _ = tokio::signal::ctrl_c() => Err(StateError::Interrupted),
+    }
+}
+
+#[cfg(test)]
+mod credential_tests {
+    use super::*;
+
+    #[test]
+    fn s3_credentials_come_from_the_named_variables() {
+        std::env::set_var("KF_TEST_S3_ID_71", "minio-user");
+        std::env::set_var("KF_TEST_S3_SECRET_71", "minio-secret-value");
+        let spec = StateSpec {
+            url: Some("s3://b/p".into()),
+            access_key_id_env: Some("KF_TEST_S3_ID_71".into()),
+            secret_access_key_env: Some("KF_TEST_S3_SECRET_71".into()),
+            ..Default::default()
+        };
+        let c = spec.options().unwrap().credentials.unwrap();
+        assert_eq!(c.access_key_id, "minio-user");
+        assert_eq!(c.secret_access_key, "minio-secret-value");
+        assert!(!format!("{c:?}").contains("minio-secret-value"));
+        let missing = StateSpec {
+            secret_access_key_env: Some("KF_TEST_S3_UNSET_71".into()),
+            ..spec
+        };
+        assert_eq!(
+            missing.options().unwrap_err().to_string(),
+            StateError::Usage(
+                "spec.state.secretAccessKeyEnv names KF_TEST_S3_UNSET_71, which is not set".into()
+            )
+            .to_string()
+        );
+        assert!(StateSpec::default()
+            .options()
+            .unwrap()
+            .credentials
+            .is_none());
     }
 }

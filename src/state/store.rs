@@ -106,7 +106,7 @@ impl StateStore {
             .url
             .clone()
             .unwrap_or_else(|| super::default_url(cluster_name));
-        let backend = Self::backend_for(&url, &spec.options(), base_dir)?;
+        let backend = Self::backend_for(&url, &spec.options()?, base_dir)?;
         let keyring = Keyring::resolve(&spec.encryption, base_dir)?;
         Ok(StateStore::with_backend(backend)
             .with_cluster(Some(cluster_name.to_string()))
@@ -195,6 +195,11 @@ impl StateStore {
                     .with_virtual_hosted_style_request(!options.path_style);
                 if let Some(endpoint) = &options.endpoint {
                     b = b.with_endpoint(endpoint);
+                }
+                if let Some(c) = &options.credentials {
+                    b = b
+                        .with_access_key_id(&c.access_key_id)
+                        .with_secret_access_key(&c.secret_access_key);
                 }
                 let region = options
                     .region
