@@ -83,6 +83,7 @@ impl Ctx {
                 region: Some("us-east-1".into()),
                 path_style: true,
                 allow_http: true,
+                credentials: None,
             },
             kind: "s3",
             _dir: None,
