@@ -1,11 +1,15 @@
 use super::exec;
-use super::{host_plan, new_plan, ApplyContext, Phase, PhaseError, PhasePlan, PlanContext, Step};
+use super::{
+    host_plan, new_plan, ApplyContext, Phase, PhaseError, PhasePlan, PlanContext, Step, APPLIED_DIR,
+};
 use crate::render::views::{Profile, BIN_DIR};
 use crate::render::FileGroup;
 
 pub struct InitControlPlane;
 
 pub const ADMIN_CONF: &str = "/etc/kubernetes/admin.conf";
+/// Written after `kubeadm init` succeeded.
+pub const INIT_DONE: &str = "/var/lib/kubeforge/applied/kubeadm-init";
 pub const CA_CERT: &str = "/etc/kubernetes/pki/ca.crt";
 /// Where the CA public key hash is kept in the state's secrets (not secret itself, but
 /// it belongs with the PKI).
@@ -95,12 +99,16 @@ impl Phase for InitControlPlane {
                 ctx,
                 h,
                 &[FileGroup::Kubeadm],
+                // A finished init is marked, and never run again (an unhealthy
+                // apiserver later is not a reason to re-init over etcd's data); an
+                // init that failed half-way is run again.
                 vec![Step::cmd(format!(
-                    "{BIN_DIR}/kubeadm init --config /etc/kubeforge/kubeadm-init.yaml --upload-certs{flags}"
+                    "{BIN_DIR}/kubeadm init --config /etc/kubeforge/kubeadm-init.yaml --upload-certs{flags} \
+&& mkdir -p {APPLIED_DIR} && touch {INIT_DONE}"
                 ))
                 .unless_check(
-                    format!("{ADMIN_CONF} exists and the apiserver answers"),
-                    format!("test -f {ADMIN_CONF} && {} get --raw=/readyz >/dev/null 2>&1", kubectl()),
+                    format!("kubeadm init finished here before ({INIT_DONE})"),
+                    format!("test -f {ADMIN_CONF} && test -f {INIT_DONE}"),
                 )],
             ));
         }

@@ -15,13 +15,24 @@ const MEMBER_WAIT: Duration = Duration::from_secs(180);
 
 fn join_step(ctx: &PlanContext<'_>, control_plane: bool) -> Step {
     let flags = kubeadm_join_flags(ctx, control_plane);
-    Step::cmd(format!(
+    let step = Step::cmd(format!(
         "{BIN_DIR}/kubeadm join --config /etc/kubeforge/kubeadm-join.yaml{flags}"
-    ))
-    .unless_check(
-        format!("{KUBELET_CONF} exists (the node joined)"),
-        format!("test -f {KUBELET_CONF}"),
-    )
+    ));
+    if control_plane {
+        // kubelet.conf is written half-way through a control-plane join; the static
+        // pods of etcd and the apiserver are the last thing it writes.
+        step.unless_check(
+            "the node joined and runs etcd and the apiserver",
+            format!(
+                "test -f {KUBELET_CONF} && test -f /etc/kubernetes/manifests/etcd.yaml && test -f /etc/kubernetes/manifests/kube-apiserver.yaml"
+            ),
+        )
+    } else {
+        step.unless_check(
+            format!("{KUBELET_CONF} exists (the node joined)"),
+            format!("test -f {KUBELET_CONF}"),
+        )
+    }
 }
 
 /// Re-upload the control-plane certificates (kubeadm keeps them 2 hours) and make sure

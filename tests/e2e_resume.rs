@@ -1,0 +1,233 @@
+//! Crash and resume: `kubeforge apply` is killed with SIGKILL at several points of a
+//! bootstrap (during prepare-hosts, right after kubeadm init, between the control-plane
+//! joins); each time the lock it leaves names its holder, is broken on purpose, and the
+//! next apply carries on. The last run converges to a 3-master cluster without running
+//! kubeadm init again.
+//!
+//! Needs the Docker engine, the node image and the mirror; fails, never skips, without.
+
+mod support;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command as Std, Stdio};
+use std::time::{Duration, Instant};
+use support::{docker, kubeforge, require_testbed};
+
+const NAME: &str = "kf-resume";
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn mirror() -> String {
+    if let Ok(m) = std::env::var("KUBEFORGE_K8S_MIRROR") {
+        return m;
+    }
+    let out = Std::new("bash")
+        .arg(root().join("scripts/k8s-mirror/build.sh"))
+        .arg("--print-dir")
+        .output()
+        .unwrap();
+    let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        out.status.success() && Path::new(&dir).join("v1.20.2").is_dir(),
+        "the Kubernetes mirror is missing: run scripts/testbed/50-k8s-mirror.sh"
+    );
+    dir
+}
+
+struct Restore(Vec<(String, String)>);
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        support::cleanup(NAME);
+        for (p, v) in &self.0 {
+            if !v.is_empty() {
+                let _ = std::fs::write(p, v);
+            }
+        }
+    }
+}
+
+fn restore_guard() -> Restore {
+    Restore(
+        [
+            "vm/overcommit_memory",
+            "kernel/panic",
+            "kernel/panic_on_oops",
+        ]
+        .iter()
+        .map(|k| {
+            let p = format!("/proc/sys/{k}");
+            (p.clone(), std::fs::read_to_string(&p).unwrap_or_default())
+        })
+        .collect(),
+    )
+}
+
+/// Start `apply` and SIGKILL it `delay` after the line announcing `phase` appears.
+/// Returns the lines it printed.
+fn apply_killed_at(dir: &Path, phase: &str, delay: Duration) -> Vec<String> {
+    let bin = assert_cmd::cargo::cargo_bin("kubeforge");
+    let mut child: Child = Std::new(bin)
+        .current_dir(dir)
+        .env("KUBEFORGE_STATE_KEY_FILE", dir.join("state.agekey"))
+        .args(["apply", "-f", "cluster.yaml", "--yes"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(900);
+    for line in BufReader::new(stderr).lines() {
+        let line = line.unwrap();
+        lines.push(line.clone());
+        if line.starts_with("==> phase") && line.contains(&format!(" {phase}:")) {
+            std::thread::sleep(delay);
+            child.kill().unwrap();
+            break;
+        }
+        assert!(Instant::now() < deadline, "apply never reached {phase}");
+    }
+    let status = child.wait().unwrap();
+    assert!(
+        !status.success(),
+        "apply finished before it reached {phase}: {lines:#?}"
+    );
+    lines
+}
+
+/// After a SIGKILL the lock is still held: apply refuses, naming the holder, and an
+/// operator breaks it on purpose.
+fn break_the_lock(dir: &Path) {
+    let out = kubeforge(dir)
+        .args(["apply", "-f", "cluster.yaml", "--yes"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "a held lock is exit 3: {stderr}"
+    );
+    assert!(
+        stderr.contains("kubeforge apply"),
+        "the holder's command is named: {stderr}"
+    );
+    let out = kubeforge(dir)
+        .args(["state", "unlock", "--force", "-f", "cluster.yaml"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn apply_killed_at_several_points_resumes_and_converges() {
+    require_testbed();
+    support::cleanup(NAME);
+    let _restore = restore_guard();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("cluster.yaml"),
+        format!(
+            "apiVersion: kubeforge.dev/v1alpha1
+kind: Cluster
+metadata:
+  name: {NAME}
+spec:
+  kubernetesVersion: v1.20.2
+  provider:
+    docker: {{subnet: 10.252.30.0/24}}
+  nodePools:
+    controlPlane: {{count: 3}}
+  loadBalancer: {{placement: control-plane, port: 8443}}
+  artifacts: {{mirror: {}}}
+  kubeadm: {{skipPhases: [preflight, addon/coredns]}}
+",
+            mirror()
+        ),
+    )
+    .unwrap();
+    kubeforge(dir.path())
+        .args(["state", "keygen", "--out", "state.agekey"])
+        .assert()
+        .success();
+
+    // 1. Killed while preparing hosts (machines exist, artifacts half pushed).
+    apply_killed_at(dir.path(), "prepare-hosts", Duration::from_secs(3));
+    break_the_lock(dir.path());
+    // 2. Killed right after kubeadm init finished.
+    apply_killed_at(dir.path(), "join-control-plane", Duration::ZERO);
+    break_the_lock(dir.path());
+    // 3. Killed between the two control-plane joins.
+    apply_killed_at(dir.path(), "join-control-plane", Duration::from_secs(25));
+    break_the_lock(dir.path());
+
+    // The next run converges and does not run kubeadm init again.
+    let out = kubeforge(dir.path())
+        .args(["apply", "-f", "cluster.yaml", "--yes", "-o", "json"])
+        .timeout(Duration::from_secs(1200))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let init = report["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["phase"] == "init-control-plane")
+        .unwrap();
+    assert_eq!(init["steps_run"], 0, "kubeadm init ran again: {init}");
+    assert_eq!(init["steps_skipped"], 1);
+
+    // Three control-plane nodes Ready, three etcd members.
+    let cp1 = format!("{NAME}-cp-1");
+    let nodes = docker(&[
+        "exec",
+        &cp1,
+        "/usr/local/bin/kubectl",
+        "--kubeconfig=/etc/kubernetes/admin.conf",
+        "get",
+        "nodes",
+        "-o",
+        "json",
+    ]);
+    let (ready, all) =
+        kubeforge::phase::ready_nodes(&String::from_utf8_lossy(&nodes.stdout)).unwrap();
+    assert_eq!((ready.len(), all.len()), (3, 3), "{ready:?} of {all:?}");
+    let out = docker(&[
+        "exec",
+        &cp1,
+        "curl",
+        "-sS",
+        "--cacert",
+        "/etc/kubernetes/pki/etcd/ca.crt",
+        "--cert",
+        "/etc/kubernetes/pki/etcd/healthcheck-client.crt",
+        "--key",
+        "/etc/kubernetes/pki/etcd/healthcheck-client.key",
+        "-X",
+        "POST",
+        "https://127.0.0.1:2379/v3/cluster/member/list",
+    ]);
+    let members: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(members["members"].as_array().unwrap().len(), 3, "{members}");
+
+    // The journal shows the interrupted attempts and the final ones.
+    let out = kubeforge(dir.path())
+        .args(["state", "show", "-f", "cluster.yaml", "-o", "json"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("join-control-plane"), "{text}");
+}
