@@ -160,9 +160,19 @@ async fn run_locked(
     // The whole plan first, for the operator to confirm.
     let secrets =
         render_secrets(&doc).ok_or_else(|| Error::Usage("internal: secrets missing".into()))?;
-    let full = crate::ops::plan::build(c, &secrets, args.playbook.as_deref())?;
     if output == OutputFormat::Text {
-        eprint!("{}", crate::ops::plan::text(&full, c, false));
+        if doc.machines.is_empty() {
+            let full = crate::ops::plan::build(c, &secrets, args.playbook.as_deref())?;
+            eprint!("{}", crate::ops::plan::text(&full, c, false));
+        } else {
+            // Machines exist: show what would change on them, files as diffs.
+            let (plan, unreachable) =
+                crate::ops::plan::against_hosts(c, &doc, args.playbook.as_deref()).await?;
+            eprint!("{}", crate::ops::plan::online_text(&plan));
+            for e in &unreachable {
+                eprintln!("warning: not planned, {e} (apply will try again)");
+            }
+        }
     }
     if !args.yes {
         confirm()?;

@@ -161,6 +161,28 @@ async fn online(
     playbook_file: Option<&Path>,
     output: OutputFormat,
 ) -> Result<(), Error> {
+    let (plan, failures) = against_hosts(c, doc, playbook_file).await?;
+    match output {
+        OutputFormat::Json => print_json(&plan)?,
+        OutputFormat::Text => print!("{}", online_text(&plan)),
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Phase(Box::new(phase::PhaseError::Hosts {
+            phase: "plan".into(),
+            errors: failures,
+        })))
+    }
+}
+
+/// The plan against the hosts as they are now (read-only), and the hosts that could not
+/// be asked.
+pub async fn against_hosts(
+    c: &LoadedCluster,
+    doc: &crate::state::StateDocument,
+    playbook_file: Option<&Path>,
+) -> Result<(OnlinePlan, Vec<crate::phase::exec::HostError>), Error> {
     use crate::phase::exec::{resolve_host, HostError, Runtime};
     use crate::transport::{MemoryHostKeyStore, ProgressMode, SshPool};
     use std::sync::Arc;
@@ -169,10 +191,12 @@ async fn online(
     let auth = crate::ops::apply::ssh_auth(c, doc)?;
     // Read-only: keys learned now are not saved.
     let host_keys = Arc::new(MemoryHostKeyStore::from_map(doc.host_keys.clone()));
-    let pool = Arc::new(SshPool::new(
-        crate::ops::apply::ssh_config(c, auth, &[])?,
-        host_keys.clone(),
-    ));
+    // One attempt per host: a plan reports a host it cannot reach, it does not wait for
+    // it to boot.
+    let mut cfg = crate::ops::apply::ssh_config(c, auth, &[])?;
+    cfg.retry.window = std::time::Duration::ZERO;
+    cfg.retry.auth_window = std::time::Duration::ZERO;
+    let pool = Arc::new(SshPool::new(cfg, host_keys.clone()));
     let rt = Runtime {
         pool: pool.clone(),
         host_keys,
@@ -211,26 +235,17 @@ async fn online(
         }
     }
     pool.close_all().await;
-    let plan = OnlinePlan {
-        cluster: c.name().to_string(),
-        state_generation: doc.generation,
-        phases,
-    };
-    match output {
-        OutputFormat::Json => print_json(&plan)?,
-        OutputFormat::Text => print!("{}", online_text(&plan)),
-    }
-    if failures.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::Phase(Box::new(phase::PhaseError::Hosts {
-            phase: "plan".into(),
-            errors: failures,
-        })))
-    }
+    Ok((
+        OnlinePlan {
+            cluster: c.name().to_string(),
+            state_generation: doc.generation,
+            phases,
+        },
+        failures,
+    ))
 }
 
-fn online_text(p: &OnlinePlan) -> String {
+pub fn online_text(p: &OnlinePlan) -> String {
     use crate::phase::exec::FileChange;
     let mut o = String::new();
     let _ = writeln!(
