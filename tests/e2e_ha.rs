@@ -10,69 +10,13 @@
 //! machines share this kernel); they are restored at the end.
 
 mod support;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command as Std;
 use std::time::{Duration, Instant};
-use support::{docker, kubeforge, require_testbed};
+use support::{docker, kubeforge, mirror, require_testbed, root, ClusterGuard};
 
 const NAME: &str = "kf-e2e";
 const SUBNET: &str = "10.252.20";
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn mirror() -> String {
-    if let Ok(m) = std::env::var("KUBEFORGE_K8S_MIRROR") {
-        return m;
-    }
-    let out = Std::new("bash")
-        .arg(root().join("scripts/k8s-mirror/build.sh"))
-        .arg("--print-dir")
-        .output()
-        .unwrap();
-    let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    assert!(
-        out.status.success() && Path::new(&dir).join("v1.20.2").is_dir(),
-        "the Kubernetes mirror is missing: run scripts/testbed/50-k8s-mirror.sh ({dir})"
-    );
-    dir
-}
-
-const SYSCTLS: [&str; 3] = [
-    "vm/overcommit_memory",
-    "kernel/panic",
-    "kernel/panic_on_oops",
-];
-
-struct Restore {
-    sysctls: Vec<(String, String)>,
-}
-
-impl Restore {
-    fn new() -> Restore {
-        Restore {
-            sysctls: SYSCTLS
-                .iter()
-                .map(|k| {
-                    let p = format!("/proc/sys/{k}");
-                    (p.clone(), std::fs::read_to_string(&p).unwrap_or_default())
-                })
-                .collect(),
-        }
-    }
-}
-
-impl Drop for Restore {
-    fn drop(&mut self) {
-        support::cleanup(NAME);
-        for (p, v) in &self.sysctls {
-            if !v.is_empty() {
-                let _ = std::fs::write(p, v);
-            }
-        }
-    }
-}
 
 fn cluster_file(dir: &Path) {
     // examples/local.yaml, renamed onto a subnet of its own, with the test mirror.
@@ -102,8 +46,7 @@ fn kubectl(dir: &Path, args: &[&str]) -> std::process::Output {
 #[test]
 fn apply_bootstraps_a_three_master_cluster_behind_a_vip() {
     require_testbed();
-    support::cleanup(NAME);
-    let _restore = Restore::new();
+    let _guard = ClusterGuard::new(NAME);
     let dir = tempfile::tempdir().unwrap();
     cluster_file(dir.path());
     kubeforge(dir.path())

@@ -8,62 +8,12 @@
 
 mod support;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command as Std, Stdio};
 use std::time::{Duration, Instant};
-use support::{docker, kubeforge, require_testbed};
+use support::{docker, kubeforge, mirror, require_testbed, ClusterGuard};
 
 const NAME: &str = "kf-resume";
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn mirror() -> String {
-    if let Ok(m) = std::env::var("KUBEFORGE_K8S_MIRROR") {
-        return m;
-    }
-    let out = Std::new("bash")
-        .arg(root().join("scripts/k8s-mirror/build.sh"))
-        .arg("--print-dir")
-        .output()
-        .unwrap();
-    let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    assert!(
-        out.status.success() && Path::new(&dir).join("v1.20.2").is_dir(),
-        "the Kubernetes mirror is missing: run scripts/testbed/50-k8s-mirror.sh"
-    );
-    dir
-}
-
-struct Restore(Vec<(String, String)>);
-
-impl Drop for Restore {
-    fn drop(&mut self) {
-        support::cleanup(NAME);
-        for (p, v) in &self.0 {
-            if !v.is_empty() {
-                let _ = std::fs::write(p, v);
-            }
-        }
-    }
-}
-
-fn restore_guard() -> Restore {
-    Restore(
-        [
-            "vm/overcommit_memory",
-            "kernel/panic",
-            "kernel/panic_on_oops",
-        ]
-        .iter()
-        .map(|k| {
-            let p = format!("/proc/sys/{k}");
-            (p.clone(), std::fs::read_to_string(&p).unwrap_or_default())
-        })
-        .collect(),
-    )
-}
 
 /// Start `apply` and SIGKILL it `delay` after the line announcing `phase` appears.
 /// Returns the lines it printed.
@@ -130,8 +80,7 @@ fn break_the_lock(dir: &Path) {
 #[test]
 fn apply_killed_at_several_points_resumes_and_converges() {
     require_testbed();
-    support::cleanup(NAME);
-    let _restore = restore_guard();
+    let _guard = ClusterGuard::new(NAME);
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("cluster.yaml"),

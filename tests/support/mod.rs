@@ -49,3 +49,63 @@ pub fn kubeforge(dir: &Path) -> assert_cmd::Command {
         .env_remove("KUBEFORGE_STATE_KEY");
     c
 }
+
+pub fn root() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The Kubernetes v1.20.2 mirror: $KUBEFORGE_K8S_MIRROR or the test bed's.
+pub fn mirror() -> String {
+    if let Ok(m) = std::env::var("KUBEFORGE_K8S_MIRROR") {
+        return m;
+    }
+    let out = Std::new("bash")
+        .arg(root().join("scripts/k8s-mirror/build.sh"))
+        .arg("--print-dir")
+        .output()
+        .unwrap();
+    let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        out.status.success() && Path::new(&dir).join("v1.20.2").is_dir(),
+        "the Kubernetes mirror is missing: run scripts/testbed/50-k8s-mirror.sh ({dir})"
+    );
+    dir
+}
+
+/// Removes a test cluster and puts back the three host-wide sysctls kubelet changes
+/// (the machines share this kernel), when dropped.
+pub struct ClusterGuard {
+    cluster: &'static str,
+    sysctls: Vec<(String, String)>,
+}
+
+impl ClusterGuard {
+    pub fn new(cluster: &'static str) -> ClusterGuard {
+        cleanup(cluster);
+        ClusterGuard {
+            cluster,
+            sysctls: [
+                "vm/overcommit_memory",
+                "kernel/panic",
+                "kernel/panic_on_oops",
+            ]
+            .iter()
+            .map(|k| {
+                let p = format!("/proc/sys/{k}");
+                (p.clone(), std::fs::read_to_string(&p).unwrap_or_default())
+            })
+            .collect(),
+        }
+    }
+}
+
+impl Drop for ClusterGuard {
+    fn drop(&mut self) {
+        cleanup(self.cluster);
+        for (p, v) in &self.sysctls {
+            if !v.is_empty() {
+                let _ = std::fs::write(p, v);
+            }
+        }
+    }
+}
