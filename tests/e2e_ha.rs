@@ -107,22 +107,7 @@ fn apply_bootstraps_a_three_master_cluster_behind_a_vip() {
 
     // etcd has 3 started members.
     let cp1 = format!("{NAME}-cp-1");
-    let out = docker(&[
-        "exec",
-        &cp1,
-        "curl",
-        "-sS",
-        "--cacert",
-        "/etc/kubernetes/pki/etcd/ca.crt",
-        "--cert",
-        "/etc/kubernetes/pki/etcd/healthcheck-client.crt",
-        "--key",
-        "/etc/kubernetes/pki/etcd/healthcheck-client.key",
-        "-X",
-        "POST",
-        "https://127.0.0.1:2379/v3/cluster/member/list",
-    ]);
-    let members: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let members = support::etcd_member_list(&cp1);
     assert_eq!(members["members"].as_array().unwrap().len(), 3, "{members}");
 
     // A second run changes nothing and is quick.

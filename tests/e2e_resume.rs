@@ -154,22 +154,7 @@ spec:
     let (ready, all) =
         kubeforge::phase::ready_nodes(&String::from_utf8_lossy(&nodes.stdout)).unwrap();
     assert_eq!((ready.len(), all.len()), (3, 3), "{ready:?} of {all:?}");
-    let out = docker(&[
-        "exec",
-        &cp1,
-        "curl",
-        "-sS",
-        "--cacert",
-        "/etc/kubernetes/pki/etcd/ca.crt",
-        "--cert",
-        "/etc/kubernetes/pki/etcd/healthcheck-client.crt",
-        "--key",
-        "/etc/kubernetes/pki/etcd/healthcheck-client.key",
-        "-X",
-        "POST",
-        "https://127.0.0.1:2379/v3/cluster/member/list",
-    ]);
-    let members: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let members = support::etcd_member_list(&cp1);
     assert_eq!(members["members"].as_array().unwrap().len(), 3, "{members}");
 
     // The journal shows the interrupted attempts and the final ones.

@@ -109,3 +109,30 @@ impl Drop for ClusterGuard {
         }
     }
 }
+
+/// etcd's member list, asked of the etcd on `machine` with its health-check client
+/// certificate (the JSON of /v3/cluster/member/list).
+pub fn etcd_member_list(machine: &str) -> serde_json::Value {
+    let out = docker(&[
+        "exec",
+        machine,
+        "curl",
+        "-sS",
+        "--cacert",
+        "/etc/kubernetes/pki/etcd/ca.crt",
+        "--cert",
+        "/etc/kubernetes/pki/etcd/healthcheck-client.crt",
+        "--key",
+        "/etc/kubernetes/pki/etcd/healthcheck-client.key",
+        "-X",
+        "POST",
+        "https://127.0.0.1:2379/v3/cluster/member/list",
+    ]);
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "etcd on {machine} did not answer with JSON ({e}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
