@@ -134,7 +134,7 @@ async fn run_locked(
     let doc = state.get().await;
     let auth = ssh_auth(c, &doc)?;
     let docker = match &c.cluster.spec.provider {
-        Provider::Docker(d) => Some(docker_provider(c, d, &doc).await?),
+        Provider::Docker(d) => Some(docker_provider(c, d, &auth).await?),
         Provider::Static(_) => None,
     };
     let host_keys = Arc::new(MemoryHostKeyStore::from_map(doc.host_keys.clone()));
@@ -443,31 +443,20 @@ pub fn ssh_config(c: &LoadedCluster, auth: SshAuth, accept: &[String]) -> Result
 async fn docker_provider(
     c: &LoadedCluster,
     d: &spec::DockerProvider,
-    doc: &StateDocument,
+    auth: &SshAuth,
 ) -> Result<DockerProvider, Error> {
-    let public = match doc.secrets.extra.get(SSH_KEY) {
-        Some(pem) => {
-            let key = russh::keys::decode_secret_key(pem, None).map_err(|e| {
-                Error::Usage(format!("the SSH key in the state is unreadable: {e}"))
-            })?;
-            crate::transport::ssh::encode_key(&key)
-                .map_err(|e| Error::Usage(format!("cannot encode the SSH key: {e}")))?
-                .1
-        }
-        None => {
-            // A user-provided key file: install its public half.
-            let f = c.cluster.spec.ssh.key_file.as_deref().unwrap_or_default();
-            let path = expand_home(&format!("{f}.pub"));
-            let path = if path.is_relative() {
-                c.base_dir.join(path)
-            } else {
-                path
-            };
-            std::fs::read_to_string(&path)
-                .map_err(|e| Error::Usage(format!("cannot read {}: {e}", path.display())))?
-                .trim()
-                .to_string()
-        }
+    // The machines get the public half of the key kubeforge logs in with (the cluster
+    // key from the state, or the user's key file), already loaded by `ssh_auth`.
+    let public = match auth {
+        SshAuth::Key(key) => key
+            .public_key()
+            .to_openssh()
+            .map_err(|e| Error::Usage(format!("cannot encode the SSH public key: {e}")))?,
+        SshAuth::Agent => return Err(Error::Usage(
+            "the docker provider installs the login key into its machines: set spec.ssh.keyFile, \
+or leave both keyFile and agent unset for a cluster key kept in the state"
+                .into(),
+        )),
     };
     let cfg = DockerConfig {
         cluster: c.name().to_string(),
