@@ -123,7 +123,7 @@ check() { # image-tar, command...
     if ! chroot "$dir" "$@" >"$dir.out" 2>&1; then
         log "$(basename "$tarball"): \`$*\` fails inside the image:"; cat "$dir.out" >&2; exit 1
     fi
-    log "$(basename "$tarball"): $* -> $(head -c 80 "$dir.out" | head -1)"
+    log "$(basename "$tarball"): $* -> $(head -c 80 "$dir.out" | sed -n 1p)"
     rm -rf "$dir" "$dir.out"
 }
 check "$images/etcd-$ETCD_TAG.tar" /usr/local/bin/etcd --version

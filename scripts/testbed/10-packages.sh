@@ -14,5 +14,7 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
-haproxy -v | head -1
-keepalived --version 2>&1 | head -1
+# Print the first line of each version banner; sed reads all input, so no
+# SIGPIPE under pipefail (head exiting early killed CI with exit 141).
+haproxy -v | sed -n 1p
+keepalived --version 2>&1 | sed -n 1p
