@@ -50,6 +50,8 @@ pub enum Error {
     Provider(Box<crate::provider::ProviderError>),
     #[error(transparent)]
     Transport(Box<crate::transport::TransportError>),
+    #[error(transparent)]
+    Addons(Box<crate::addons::AddonsError>),
 }
 
 // The module errors are large (they carry hosts, paths and sources); boxed here so that
@@ -67,7 +69,8 @@ boxed_from!(
     State(crate::state::StateError),
     Artifacts(crate::artifacts::ArtifactsError),
     Provider(crate::provider::ProviderError),
-    Transport(crate::transport::TransportError)
+    Transport(crate::transport::TransportError),
+    Addons(crate::addons::AddonsError)
 );
 
 impl Error {
@@ -80,6 +83,7 @@ impl Error {
             Error::Provider(_) => ExitKind::Provider,
             Error::Phase(e) => e.exit_kind(),
             Error::Transport(_) => ExitKind::Ssh,
+            Error::Addons(e) => e.exit_kind(),
         }
     }
 

@@ -3,6 +3,7 @@
 //! Layers (arrows point down only), see `docs/architecture.md`:
 //! `cli` -> `ops` -> `playbook`/`phase` -> `provider`/`transport`/`state`/`render` -> `spec`.
 
+pub mod addons;
 pub mod artifacts;
 pub mod cli;
 pub mod error;

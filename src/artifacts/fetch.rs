@@ -339,6 +339,44 @@ async fn fetch_one(
     let sum_loc = source.checksum_location(&w.rel);
     let expected = parse_checksum(&fetcher.read_text(&sum_loc).await?, &sum_loc.to_string())?;
     let loc = source.location(&w.rel);
+    let (blob, size, cached) = fetch_pinned(fetcher, &loc, &expected, cache, &w.name).await?;
+    let archive_ref = match w.kind {
+        ArtifactKind::Image => Some(archive_reference(&blob).await?),
+        ArtifactKind::Binary => None,
+    };
+    Ok(LocalArtifact {
+        name: w.name,
+        kind: w.kind,
+        path: blob,
+        sha256: expected,
+        size,
+        origin: loc.to_string(),
+        remote_path: w.remote_path,
+        mode: w.mode,
+        image_ref: w.image_ref,
+        archive_ref,
+        cached,
+    })
+}
+
+/// Fetch `loc` into the cache unless a verified copy is there, and verify it against the
+/// `expected` sha256: `(blob path, size, served from the cache)`. A mismatching download
+/// is removed and reported; nothing unverified ever lands in the cache.
+pub async fn fetch_pinned(
+    fetcher: &Fetcher,
+    loc: &Location,
+    expected: &str,
+    cache: &Cache,
+    name: &str,
+) -> Result<(PathBuf, u64, bool), ArtifactsError> {
+    let dir = cache.root.join("sha256");
+    tokio::fs::create_dir_all(&dir)
+        .await
+        .map_err(|source| ArtifactsError::Cache {
+            path: dir.clone(),
+            source,
+        })?;
+    let expected = expected.to_string();
     let blob = cache.blob_path(&expected);
     let mut cached = false;
     let mut size = None;
@@ -357,15 +395,15 @@ async fn fetch_one(
     let size = match size {
         Some(s) => s,
         None => {
-            let part = cache.root.join("sha256").join(format!(
-                ".{expected}.{}.{}.part",
+            let file_name = name.replace('/', "_");
+            let part = dir.join(format!(
+                ".{expected}.{}.{file_name}.part",
                 std::process::id(),
-                w.name
             ));
             // Removed on every early return, also when the caller drops this future
             // (another artifact failed first).
             let guard = PartFile(part.clone());
-            let (actual, len) = fetcher.copy_hashing(&loc, &part).await?;
+            let (actual, len) = fetcher.copy_hashing(loc, &part).await?;
             if actual != expected {
                 return Err(ArtifactsError::ChecksumMismatch {
                     file: loc.to_string(),
@@ -380,27 +418,11 @@ async fn fetch_one(
                     source,
                 })?;
             std::mem::forget(guard);
-            tracing::info!("fetched {} ({len} bytes) from {loc}", w.name);
+            tracing::info!("fetched {name} ({len} bytes) from {loc}");
             len
         }
     };
-    let archive_ref = match w.kind {
-        ArtifactKind::Image => Some(archive_reference(&blob).await?),
-        ArtifactKind::Binary => None,
-    };
-    Ok(LocalArtifact {
-        name: w.name,
-        kind: w.kind,
-        path: blob,
-        sha256: expected,
-        size,
-        origin: loc.to_string(),
-        remote_path: w.remote_path,
-        mode: w.mode,
-        image_ref: w.image_ref,
-        archive_ref,
-        cached,
-    })
+    Ok((blob, size, cached))
 }
 
 /// A temporary download, deleted when dropped.

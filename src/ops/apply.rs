@@ -35,6 +35,53 @@ pub struct ApplyArgs {
     /// Re-pin the SSH host key of this host (address) on purpose, e.g. after a rebuild.
     #[arg(long = "accept-new-host-key", value_name = "HOST")]
     pub accept_new_host_key: Vec<String>,
+    #[command(flatten)]
+    pub addons: AddonArgs,
+}
+
+/// How addons are applied (the `addons` phase and `kubeforge addons apply`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct AddonArgs {
+    /// Take over fields another field manager owns (server-side apply `force`);
+    /// without it such conflicts are reported and nothing is forced.
+    #[arg(long)]
+    pub force_conflicts: bool,
+    /// Wait until every addon's Deployments/DaemonSets are available and Ceph is healthy.
+    #[arg(long)]
+    pub wait: bool,
+    /// Limit of each addon wait (CRDs Established, webhooks answering, --wait), e.g.
+    /// `300s`, `5m`.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub timeout: std::time::Duration,
+}
+
+impl AddonArgs {
+    pub fn options(&self) -> crate::addons::AddonOptions {
+        crate::addons::AddonOptions {
+            force_conflicts: self.force_conflicts,
+            wait: self.wait,
+            timeout: self.timeout,
+        }
+    }
+}
+
+/// `90`, `90s`, `5m`, `1h`.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (examples: 90s, 5m, 1h)"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("`{s}` is not a duration (examples: 90s, 5m, 1h)")),
+    };
+    Ok(std::time::Duration::from_secs(secs))
 }
 
 /// Names of the secrets kept in the state's `extra` map.
@@ -50,6 +97,9 @@ struct PhaseOutcome {
     /// Host commands run; skipped ones found their result already there.
     steps_run: usize,
     steps_skipped: usize,
+    /// What the phase reported for the operator (addon outcomes and readiness).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    notes: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -178,6 +228,7 @@ async fn run_locked(
         confirm()?;
     }
 
+    let addon_opts = args.addons.options();
     let mut outcomes = Vec::new();
     let total = pb.phases.len();
     // An overall bar on a terminal; plain lines otherwise (logs, CI).
@@ -229,10 +280,21 @@ async fn run_locked(
             state: &state,
             docker: docker.as_ref(),
             done: Default::default(),
+            addons: &addon_opts,
+            notes: Default::default(),
         };
         let result = tracing::Instrument::instrument(ph.apply(&ctx, &plan), span).await;
         let seconds = started.elapsed().as_secs_f64();
         let changes = ctx.done.lock().map(|d| d.clone()).unwrap_or_default();
+        let notes = ctx.notes.lock().map(|n| n.clone()).unwrap_or_default();
+        for n in &notes {
+            let line = format!("    {n}");
+            match &overall {
+                Some(bar) => bar.println(line),
+                None if output == OutputFormat::Text => eprintln!("{line}"),
+                None => {}
+            }
+        }
         match result {
             Ok(()) => {
                 journal(&state, &plan.name, &digest, PhaseStatus::Done, None).await?;
@@ -255,6 +317,7 @@ async fn run_locked(
                     files_sent: changes.files_sent,
                     steps_run: changes.steps_run,
                     steps_skipped: changes.steps_skipped,
+                    notes,
                 });
             }
             Err(e) => {

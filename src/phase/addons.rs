@@ -1,4 +1,6 @@
 use super::{new_plan, ApplyContext, Phase, PhaseError, PhasePlan, PlanContext, Step};
+use crate::addons::{connect_through, manifest};
+use crate::artifacts::Cache;
 use crate::spec::{IngressController, MetalLbMode};
 
 pub struct Addons;
@@ -84,13 +86,70 @@ impl Phase for Addons {
     }
 
     async fn apply(&self, ctx: &ApplyContext<'_>, _plan: &PhasePlan) -> Result<(), PhaseError> {
-        let a = &ctx.cluster.cluster.spec.addons;
-        if a.metallb.is_none() && a.ingress.is_none() && a.rook_ceph.is_none() {
+        let phase = self.name();
+        let err = |source| PhaseError::Addons {
+            phase: phase.into(),
+            source,
+        };
+        let bundles = manifest::load(ctx.cluster, &Cache::default_location())
+            .await
+            .map_err(err)?;
+        let doc = ctx.state.get().await;
+        if bundles.is_empty() && doc.addons.is_empty() {
             return Ok(());
         }
-        Err(PhaseError::Gate {
-            phase: self.name().into(),
-            message: "installing addons (MetalLB, ingress, Rook-Ceph) is not built yet; the control plane is up: remove spec.addons, or use --playbook with a playbook that ends before the addons phase".into(),
-        })
+        let kubeconfig = doc
+            .secrets
+            .admin_kubeconfig
+            .clone()
+            .ok_or_else(|| PhaseError::Gate {
+                phase: phase.into(),
+                message: "the state has no admin kubeconfig yet: the kubeconfig phase must run first"
+                    .into(),
+            })?;
+        let Some((host, session)) = ctx.first_control_plane(phase).await? else {
+            return Err(PhaseError::Gate {
+                phase: phase.into(),
+                message: "the cluster has no control-plane node to reach the API through".into(),
+            });
+        };
+        let (engine, _tunnel) = connect_through(
+            ctx.cluster,
+            host,
+            session,
+            &kubeconfig,
+            ctx.addons.clone(),
+        )
+        .await
+        .map_err(err)?;
+        for b in &bundles {
+            for n in &b.notes {
+                ctx.note(format!("note: {}: {n}", b.addon));
+            }
+        }
+        let outcomes = engine
+            .apply(&bundles, &doc.addons, ctx.state, &|line| {
+                tracing::info!("{line}")
+            })
+            .await
+            .map_err(err)?;
+        for o in &outcomes {
+            ctx.note(o.line());
+        }
+        let status = if ctx.addons.wait {
+            engine.wait_ready(&bundles).await
+        } else {
+            engine.status(&bundles).await
+        }
+        .map_err(err)?;
+        for s in &status {
+            for l in s.lines() {
+                ctx.note(l);
+            }
+        }
+        if status.iter().any(|s| !s.ready) {
+            ctx.note("addons are applied but not all ready yet: `kubeforge addons status` shows them; `apply --wait` waits".into());
+        }
+        Ok(())
     }
 }

@@ -58,6 +58,18 @@ pub struct ApplyContext<'a> {
     pub docker: Option<&'a crate::provider::DockerProvider>,
     /// What the host parts did, summed over the phase (for the run's report).
     pub done: std::sync::Mutex<exec::HostReport>,
+    /// How addons are applied (`--force-conflicts`, `--wait`, `--timeout`).
+    pub addons: &'a crate::addons::AddonOptions,
+    /// Lines for the operator, printed after the phase (addon outcomes, readiness).
+    pub notes: std::sync::Mutex<Vec<String>>,
+}
+
+impl ApplyContext<'_> {
+    pub fn note(&self, line: String) {
+        if let Ok(mut n) = self.notes.lock() {
+            n.push(line);
+        }
+    }
 }
 
 impl ApplyContext<'_> {
@@ -125,6 +137,12 @@ pub enum PhaseError {
     },
     #[error("phase {phase}: {message}")]
     Gate { phase: String, message: String },
+    #[error("phase {phase} failed")]
+    Addons {
+        phase: String,
+        #[source]
+        source: crate::addons::AddonsError,
+    },
     #[error("phase {phase}: the Kubernetes artifacts")]
     Artifacts {
         phase: String,
@@ -160,6 +178,7 @@ impl PhaseError {
             PhaseError::Provider { .. } => ExitKind::Provider,
             PhaseError::State { source, .. } => source.exit_kind(),
             PhaseError::Artifacts { source, .. } => source.exit_kind(),
+            PhaseError::Addons { source, .. } => source.exit_kind(),
         }
     }
 }

@@ -185,6 +185,38 @@ impl From<SecretsWire> for Secrets {
     }
 }
 
+/// A Kubernetes object by identity.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectRef {
+    pub api_version: String,
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+impl fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.namespace {
+            Some(ns) => write!(f, "{} {} {ns}/{}", self.api_version, self.kind, self.name),
+            None => write!(f, "{} {} {}", self.api_version, self.kind, self.name),
+        }
+    }
+}
+
+/// What kubeforge applied for one addon. While an apply is under way `objects` holds
+/// the union of the old and the new set, so an interrupted run never loses track of an
+/// object it may have created.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct AddonRecord {
+    pub version: String,
+    pub objects: Vec<ObjectRef>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub applied: Option<DateTime<Utc>>,
+}
+
 /// The cluster's persisted state. Change it only under the lock, save it with
 /// [`super::StateStore::save`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -204,6 +236,9 @@ pub struct StateDocument {
     pub host_keys: BTreeMap<String, String>,
     pub versions: AppliedVersions,
     pub journal: Vec<JournalEntry>,
+    /// Addons kubeforge applied, by name: what to prune or remove later.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub addons: BTreeMap<String, AddonRecord>,
     /// Cluster secrets, in clear in memory only (see [`Secrets`]).
     #[serde(skip)]
     pub secrets: Secrets,
@@ -231,6 +266,7 @@ impl Default for StateDocument {
             host_keys: BTreeMap::new(),
             versions: AppliedVersions::default(),
             journal: Vec::new(),
+            addons: BTreeMap::new(),
             secrets: Secrets::default(),
             sealed: None,
             secrets_open: true,

@@ -14,7 +14,10 @@ pub mod store;
 
 pub use backend::{FileBackend, ObjectStoreBackend, ObjectVersion, StateBackend};
 pub use crypto::{Keyring, SealedSecrets};
-pub use document::{AppliedVersions, JournalEntry, Machine, PhaseStatus, Secrets, StateDocument};
+pub use document::{
+    AddonRecord, AppliedVersions, JournalEntry, Machine, ObjectRef, PhaseStatus, Secrets,
+    StateDocument,
+};
 pub use lock::{LockGuard, LockInfo, LockOptions, Unlocked};
 pub use store::{HistoryEntry, SnapshotInfo, StateStore, Version};
 

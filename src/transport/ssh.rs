@@ -532,6 +532,25 @@ impl SshSession {
     }
 
     /// Close the connection politely.
+    /// A TCP connection from the host to `target:port` (SSH `direct-tcpip`, what
+    /// `ssh -L` uses), carried over this session. The host's sshd must allow TCP
+    /// forwarding (OpenSSH's default).
+    pub async fn direct_tcpip(
+        &self,
+        target: &str,
+        port: u16,
+    ) -> Result<russh::ChannelStream<client::Msg>, TransportError> {
+        let channel = self
+            .handle
+            .channel_open_direct_tcpip(target, u32::from(port), "127.0.0.1", 0)
+            .await
+            .map_err(|e| TransportError::Channel {
+                host: self.host.clone(),
+                source: Box::new(e),
+            })?;
+        Ok(channel.into_stream())
+    }
+
     pub async fn close(&self) {
         let _ = self
             .handle

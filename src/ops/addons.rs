@@ -1,0 +1,342 @@
+//! `kubeforge addons plan|apply|status`: the addons phase on its own, against the
+//! cluster's API (through SSH to a control-plane node, with the admin kubeconfig from
+//! the state) or any API server given with `--kubeconfig`.
+
+use crate::addons::{self, manifest, AddonsError, Bundle, Engine};
+use crate::artifacts::Cache;
+use crate::error::Error;
+use crate::ops::apply::AddonArgs;
+use crate::output::{print_json, OutputFormat};
+use crate::spec::{self, LoadedCluster};
+use crate::state::StateDocument;
+use clap::{Args, Subcommand};
+use serde::Serialize;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Debug, Args)]
+pub struct AddonsArgs {
+    #[command(subcommand)]
+    pub command: AddonsCommand,
+}
+
+#[derive(Debug, Args)]
+pub struct Target {
+    #[command(flatten)]
+    pub spec: crate::cli::SpecArgs,
+    /// Talk to the API server of this kubeconfig instead of the cluster's (the admin
+    /// kubeconfig in the state, reached through SSH to a control-plane node).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AddonsCommand {
+    /// Show what applying the addons would change, object by object (server-side dry
+    /// run; diffs for updates). Changes nothing.
+    Plan(Target),
+    /// Apply the addons of the cluster file; addons removed from it are deleted (only
+    /// objects kubeforge applied and labelled).
+    Apply {
+        #[command(flatten)]
+        target: Target,
+        /// Apply without asking for confirmation.
+        #[arg(long, short = 'y')]
+        yes: bool,
+        #[command(flatten)]
+        addons: AddonArgs,
+    },
+    /// Rollout status of every addon (Deployments/DaemonSets available, Ceph health).
+    Status {
+        #[command(flatten)]
+        target: Target,
+        /// Wait until every addon is ready (see --timeout).
+        #[arg(long)]
+        wait: bool,
+        #[arg(long, default_value = "5m", value_parser = crate::ops::apply::parse_duration)]
+        timeout: std::time::Duration,
+    },
+}
+
+fn boxed(e: AddonsError) -> Error {
+    Error::Addons(Box::new(e))
+}
+
+/// An engine for `c`, and what must stay alive while it is used (tunnel, SSH pool).
+struct Connected {
+    engine: Engine,
+    _tunnel: Option<addons::tunnel::Tunnel>,
+    pool: Option<Arc<crate::transport::SshPool>>,
+}
+
+async fn connect(
+    c: &LoadedCluster,
+    doc: &StateDocument,
+    kubeconfig: Option<&PathBuf>,
+    opts: addons::AddonOptions,
+) -> Result<Connected, Error> {
+    if let Some(path) = kubeconfig {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Usage(format!("cannot read {}: {e}", path.display())))?;
+        let engine = Engine::connect(&text, None, opts).await.map_err(boxed)?;
+        return Ok(Connected {
+            engine,
+            _tunnel: None,
+            pool: None,
+        });
+    }
+    use crate::transport::{MemoryHostKeyStore, SshPool};
+    let kc = doc.secrets.admin_kubeconfig.clone().ok_or_else(|| {
+        Error::Usage(
+            "the state has no admin kubeconfig (run `kubeforge apply` first, or give --kubeconfig)"
+                .into(),
+        )
+    })?;
+    let first = c
+        .topology
+        .first_control_plane()
+        .ok_or_else(|| Error::Usage("the cluster has no control-plane node".into()))?;
+    let auth = crate::ops::apply::ssh_auth(c, doc)?;
+    // Host keys must already be pinned (apply pinned them); nothing new is saved here.
+    let keys = Arc::new(MemoryHostKeyStore::from_map(doc.host_keys.clone()));
+    let pool = Arc::new(SshPool::new(
+        crate::ops::apply::ssh_config(c, auth, &[])?,
+        keys,
+    ));
+    let session = pool.session(&first.address.to_string()).await?;
+    let (engine, tunnel) = addons::connect_through(c, first, session, &kc, opts)
+        .await
+        .map_err(boxed)?;
+    Ok(Connected {
+        engine,
+        _tunnel: Some(tunnel),
+        pool: Some(pool),
+    })
+}
+
+impl Connected {
+    async fn close(self) {
+        if let Some(p) = &self.pool {
+            p.close_all().await;
+        }
+    }
+}
+
+async fn bundles(c: &LoadedCluster) -> Result<Vec<Bundle>, Error> {
+    manifest::load(c, &Cache::default_location())
+        .await
+        .map_err(boxed)
+}
+
+#[derive(Serialize)]
+struct PlanReport<'a> {
+    server: &'a str,
+    changes: &'a [addons::engine::ObjectChange],
+}
+
+pub fn plan_text(changes: &[addons::engine::ObjectChange]) -> String {
+    let mut out = String::new();
+    let count = |a: &str| changes.iter().filter(|c| c.action == a).count();
+    for ch in changes.iter().filter(|c| c.action != "unchanged") {
+        let sign = match ch.action {
+            "create" => "+",
+            "delete" => "-",
+            _ => "~",
+        };
+        out.push_str(&format!("  {sign} {} {}: {}\n", ch.action, ch.addon, ch.object));
+        if let Some(d) = &ch.detail {
+            for l in d.lines() {
+                out.push_str(&format!("      {l}\n"));
+            }
+        }
+    }
+    out.push_str(&format!(
+        "addons: {} to create, {} to update, {} to delete, {} unchanged\n",
+        count("create"),
+        count("update"),
+        count("delete"),
+        count("unchanged")
+    ));
+    out
+}
+
+fn confirm(question: &str) -> Result<(), Error> {
+    if !std::io::stdin().is_terminal() {
+        return Err(Error::Usage(
+            "not applying without confirmation: stdin is not a terminal; pass --yes".into(),
+        ));
+    }
+    eprint!("{question} [y/N] ");
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| Error::Usage(format!("cannot read the answer: {e}")))?;
+    if matches!(line.trim(), "y" | "Y" | "yes") {
+        Ok(())
+    } else {
+        Err(Error::Usage("not applied".into()))
+    }
+}
+
+pub async fn run(args: AddonsArgs, output: OutputFormat) -> Result<(), Error> {
+    match args.command {
+        AddonsCommand::Plan(t) => {
+            let c = spec::load_file(&t.spec.file)?;
+            let store = crate::ops::apply::open_store(&c)?;
+            let (doc, _) = store.load_or_new().await?;
+            let b = bundles(&c).await?;
+            let conn = connect(&c, &doc, t.kubeconfig.as_ref(), Default::default()).await?;
+            let changes = conn.engine.plan(&b, &doc.addons).await.map_err(boxed);
+            let server = conn.engine.server_version().to_string();
+            conn.close().await;
+            let changes = changes?;
+            match output {
+                OutputFormat::Json => print_json(&PlanReport {
+                    server: &server,
+                    changes: &changes,
+                })?,
+                OutputFormat::Text => print!("{}", plan_text(&changes)),
+            }
+            Ok(())
+        }
+        AddonsCommand::Apply {
+            target,
+            yes,
+            addons: a,
+        } => {
+            let c = spec::load_file(&target.spec.file)?;
+            crate::ops::validate::print_warnings(&c.warnings, output);
+            let store = crate::ops::apply::open_store(&c)?;
+            let lock = store
+                .lock(&std::env::args().collect::<Vec<_>>().join(" "))
+                .await?;
+            let result = crate::state::until_ctrl_c(apply_locked(
+                &c,
+                store,
+                target.kubeconfig.as_ref(),
+                yes,
+                a.options(),
+                output,
+                &lock,
+            ))
+            .await;
+            let released = lock.release().await;
+            let report = result??;
+            released?;
+            match output {
+                OutputFormat::Json => print_json(&report)?,
+                OutputFormat::Text => {
+                    for o in &report.outcomes {
+                        println!("{}", o.line());
+                    }
+                    for s in &report.status {
+                        for l in s.lines() {
+                            println!("{l}");
+                        }
+                    }
+                }
+            }
+            Ok(())
+        }
+        AddonsCommand::Status {
+            target,
+            wait,
+            timeout,
+        } => {
+            let c = spec::load_file(&target.spec.file)?;
+            let store = crate::ops::apply::open_store(&c)?;
+            let (doc, _) = store.load_or_new().await?;
+            let b = bundles(&c).await?;
+            let opts = addons::AddonOptions {
+                wait,
+                timeout,
+                ..Default::default()
+            };
+            let conn = connect(&c, &doc, target.kubeconfig.as_ref(), opts).await?;
+            let st = if wait {
+                conn.engine.wait_ready(&b).await
+            } else {
+                conn.engine.status(&b).await
+            };
+            conn.close().await;
+            let st = st.map_err(boxed)?;
+            match output {
+                OutputFormat::Json => print_json(&st)?,
+                OutputFormat::Text => {
+                    for s in &st {
+                        for l in s.lines() {
+                            println!("{l}");
+                        }
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ApplyReport {
+    server: String,
+    outcomes: Vec<addons::engine::AddonOutcome>,
+    status: Vec<addons::engine::AddonStatus>,
+}
+
+async fn apply_locked(
+    c: &LoadedCluster,
+    store: crate::state::StateStore,
+    kubeconfig: Option<&PathBuf>,
+    yes: bool,
+    opts: addons::AddonOptions,
+    output: OutputFormat,
+    lock: &crate::state::LockGuard,
+) -> Result<ApplyReport, Error> {
+    let (doc, version) = store.load_or_new().await?;
+    let b = bundles(c).await?;
+    let wait = opts.wait;
+    let conn = connect(c, &doc, kubeconfig, opts).await?;
+    let result = async {
+        let changes = conn.engine.plan(&b, &doc.addons).await.map_err(boxed)?;
+        if output == OutputFormat::Text {
+            eprint!("{}", plan_text(&changes));
+            for n in b.iter().flat_map(|b| b.notes.iter().map(move |n| (b.addon, n))) {
+                eprintln!("note: {}: {}", n.0, n.1);
+            }
+        }
+        let deletes = changes.iter().filter(|c| c.action == "delete").count();
+        if !yes {
+            let q = if deletes > 0 {
+                format!("Apply the addons, deleting {deletes} object(s) kubeforge applied before?")
+            } else {
+                "Apply the addons?".to_string()
+            };
+            confirm(&q)?;
+        }
+        lock.check()?;
+        let state = crate::phase::StateHandle::new(store, doc.clone(), version);
+        let outcomes = conn
+            .engine
+            .apply(&b, &doc.addons, &state, &|line| {
+                if output == OutputFormat::Text {
+                    eprintln!("{line}")
+                }
+            })
+            .await
+            .map_err(boxed)?;
+        let status = if wait {
+            conn.engine.wait_ready(&b).await
+        } else {
+            conn.engine.status(&b).await
+        }
+        .map_err(boxed)?;
+        Ok::<_, Error>(ApplyReport {
+            server: conn.engine.server_version().to_string(),
+            outcomes,
+            status,
+        })
+    }
+    .await;
+    conn.close().await;
+    result
+}
