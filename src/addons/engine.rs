@@ -4,7 +4,9 @@
 use super::manifest::{split_api_version, Bundle, Object, Stage};
 use super::{AddonId, AddonsError, FIELD_MANAGER, LABEL_ADDON};
 use crate::state::{AddonRecord, ObjectRef, StateDocument};
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams,
+};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::Client;
 use serde::Serialize;
@@ -68,6 +70,9 @@ pub struct AddonOutcome {
     pub changed: usize,
     pub unchanged: usize,
     pub deleted: usize,
+    /// The objects an apply changed (not created), for the operator to review.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub changed_objects: Vec<String>,
     /// Removed from the cluster file: everything kubeforge had applied was deleted.
     pub removed: bool,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -129,18 +134,12 @@ pub type RecordFn = Box<dyn for<'m> FnOnce(&'m mut BTreeMap<String, AddonRecord>
 /// handle under the lock) and the `addons` command share one engine.
 #[async_trait::async_trait]
 pub trait Recorder: Send + Sync {
-    async fn record(
-        &self,
-        f: RecordFn,
-    ) -> Result<(), AddonsError>;
+    async fn record(&self, f: RecordFn) -> Result<(), AddonsError>;
 }
 
 #[async_trait::async_trait]
 impl Recorder for crate::phase::StateHandle {
-    async fn record(
-        &self,
-        f: RecordFn,
-    ) -> Result<(), AddonsError> {
+    async fn record(&self, f: RecordFn) -> Result<(), AddonsError> {
         self.update(|doc: &mut StateDocument| f(&mut doc.addons))
             .await
             .map_err(AddonsError::State)
@@ -151,6 +150,8 @@ pub struct Engine {
     client: Client,
     opts: AddonOptions,
     server_version: String,
+    /// Minor version of the server (`20` for v1.20.2).
+    server_minor: u32,
 }
 
 fn api_message(e: &kube::Error) -> Option<(u16, String)> {
@@ -170,6 +171,40 @@ fn is_webhook_unavailable(e: &kube::Error) -> bool {
     match api_message(e) {
         Some((code, msg)) => code >= 500 && msg.contains("webhook"),
         None => false,
+    }
+}
+
+/// Remove every `key` entry below `v`; returns how many.
+fn strip_key(v: &mut Value, key: &str) -> usize {
+    match v {
+        Value::Object(m) => {
+            let mut n = usize::from(m.remove(key).is_some());
+            for child in m.values_mut() {
+                n += strip_key(child, key);
+            }
+            n
+        }
+        Value::Array(a) => a.iter_mut().map(|c| strip_key(c, key)).sum(),
+        _ => 0,
+    }
+}
+
+/// Remove `default: ""` from every schema node below `v`; returns how many.
+fn strip_empty_string_defaults(v: &mut Value) -> usize {
+    match v {
+        Value::Object(m) => {
+            let mut n = 0;
+            if m.get("default").and_then(Value::as_str) == Some("") {
+                m.remove("default");
+                n += 1;
+            }
+            for child in m.values_mut() {
+                n += strip_empty_string_defaults(child);
+            }
+            n
+        }
+        Value::Array(a) => a.iter_mut().map(strip_empty_string_defaults).sum(),
+        _ => 0,
     }
 }
 
@@ -249,24 +284,84 @@ impl Engine {
         config.read_timeout = Some(Duration::from_secs(60));
         let client = Client::try_from(config).map_err(|source| AddonsError::Connect {
             action: "building the client".into(),
-            source,
+            source: Box::new(source),
         })?;
         let info = client
             .apiserver_version()
             .await
             .map_err(|source| AddonsError::Connect {
                 action: "GET /version".into(),
-                source,
+                source: Box::new(source),
             })?;
+        let server_minor = info.minor.trim_end_matches('+').parse().unwrap_or(u32::MAX);
         Ok(Engine {
             client,
             opts,
             server_version: info.git_version,
+            server_minor,
         })
     }
 
     pub fn server_version(&self) -> &str {
         &self.server_version
+    }
+
+    /// Fit CRDs to an older server: schema fields it predates are dropped (an older
+    /// server drops them itself on a plain create, but server-side apply refuses them),
+    /// each such change noted on its bundle. CEL rules (`x-kubernetes-validations`,
+    /// Kubernetes 1.25+) and `selectableFields` (1.30+) are the ones upstream uses.
+    pub fn adapt(&self, bundles: &mut [Bundle]) {
+        for b in bundles {
+            let mut cel = 0;
+            let mut selectable = 0;
+            let mut empty_defaults = 0;
+            for o in b.objects.iter_mut() {
+                if o.kind() != "CustomResourceDefinition" {
+                    continue;
+                }
+                let Some(versions) = o
+                    .value
+                    .pointer_mut("/spec/versions")
+                    .and_then(Value::as_array_mut)
+                else {
+                    continue;
+                };
+                for v in versions {
+                    if self.server_minor < 25 {
+                        if let Some(schema) = v.get_mut("schema") {
+                            cel += strip_key(schema, "x-kubernetes-validations");
+                            empty_defaults += strip_empty_string_defaults(schema);
+                        }
+                    }
+                    if self.server_minor < 30 {
+                        if let Some(m) = v.as_object_mut() {
+                            selectable += usize::from(m.remove("selectableFields").is_some());
+                        }
+                    }
+                }
+            }
+            if cel > 0 {
+                b.notes.push(format!(
+                    "Kubernetes {} predates CEL validation rules in CRDs (1.25): {cel} rule set(s) left out of {}'s CRDs; those checks are not enforced by the API server",
+                    self.server_version,
+                    b.title()
+                ));
+            }
+            if empty_defaults > 0 {
+                b.notes.push(format!(
+                    "Kubernetes {}'s server-side apply turns empty-string defaults in CRD schemas into null and rejects them: {empty_defaults} `default: \"\"` left out of {}'s CRDs",
+                    self.server_version,
+                    b.title()
+                ));
+            }
+            if selectable > 0 {
+                b.notes.push(format!(
+                    "Kubernetes {} predates CRD selectableFields (1.30): left out of {selectable} CRD version(s) of {}",
+                    self.server_version,
+                    b.title()
+                ));
+            }
+        }
     }
 
     /// Resources the server serves for `api_version` (empty when it serves none).
@@ -304,7 +399,7 @@ impl Engine {
             Err(source) => {
                 return Err(AddonsError::Connect {
                     action: format!("discovery of {api_version}"),
-                    source,
+                    source: Box::new(source),
                 })
             }
         };
@@ -429,7 +524,7 @@ impl Engine {
                         return Err(AddonsError::Api {
                             action: "reading".into(),
                             object: o.describe(),
-                            source,
+                            source: Box::new(source),
                         })
                     }
                 };
@@ -538,7 +633,11 @@ impl Engine {
                 notes: b.notes.clone(),
                 ..Default::default()
             };
-            progress(format!("{}: applying {} objects", b.title(), b.objects.len()));
+            progress(format!(
+                "{}: applying {} objects",
+                b.title(),
+                b.objects.len()
+            ));
             for stage in [Stage::Foundation, Stage::Workload, Stage::Config] {
                 let objs: Vec<&Object> = b.objects.iter().filter(|o| o.stage == stage).collect();
                 if objs.is_empty() {
@@ -578,7 +677,10 @@ impl Engine {
             if bundles.iter().any(|b| b.addon.as_str() == addon) {
                 continue;
             }
-            progress(format!("{addon}: removing {} objects kubeforge applied", old.len()));
+            progress(format!(
+                "{addon}: removing {} objects kubeforge applied",
+                old.len()
+            ));
             let deleted = self.delete_refs(addon, old, progress).await?;
             let name = addon.clone();
             rec.record(Box::new(move |m| {
@@ -587,7 +689,10 @@ impl Engine {
             .await?;
             let outcome = AddonOutcome {
                 addon: addon.clone(),
-                version: records.get(addon).map(|r| r.version.clone()).unwrap_or_default(),
+                version: records
+                    .get(addon)
+                    .map(|r| r.version.clone())
+                    .unwrap_or_default(),
                 deleted,
                 removed: true,
                 ..Default::default()
@@ -610,22 +715,31 @@ impl Engine {
                 continue;
             };
             let before = match self.api(r, o.namespace()).get_opt(o.name()).await {
-                Ok(l) => l.and_then(|l| l.metadata.resource_version),
+                Ok(l) => l,
                 Err(source) => {
                     return Err(AddonsError::Api {
                         action: "reading".into(),
                         object: o.describe(),
-                        source,
+                        source: Box::new(source),
                     })
                 }
             };
             match self.ssa(r, o, false).await {
+                // Changed means the content changed: some servers (1.20) bump the
+                // resourceVersion of an unchanged object just to update the time in
+                // its managedFields.
                 Ok(after) => match before {
                     None => outcome.created += 1,
-                    Some(rv) if after.metadata.resource_version.as_deref() == Some(&rv) => {
+                    Some(before)
+                        if comparable(serde_json::to_value(&before).unwrap_or_default())
+                            == comparable(serde_json::to_value(&after).unwrap_or_default()) =>
+                    {
                         outcome.unchanged += 1
                     }
-                    Some(_) => outcome.changed += 1,
+                    Some(_) => {
+                        outcome.changed += 1;
+                        outcome.changed_objects.push(o.describe());
+                    }
                 },
                 Err(e) => match api_message(&e) {
                     Some((409, msg)) => {
@@ -635,7 +749,7 @@ impl Engine {
                         return Err(AddonsError::Api {
                             action: "applying".into(),
                             object: o.describe(),
-                            source: e,
+                            source: Box::new(e),
                         })
                     }
                 },
@@ -665,11 +779,14 @@ impl Engine {
         loop {
             let mut pending = Vec::new();
             for o in &crds {
-                let live = api.get_opt(o.name()).await.map_err(|source| AddonsError::Api {
-                    action: "reading".into(),
-                    object: o.describe(),
-                    source,
-                })?;
+                let live = api
+                    .get_opt(o.name())
+                    .await
+                    .map_err(|source| AddonsError::Api {
+                        action: "reading".into(),
+                        object: o.describe(),
+                        source: Box::new(source),
+                    })?;
                 let established = live
                     .as_ref()
                     .and_then(|l| l.data["status"]["conditions"].as_array())
@@ -757,7 +874,7 @@ impl Engine {
                     return Err(AddonsError::Api {
                         action: "reading".into(),
                         object: r.to_string(),
-                        source,
+                        source: Box::new(source),
                     })
                 }
             };
@@ -780,7 +897,7 @@ impl Engine {
                     return Err(AddonsError::Api {
                         action: "deleting".into(),
                         object: r.to_string(),
-                        source,
+                        source: Box::new(source),
                     })
                 }
             }
@@ -806,15 +923,15 @@ impl Engine {
                 let Some((_, r)) = served.iter().find(|(k, _)| k == o.kind()) else {
                     continue;
                 };
-                let live = self
-                    .api(r, o.namespace())
-                    .get_opt(o.name())
-                    .await
-                    .map_err(|source| AddonsError::Api {
-                        action: "reading".into(),
-                        object: o.describe(),
-                        source,
-                    })?;
+                let live =
+                    self.api(r, o.namespace())
+                        .get_opt(o.name())
+                        .await
+                        .map_err(|source| AddonsError::Api {
+                            action: "reading".into(),
+                            object: o.describe(),
+                            source: Box::new(source),
+                        })?;
                 let (ready, detail) = match live {
                     None => (false, "missing".to_string()),
                     Some(l) => readiness(o.kind(), &serde_json::to_value(&l).unwrap_or_default()),
@@ -883,9 +1000,15 @@ pub fn readiness(kind: &str, v: &Value) -> (bool, String) {
             .pointer("/status/ceph/health")
             .and_then(Value::as_str)
             .unwrap_or("");
-        let phase = v.pointer("/status/phase").and_then(Value::as_str).unwrap_or("");
+        let phase = v
+            .pointer("/status/phase")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         return match (health, phase) {
-            ("", "") => (false, "no status yet (is the Rook operator running?)".into()),
+            ("", "") => (
+                false,
+                "no status yet (is the Rook operator running?)".into(),
+            ),
             ("", p) => (false, format!("phase {p}")),
             (h, p) => (h == "HEALTH_OK", format!("{h}, phase {p}")),
         };
@@ -937,16 +1060,25 @@ mod tests {
         assert!(readiness("Deployment", &d).0);
         let d = json!({"metadata": {"generation": 2}, "spec": {"replicas": 2},
             "status": {"observedGeneration": 1, "availableReplicas": 2, "updatedReplicas": 2}});
-        assert_eq!(readiness("Deployment", &d), (false, "not yet observed by its controller".into()));
+        assert_eq!(
+            readiness("Deployment", &d),
+            (false, "not yet observed by its controller".into())
+        );
         let ds = json!({"metadata": {"generation": 1}, "status": {"observedGeneration": 1,
             "desiredNumberScheduled": 3, "numberAvailable": 2, "updatedNumberScheduled": 3}});
-        assert_eq!(readiness("DaemonSet", &ds), (false, "2/3 available, 3 updated".into()));
+        assert_eq!(
+            readiness("DaemonSet", &ds),
+            (false, "2/3 available, 3 updated".into())
+        );
         let fresh = json!({"metadata": {"generation": 1}, "spec": {}});
         assert!(!readiness("DaemonSet", &fresh).0);
         let ceph = json!({"status": {"phase": "Ready", "ceph": {"health": "HEALTH_OK"}}});
         assert!(readiness("CephCluster", &ceph).0);
         let ceph = json!({"status": {"phase": "Progressing"}});
-        assert_eq!(readiness("CephCluster", &ceph), (false, "phase Progressing".into()));
+        assert_eq!(
+            readiness("CephCluster", &ceph),
+            (false, "phase Progressing".into())
+        );
     }
 
     #[test]
@@ -958,8 +1090,23 @@ mod tests {
 
     #[test]
     fn deletion_order_is_reverse_of_application() {
-        let mut kinds = vec!["Namespace", "IPAddressPool", "CustomResourceDefinition", "Deployment", "ValidatingWebhookConfiguration"];
+        let mut kinds = vec![
+            "Namespace",
+            "IPAddressPool",
+            "CustomResourceDefinition",
+            "Deployment",
+            "ValidatingWebhookConfiguration",
+        ];
         kinds.sort_by_key(|k| delete_rank(k));
-        assert_eq!(kinds, vec!["IPAddressPool", "ValidatingWebhookConfiguration", "Deployment", "CustomResourceDefinition", "Namespace"]);
+        assert_eq!(
+            kinds,
+            vec![
+                "IPAddressPool",
+                "ValidatingWebhookConfiguration",
+                "Deployment",
+                "CustomResourceDefinition",
+                "Namespace"
+            ]
+        );
     }
 }

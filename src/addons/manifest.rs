@@ -138,13 +138,11 @@ pub async fn load(c: &LoadedCluster, cache: &Cache) -> Result<Vec<Bundle>, Addon
     if releases.is_empty() {
         return Ok(Vec::new());
     }
-    let source =
-        Source::from_spec(c.cluster.spec.artifacts.mirror.as_deref(), &c.base_dir).map_err(
-            |source| AddonsError::Fetch {
-                addon: releases[0].addon,
-                source,
-            },
-        )?;
+    let source = Source::from_spec(c.cluster.spec.artifacts.mirror.as_deref(), &c.base_dir)
+        .map_err(|source| AddonsError::Fetch {
+            addon: releases[0].addon,
+            source,
+        })?;
     let fetcher = Fetcher::new();
     let mut bundles = Vec::new();
     for r in releases {
@@ -178,16 +176,19 @@ pub async fn load(c: &LoadedCluster, cache: &Cache) -> Result<Vec<Bundle>, Addon
 /// Parse a multi-document manifest (`List` kinds are flattened) into objects labelled
 /// for `addon`, with the Service/container port protocols spelled out.
 pub fn parse(addon: AddonId, file: &str, text: &str) -> Result<Vec<Object>, AddonsError> {
-    use serde::Deserialize;
     let origin = file.rsplit('/').next().unwrap_or(file).to_string();
+    let docs = super::yaml::documents(text).map_err(|(doc, message)| AddonsError::Parse {
+        file: file.to_string(),
+        doc,
+        message,
+    })?;
     let mut out = Vec::new();
-    for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+    for (i, value) in docs.into_iter().enumerate() {
         let bad = |message: String| AddonsError::Parse {
             file: file.to_string(),
             doc: i + 1,
             message,
         };
-        let value = Value::deserialize(doc).map_err(|e| bad(e.to_string()))?;
         let items = match value {
             Value::Null => continue,
             Value::Object(ref m) if m.get("kind").and_then(Value::as_str) == Some("List") => m
@@ -297,14 +298,20 @@ pub fn complete(
                 };
                 let svc = objects
                     .iter_mut()
-                    .find(|o| o.kind() == "Service" && o.name() == name && o.namespace() == Some(ns))
+                    .find(|o| {
+                        o.kind() == "Service" && o.name() == name && o.namespace() == Some(ns)
+                    })
                     .ok_or_else(|| AddonsError::Manifest {
                         addon: r.addon,
                         message: format!(
                             "the manifest has no Service {ns}/{name} to expose through MetalLB"
                         ),
                     })?;
-                expose(&mut svc.value, i.pool.as_deref(), i.load_balancer_ip.as_deref());
+                expose(
+                    &mut svc.value,
+                    i.pool.as_deref(),
+                    i.load_balancer_ip.as_deref(),
+                );
             }
         }
         AddonId::RookCeph => {
@@ -316,7 +323,10 @@ pub fn complete(
                     .map(|h| h.name.clone())
                     .collect();
                 let image = r.ceph_image.unwrap_or("quay.io/ceph/ceph:v20.2.4");
-                objects.push(rendered(AddonId::RookCeph, ceph_cluster(rc, &workers, image)));
+                objects.push(rendered(
+                    AddonId::RookCeph,
+                    ceph_cluster(rc, &workers, image),
+                ));
             }
         }
     }
@@ -548,13 +558,21 @@ mod tests {
 
     #[test]
     fn parse_errors_name_the_file_and_document() {
-        let e = parse(AddonId::Metallb, "m.yaml", "kind: A\n---\napiVersion: v1\nkind: B\nmetadata: {}\n")
-            .unwrap_err()
-            .to_string();
+        let e = parse(
+            AddonId::Metallb,
+            "m.yaml",
+            "kind: A\n---\napiVersion: v1\nkind: B\nmetadata: {}\n",
+        )
+        .unwrap_err()
+        .to_string();
         assert_eq!(e, "m.yaml: document 1: no apiVersion");
-        let e = parse(AddonId::Metallb, "m.yaml", "apiVersion: v1\nkind: B\nmetadata: {name: [\n")
-            .unwrap_err()
-            .to_string();
+        let e = parse(
+            AddonId::Metallb,
+            "m.yaml",
+            "apiVersion: v1\nkind: B\nmetadata: {name: [\n",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.starts_with("m.yaml: document 1: "), "{e}");
     }
 

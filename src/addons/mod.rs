@@ -14,6 +14,7 @@ pub mod catalogue;
 pub mod engine;
 pub mod manifest;
 pub mod tunnel;
+pub mod yaml;
 
 pub use catalogue::AddonId;
 pub use engine::{AddonOptions, Engine};
@@ -80,7 +81,7 @@ pub enum AddonsError {
     Connect {
         action: String,
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
     #[error(
         "the API server does not serve what these addons need; nothing of them was applied:\n{}",
@@ -97,7 +98,7 @@ pub enum AddonsError {
         action: String,
         object: String,
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
     #[error("timed out after {seconds}s waiting for {what}: {detail}")]
     Timeout {

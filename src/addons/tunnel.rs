@@ -23,11 +23,7 @@ impl Drop for Tunnel {
 }
 
 /// Forward `127.0.0.1:<free port>` to `target:port` as seen from `session`'s host.
-pub async fn open(
-    session: Arc<SshSession>,
-    target: String,
-    port: u16,
-) -> std::io::Result<Tunnel> {
+pub async fn open(session: Arc<SshSession>, target: String, port: u16) -> std::io::Result<Tunnel> {
     let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
     let local = listener.local_addr()?;
     let task = tokio::spawn(async move {
@@ -41,8 +37,7 @@ pub async fn open(
                 match session.direct_tcpip(&target, port).await {
                     Ok(mut remote) => {
                         let _ = tcp.set_nodelay(true);
-                        if let Err(e) = tokio::io::copy_bidirectional(&mut tcp, &mut remote).await
-                        {
+                        if let Err(e) = tokio::io::copy_bidirectional(&mut tcp, &mut remote).await {
                             tracing::debug!("API tunnel connection ended: {e}");
                         }
                     }

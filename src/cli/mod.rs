@@ -82,9 +82,11 @@ pub struct RenderArgs {
 
 pub fn init_tracing(verbose: u8) {
     use tracing_subscriber::EnvFilter;
+    // kube-client logs every API error it returns to us (404 while probing discovery,
+    // 409 conflicts); we report those ourselves, so its own lines only show at -vv.
     let default = match verbose {
-        0 => "warn",
-        1 => "info",
+        0 => "warn,kube_client=off",
+        1 => "info,kube_client=off",
         2 => "debug",
         _ => "trace",
     };

@@ -144,7 +144,10 @@ pub fn plan_text(changes: &[addons::engine::ObjectChange]) -> String {
             "delete" => "-",
             _ => "~",
         };
-        out.push_str(&format!("  {sign} {} {}: {}\n", ch.action, ch.addon, ch.object));
+        out.push_str(&format!(
+            "  {sign} {} {}: {}\n",
+            ch.action, ch.addon, ch.object
+        ));
         if let Some(d) = &ch.detail {
             for l in d.lines() {
                 out.push_str(&format!("      {l}\n"));
@@ -185,8 +188,9 @@ pub async fn run(args: AddonsArgs, output: OutputFormat) -> Result<(), Error> {
             let c = spec::load_file(&t.spec.file)?;
             let store = crate::ops::apply::open_store(&c)?;
             let (doc, _) = store.load_or_new().await?;
-            let b = bundles(&c).await?;
+            let mut b = bundles(&c).await?;
             let conn = connect(&c, &doc, t.kubeconfig.as_ref(), Default::default()).await?;
+            conn.engine.adapt(&mut b);
             let changes = conn.engine.plan(&b, &doc.addons).await.map_err(boxed);
             let server = conn.engine.server_version().to_string();
             conn.close().await;
@@ -247,13 +251,14 @@ pub async fn run(args: AddonsArgs, output: OutputFormat) -> Result<(), Error> {
             let c = spec::load_file(&target.spec.file)?;
             let store = crate::ops::apply::open_store(&c)?;
             let (doc, _) = store.load_or_new().await?;
-            let b = bundles(&c).await?;
+            let mut b = bundles(&c).await?;
             let opts = addons::AddonOptions {
                 wait,
                 timeout,
                 ..Default::default()
             };
             let conn = connect(&c, &doc, target.kubeconfig.as_ref(), opts).await?;
+            conn.engine.adapt(&mut b);
             let st = if wait {
                 conn.engine.wait_ready(&b).await
             } else {
@@ -293,14 +298,18 @@ async fn apply_locked(
     lock: &crate::state::LockGuard,
 ) -> Result<ApplyReport, Error> {
     let (doc, version) = store.load_or_new().await?;
-    let b = bundles(c).await?;
+    let mut b = bundles(c).await?;
     let wait = opts.wait;
     let conn = connect(c, &doc, kubeconfig, opts).await?;
+    conn.engine.adapt(&mut b);
     let result = async {
         let changes = conn.engine.plan(&b, &doc.addons).await.map_err(boxed)?;
         if output == OutputFormat::Text {
             eprint!("{}", plan_text(&changes));
-            for n in b.iter().flat_map(|b| b.notes.iter().map(move |n| (b.addon, n))) {
+            for n in b
+                .iter()
+                .flat_map(|b| b.notes.iter().map(move |n| (b.addon, n)))
+            {
                 eprintln!("note: {}: {}", n.0, n.1);
             }
         }

@@ -91,7 +91,7 @@ impl Phase for Addons {
             phase: phase.into(),
             source,
         };
-        let bundles = manifest::load(ctx.cluster, &Cache::default_location())
+        let mut bundles = manifest::load(ctx.cluster, &Cache::default_location())
             .await
             .map_err(err)?;
         let doc = ctx.state.get().await;
@@ -104,8 +104,9 @@ impl Phase for Addons {
             .clone()
             .ok_or_else(|| PhaseError::Gate {
                 phase: phase.into(),
-                message: "the state has no admin kubeconfig yet: the kubeconfig phase must run first"
-                    .into(),
+                message:
+                    "the state has no admin kubeconfig yet: the kubeconfig phase must run first"
+                        .into(),
             })?;
         let Some((host, session)) = ctx.first_control_plane(phase).await? else {
             return Err(PhaseError::Gate {
@@ -113,15 +114,11 @@ impl Phase for Addons {
                 message: "the cluster has no control-plane node to reach the API through".into(),
             });
         };
-        let (engine, _tunnel) = connect_through(
-            ctx.cluster,
-            host,
-            session,
-            &kubeconfig,
-            ctx.addons.clone(),
-        )
-        .await
-        .map_err(err)?;
+        let (engine, _tunnel) =
+            connect_through(ctx.cluster, host, session, &kubeconfig, ctx.addons.clone())
+                .await
+                .map_err(err)?;
+        engine.adapt(&mut bundles);
         for b in &bundles {
             for n in &b.notes {
                 ctx.note(format!("note: {}: {n}", b.addon));

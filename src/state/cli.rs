@@ -354,6 +354,17 @@ async fn show(
             versions.join(", ")
         }
     ));
+    out.push_str(&format!("addons:      {}\n", doc.addons.len()));
+    for (name, a) in &doc.addons {
+        out.push_str(&format!(
+            "  {name:<16} {:<20} {} objects applied{}\n",
+            a.version,
+            a.objects.len(),
+            a.applied
+                .map(|t| format!(" (last {})", ts(&t)))
+                .unwrap_or_else(|| " (interrupted: not finished yet)".into())
+        ));
+    }
     match doc.sealed_secrets() {
         None => out.push_str("secrets:     none\n"),
         Some(s) => {
