@@ -19,12 +19,33 @@ const NAME: &str = "kf-e2e";
 const SUBNET: &str = "10.252.20";
 
 fn cluster_file(dir: &Path) {
-    // examples/local.yaml, renamed onto a subnet of its own, with the test mirror.
+    // One mirror with the Kubernetes artifacts and the pinned addon manifests
+    // (scripts/testbed/50-k8s-mirror.sh and 60-addons.sh).
+    let m = dir.join("mirror");
+    std::fs::create_dir_all(&m).unwrap();
+    for entry in ["v1.20.2", "images"] {
+        std::os::unix::fs::symlink(Path::new(&mirror()).join(entry), m.join(entry)).unwrap();
+    }
+    let addons = Std::new("bash")
+        .arg(root().join("scripts/testbed/60-addons.sh"))
+        .arg("--print-dir")
+        .output()
+        .unwrap();
+    let addons = String::from_utf8_lossy(&addons.stdout).trim().to_string();
+    assert!(
+        Path::new(&addons).join("addons/contour").is_dir(),
+        "the addons mirror is missing: run scripts/testbed/60-addons.sh"
+    );
+    std::os::unix::fs::symlink(Path::new(&addons).join("addons"), m.join("addons")).unwrap();
+    // examples/local.yaml, renamed onto a subnet of its own, with the test mirror, plus
+    // Contour (applied through the SSH tunnel to the API; its pods cannot pull images
+    // here, so it is applied but not ready).
     let text = std::fs::read_to_string(root().join("examples/local.yaml"))
         .unwrap()
         .replace("name: local", &format!("name: {NAME}"))
         .replace("172.29.10.", &format!("{SUBNET}."))
-        .replace("../.kubeforge/mirror", &mirror());
+        .replace("../.kubeforge/mirror", m.to_str().unwrap())
+        + "  addons:\n    ingress:\n      controller: contour\n";
     assert!(
         text.contains(&format!("{SUBNET}.0/24")) && text.contains("mirror:"),
         "{text}"
@@ -75,6 +96,28 @@ fn apply_bootstraps_a_three_master_cluster_behind_a_vip() {
         );
     }
     eprintln!("bootstrap: {bootstrap:?}");
+    let addons_phase = |report: &serde_json::Value| -> Vec<String> {
+        report["phases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["phase"] == "addons")
+            .expect("the addons phase ran")["notes"]
+            .as_array()
+            .map(|n| n.iter().map(|l| l.as_str().unwrap().to_string()).collect())
+            .unwrap_or_default()
+    };
+    let notes = addons_phase(&report);
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.starts_with("contour v1.33.6: ") && n.contains(" created, 0 changed")),
+        "{notes:?}"
+    );
+    assert!(
+        notes.iter().any(|n| n == "contour v1.33.6: not ready"),
+        "{notes:?}"
+    );
 
     // The admin kubeconfig comes out of the encrypted state and points at the VIP.
     let out = kubeforge(dir.path())
@@ -105,6 +148,31 @@ fn apply_bootstraps_a_three_master_cluster_behind_a_vip() {
     assert_eq!(all.len(), 5, "{all:?}");
     assert_eq!(ready.len(), 5, "ready: {ready:?} of {all:?}");
 
+    // Contour's objects went in through the API (server-side apply, kubeforge's labels).
+    let out = kubectl(
+        dir.path(),
+        &[
+            "get",
+            "service",
+            "-n",
+            "projectcontour",
+            "envoy",
+            "-o",
+            "json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let envoy: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(envoy["spec"]["type"], "LoadBalancer");
+    assert_eq!(
+        envoy["metadata"]["labels"]["kubeforge.dev/addon"],
+        "contour"
+    );
+
     // etcd has 3 started members.
     let cp1 = format!("{NAME}-cp-1");
     let members = support::etcd_member_list(&cp1);
@@ -127,6 +195,13 @@ fn apply_bootstraps_a_three_master_cluster_behind_a_vip() {
         assert_eq!(p["files_sent"], 0, "nothing to send on a re-run: {p}");
         assert_eq!(p["steps_run"], 0, "nothing to run on a re-run: {p}");
     }
+    let notes = addons_phase(&report);
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.starts_with("contour v1.33.6: 0 created, 0 changed, ")),
+        "the addons are applied again without change: {notes:?}"
+    );
     eprintln!("re-run: {rerun:?}");
 
     // Stopping the load balancer that holds the VIP moves it; the API stays up.

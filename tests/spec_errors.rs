@@ -285,10 +285,10 @@ fn cases() -> Vec<(&'static str, String, Option<&'static str>, &'static str)> {
             "cluster.yaml:11:37: spec.addons.metallb.pools[0].addresses[0]: 172.29.10.0/27 contains the address of host `t-cp-1`",
         ),
         (
-            "ingress without MetalLB",
-            docker("  addons:\n    ingress: {controller: contour}\n"),
+            "ingress pool without MetalLB",
+            docker("  addons:\n    ingress: {controller: contour, pool: p}\n"),
             None,
-            "cluster.yaml:10:5: spec.addons.ingress: the ingress controller is exposed through a LoadBalancer Service: configure spec.addons.metallb",
+            "cluster.yaml:10:36: spec.addons.ingress.pool: refers to MetalLB, but spec.addons.metallb is not configured",
         ),
         (
             "ingress pool that does not exist",

@@ -147,6 +147,53 @@ pub struct OnlinePlan {
     pub state_generation: u64,
     /// Phases that would change something, with what.
     pub phases: Vec<OnlinePhase>,
+    /// Addon objects to create, update (with diffs) or delete (server-side dry run).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub addons: Vec<crate::addons::engine::ObjectChange>,
+    /// Why the addons could not be planned (API unreachable, manifests missing, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub addons_error: Option<String>,
+}
+
+/// The addons part of an online plan: through the first control-plane node's SSH
+/// connection to the API, with the admin kubeconfig from the state.
+async fn addon_changes(
+    c: &LoadedCluster,
+    doc: &crate::state::StateDocument,
+    pool: &crate::transport::SshPool,
+) -> Result<Vec<crate::addons::engine::ObjectChange>, String> {
+    let wanted = crate::addons::manifest::wanted(c).map_err(|e| e.to_string())?;
+    if wanted.is_empty() && doc.addons.is_empty() {
+        return Ok(Vec::new());
+    }
+    let Some(kc) = doc.secrets.admin_kubeconfig.as_deref() else {
+        return Err("the cluster has no admin kubeconfig yet (apply installs the addons after the control plane)".into());
+    };
+    let Some(first) = c.topology.first_control_plane() else {
+        return Ok(Vec::new());
+    };
+    let session = pool
+        .session(&first.address.to_string())
+        .await
+        .map_err(|e| e.to_string())?;
+    fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+        crate::error::render_chain(e)
+            .trim_start_matches("error: ")
+            .to_string()
+    }
+    let (engine, _tunnel) =
+        crate::addons::connect_through(c, first, session, kc, Default::default())
+            .await
+            .map_err(|e| chain(&e))?;
+    let mut bundles =
+        crate::addons::manifest::load(c, &crate::artifacts::Cache::default_location())
+            .await
+            .map_err(|e| chain(&e))?;
+    engine.adapt(&mut bundles);
+    engine
+        .plan(&bundles, &doc.addons)
+        .await
+        .map_err(|e| chain(&e))
 }
 
 #[derive(Debug, Serialize)]
@@ -234,12 +281,18 @@ pub async fn against_hosts(
             });
         }
     }
+    let (addons, addons_error) = match addon_changes(c, doc, &pool).await {
+        Ok(a) => (a, None),
+        Err(e) => (Vec::new(), Some(e)),
+    };
     pool.close_all().await;
     Ok((
         OnlinePlan {
             cluster: c.name().to_string(),
             state_generation: doc.generation,
             phases,
+            addons,
+            addons_error,
         },
         failures,
     ))
@@ -253,8 +306,20 @@ pub fn online_text(p: &OnlinePlan) -> String {
         "Plan for cluster `{}` against its hosts (state generation {}):",
         p.cluster, p.state_generation
     );
+    let addons_change = p.addons.iter().any(|a| a.action != "unchanged");
+    if p.phases.is_empty() && !addons_change && p.addons_error.is_none() {
+        o.push_str("No changes: the hosts and addons match the cluster file.\n");
+        return o;
+    }
+    if addons_change {
+        let _ = writeln!(o, "\nAddons:");
+        o.push_str(&crate::ops::addons::plan_text(&p.addons));
+    }
+    if let Some(e) = &p.addons_error {
+        let _ = writeln!(o, "\nAddons not planned: {e}");
+    }
     if p.phases.is_empty() {
-        o.push_str("No changes: the hosts match the cluster file.\n");
+        o.push_str("\nNo host changes: the hosts match the cluster file.\n");
         return o;
     }
     for ph in &p.phases {

@@ -962,9 +962,18 @@ fn check_addons(
             );
         }
         match &s.addons.metallb {
-            None => rep.error(
+            // Another LoadBalancer implementation (a cloud's) may serve the Service.
+            None if ing.pool.is_none() && ing.load_balancer_ip.is_none() => rep.warn(
                 "spec.addons.ingress",
-                "the ingress controller is exposed through a LoadBalancer Service: configure spec.addons.metallb",
+                "the ingress controller is exposed through a LoadBalancer Service and spec.addons.metallb is not configured: its address stays pending unless the cluster has another load-balancer implementation",
+            ),
+            None => rep.error(
+                if ing.pool.is_some() {
+                    "spec.addons.ingress.pool"
+                } else {
+                    "spec.addons.ingress.loadBalancerIp"
+                },
+                "refers to MetalLB, but spec.addons.metallb is not configured",
             ),
             Some(m) => {
                 if let Some(pool) = &ing.pool {
