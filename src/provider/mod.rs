@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod docker;
+pub mod loopdisk;
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
