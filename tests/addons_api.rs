@@ -102,7 +102,12 @@ fn every_addon_applies_with_the_expected_fields_and_a_second_apply_changes_nothi
         ));
     assert!(api.get(&["namespace", "metallb-system"]).is_none());
 
+    let t = std::time::Instant::now();
     let first = addons(d, &api, &["apply", "--yes", "-o", "json"]).success();
+    eprintln!(
+        "first apply of MetalLB + Contour + Rook-Ceph: {:?}",
+        t.elapsed()
+    );
     let report = json_out(&first);
     let outcomes = report["outcomes"].as_array().unwrap();
     assert_eq!(
@@ -212,7 +217,9 @@ fn every_addon_applies_with_the_expected_fields_and_a_second_apply_changes_nothi
         .stdout(predicate::str::contains(
             "addons: 0 to create, 0 to update, 0 to delete",
         ));
+    let t = std::time::Instant::now();
     let second = json_out(&addons(d, &api, &["apply", "--yes", "-o", "json"]).success());
+    eprintln!("second apply (no change): {:?}", t.elapsed());
     for o in second["outcomes"].as_array().unwrap() {
         assert_eq!(
             (o["created"].as_u64(), o["changed"].as_u64()),
