@@ -33,6 +33,8 @@ pub enum Command {
     Render(RenderArgs),
     /// Bootstrap or converge the cluster: plan, confirm, then apply phase by phase.
     Apply(crate::ops::apply::ApplyArgs),
+    /// Delete every machine and cloud resource of the cluster (asks first; --yes skips).
+    Destroy(crate::ops::destroy::DestroyArgs),
     /// Print the admin kubeconfig kept (encrypted) in the state.
     Kubeconfig(SpecArgs),
     /// What a Kubernetes version needs (binaries, images, host packages) and fetching it.
@@ -101,6 +103,7 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         Command::Plan(args) => crate::ops::plan::run(args, output).await,
         Command::Render(args) => crate::ops::render::run(&args.spec.file, &args.out, output),
         Command::Apply(args) => crate::ops::apply::run(args, output, cli.verbose > 0).await,
+        Command::Destroy(args) => crate::ops::destroy::run(args, output).await,
         Command::Kubeconfig(args) => crate::ops::kubeconfig::run(&args.file, output).await,
         Command::Artifacts(args) => crate::ops::artifacts::run(args, output).await,
         Command::State(args) => crate::state::cli::run(args, output).await,

@@ -1,7 +1,9 @@
 pub mod apply;
 pub mod artifacts;
 pub mod bench;
+pub mod destroy;
 pub mod kubeconfig;
 pub mod plan;
+pub mod provider;
 pub mod render;
 pub mod validate;
