@@ -740,9 +740,17 @@ impl AwsProvider {
     /// Set up the client; credentials are read now but only needed (and their absence
     /// only reported) when the API is called, so an offline plan works without them.
     pub fn new(spec: &AwsSpec, ctx: CloudContext) -> Result<AwsProvider, ProviderError> {
+        Self::with_credentials(spec, ctx, AwsCredentials::load(spec.profile.as_deref()))
+    }
+
+    /// With credentials given by the caller (tests, or a caller that has its own).
+    pub fn with_credentials(
+        spec: &AwsSpec,
+        ctx: CloudContext,
+        creds: Result<AwsCredentials, ProviderError>,
+    ) -> Result<AwsProvider, ProviderError> {
         let region = region_of(spec);
         let endpoint = endpoint_of(spec, &region);
-        let creds = AwsCredentials::load(spec.profile.as_deref());
         let zone = spec
             .availability_zone
             .clone()
@@ -757,6 +765,11 @@ impl AwsProvider {
 
     pub fn client(&self) -> &Ec2Client {
         &self.client
+    }
+
+    /// Change the retry policy (tests shorten it).
+    pub fn set_retry(&mut self, retry: Retry) {
+        self.client.retry = retry;
     }
 
     fn cluster(&self) -> &str {
