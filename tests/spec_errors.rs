@@ -479,6 +479,10 @@ fn cloud(provider: &str, extra: &str) -> String {
 fn cloud_provider_inputs_get_their_exact_messages() {
     let aws = "    aws: {image: ami-1}\n";
     assert_eq!(errors(&cloud(aws, ""), None), Vec::<String>::new());
+    assert_eq!(
+        errors(&cloud("    hetzner: {}\n", ""), None),
+        Vec::<String>::new()
+    );
     let cases: Vec<(&str, String, &str)> = vec![
         (
             "aws without image",
@@ -509,6 +513,11 @@ fn cloud_provider_inputs_get_their_exact_messages() {
             "extra disk size",
             cloud(aws, "  nodePools:\n    workers: {count: 1, extraDisks: [100Q]}\n"),
             "cluster.yaml:10:38: spec.nodePools.workers.extraDisks[0]: `100Q`: unknown size unit `Q` (use G, Gi, GB, ...)",
+        ),
+        (
+            "hetzner unknown field",
+            cloud("    hetzner: {serverTyp: cx32}\n", ""),
+            "cluster.yaml:8:15: spec.provider.hetzner.serverTyp: unknown field `serverTyp`, expected one of tokenEnv, endpoint, location, networkZone, serverType, controlPlaneServerType, loadBalancerServerType, image, ipRange, subnet, allowedCidrs",
         ),
         (
             "too many load balancers on a cloud",

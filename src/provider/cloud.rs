@@ -263,3 +263,220 @@ mod tests {
         assert_eq!(n, 3);
     }
 }
+
+/// How a REST API wants to be authenticated.
+#[derive(Clone)]
+pub enum Auth {
+    Bearer(Secret),
+    Basic { user: Secret, password: Secret },
+}
+
+impl fmt::Debug for Auth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Auth::Bearer(_) => f.write_str("Bearer(<redacted>)"),
+            Auth::Basic { .. } => f.write_str("Basic(<redacted>)"),
+        }
+    }
+}
+
+/// A JSON REST client shared by the REST clouds: authentication, retries of throttled
+/// and unavailable answers, and errors carrying the cloud's own code and message
+/// (`error_of` reads them out of an error body).
+#[derive(Debug, Clone)]
+pub struct RestClient {
+    provider: &'static str,
+    http: reqwest::Client,
+    base: String,
+    auth: Result<Auth, String>,
+    error_of: fn(&str) -> Option<(String, String)>,
+    retryable_code: fn(&str) -> bool,
+    pub retry: Retry,
+}
+
+impl RestClient {
+    pub fn new(
+        provider: &'static str,
+        base: &str,
+        auth: Result<Auth, ProviderError>,
+        error_of: fn(&str) -> Option<(String, String)>,
+        retryable_code: fn(&str) -> bool,
+    ) -> Result<RestClient, ProviderError> {
+        Ok(RestClient {
+            provider,
+            http: http_client(provider)?,
+            base: base.trim_end_matches('/').to_string(),
+            auth: auth.map_err(|e| match e {
+                ProviderError::Credentials { message, .. } => message,
+                other => other.to_string(),
+            }),
+            error_of,
+            retryable_code,
+            retry: Retry::default(),
+        })
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// `method path` with an optional JSON body; `resource` names what it is about.
+    /// Returns the status and the JSON answer (`null` for an empty body).
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        resource: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<(u16, serde_json::Value), ProviderError> {
+        let auth = self.auth.as_ref().map_err(|m| ProviderError::Credentials {
+            provider: self.provider,
+            message: m.clone(),
+        })?;
+        let url = format!("{}{path}", self.base);
+        let operation = format!("{method} {}", path.split('?').next().unwrap_or(path));
+        self.retry
+            .run(|| {
+                let mut req = self.http.request(method.clone(), &url);
+                req = match auth {
+                    Auth::Bearer(t) => req.bearer_auth(t.expose()),
+                    Auth::Basic { user, password } => {
+                        req.basic_auth(user.expose(), Some(password.expose()))
+                    }
+                };
+                if let Some(b) = body {
+                    req = req
+                        .header("content-type", "application/json")
+                        .body(b.to_string());
+                }
+                let operation = operation.clone();
+                async move {
+                    let unreachable = |source| ProviderError::Unreachable {
+                        provider: self.provider,
+                        operation: operation.clone(),
+                        resource: resource.to_string(),
+                        endpoint: self.base.clone(),
+                        source,
+                    };
+                    let resp = match req.send().await {
+                        Ok(r) => r,
+                        Err(e) => return Attempt::Again(unreachable(e), None),
+                    };
+                    let status = resp.status().as_u16();
+                    let after = resp
+                        .headers()
+                        .get("retry-after")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .map(Duration::from_secs);
+                    let text = match resp.text().await {
+                        Ok(t) => t,
+                        Err(e) => return Attempt::Again(unreachable(e), None),
+                    };
+                    if (200..300).contains(&status) {
+                        let value = if text.trim().is_empty() {
+                            serde_json::Value::Null
+                        } else {
+                            match serde_json::from_str(&text) {
+                                Ok(v) => v,
+                                Err(e) => {
+                                    return Attempt::Done(Err(ProviderError::BadResponse {
+                                        provider: self.provider,
+                                        operation,
+                                        resource: resource.to_string(),
+                                        detail: format!("not JSON: {e}"),
+                                    }))
+                                }
+                            }
+                        };
+                        return Attempt::Done(Ok((status, value)));
+                    }
+                    let (code, message) = (self.error_of)(&text).unwrap_or_else(|| {
+                        (format!("HTTP{status}"), text.chars().take(200).collect())
+                    });
+                    let again = matches!(status, 429 | 500 | 502 | 503 | 504)
+                        || (self.retryable_code)(&code);
+                    let e = ProviderError::Api {
+                        provider: self.provider,
+                        operation,
+                        resource: resource.to_string(),
+                        status,
+                        code,
+                        message,
+                    };
+                    if again {
+                        Attempt::Again(e, after)
+                    } else {
+                        Attempt::Done(Err(e))
+                    }
+                }
+            })
+            .await
+    }
+
+    pub async fn get(
+        &self,
+        path: &str,
+        resource: &str,
+    ) -> Result<serde_json::Value, ProviderError> {
+        Ok(self
+            .send(reqwest::Method::GET, path, resource, None)
+            .await?
+            .1)
+    }
+
+    pub async fn post(
+        &self,
+        path: &str,
+        resource: &str,
+        body: &serde_json::Value,
+    ) -> Result<serde_json::Value, ProviderError> {
+        Ok(self
+            .send(reqwest::Method::POST, path, resource, Some(body))
+            .await?
+            .1)
+    }
+
+    pub async fn put(
+        &self,
+        path: &str,
+        resource: &str,
+        body: &serde_json::Value,
+    ) -> Result<serde_json::Value, ProviderError> {
+        Ok(self
+            .send(reqwest::Method::PUT, path, resource, Some(body))
+            .await?
+            .1)
+    }
+
+    /// DELETE; a 404 is success (it is gone).
+    pub async fn delete(
+        &self,
+        path: &str,
+        resource: &str,
+    ) -> Result<serde_json::Value, ProviderError> {
+        match self
+            .send(reqwest::Method::DELETE, path, resource, None)
+            .await
+        {
+            Ok((_, v)) => Ok(v),
+            Err(ProviderError::Api { status: 404, .. }) => Ok(serde_json::Value::Null),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// An answer that lacks what kubeforge needs.
+    pub fn bad(&self, operation: &str, resource: &str, detail: impl Into<String>) -> ProviderError {
+        ProviderError::BadResponse {
+            provider: self.provider,
+            operation: operation.to_string(),
+            resource: resource.to_string(),
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Percent-encode a query value.
+pub fn query_value(v: &str) -> String {
+    form_urlencoded::byte_serialize(v.as_bytes()).collect()
+}

@@ -233,6 +233,15 @@ pub enum ProviderError {
         resource: String,
         detail: String,
     },
+    /// A long-running operation (Hetzner action, Sakura job) ended in error.
+    #[error("{provider} {operation} {resource} failed: {code}: {message}")]
+    OperationFailed {
+        provider: &'static str,
+        operation: String,
+        resource: String,
+        code: String,
+        message: String,
+    },
     #[error("{provider} credentials: {message}")]
     Credentials {
         provider: &'static str,
