@@ -520,6 +520,16 @@ fn cloud_provider_inputs_get_their_exact_messages() {
             "cluster.yaml:8:15: spec.provider.hetzner.serverTyp: unknown field `serverTyp`, expected one of tokenEnv, endpoint, location, networkZone, serverType, controlPlaneServerType, loadBalancerServerType, image, ipRange, subnet, allowedCidrs",
         ),
         (
+            "sakura without an archive",
+            cloud("    sakura: {zone: tk1a}\n", ""),
+            "cluster.yaml:8:5: spec.provider.sakura.archive: required field is missing",
+        ),
+        (
+            "sakura disk plan",
+            cloud("    sakura: {archive: '1', diskPlan: nvme}\n", ""),
+            "cluster.yaml:8:28: spec.provider.sakura.diskPlan: unknown value `nvme`, expected ssd or hdd",
+        ),
+        (
             "too many load balancers on a cloud",
             cloud(aws, "  nodePools:\n    loadBalancers: {count: 7}\n"),
             "cluster.yaml:10:21: spec.nodePools.loadBalancers.count: the aws provider supports at most 6 load-balancer nodes",
