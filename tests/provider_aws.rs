@@ -633,3 +633,58 @@ async fn missing_and_rejected_credentials_are_clear_errors() {
     );
     assert!(!err.contains("very-secret-value"), "{err}");
 }
+
+#[test]
+fn unknown_phases_and_offline_plans_need_no_cloud() {
+    let dir = tempfile::tempdir().unwrap();
+    // An endpoint nothing listens on: none of these may call it.
+    write_cluster(dir.path(), "offl", "http://127.0.0.1:9");
+    let out = kubeforge(dir.path())
+        .args([
+            "apply",
+            "--phases",
+            "machines,nope",
+            "--yes",
+            "-f",
+            "cluster.yaml",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(
+            "--phases: no phase `nope` in playbook bootstrap (phases: provision, connect,"
+        ),
+        "{err}"
+    );
+    let (json, _) = run_ok(
+        kubeforge(dir.path())
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .args(["plan", "--offline", "-o", "json", "-f", "cluster.yaml"]),
+    );
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let res = v["cloudResources"].as_array().unwrap();
+    assert_eq!(res.len(), 12, "{json}");
+    assert!(res.iter().all(|r| r["action"] == "create"));
+    assert_eq!(res[0]["kind"], "vpc");
+    assert_eq!(v["machines"][0]["address"], "10.42.0.4");
+    // Planned against an unreachable cloud: said, and everything listed as to create.
+    let out = kubeforge(dir.path())
+        .args(["plan", "-f", "cluster.yaml"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "note: aws DescribeInstances offl: cannot reach the API at http://127.0.0.1:9"
+        ),
+        "{stderr}"
+    );
+    assert!(stdout.contains("(12 to create, 0 existing)"), "{stdout}");
+}
