@@ -1161,10 +1161,21 @@ impl AwsProvider {
 
     /// Deterministic idempotency token: the same machine in the same subnet and
     /// security group always sends the same one (at most 64 ASCII characters).
-    pub fn client_token(cluster: &str, machine: &str, subnet_id: &str, group_id: &str) -> String {
+    /// `salt` > 0 only after the token turned out to name a terminated instance of an
+    /// earlier life of the machine.
+    pub fn client_token(
+        cluster: &str,
+        machine: &str,
+        subnet_id: &str,
+        group_id: &str,
+        salt: u32,
+    ) -> String {
         use sha2::{Digest, Sha256};
-        let h = Sha256::digest(format!("{cluster}/{machine}/{subnet_id}/{group_id}"));
-        format!("kubeforge-{}", &hex::encode(h)[..40])
+        let mut text = format!("{cluster}/{machine}/{subnet_id}/{group_id}");
+        if salt > 0 {
+            text.push_str(&format!("/{salt}"));
+        }
+        format!("kubeforge-{}", &hex::encode(Sha256::digest(text))[..40])
     }
 
     fn instance_type(&self, role: MachineRole) -> String {
@@ -1176,10 +1187,35 @@ impl AwsProvider {
         .unwrap_or_else(|| self.spec.instance_type.clone())
     }
 
+    /// RunInstances for one machine. EC2 answers a repeated client token with the
+    /// instance it made for it; if that one is terminated (the machine was deleted and
+    /// is now made again in the same subnet and group), the next salt is tried.
     async fn run_instance(
         &self,
         spec: &MachineSpec,
         net: &Network,
+    ) -> Result<Instance, ProviderError> {
+        let mut salt = 0;
+        loop {
+            let i = self.run_instance_with(spec, net, salt).await?;
+            if salt < 5
+                && matches!(
+                    i.instance_state.name.as_str(),
+                    "terminated" | "shutting-down"
+                )
+            {
+                salt += 1;
+                continue;
+            }
+            return Ok(i);
+        }
+    }
+
+    async fn run_instance_with(
+        &self,
+        spec: &MachineSpec,
+        net: &Network,
+        salt: u32,
     ) -> Result<Instance, ProviderError> {
         use base64::Engine as _;
         let mut params = vec![
@@ -1193,7 +1229,13 @@ impl AwsProvider {
             p("SecurityGroupId.1", net.group_id.clone()),
             p(
                 "ClientToken",
-                Self::client_token(self.cluster(), &spec.name, &net.subnet_id, &net.group_id),
+                Self::client_token(
+                    self.cluster(),
+                    &spec.name,
+                    &net.subnet_id,
+                    &net.group_id,
+                    salt,
+                ),
             ),
             p(
                 "UserData",
@@ -1645,20 +1687,24 @@ mod tests {
 
     #[test]
     fn client_tokens_are_deterministic_and_short() {
-        let a = AwsProvider::client_token("c", "c-cp-1", "subnet-1", "sg-1");
+        let a = AwsProvider::client_token("c", "c-cp-1", "subnet-1", "sg-1", 0);
         assert_eq!(
             a,
-            AwsProvider::client_token("c", "c-cp-1", "subnet-1", "sg-1")
+            AwsProvider::client_token("c", "c-cp-1", "subnet-1", "sg-1", 0)
         );
         assert_ne!(
             a,
-            AwsProvider::client_token("c", "c-cp-2", "subnet-1", "sg-1")
+            AwsProvider::client_token("c", "c-cp-2", "subnet-1", "sg-1", 0)
         );
         assert_ne!(
             a,
-            AwsProvider::client_token("c", "c-cp-1", "subnet-2", "sg-1")
+            AwsProvider::client_token("c", "c-cp-1", "subnet-2", "sg-1", 0)
         );
         assert!(a.len() <= 64 && a.is_ascii());
+        assert_ne!(
+            a,
+            AwsProvider::client_token("c", "c-cp-1", "subnet-1", "sg-1", 1)
+        );
     }
 
     #[test]
