@@ -575,3 +575,94 @@ async fn destroy_deletes_only_labelled_resources() {
     // Again: nothing left, success.
     assert!(p.destroy_all().await.unwrap().is_empty());
 }
+
+/// The binary as a user runs it, against the fake: apply --phases machines, again (no
+/// change), destroy.
+#[test]
+fn apply_machines_and_destroy_through_the_binary() {
+    let (server, fake) = start(Fake {
+        per_page: 50,
+        ..Fake::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let bin = common::bin();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(&bin)
+            .current_dir(dir.path())
+            .env("HCLOUD_TOKEN", TOKEN)
+            .env_remove("HCLOUD_ENDPOINT")
+            .stdin(std::process::Stdio::null())
+            .args(args)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{args:?}: {text}");
+        assert!(!text.contains(TOKEN), "the token was printed");
+        text
+    };
+    run(&["state", "keygen", "--out", "state.key"]);
+    std::fs::write(
+        dir.path().join("cluster.yaml"),
+        format!(
+            "apiVersion: kubeforge.dev/v1alpha1
+kind: Cluster
+metadata:
+  name: hzc
+spec:
+  kubernetesVersion: v1.30.2
+  provider:
+    hetzner: {{endpoint: '{}'}}
+  state: {{url: file://state, encryption: {{keyFile: state.key}}}}
+  nodePools:
+    controlPlane: {{count: 3}}
+    loadBalancers: {{count: 2}}
+",
+            server.url()
+        ),
+    )
+    .unwrap();
+    let out = run(&[
+        "apply",
+        "--phases",
+        "machines",
+        "--yes",
+        "-f",
+        "cluster.yaml",
+    ]);
+    assert!(
+        out.contains("Cloud resources on hetzner (8 to create, 0 existing)"),
+        "{out}"
+    );
+    assert_eq!(fake.lock().unwrap().servers.len(), 5);
+    // The VIP is an alias of the first load balancer.
+    let lb1 = fake
+        .lock()
+        .unwrap()
+        .servers
+        .iter()
+        .find(|s| s["name"] == "hzc-lb-1")
+        .cloned()
+        .unwrap();
+    assert_eq!(lb1["private_net"][0]["alias_ips"], json!(["10.42.0.254"]));
+    let out = run(&[
+        "apply",
+        "--phases",
+        "machines",
+        "--yes",
+        "-f",
+        "cluster.yaml",
+    ]);
+    assert!(out.contains("(0 to create, 8 existing)"), "{out}");
+    assert_eq!(fake.lock().unwrap().servers.len(), 5);
+    let out = run(&["destroy", "--yes", "-f", "cluster.yaml"]);
+    assert!(out.contains("delete  server `hzc-cp-1`"), "{out}");
+    assert!(
+        out.contains("cluster `hzc` destroyed: 8 hetzner resources deleted"),
+        "{out}"
+    );
+    assert!(fake.lock().unwrap().servers.is_empty());
+}

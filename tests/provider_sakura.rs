@@ -568,3 +568,83 @@ async fn destroy_deletes_only_tagged_resources() {
     );
     assert!(p.destroy_all().await.unwrap().is_empty());
 }
+
+/// The binary as a user runs it, against the fake: apply --phases machines, again (no
+/// change), destroy.
+#[test]
+fn apply_machines_and_destroy_through_the_binary() {
+    let (server, fake) = start(Fake {
+        page: 50,
+        ..Fake::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let bin = common::bin();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(&bin)
+            .current_dir(dir.path())
+            .env("SAKURACLOUD_ACCESS_TOKEN", TOKEN)
+            .env("SAKURACLOUD_ACCESS_TOKEN_SECRET", SECRET)
+            .stdin(std::process::Stdio::null())
+            .args(args)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{args:?}: {text}");
+        assert!(!text.contains(SECRET), "the secret was printed");
+        text
+    };
+    run(&["state", "keygen", "--out", "state.key"]);
+    std::fs::write(
+        dir.path().join("cluster.yaml"),
+        format!(
+            "apiVersion: kubeforge.dev/v1alpha1
+kind: Cluster
+metadata:
+  name: skc
+spec:
+  kubernetesVersion: v1.30.2
+  provider:
+    sakura: {{archive: '113000000001', endpoint: '{}'}}
+  state: {{url: file://state, encryption: {{keyFile: state.key}}}}
+  nodePools:
+    controlPlane: {{count: 3}}
+  loadBalancer: {{placement: control-plane, interface: eth1}}
+",
+            server.url()
+        ),
+    )
+    .unwrap();
+    let out = run(&[
+        "apply",
+        "--phases",
+        "machines",
+        "--yes",
+        "-f",
+        "cluster.yaml",
+    ]);
+    assert!(
+        out.contains("Cloud resources on sakura (11 to create, 0 existing)"),
+        "{out}"
+    );
+    assert_eq!(fake.lock().unwrap().servers.len(), 3);
+    let out = run(&[
+        "apply",
+        "--phases",
+        "machines",
+        "--yes",
+        "-f",
+        "cluster.yaml",
+    ]);
+    assert!(out.contains("(0 to create, 11 existing)"), "{out}");
+    let out = run(&["destroy", "--yes", "-f", "cluster.yaml"]);
+    assert!(
+        out.contains("cluster `skc` destroyed: 11 sakura resources deleted"),
+        "{out}"
+    );
+    let f = fake.lock().unwrap();
+    assert!(f.servers.is_empty() && f.disks.is_empty() && f.switches.is_empty());
+}
