@@ -419,6 +419,22 @@ async fn apply_machines_then_destroy_end_to_end() {
     assert!(err.contains("create  vpc `e2e`"), "{err}");
     let ids = live_instances(&m.endpoint(), "kubeforge:cluster", "e2e").await;
     assert_eq!(ids.len(), 6);
+    // The VIP is a secondary address of the first load balancer's interface.
+    let lb1 = raw(&m.endpoint())
+        .call(
+            "DescribeInstances",
+            "test",
+            &[
+                ("Filter.1.Name".to_string(), "tag:Name".to_string()),
+                ("Filter.1.Value.1".to_string(), "e2e-lb-1".to_string()),
+            ],
+        )
+        .await
+        .unwrap();
+    assert!(
+        lb1.contains("<privateIpAddress>10.42.0.254</privateIpAddress>"),
+        "{lb1}"
+    );
 
     // The state records the machines with their fixed and public addresses.
     let (show, _) =

@@ -470,6 +470,22 @@ struct Instance {
     ip_address: Option<String>,
     #[serde(default)]
     tag_set: Items<Tag>,
+    #[serde(default)]
+    network_interface_set: Items<NetworkInterface>,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(rename_all = "camelCase")]
+struct NetworkInterface {
+    network_interface_id: String,
+    #[serde(default)]
+    private_ip_addresses_set: Items<PrivateIp>,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(rename_all = "camelCase")]
+struct PrivateIp {
+    private_ip_address: String,
 }
 
 #[derive(Debug, Deserialize, Clone)]
@@ -1333,6 +1349,42 @@ impl AwsProvider {
         }
     }
 
+    /// The VIP as a secondary private address of its first holder's interface, so the
+    /// VPC routes it there (a VPC routes only addresses assigned to an interface).
+    /// Moving it on failover is not done (docs/providers.md).
+    async fn ensure_vip(&self) -> Result<(), ProviderError> {
+        let (Some(vip), Some(holder)) = (self.ctx.vip, &self.ctx.vip_holder) else {
+            return Ok(());
+        };
+        let Some(i) = self.find_instance(holder).await? else {
+            return Ok(());
+        };
+        let Some(eni) = i.network_interface_set.item.first() else {
+            return Ok(());
+        };
+        let vip = vip.to_string();
+        if eni
+            .private_ip_addresses_set
+            .item
+            .iter()
+            .any(|a| a.private_ip_address == vip)
+        {
+            return Ok(());
+        }
+        self.client
+            .call(
+                "AssignPrivateIpAddresses",
+                holder,
+                &[
+                    p("NetworkInterfaceId", eni.network_interface_id.clone()),
+                    p("PrivateIpAddress.1", vip),
+                    p("AllowReassignment", "true"),
+                ],
+            )
+            .await
+            .map(|_| ())
+    }
+
     async fn wait_terminated(&self, ids: &[String]) -> Result<(), ProviderError> {
         if ids.is_empty() {
             return Ok(());
@@ -1449,6 +1501,7 @@ impl Provider for AwsProvider {
             },
         )
         .await?;
+        self.ensure_vip().await?;
         Ok(machines)
     }
 
