@@ -127,6 +127,30 @@ impl Fake {
         let route: Vec<&str> = r.route().trim_start_matches('/').split('/').collect();
         let body = r.json();
         match (r.method.as_str(), route.as_slice()) {
+            ("GET", ["product", "server"]) => {
+                // The documented plan list: several generations, one unavailable.
+                let q = r
+                    .path
+                    .split_once('?')
+                    .map(|(_, q)| q.to_string())
+                    .unwrap_or_default();
+                let q: Value = serde_json::from_str(
+                    &form_urlencoded::parse(format!("q={q}").as_bytes())
+                        .next()
+                        .unwrap()
+                        .1,
+                )
+                .unwrap();
+                let (cpu, mem) = (q["Filter"]["CPU"].clone(), q["Filter"]["MemoryMB"].clone());
+                Response::json(
+                    200,
+                    json!({"From": 0, "Count": 3, "Total": 3, "ServerPlans": [
+                    {"ID": 100002004, "Name": "プラン/2Core-4GB", "CPU": cpu, "MemoryMB": mem, "Generation": 100, "Commitment": "standard", "Availability": "available"},
+                    {"ID": 200002004, "Name": "プラン/2Core-4GB", "CPU": cpu, "MemoryMB": mem, "Generation": 200, "Commitment": "standard", "Availability": "available"},
+                    {"ID": 300002004, "Name": "プラン/2Core-4GB", "CPU": cpu, "MemoryMB": mem, "Generation": 300, "Commitment": "standard", "Availability": "discontinued"}
+                ], "is_ok": true}),
+                )
+            }
             ("GET", ["server"]) => self.list("server", "Servers", r),
             ("GET", ["disk"]) => self.list("disk", "Disks", r),
             ("GET", ["note"]) => self.list("note", "Notes", r),
@@ -154,8 +178,8 @@ impl Fake {
                 Response::json(201, json!({"Note": n, "Success": true, "is_ok": true}))
             }
             ("POST", ["server"]) => {
-                if body["Server"]["ServerPlan"]["CPU"] == json!(99) {
-                    return err(400, "bad_request", "パラメータが不正です。ServerPlan");
+                if body["Server"]["Name"] == json!("sk-bad") {
+                    return err(400, "bad_request", "パラメータが不正です。Name");
                 }
                 let id = self.id();
                 let n = self.next_id;
@@ -359,8 +383,11 @@ async fn ensure_sends_the_documented_requests_and_a_rerun_creates_nothing() {
     assert_eq!(s["Name"], "sk-cp-1");
     assert_eq!(
         s["ServerPlan"],
-        json!({"CPU": 2, "MemoryMB": 4096, "Generation": 100, "Commitment": "standard"})
+        json!({"ID": 200002004}),
+        "the newest available generation of the plan with 2 CPU / 4 GiB"
     );
+    assert!(reqs.iter().any(|r| r.route() == "/product/server"
+        && r.query_json()["Filter"] == json!({"CPU": 2, "MemoryMB": 4096})));
     assert_eq!(s["ConnectedSwitches"][0], json!({"Scope": "shared"}));
     assert!(s["ConnectedSwitches"][1]["ID"].is_string());
     assert_eq!(
@@ -467,11 +494,13 @@ async fn errors_carry_operation_resource_code_and_message() {
         page: 50,
         ..Fake::default()
     });
-    let p = provider(&server.url(), json!({"cpu": 99}));
-    let err = p.ensure(&specs()[..1]).await.unwrap_err().to_string();
+    let p = provider(&server.url(), json!({}));
+    let mut bad = specs();
+    bad[0].name = "sk-bad".into();
+    let err = p.ensure(&bad[..1]).await.unwrap_err().to_string();
     assert_eq!(
         err,
-        "sakura POST /server sk-cp-1: bad_request: パラメータが不正です。ServerPlan (HTTP 400)"
+        "sakura POST /server sk-bad: bad_request: パラメータが不正です。Name (HTTP 400)"
     );
 
     // A disk copy that ends `failed`.

@@ -404,12 +404,56 @@ impl SakuraProvider {
         ])
     }
 
+    /// The server plan id for the configured CPU count and memory
+    /// (`GET /product/server`): an available plan, the newest generation first.
+    async fn server_plan(&self) -> Result<Value, ProviderError> {
+        let memory_mb = self.spec.memory_gb * 1024;
+        let q = json!({"Filter": {"CPU": self.spec.cpu, "MemoryMB": memory_mb}});
+        let what = format!("{} CPU / {} GiB", self.spec.cpu, self.spec.memory_gb);
+        let v = self
+            .api
+            .get(
+                &format!("/product/server?{}", cloud::query_value(&q.to_string())),
+                &what,
+            )
+            .await?;
+        let plans = v
+            .get("ServerPlans")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        plans
+            .into_iter()
+            .filter(|p| {
+                p.get("CPU").and_then(Value::as_u64) == Some(u64::from(self.spec.cpu))
+                    && p.get("MemoryMB").and_then(Value::as_u64) == Some(u64::from(memory_mb))
+                    && p.get("Availability")
+                        .and_then(Value::as_str)
+                        .unwrap_or("available")
+                        == "available"
+                    && p.get("Commitment")
+                        .and_then(Value::as_str)
+                        .unwrap_or("standard")
+                        == "standard"
+            })
+            .max_by_key(|p| p.get("Generation").and_then(Value::as_u64).unwrap_or(0))
+            .and_then(|p| p.get("ID").cloned())
+            .ok_or_else(|| ProviderError::Config {
+                provider: P,
+                message: format!(
+                    "zone {} has no available server plan with {what}",
+                    self.spec.zone
+                ),
+            })
+    }
+
     async fn create_server(&self, s: &MachineSpec, switch: &str) -> Result<Server, ProviderError> {
+        let plan = self.server_plan().await?;
         let body = json!({"Server": {
             "Name": s.name,
             "HostName": s.name,
             "Description": format!("kubeforge cluster {}", self.cluster()),
-            "ServerPlan": {"CPU": self.spec.cpu, "MemoryMB": self.spec.memory_gb * 1024, "Generation": 100, "Commitment": "standard"},
+            "ServerPlan": {"ID": plan},
             "ConnectedSwitches": [{"Scope": "shared"}, {"ID": switch}],
             "InterfaceDriver": "virtio",
             "Tags": self.tags(s),

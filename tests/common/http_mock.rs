@@ -26,6 +26,17 @@ impl Request {
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.body).unwrap_or(serde_json::Value::Null)
     }
+    /// The whole query as JSON (Sakura Cloud passes its parameters that way).
+    pub fn query_json(&self) -> serde_json::Value {
+        let Some((_, q)) = self.path.split_once('?') else {
+            return serde_json::Value::Null;
+        };
+        let decoded: String = form_urlencoded::parse(format!("q={q}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default();
+        serde_json::from_str(&decoded).unwrap_or(serde_json::Value::Null)
+    }
     /// The path without the query.
     pub fn route(&self) -> &str {
         self.path.split('?').next().unwrap_or(&self.path)
