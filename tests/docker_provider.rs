@@ -27,7 +27,7 @@ fn machines_boot_systemd_with_fixed_addresses_and_own_host_keys() {
             let specs: Vec<MachineSpec> = c
                 .machines
                 .iter()
-                .map(|m| MachineSpec { name: m.name.clone(), role: m.role, ip: m.ip.unwrap() })
+                .map(|m| MachineSpec { name: m.name.clone(), role: m.role, ip: m.ip.unwrap(), extra_disks: vec![] })
                 .collect();
             let again = p.ensure(&specs).await.unwrap();
             assert_eq!(
@@ -121,6 +121,7 @@ fn a_missing_image_and_foreign_machines_are_clear_errors() {
             name: "kft-noimg-cp-1".into(),
             role: MachineRole::ControlPlane,
             ip: "10.251.254.10".parse().unwrap(),
+            extra_disks: vec![],
         };
         let err = p.ensure(std::slice::from_ref(&spec)).await.unwrap_err();
         let msg = err.to_string();

@@ -184,15 +184,15 @@ fn cases() -> Vec<(&'static str, String, Option<&'static str>, &'static str)> {
         ),
         (
             "unknown provider",
-            docker("").replace("docker: {}", "aws: {}"),
+            docker("").replace("docker: {}", "gcp: {}"),
             None,
-            "cluster.yaml:8:5: spec.provider.aws: unknown field `aws`, expected docker or static",
+            "cluster.yaml:8:5: spec.provider.gcp: unknown field `gcp`, expected one of docker, static, aws, hetzner, sakura",
         ),
         (
             "two providers",
             docker("").replace("docker: {}", "docker: {}\n    static: {inventory: x}"),
             None,
-            "cluster.yaml:7:3: spec.provider: name only one provider: docker or static",
+            "cluster.yaml:7:3: spec.provider: name only one provider, not docker and static",
         ),
         (
             "docker network on a public range",
@@ -467,4 +467,80 @@ fn garbage_never_panics() {
     ] {
         let _ = errors(text, None);
     }
+}
+
+/// A cluster on a cloud provider: `provider` is the YAML under `provider:` (4-space
+/// indented lines), `extra` follows under `spec:`.
+fn cloud(provider: &str, extra: &str) -> String {
+    format!("{HEAD}  provider:\n{provider}{extra}")
+}
+
+#[test]
+fn cloud_provider_inputs_get_their_exact_messages() {
+    let aws = "    aws: {image: ami-1}\n";
+    assert_eq!(errors(&cloud(aws, ""), None), Vec::<String>::new());
+    assert_eq!(
+        errors(&cloud("    hetzner: {}\n", ""), None),
+        Vec::<String>::new()
+    );
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "aws without image",
+            cloud("    aws: {region: eu-west-1}\n", ""),
+            "cluster.yaml:8:5: spec.provider.aws.image: required field is missing",
+        ),
+        (
+            "aws unknown field",
+            cloud("    aws: {image: ami-1, instanceTyp: t3.large}\n", ""),
+            "cluster.yaml:8:25: spec.provider.aws.instanceTyp: unknown field `instanceTyp`, expected one of image, region, endpoint, profile, availabilityZone, instanceType, controlPlaneInstanceType, loadBalancerInstanceType, vpcCidr, subnet, useDefaultVpc, allowedCidrs, rootVolumeGb",
+        ),
+        (
+            "aws and docker at once",
+            cloud("    docker: {}\n    aws: {image: ami-1}\n", ""),
+            "cluster.yaml:7:3: spec.provider: name only one provider, not docker and aws",
+        ),
+        (
+            "aws subnet on a public range",
+            cloud("    aws: {image: ami-1, subnet: 8.8.8.0/24}\n", ""),
+            "cluster.yaml:8:25: spec.provider.aws.subnet: 8.8.8.0/24 is not a private range: the aws subnet must stay inside 10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16",
+        ),
+        (
+            "aws subnet not a CIDR",
+            cloud("    aws: {image: ami-1, subnet: 10.1.0.0}\n", ""),
+            "cluster.yaml:8:25: spec.provider.aws.subnet: `10.1.0.0` is not a CIDR like 10.244.0.0/16",
+        ),
+        (
+            "extra disk size",
+            cloud(aws, "  nodePools:\n    workers: {count: 1, extraDisks: [100Q]}\n"),
+            "cluster.yaml:10:38: spec.nodePools.workers.extraDisks[0]: `100Q`: unknown size unit `Q` (use G, Gi, GB, ...)",
+        ),
+        (
+            "hetzner unknown field",
+            cloud("    hetzner: {serverTyp: cx32}\n", ""),
+            "cluster.yaml:8:15: spec.provider.hetzner.serverTyp: unknown field `serverTyp`, expected one of tokenEnv, endpoint, location, networkZone, serverType, controlPlaneServerType, loadBalancerServerType, image, ipRange, subnet, allowedCidrs",
+        ),
+        (
+            "sakura without an archive",
+            cloud("    sakura: {zone: tk1a}\n", ""),
+            "cluster.yaml:8:5: spec.provider.sakura.archive: required field is missing",
+        ),
+        (
+            "sakura disk plan",
+            cloud("    sakura: {archive: '1', diskPlan: nvme}\n", ""),
+            "cluster.yaml:8:28: spec.provider.sakura.diskPlan: unknown value `nvme`, expected ssd or hdd",
+        ),
+        (
+            "too many load balancers on a cloud",
+            cloud(aws, "  nodePools:\n    loadBalancers: {count: 7}\n"),
+            "cluster.yaml:10:21: spec.nodePools.loadBalancers.count: the aws provider supports at most 6 load-balancer nodes",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, text, want) in &cases {
+        let errs = errors(text, None);
+        if errs.len() != 1 || errs[0] != *want {
+            failures.push(format!("{name}:\n  want: {want}\n  got:  {errs:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -35,6 +35,8 @@ pub enum Command {
     Apply(crate::ops::apply::ApplyArgs),
     /// Plan, apply or check the cluster's addons (MetalLB, ingress, Rook-Ceph) on their own.
     Addons(crate::ops::addons::AddonsArgs),
+    /// Delete every machine and cloud resource of the cluster (asks first; --yes skips).
+    Destroy(crate::ops::destroy::DestroyArgs),
     /// Print the admin kubeconfig kept (encrypted) in the state.
     Kubeconfig(SpecArgs),
     /// What a Kubernetes version needs (binaries, images, host packages) and fetching it.
@@ -106,6 +108,7 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         Command::Render(args) => crate::ops::render::run(&args.spec.file, &args.out, output),
         Command::Apply(args) => crate::ops::apply::run(args, output, cli.verbose > 0).await,
         Command::Addons(args) => crate::ops::addons::run(args, output).await,
+        Command::Destroy(args) => crate::ops::destroy::run(args, output).await,
         Command::Kubeconfig(args) => crate::ops::kubeconfig::run(&args.file, output).await,
         Command::Artifacts(args) => crate::ops::artifacts::run(args, output).await,
         Command::State(args) => crate::state::cli::run(args, output).await,

@@ -9,7 +9,7 @@ use crate::phase::{self, ApplyContext, PhasePlan, StateHandle};
 use crate::playbook;
 use crate::provider::{DockerConfig, DockerProvider};
 use crate::render::{self, Secrets};
-use crate::spec::{self, LoadedCluster, Provider};
+use crate::spec::{self, LoadedCluster};
 use crate::state::{JournalEntry, PhaseStatus, StateDocument, StateStore};
 use crate::transport::{MemoryHostKeyStore, ProgressMode, SshAuth, SshConfig, SshPool};
 use clap::Args;
@@ -37,6 +37,10 @@ pub struct ApplyArgs {
     pub accept_new_host_key: Vec<String>,
     #[command(flatten)]
     pub addons: AddonArgs,
+    /// Run only these phases of the playbook, in playbook order (comma-separated or
+    /// repeated; `machines` is the provision phase).
+    #[arg(long, value_delimiter = ',', value_name = "PHASE")]
+    pub phases: Vec<String>,
 }
 
 /// How addons are applied (the `addons` phase and `kubeforge addons apply`).
@@ -82,6 +86,37 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
         _ => return Err(format!("`{s}` is not a duration (examples: 90s, 5m, 1h)")),
     };
     Ok(std::time::Duration::from_secs(secs))
+}
+
+/// Names `--phases` accepts besides the phase names.
+const PHASE_ALIASES: &[(&str, &str)] = &[("machines", "provision")];
+
+/// Keep the playbook phases `--phases` names (all when it is empty); an unknown name is
+/// a usage error listing the known ones.
+pub fn select_phases(pb: &mut playbook::Playbook, wanted: &[String]) -> Result<(), Error> {
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let mut names = Vec::new();
+    for w in wanted {
+        let w = w.trim();
+        let name = PHASE_ALIASES
+            .iter()
+            .find(|(a, _)| *a == w)
+            .map(|(_, n)| *n)
+            .unwrap_or(w);
+        if !pb.phases.iter().any(|p| p.name == name) {
+            let known: Vec<&str> = pb.phases.iter().map(|p| p.name.as_str()).collect();
+            return Err(Error::Usage(format!(
+                "--phases: no phase `{w}` in playbook {} (phases: {}; `machines` = provision)",
+                pb.name,
+                known.join(", ")
+            )));
+        }
+        names.push(name.to_string());
+    }
+    pb.phases.retain(|p| names.contains(&p.name));
+    Ok(())
 }
 
 /// Names of the secrets kept in the state's `extra` map.
@@ -183,10 +218,7 @@ async fn run_locked(
     ensure_secrets(c, &state).await?;
     let doc = state.get().await;
     let auth = ssh_auth(c, &doc)?;
-    let docker = match &c.cluster.spec.provider {
-        Provider::Docker(d) => Some(docker_provider(c, d, &auth).await?),
-        Provider::Static(_) => None,
-    };
+    let provider = crate::ops::provider::open(c, &auth).await?;
     let host_keys = Arc::new(MemoryHostKeyStore::from_map(doc.host_keys.clone()));
     let pool = Arc::new(SshPool::new(
         ssh_config(c, auth, &args.accept_new_host_key)?,
@@ -205,13 +237,44 @@ async fn run_locked(
     };
     let registry = phase::registry();
     let names: Vec<&str> = registry.iter().map(|p| p.name()).collect();
-    let pb = playbook::load(args.playbook.as_deref(), &names)?;
+    let mut pb = playbook::load(args.playbook.as_deref(), &names)?;
+    select_phases(&mut pb, &args.phases)?;
+    // Phases that only talk to the provider and the state (no host): their plan needs
+    // no connection to any machine.
+    let operator_only = pb
+        .phases
+        .iter()
+        .all(|p| p.hosts == playbook::Selector::None);
 
     // The whole plan first, for the operator to confirm.
     let secrets =
         render_secrets(&doc).ok_or_else(|| Error::Usage("internal: secrets missing".into()))?;
     if output == OutputFormat::Text {
-        if doc.machines.is_empty() {
+        if let (Some(p), true) = (
+            &provider,
+            pb.phases.iter().any(|p| p.name == "provision") && c.cluster.spec.provider.is_cloud(),
+        ) {
+            let wanted = p.planned(&crate::phase::provision::machine_specs(c));
+            let existing = p.resources().await?;
+            eprint!(
+                "{}",
+                crate::ops::plan::resources_text(
+                    p.kind(),
+                    &crate::provider::diff_resources(&wanted, &existing)
+                )
+            );
+        }
+        if operator_only {
+            let full = crate::ops::plan::build(c, &secrets, args.playbook.as_deref())?;
+            let kept: Vec<_> = full
+                .phases
+                .iter()
+                .filter(|ph| pb.phases.iter().any(|r| r.name == ph.name))
+                .collect();
+            for ph in kept {
+                eprint!("{}", crate::ops::plan::phase_text(ph, false));
+            }
+        } else if doc.machines.is_empty() {
             let full = crate::ops::plan::build(c, &secrets, args.playbook.as_deref())?;
             eprint!("{}", crate::ops::plan::text(&full, c, false));
         } else {
@@ -278,7 +341,7 @@ async fn run_locked(
             secrets: &secrets,
             rt: &rt,
             state: &state,
-            docker: docker.as_ref(),
+            provider: provider.as_deref(),
             done: Default::default(),
             addons: &addon_opts,
             notes: Default::default(),
@@ -412,7 +475,7 @@ async fn journal(
 /// for the docker provider without a key file, the cluster's SSH key.
 async fn ensure_secrets(c: &LoadedCluster, state: &StateHandle) -> Result<(), Error> {
     let doc = state.get().await;
-    let need_ssh = matches!(c.cluster.spec.provider, Provider::Docker(_))
+    let need_ssh = c.cluster.spec.provider.makes_machines()
         && c.cluster.spec.ssh.key_file.is_none()
         && !c.cluster.spec.ssh.agent
         && !doc.secrets.extra.contains_key(SSH_KEY);
@@ -483,7 +546,7 @@ pub fn ssh_config(c: &LoadedCluster, auth: SshAuth, accept: &[String]) -> Result
     let mut cfg = SshConfig::new(ssh.user.clone(), auth.clone());
     cfg.port = ssh.port;
     cfg.connect_timeout = Duration::from_secs(ssh.connect_timeout_seconds.into());
-    if matches!(c.cluster.spec.provider, Provider::Docker(_)) {
+    if c.cluster.spec.provider.makes_machines() {
         // Fresh machines get their authorized key a moment after sshd starts.
         cfg.retry.auth_window = Duration::from_secs(30);
     }
@@ -503,7 +566,7 @@ pub fn ssh_config(c: &LoadedCluster, auth: SshAuth, accept: &[String]) -> Result
     Ok(cfg)
 }
 
-async fn docker_provider(
+pub async fn docker_provider(
     c: &LoadedCluster,
     d: &spec::DockerProvider,
     auth: &SshAuth,

@@ -158,6 +158,7 @@ async fn fanout(a: &FanoutArgs) -> Result<BenchReport, Error> {
             name: format!("kfbench-worker-{}", i + 1),
             role: MachineRole::Worker,
             ip: IpAddr::V4((base + 10 + i as u32).into()),
+            extra_disks: vec![],
         })
         .collect();
     let t = Instant::now();

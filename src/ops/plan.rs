@@ -19,6 +19,10 @@ pub struct Plan {
     pub provider: String,
     pub control_plane_endpoint: String,
     pub machines: Vec<Machine>,
+    /// Cloud providers: what `provision` makes (offline: everything `create`; planned
+    /// against the cloud: `create` or `exists`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cloud_resources: Vec<crate::provider::ResourceChange>,
     pub phases: Vec<PhasePlan>,
     pub warnings: Vec<SpecError>,
 }
@@ -50,8 +54,8 @@ pub fn build(
         }
     }
     let action = match &c.cluster.spec.provider {
-        Provider::Docker(_) => "ensure",
         Provider::Static(_) => "use",
+        _ => "ensure",
     };
     Ok(Plan {
         cluster: c.name().to_string(),
@@ -71,6 +75,13 @@ pub fn build(
                 address: h.address.to_string(),
                 roles: h.roles.iter().map(|r| r.as_str().to_string()).collect(),
                 action: action.into(),
+            })
+            .collect(),
+        cloud_resources: crate::phase::provision::planned_cloud_resources(c)
+            .into_iter()
+            .map(|resource| crate::provider::ResourceChange {
+                action: crate::provider::ChangeAction::Create,
+                resource,
             })
             .collect(),
         phases,
@@ -125,12 +136,35 @@ pub async fn run(args: crate::cli::PlanArgs, output: OutputFormat) -> Result<(),
     // Offline: no state to read secrets from, so the plan is made with fresh ones, and
     // shows them redacted like any plan.
     let secrets = Secrets::generate();
-    let plan = build(&loaded, &secrets, args.playbook.as_deref())?;
+    let mut plan = build(&loaded, &secrets, args.playbook.as_deref())?;
+    if !args.offline && loaded.cluster.spec.provider.is_cloud() {
+        // Read-only: which of the cloud resources exist already.
+        match cloud_changes(&loaded).await {
+            Ok(changes) => plan.cloud_resources = changes,
+            Err(e) => note(
+                output,
+                &format!(
+                    "{}: listing every cloud resource as to be created",
+                    crate::error::render_chain(&e).trim_start_matches("error: ")
+                ),
+            ),
+        }
+    }
     match output {
         OutputFormat::Json => print_json(&plan)?,
         OutputFormat::Text => print!("{}", text(&plan, &loaded, args.show_content)),
     }
     Ok(())
+}
+
+/// The cloud resources `provision` would create or finds, asking the cloud (read-only).
+async fn cloud_changes(c: &LoadedCluster) -> Result<Vec<crate::provider::ResourceChange>, Error> {
+    let Some(p) = crate::phase::provision::open_cloud(c, String::new())? else {
+        return Ok(Vec::new());
+    };
+    let wanted = p.planned(&crate::phase::provision::machine_specs(c));
+    let existing = p.resources().await?;
+    Ok(crate::provider::diff_resources(&wanted, &existing))
 }
 
 fn note(output: OutputFormat, text: &str) {
@@ -384,61 +418,108 @@ pub fn text(plan: &Plan, c: &LoadedCluster, show_content: bool) -> String {
             m.action
         );
     }
+    if !plan.cloud_resources.is_empty() {
+        o.push('\n');
+        o.push_str(&resources_text(&plan.provider, &plan.cloud_resources));
+    }
     let total = plan.phases.len();
     for (i, p) in plan.phases.iter().enumerate() {
-        let hosts = if p.hosts.is_empty() {
-            "operator".to_string()
-        } else {
-            format!(
-                "{} on {} host{}",
-                match p.strategy {
-                    playbook::Strategy::Parallel => "parallel",
-                    playbook::Strategy::Serial => "one at a time",
-                },
-                p.hosts.len(),
-                if p.hosts.len() == 1 { "" } else { "s" }
-            )
-        };
-        let _ = writeln!(
-            o,
-            "\nPhase {}/{total} {}: {} [{hosts}]",
-            i + 1,
-            p.name,
-            p.description
-        );
-        for s in &p.operator {
-            let _ = write!(o, "  * {}", s.action);
+        o.push_str(&phase_text_numbered(
+            p,
+            &format!("{}/{total} ", i + 1),
+            show_content,
+        ));
+    }
+    o
+}
+
+/// One phase of a plan as text (`number` like `3/11 `, or empty).
+pub fn phase_text_numbered(p: &PhasePlan, number: &str, show_content: bool) -> String {
+    let mut o = String::new();
+    let hosts = if p.hosts.is_empty() {
+        "operator".to_string()
+    } else {
+        format!(
+            "{} on {} host{}",
+            match p.strategy {
+                playbook::Strategy::Parallel => "parallel",
+                playbook::Strategy::Serial => "one at a time",
+            },
+            p.hosts.len(),
+            if p.hosts.len() == 1 { "" } else { "s" }
+        )
+    };
+    let _ = writeln!(o, "\nPhase {number}{}: {} [{hosts}]", p.name, p.description);
+    for s in &p.operator {
+        let _ = write!(o, "  * {}", s.action);
+        if let Some(g) = &s.skip_if {
+            let _ = write!(o, "  (skip if {g})");
+        }
+        o.push('\n');
+    }
+    for h in &p.hosts {
+        let _ = writeln!(o, "  {}", h.host);
+        for f in &h.files {
+            let _ = writeln!(
+                o,
+                "    write {} ({}, {} bytes, sha256 {}{})",
+                f.path,
+                f.mode,
+                f.size,
+                &f.sha256[..12],
+                if f.sensitive { ", holds secrets" } else { "" }
+            );
+            if show_content {
+                for line in f.content.lines() {
+                    let _ = writeln!(o, "      | {line}");
+                }
+            }
+        }
+        for s in &h.commands {
+            let _ = write!(o, "    run   {}", s.action);
             if let Some(g) = &s.skip_if {
                 let _ = write!(o, "  (skip if {g})");
             }
             o.push('\n');
         }
-        for h in &p.hosts {
-            let _ = writeln!(o, "  {}", h.host);
-            for f in &h.files {
-                let _ = writeln!(
-                    o,
-                    "    write {} ({}, {} bytes, sha256 {}{})",
-                    f.path,
-                    f.mode,
-                    f.size,
-                    &f.sha256[..12],
-                    if f.sensitive { ", holds secrets" } else { "" }
-                );
-                if show_content {
-                    for line in f.content.lines() {
-                        let _ = writeln!(o, "      | {line}");
-                    }
-                }
-            }
-            for s in &h.commands {
-                let _ = write!(o, "    run   {}", s.action);
-                if let Some(g) = &s.skip_if {
-                    let _ = write!(o, "  (skip if {g})");
-                }
-                o.push('\n');
-            }
+    }
+    o
+}
+
+/// One phase of a plan as text, without its position in the playbook.
+pub fn phase_text(p: &PhasePlan, show_content: bool) -> String {
+    phase_text_numbered(p, "", show_content)
+}
+
+/// Cloud resources and what would happen to them.
+pub fn resources_text(provider: &str, changes: &[crate::provider::ResourceChange]) -> String {
+    use crate::provider::ChangeAction;
+    let mut o = String::new();
+    let create = changes
+        .iter()
+        .filter(|c| c.action == ChangeAction::Create)
+        .count();
+    let delete = changes
+        .iter()
+        .filter(|c| c.action == ChangeAction::Delete)
+        .count();
+    let _ = writeln!(
+        o,
+        "Cloud resources on {provider} ({create} to create, {} existing{}):",
+        changes.len() - create - delete,
+        if delete > 0 {
+            format!(", {delete} to delete")
+        } else {
+            String::new()
         }
+    );
+    for c in changes {
+        let action = match c.action {
+            ChangeAction::Create => "create",
+            ChangeAction::Exists => "exists",
+            ChangeAction::Delete => "delete",
+        };
+        let _ = writeln!(o, "  {action:<7} {}", c.resource);
     }
     o
 }

@@ -14,7 +14,7 @@ mod join;
 mod kubeconfig;
 mod load_balancer;
 mod prepare;
-mod provision;
+pub mod provision;
 mod wait_ready;
 
 pub use init::CA_HASH_KEY;
@@ -54,8 +54,9 @@ pub struct ApplyContext<'a> {
     pub secrets: &'a Secrets,
     pub rt: &'a exec::Runtime,
     pub state: &'a StateHandle,
-    /// The docker provider, when the cluster uses it.
-    pub docker: Option<&'a crate::provider::DockerProvider>,
+    /// The machine provider, when the cluster's machines are made by kubeforge (docker,
+    /// clouds); None for the static provider.
+    pub provider: Option<&'a dyn crate::provider::Provider>,
     /// What the host parts did, summed over the phase (for the run's report).
     pub done: std::sync::Mutex<exec::HostReport>,
     /// How addons are applied (`--force-conflicts`, `--wait`, `--timeout`).

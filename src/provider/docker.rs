@@ -215,6 +215,7 @@ impl DockerProvider {
             ip,
             state,
             id: c.id.clone().unwrap_or_default(),
+            public_ip: None,
         }
     }
 
@@ -580,6 +581,55 @@ pub async fn wait_for_ssh_banner(
 
 #[async_trait::async_trait]
 impl Provider for DockerProvider {
+    fn kind(&self) -> &'static str {
+        "docker"
+    }
+
+    fn planned(&self, specs: &[MachineSpec]) -> Vec<super::Resource> {
+        use super::Resource;
+        let mut out = vec![Resource::new("network", self.cfg.network.clone(), None)];
+        for s in specs {
+            out.push(Resource::new("volume", volume_name(&s.name), None));
+            out.push(Resource::new("container", s.name.clone(), None));
+        }
+        out
+    }
+
+    async fn resources(&self) -> Result<Vec<super::Resource>, ProviderError> {
+        use super::Resource;
+        let mut out: Vec<Resource> = self
+            .list()
+            .await?
+            .into_iter()
+            .flat_map(|m| {
+                [
+                    Resource::new("container", m.name.clone(), Some(m.id)),
+                    Resource::new("volume", volume_name(&m.name), None),
+                ]
+            })
+            .collect();
+        match self
+            .docker
+            .inspect_network(&self.cfg.network, None::<InspectNetworkOptions>)
+            .await
+        {
+            Ok(n) => out.push(Resource::new("network", self.cfg.network.clone(), n.id)),
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => {
+                return Err(docker_err(format!("inspect network {}", self.cfg.network))(
+                    e,
+                ))
+            }
+        }
+        Ok(out)
+    }
+
+    async fn destroy_all(&self) -> Result<Vec<super::Resource>, ProviderError> {
+        let found = self.resources().await?;
+        self.destroy().await?;
+        Ok(found)
+    }
+
     async fn ensure(&self, specs: &[MachineSpec]) -> Result<Vec<Machine>, ProviderError> {
         self.ensure_network().await?;
         if !self.image_present().await? {
@@ -705,6 +755,7 @@ mod tests {
             name: "demo-cp-1".into(),
             role: MachineRole::ControlPlane,
             ip: "10.200.0.10".parse().unwrap(),
+            extra_disks: vec![],
         };
         let body = p.container_body(&spec);
         let hc = body.host_config.as_ref().unwrap();

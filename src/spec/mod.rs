@@ -94,7 +94,7 @@ pub fn load_str(text: &str, path: &Path, base_dir: &Path) -> Result<LoadedCluste
                 }
             }
         }
-        Provider::Docker(_) => None,
+        _ => None,
     };
     let topology = validate::check(&cluster, inventory, &mut rep, &mut inv_errors);
     let mut errors = rep.errors;

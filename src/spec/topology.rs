@@ -141,4 +141,7 @@ pub mod docker_layout {
     pub const CP_OFFSET: u32 = 10;
     pub const CP_MAX: u32 = 9;
     pub const WORKER_OFFSET: u32 = 20;
+    /// Cloud providers: load balancers from `.4` (AWS reserves `.1`-`.3`).
+    pub const CLOUD_LB_OFFSET: u32 = 4;
+    pub const CLOUD_LB_MAX: u32 = 6;
 }

@@ -71,6 +71,12 @@ pub enum Provider {
     Docker(DockerProvider),
     /// Existing hosts (bare metal or VMs made elsewhere) listed in an inventory file.
     Static(StaticProvider),
+    /// AWS EC2 instances (see docs/providers.md).
+    Aws(crate::provider::aws::AwsSpec),
+    /// Hetzner Cloud servers.
+    Hetzner(crate::provider::hetzner::HetznerSpec),
+    /// Sakura Cloud servers.
+    Sakura(crate::provider::sakura::SakuraSpec),
 }
 
 /// The YAML form of `Provider`: one optional field per provider.
@@ -81,34 +87,48 @@ pub struct ProviderSpec {
     pub docker: Option<DockerProvider>,
     #[serde(rename = "static", skip_serializing_if = "Option::is_none")]
     pub static_: Option<StaticProvider>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aws: Option<crate::provider::aws::AwsSpec>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hetzner: Option<crate::provider::hetzner::HetznerSpec>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sakura: Option<crate::provider::sakura::SakuraSpec>,
 }
 
 impl TryFrom<ProviderSpec> for Provider {
     type Error = String;
     fn try_from(p: ProviderSpec) -> Result<Self, Self::Error> {
-        match (p.docker, p.static_) {
-            (Some(d), None) => Ok(Provider::Docker(d)),
-            (None, Some(s)) => Ok(Provider::Static(s)),
-            (None, None) => {
-                Err("name one provider: `docker: {}` or `static: {inventory: FILE}`".into())
-            }
-            (Some(_), Some(_)) => Err("name only one provider: docker or static".into()),
+        let mut found: Vec<Provider> = Vec::new();
+        found.extend(p.docker.map(Provider::Docker));
+        found.extend(p.static_.map(Provider::Static));
+        found.extend(p.aws.map(Provider::Aws));
+        found.extend(p.hetzner.map(Provider::Hetzner));
+        found.extend(p.sakura.map(Provider::Sakura));
+        match found.len() {
+            1 => Ok(found.remove(0)),
+            0 => Err(
+                "name one provider: `docker: {}`, `static: {inventory: FILE}`, `aws: {...}`, `hetzner: {...}` or `sakura: {...}`"
+                    .into(),
+            ),
+            _ => Err(format!(
+                "name only one provider, not {}",
+                found.iter().map(Provider::name).collect::<Vec<_>>().join(" and ")
+            )),
         }
     }
 }
 
 impl From<Provider> for ProviderSpec {
     fn from(p: Provider) -> Self {
+        let mut spec = ProviderSpec::default();
         match p {
-            Provider::Docker(d) => ProviderSpec {
-                docker: Some(d),
-                static_: None,
-            },
-            Provider::Static(s) => ProviderSpec {
-                docker: None,
-                static_: Some(s),
-            },
+            Provider::Docker(d) => spec.docker = Some(d),
+            Provider::Static(s) => spec.static_ = Some(s),
+            Provider::Aws(a) => spec.aws = Some(a),
+            Provider::Hetzner(h) => spec.hetzner = Some(h),
+            Provider::Sakura(s) => spec.sakura = Some(s),
         }
+        spec
     }
 }
 
@@ -117,6 +137,55 @@ impl Provider {
         match self {
             Provider::Docker(_) => "docker",
             Provider::Static(_) => "static",
+            Provider::Aws(_) => "aws",
+            Provider::Hetzner(_) => "hetzner",
+            Provider::Sakura(_) => "sakura",
+        }
+    }
+
+    /// Whether kubeforge creates the machines (docker and the clouds) rather than
+    /// using hosts listed in an inventory.
+    pub fn makes_machines(&self) -> bool {
+        !matches!(self, Provider::Static(_))
+    }
+
+    /// Whether the machines are cloud VMs.
+    pub fn is_cloud(&self) -> bool {
+        matches!(
+            self,
+            Provider::Aws(_) | Provider::Hetzner(_) | Provider::Sakura(_)
+        )
+    }
+
+    /// For providers that make their machines: the subnet of the machines' fixed
+    /// addresses as written (or its default) and the field that sets it.
+    pub fn machine_subnet(&self) -> Option<(&str, &'static str)> {
+        match self {
+            Provider::Docker(d) => Some((
+                d.subnet
+                    .as_deref()
+                    .unwrap_or(super::validate::DOCKER_DEFAULT_SUBNET),
+                "spec.provider.docker.subnet",
+            )),
+            Provider::Static(_) => None,
+            Provider::Aws(a) => Some((
+                a.subnet
+                    .as_deref()
+                    .unwrap_or(crate::provider::aws::AwsSpec::DEFAULT_SUBNET),
+                "spec.provider.aws.subnet",
+            )),
+            Provider::Hetzner(h) => Some((
+                h.subnet
+                    .as_deref()
+                    .unwrap_or(crate::provider::hetzner::HetznerSpec::DEFAULT_SUBNET),
+                "spec.provider.hetzner.subnet",
+            )),
+            Provider::Sakura(s) => Some((
+                s.subnet
+                    .as_deref()
+                    .unwrap_or(crate::provider::sakura::SakuraSpec::DEFAULT_SUBNET),
+                "spec.provider.sakura.subnet",
+            )),
         }
     }
 }

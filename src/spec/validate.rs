@@ -163,17 +163,12 @@ pub fn check(
     check_state(&s.state, rep);
 
     let hosts = match &s.provider {
-        Provider::Docker(d) => docker_hosts(c, d, rep),
         Provider::Static(_) => static_hosts(c, inventory, nets.node.as_ref(), rep, inv_errors),
+        _ => made_hosts(c, rep),
     };
-    let node_subnet = match &s.provider {
-        Provider::Docker(d) => d
-            .subnet
-            .as_deref()
-            .unwrap_or(DOCKER_DEFAULT_SUBNET)
-            .parse::<IpNet>()
-            .ok(),
-        Provider::Static(_) => nets.node,
+    let node_subnet = match s.provider.machine_subnet() {
+        Some((subnet, _)) => subnet.parse::<IpNet>().ok(),
+        None => nets.node,
     };
     if let Some(sub) = &node_subnet {
         for (field, net) in [
@@ -384,9 +379,18 @@ fn check_state(st: &StateSpec, rep: &mut Reporter<'_>) {
     }
 }
 
-fn docker_hosts(c: &Cluster, d: &DockerProvider, rep: &mut Reporter<'_>) -> Option<Vec<Host>> {
-    let field = "spec.provider.docker.subnet";
-    let subnet = match parse_cidr(d.subnet.as_deref().unwrap_or(DOCKER_DEFAULT_SUBNET)) {
+/// The hosts of a provider that makes its machines (docker, the clouds): derived names
+/// and fixed addresses in its subnet (see `docker_layout`; clouds start the load
+/// balancers at `.4` because AWS reserves `.1`-`.3` of every subnet).
+fn made_hosts(c: &Cluster, rep: &mut Reporter<'_>) -> Option<Vec<Host>> {
+    let (subnet_text, field) = c.spec.provider.machine_subnet()?;
+    let provider = c.spec.provider.name();
+    let what = if provider == "docker" {
+        "the docker network".to_string()
+    } else {
+        format!("the {provider} subnet")
+    };
+    let subnet = match parse_cidr(subnet_text) {
         Ok(n) => n,
         Err(e) => {
             rep.error(field, e);
@@ -396,7 +400,7 @@ fn docker_hosts(c: &Cluster, d: &DockerProvider, rep: &mut Reporter<'_>) -> Opti
     if !is_private(&subnet) {
         rep.error(
             field,
-            format!("{subnet} is not a private range: the docker network must stay inside 10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16"),
+            format!("{subnet} is not a private range: {what} must stay inside 10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16"),
         );
         return None;
     }
@@ -409,20 +413,39 @@ fn docker_hosts(c: &Cluster, d: &DockerProvider, rep: &mut Reporter<'_>) -> Opti
     let workers = pools.workers.count.unwrap_or(0);
     let lbs = pools.load_balancers.count.unwrap_or(0);
     use docker_layout::*;
+    let (lb_offset, lb_max) = if provider == "docker" {
+        (LB_OFFSET, LB_MAX)
+    } else {
+        (CLOUD_LB_OFFSET, CLOUD_LB_MAX)
+    };
     let mut ok = true;
     if cp > CP_MAX {
         rep.error(
             "spec.nodePools.controlPlane.count",
-            format!("the docker provider supports at most {CP_MAX} control-plane nodes"),
+            format!("the {provider} provider supports at most {CP_MAX} control-plane nodes"),
         );
         ok = false;
     }
-    if lbs > LB_MAX {
+    if lbs > lb_max {
         rep.error(
             "spec.nodePools.loadBalancers.count",
-            format!("the docker provider supports at most {LB_MAX} load-balancer nodes"),
+            format!("the {provider} provider supports at most {lb_max} load-balancer nodes"),
         );
         ok = false;
+    }
+    if provider != "docker" {
+        for (pool_field, pool) in [
+            ("controlPlane", &pools.control_plane),
+            ("workers", &pools.workers),
+            ("loadBalancers", &pools.load_balancers),
+        ] {
+            for (i, d) in pool.extra_disks.iter().enumerate() {
+                if let Err(e) = crate::provider::cloud::parse_size(d) {
+                    rep.error(&format!("spec.nodePools.{pool_field}.extraDisks[{i}]"), e);
+                    ok = false;
+                }
+            }
+        }
     }
     let name = &c.metadata.name;
     let mut hosts = Vec::new();
@@ -444,11 +467,11 @@ fn docker_hosts(c: &Cluster, d: &DockerProvider, rep: &mut Reporter<'_>) -> Opti
                 ),
             }
         };
-    for i in 0..lbs.min(LB_MAX) {
+    for i in 0..lbs.min(lb_max) {
         add(
             "lb",
             i,
-            LB_OFFSET,
+            lb_offset,
             Role::LoadBalancer,
             &pools.load_balancers,
             rep,
@@ -759,7 +782,7 @@ fn check_load_balancer(
                         return None;
                     }
                 },
-                (None, Some(sub), Provider::Docker(_)) => match sub {
+                (None, Some(sub), p) if p.makes_machines() => match sub {
                     IpNet::V4(v4) => {
                         IpAddr::V4(std::net::Ipv4Addr::from(u32::from(v4.broadcast()) - 1))
                     }

@@ -3,6 +3,7 @@
 //! for the file:// and s3:// backends.
 #![allow(dead_code)]
 
+pub mod http_mock;
 pub mod moto;
 pub mod proxy;
 

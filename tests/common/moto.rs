@@ -73,8 +73,14 @@ def serial(environ, start_response):
 run_simple(host, port, serial, threaded=True)
 "#;
 
-/// Start moto's S3 server on a free port and wait until it answers.
+/// Start moto's server (S3, EC2, ...) on a free port and wait until it answers.
 pub fn start() -> (Child, u16) {
+    start_with_env(&[])
+}
+
+/// Start a moto server with extra environment, e.g. `INITIAL_NO_AUTH_ACTION_COUNT=0`
+/// to make it check credentials.
+pub fn start_with_env(env: &[(&str, &str)]) -> (Child, u16) {
     assert!(
         which("moto_server"),
         "moto_server is not on PATH: the S3 tests need it. Install it with \
@@ -84,6 +90,7 @@ pub fn start() -> (Child, u16) {
         let port = free_port();
         let mut cmd = Command::new("python3");
         cmd.args(["-c", SERIAL_MOTO, "127.0.0.1", &port.to_string()])
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());

@@ -131,6 +131,7 @@ impl TestCluster {
                         name: format!("{name}-{short}-{n}"),
                         role: *role,
                         ip,
+                        extra_disks: vec![],
                     }
                 })
                 .collect();
