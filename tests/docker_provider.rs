@@ -165,3 +165,71 @@ fn a_missing_image_and_foreign_machines_are_clear_errors() {
         assert!(real.list().await.unwrap().is_empty());
     });
 }
+
+#[test]
+fn workers_get_loop_backed_extra_disks_released_with_the_machine() {
+    run(|| async {
+        let disk_dir = tempfile::tempdir().unwrap();
+        std::env::set_var("KUBEFORGE_DISK_DIR", disk_dir.path());
+        let cfg = kubeforge::provider::DockerConfig {
+            cluster: "kft-disk".into(),
+            network: "kft-disk-net".into(),
+            subnet: "10.251.253.0/24".parse().unwrap(),
+            image: common_docker::node_image(),
+            ssh_public_key: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTheTest test".into(),
+        };
+        let p = kubeforge::provider::DockerProvider::connect(cfg)
+            .await
+            .expect("dockerd must run (scripts/testbed/30-docker.sh)");
+        let spec = MachineSpec {
+            name: "kft-disk-worker-1".into(),
+            role: MachineRole::Worker,
+            ip: "10.251.253.20".parse().unwrap(),
+            extra_disks: vec![64 << 20, 32 << 20],
+        };
+        let m = p.ensure(std::slice::from_ref(&spec)).await.unwrap();
+        let inspect = |fmt: &str| {
+            let out = std::process::Command::new("docker")
+                .args(["inspect", "-f", fmt, "kft-disk-worker-1"])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        };
+        let devices = inspect("{{index .Config.Labels \"dev.kubeforge.disks\"}}");
+        let devs: Vec<&str> = devices.split(',').collect();
+        assert_eq!(devs.len(), 2, "{devices}");
+        // Inside the machine: block devices of the asked sizes under the same names.
+        for (dev, size) in devs.iter().zip([64u64 << 20, 32 << 20]) {
+            let out = std::process::Command::new("docker")
+                .args(["exec", "kft-disk-worker-1", "blockdev", "--getsize64", dev])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout).trim(),
+                size.to_string()
+            );
+        }
+        // Re-ensuring keeps the machine and its disks.
+        let again = p.ensure(std::slice::from_ref(&spec)).await.unwrap();
+        assert_eq!(again[0].id, m[0].id);
+        assert_eq!(
+            inspect("{{index .Config.Labels \"dev.kubeforge.disks\"}}"),
+            devices
+        );
+        // Deleting the machine detaches and removes its disks.
+        p.destroy().await.unwrap();
+        let out = std::process::Command::new("losetup")
+            .args(["--noheadings", "--output", "BACK-FILE", "--list"])
+            .output()
+            .unwrap();
+        let list = String::from_utf8_lossy(&out.stdout);
+        assert!(!list.contains("kft-disk-worker-1-disk"), "{list}");
+        assert_eq!(std::fs::read_dir(disk_dir.path()).unwrap().count(), 0);
+        std::env::remove_var("KUBEFORGE_DISK_DIR");
+    });
+}

@@ -8,9 +8,10 @@
 //! cgroup rule, ip_forward, tmpfs /run /run/lock /tmp, the host cgroup tree read-write
 //! with the host cgroup namespace, and a docker volume at /var/lib/containerd.
 
+use super::loopdisk::{self, LoopDisk};
 use super::{
     Machine, MachineRole, MachineSpec, MachineState, Provider, ProviderError, LABEL_CLUSTER,
-    LABEL_ROLE,
+    LABEL_DISKS, LABEL_ROLE,
 };
 use bollard::errors::Error as BollardError;
 use bollard::models::{
@@ -219,7 +220,24 @@ impl DockerProvider {
         }
     }
 
-    fn container_body(&self, spec: &MachineSpec) -> ContainerCreateBody {
+    /// The machine's extra disks, attached on the host (loop devices over sparse files).
+    async fn ensure_disks(&self, spec: &MachineSpec) -> Result<Vec<LoopDisk>, ProviderError> {
+        let dir = loopdisk::disk_dir();
+        let mut out = Vec::new();
+        for (i, bytes) in spec.extra_disks.iter().enumerate() {
+            out.push(
+                loopdisk::ensure(&dir, &spec.name, i, *bytes)
+                    .await
+                    .map_err(|source| ProviderError::Disks {
+                        name: spec.name.clone(),
+                        source,
+                    })?,
+            );
+        }
+        Ok(out)
+    }
+
+    fn container_body(&self, spec: &MachineSpec, disks: &[LoopDisk]) -> ContainerCreateBody {
         let tmpfs = HashMap::from([
             (
                 "/run".to_string(),
@@ -244,11 +262,18 @@ impl DockerProvider {
                 "seccomp=unconfined".into(),
                 "apparmor=unconfined".into(),
             ]),
-            devices: Some(vec![DeviceMapping {
-                path_on_host: Some("/dev/kmsg".into()),
-                path_in_container: Some("/dev/kmsg".into()),
-                cgroup_permissions: Some("rwm".into()),
-            }]),
+            // /dev/kmsg for kubelet; extra disks under their host name, so that the
+            // device node and /sys/block (the host's, shared) agree.
+            devices: Some(
+                std::iter::once("/dev/kmsg")
+                    .chain(disks.iter().map(|d| d.device.as_str()))
+                    .map(|dev| DeviceMapping {
+                        path_on_host: Some(dev.into()),
+                        path_in_container: Some(dev.into()),
+                        cgroup_permissions: Some("rwm".into()),
+                    })
+                    .collect(),
+            ),
             device_cgroup_rules: Some(vec!["a *:* rwm".into()]),
             sysctls: Some(HashMap::from([(
                 "net.ipv4.ip_forward".to_string(),
@@ -279,7 +304,14 @@ impl DockerProvider {
             stop_signal: Some("SIGRTMIN+3".into()),
             stop_timeout: Some(10),
             tty: Some(true),
-            labels: Some(self.labels(Some(spec.role))),
+            labels: Some({
+                let mut l = self.labels(Some(spec.role));
+                if !disks.is_empty() {
+                    let list: Vec<&str> = disks.iter().map(|d| d.device.as_str()).collect();
+                    l.insert(LABEL_DISKS.to_string(), list.join(","));
+                }
+                l
+            }),
             host_config: Some(host_config),
             networking_config: Some(NetworkingConfig {
                 endpoints_config: Some(HashMap::from([(self.cfg.network.clone(), endpoint)])),
@@ -320,10 +352,11 @@ impl DockerProvider {
             })
             .await
             .map_err(docker_err(format!("create volume {}", volume_name(name))))?;
+        let disks = self.ensure_disks(spec).await?;
         let opts = CreateContainerOptionsBuilder::default().name(name).build();
         match self
             .docker
-            .create_container(Some(opts), self.container_body(spec))
+            .create_container(Some(opts), self.container_body(spec, &disks))
             .await
         {
             Ok(_) => {}
@@ -685,7 +718,14 @@ impl Provider for DockerProvider {
                 Err(e) => return Err(docker_err(format!("remove container {name}"))(e)),
             }
         }
-        self.remove_volume(&volume_name(name)).await
+        self.remove_volume(&volume_name(name)).await?;
+        loopdisk::release(&loopdisk::disk_dir(), name)
+            .await
+            .map_err(|source| ProviderError::Disks {
+                name: name.into(),
+                source,
+            })?;
+        Ok(())
     }
 
     async fn stop(&self, name: &str) -> Result<(), ProviderError> {
@@ -757,7 +797,7 @@ mod tests {
             ip: "10.200.0.10".parse().unwrap(),
             extra_disks: vec![],
         };
-        let body = p.container_body(&spec);
+        let body = p.container_body(&spec, &[]);
         let hc = body.host_config.as_ref().unwrap();
         assert_eq!(hc.cap_add.as_deref(), Some(&["ALL".to_string()][..]));
         assert_eq!(

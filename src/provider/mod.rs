@@ -24,6 +24,8 @@ pub use docker::{DockerConfig, DockerProvider};
 /// Label keys put on every container, network and volume the docker provider creates.
 pub const LABEL_CLUSTER: &str = "dev.kubeforge.cluster";
 pub const LABEL_ROLE: &str = "dev.kubeforge.role";
+/// The loop devices a docker machine got as extra disks (`/dev/loop7,/dev/loop8`).
+pub const LABEL_DISKS: &str = "dev.kubeforge.disks";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -206,6 +208,12 @@ pub enum ProviderError {
     ImageBuild(#[source] std::io::Error),
     #[error("the node image build failed with {status}")]
     ImageBuildFailed { status: std::process::ExitStatus },
+    #[error("the extra disks of machine {name}")]
+    Disks {
+        name: String,
+        #[source]
+        source: loopdisk::LoopDiskError,
+    },
     /// The cloud answered with an error of its own.
     #[error("{provider} {operation} {resource}: {code}: {message} (HTTP {status})")]
     Api {
