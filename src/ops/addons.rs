@@ -188,8 +188,8 @@ pub async fn run(args: AddonsArgs, output: OutputFormat) -> Result<(), Error> {
             let c = spec::load_file(&t.spec.file)?;
             let store = crate::ops::apply::open_store(&c)?;
             let (doc, _) = store.load_or_new().await?;
-            let mut b = bundles(&c).await?;
             let conn = connect(&c, &doc, t.kubeconfig.as_ref(), Default::default()).await?;
+            let mut b = bundles(&c).await?;
             conn.engine.adapt(&mut b);
             let changes = conn.engine.plan(&b, &doc.addons).await.map_err(boxed);
             let server = conn.engine.server_version().to_string();
@@ -251,13 +251,13 @@ pub async fn run(args: AddonsArgs, output: OutputFormat) -> Result<(), Error> {
             let c = spec::load_file(&target.spec.file)?;
             let store = crate::ops::apply::open_store(&c)?;
             let (doc, _) = store.load_or_new().await?;
-            let mut b = bundles(&c).await?;
             let opts = addons::AddonOptions {
                 wait,
                 timeout,
                 ..Default::default()
             };
             let conn = connect(&c, &doc, target.kubeconfig.as_ref(), opts).await?;
+            let mut b = bundles(&c).await?;
             conn.engine.adapt(&mut b);
             let st = if wait {
                 conn.engine.wait_ready(&b).await
@@ -298,9 +298,9 @@ async fn apply_locked(
     lock: &crate::state::LockGuard,
 ) -> Result<ApplyReport, Error> {
     let (doc, version) = store.load_or_new().await?;
-    let mut b = bundles(c).await?;
     let wait = opts.wait;
     let conn = connect(c, &doc, kubeconfig, opts).await?;
+    let mut b = bundles(c).await?;
     conn.engine.adapt(&mut b);
     let result = async {
         let changes = conn.engine.plan(&b, &doc.addons).await.map_err(boxed)?;
