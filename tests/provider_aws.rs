@@ -209,6 +209,38 @@ async fn delete_removes_only_what_carries_the_cluster_tag() {
     run(Some("someone-else")).await;
     let p = provider("tagd", &e);
     p.ensure(&specs("tagd")).await.unwrap();
+    // A second tagged VPC, as a create repeated after a lost answer would leave: both go.
+    raw(&e)
+        .call(
+            "CreateVpc",
+            "test",
+            &[
+                ("CidrBlock".to_string(), "10.43.0.0/16".to_string()),
+                (
+                    "TagSpecification.1.ResourceType".to_string(),
+                    "vpc".to_string(),
+                ),
+                (
+                    "TagSpecification.1.Tag.1.Key".to_string(),
+                    "kubeforge:cluster".to_string(),
+                ),
+                (
+                    "TagSpecification.1.Tag.1.Value".to_string(),
+                    "tagd".to_string(),
+                ),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        p.resources()
+            .await
+            .unwrap()
+            .iter()
+            .filter(|r| r.kind == "vpc")
+            .count(),
+        2
+    );
     // Same machine name in another cluster: not ours, not touched.
     let deleted = p.destroy_all().await.unwrap();
     assert!(deleted
@@ -218,6 +250,8 @@ async fn delete_removes_only_what_carries_the_cluster_tag() {
         live_instances(&e, "kubeforge:cluster", "tagd").await.len(),
         0
     );
+    assert_eq!(deleted.iter().filter(|r| r.kind == "vpc").count(), 2);
+    assert!(p.resources().await.unwrap().is_empty());
     assert_eq!(
         live_instances(&e, "kubeforge:cluster", "someone-else")
             .await

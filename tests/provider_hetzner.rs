@@ -33,6 +33,8 @@ struct Fake {
     fail_next_create: bool,
     /// Page size of every list (small, to exercise pagination).
     per_page: usize,
+    /// Make the next server, then answer 500 as if the answer was lost.
+    lose_next_create_answer: bool,
 }
 
 impl Fake {
@@ -184,6 +186,12 @@ impl Fake {
                     "public_net": {"ipv4": {"ip": format!("203.0.113.{}", id % 250)}, "ipv6": null},
                     "private_net": []});
                 self.servers.push(s.clone());
+                if std::mem::take(&mut self.lose_next_create_answer) {
+                    return Response::json(
+                        500,
+                        json!({"error": {"code": "server_error", "message": "internal error"}}),
+                    );
+                }
                 let (status, error) = if std::mem::take(&mut self.fail_next_create) {
                     (
                         "error",
@@ -665,4 +673,28 @@ spec:
         "{out}"
     );
     assert!(fake.lock().unwrap().servers.is_empty());
+}
+
+#[tokio::test]
+async fn a_create_whose_answer_was_lost_is_not_repeated_and_found_next_run() {
+    let (server, fake) = start(Fake {
+        per_page: 50,
+        lose_next_create_answer: true,
+        ..Fake::default()
+    });
+    let p = provider(&server.url(), token_env());
+    let err = p.ensure(&specs()[..1]).await.unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "hetzner POST /servers hz-lb-1: server_error: internal error (HTTP 500)"
+    );
+    let posts_after_error = posts(&server.take(), "/servers").len();
+    assert_eq!(
+        posts_after_error, 1,
+        "a POST that may have created is not repeated"
+    );
+    // The next run finds the server by its label and finishes it.
+    p.ensure(&specs()[..1]).await.unwrap();
+    assert!(posts(&server.take(), "/servers").is_empty());
+    assert_eq!(fake.lock().unwrap().servers.len(), 1);
 }

@@ -530,6 +530,11 @@ fn cloud_provider_inputs_get_their_exact_messages() {
             "cluster.yaml:8:28: spec.provider.sakura.diskPlan: unknown value `nvme`, expected ssd or hdd",
         ),
         (
+            "extra disk size on docker",
+            cloud("    docker: {}\n", "  nodePools:\n    workers: {count: 1, extraDisks: [ten]}\n"),
+            "cluster.yaml:10:38: spec.nodePools.workers.extraDisks[0]: `ten` is not a size like 100G or 107374182400",
+        ),
+        (
             "too many load balancers on a cloud",
             cloud(aws, "  nodePools:\n    loadBalancers: {count: 7}\n"),
             "cluster.yaml:10:21: spec.nodePools.loadBalancers.count: the aws provider supports at most 6 load-balancer nodes",

@@ -550,6 +550,12 @@ pub fn ssh_config(c: &LoadedCluster, auth: SshAuth, accept: &[String]) -> Result
         // Fresh machines get their authorized key a moment after sshd starts.
         cfg.retry.auth_window = Duration::from_secs(30);
     }
+    if c.cluster.spec.provider.is_cloud() {
+        // Fresh VMs: sshd answers a while after the instance runs, and cloud-init (or
+        // the disk edit) installs the key at first boot.
+        cfg.retry.window = Duration::from_secs(300);
+        cfg.retry.auth_window = Duration::from_secs(180);
+    }
     if let Some(b) = &ssh.bastion {
         let bauth = match &b.key_file {
             Some(f) => Some(SshAuth::key_file(expand_home(f))?),

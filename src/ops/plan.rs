@@ -116,6 +116,22 @@ pub async fn run(args: crate::cli::PlanArgs, output: OutputFormat) -> Result<(),
         if let Some(result) = loaded_state {
             match result {
                 Ok(Some((doc, _))) if !doc.machines.is_empty() => {
+                    if output == OutputFormat::Text && loaded.cluster.spec.provider.is_cloud() {
+                        // What the cloud has next to what the cluster file wants.
+                        match cloud_changes(&loaded).await {
+                            Ok(changes) => println!(
+                                "{}",
+                                resources_text(loaded.cluster.spec.provider.name(), &changes)
+                            ),
+                            Err(e) => note(
+                                output,
+                                &format!(
+                                    "cloud resources not planned: {}",
+                                    crate::error::render_chain(&e).trim_start_matches("error: ")
+                                ),
+                            ),
+                        }
+                    }
                     return online(&loaded, &doc, args.playbook.as_deref(), output).await;
                 }
                 Ok(_) => note(

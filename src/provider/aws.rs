@@ -200,18 +200,26 @@ fn parse_error(body: &str) -> (String, String) {
     (code, message)
 }
 
-fn retryable(status: u16, code: &str) -> bool {
-    matches!(status, 429 | 500 | 502 | 503 | 504)
+/// Throttled: the request was refused before anything was done.
+fn throttled(status: u16, code: &str) -> bool {
+    status == 429
         || matches!(
             code,
-            "RequestLimitExceeded"
-                | "Throttling"
-                | "ThrottlingException"
-                | "RequestThrottled"
-                | "ServiceUnavailable"
-                | "Unavailable"
-                | "InternalError"
+            "RequestLimitExceeded" | "Throttling" | "ThrottlingException" | "RequestThrottled"
         )
+}
+
+fn retryable(status: u16, code: &str) -> bool {
+    throttled(status, code)
+        || matches!(status, 500 | 502 | 503 | 504)
+        || matches!(code, "ServiceUnavailable" | "Unavailable" | "InternalError")
+}
+
+/// Whether repeating `action` after an answer that may hide a done change (a 5xx, a
+/// connection cut after sending) could make a second resource: creations without an
+/// idempotency token. `RunInstances` carries a client token.
+fn creates_without_token(action: &str) -> bool {
+    (action.starts_with("Create") || action.starts_with("Import")) && action != "CreateTags"
 }
 
 impl Ec2Client {
@@ -343,6 +351,8 @@ impl Ec2Client {
                     let resp = match req.send().await {
                         Ok(r) => r,
                         Err(source) => {
+                            // Not sent at all: always safe to repeat.
+                            let unsent = source.is_connect();
                             let e = ProviderError::Unreachable {
                                 provider: P,
                                 operation: action.to_string(),
@@ -350,7 +360,10 @@ impl Ec2Client {
                                 endpoint: self.endpoint.clone(),
                                 source,
                             };
-                            return Attempt::Again(e, None);
+                            if unsent || !creates_without_token(action) {
+                                return Attempt::Again(e, None);
+                            }
+                            return Attempt::Done(Err(e));
                         }
                     };
                     let status = resp.status().as_u16();
@@ -389,7 +402,11 @@ impl Ec2Client {
                             message
                         },
                     };
-                    if retryable(status, &code) {
+                    // A create that may have happened is not repeated: the next run finds
+                    // it by its tag (and `destroy` removes every tagged copy).
+                    if throttled(status, &code)
+                        || (retryable(status, &code) && !creates_without_token(action))
+                    {
                         Attempt::Again(e, None)
                     } else {
                         Attempt::Done(Err(e))
@@ -1601,31 +1618,55 @@ impl Provider for AwsProvider {
                 Some(v.volume_id),
             ));
         }
-        if let Some(g) = self.find_group(None).await? {
+        // Every tagged copy is listed: a create repeated after a lost answer could in
+        // principle have made two, and `destroy` removes both.
+        let groups: DescribeGroups = self
+            .client
+            .call_xml(
+                "DescribeSecurityGroups",
+                &self.group_name(),
+                &self.tagged(&[]),
+            )
+            .await?;
+        for g in groups.security_group_info.item {
             out.push(Resource::new(
                 "security-group",
                 g.group_name,
                 Some(g.group_id),
             ));
         }
-        if !self.spec.use_default_vpc {
-            if let Some(vpc) = self.find_vpc().await? {
-                if let Some(s) = self.find_subnet(&vpc.vpc_id).await? {
-                    out.push(Resource::new(
-                        "subnet",
-                        self.subnet_name(),
-                        Some(s.subnet_id),
-                    ));
-                }
-                if let Some(g) = self.find_gateway().await? {
-                    out.push(Resource::new(
-                        "internet-gateway",
-                        self.vpc_name(),
-                        Some(g.internet_gateway_id),
-                    ));
-                }
-                out.push(Resource::new("vpc", self.vpc_name(), Some(vpc.vpc_id)));
-            }
+        let subnets: DescribeSubnets = self
+            .client
+            .call_xml("DescribeSubnets", &self.subnet_name(), &self.tagged(&[]))
+            .await?;
+        for sn in subnets.subnet_set.item {
+            out.push(Resource::new(
+                "subnet",
+                self.subnet_name(),
+                Some(sn.subnet_id),
+            ));
+        }
+        let gateways: DescribeGateways = self
+            .client
+            .call_xml(
+                "DescribeInternetGateways",
+                &self.vpc_name(),
+                &self.tagged(&[]),
+            )
+            .await?;
+        for g in gateways.internet_gateway_set.item {
+            out.push(Resource::new(
+                "internet-gateway",
+                self.vpc_name(),
+                Some(g.internet_gateway_id),
+            ));
+        }
+        let vpcs: DescribeVpcs = self
+            .client
+            .call_xml("DescribeVpcs", &self.vpc_name(), &self.tagged(&[]))
+            .await?;
+        for v in vpcs.vpc_set.item {
+            out.push(Resource::new("vpc", self.vpc_name(), Some(v.vpc_id)));
         }
         // Key pairs are found by the cluster tag, never by name alone.
         let keys: DescribeKeys = self
@@ -1665,54 +1706,56 @@ impl Provider for AwsProvider {
                 .await?;
             }
         }
-        let vpc_id = found
-            .iter()
-            .find(|r| r.kind == "vpc")
-            .and_then(|r| r.id.clone());
-        for r in &found {
-            let Some(id) = r.id.clone() else { continue };
-            match r.kind.as_str() {
-                "security-group" => {
-                    self.delete_call("DeleteSecurityGroup", &r.name, &[p("GroupId", id)])
-                        .await?
-                }
-                "subnet" => {
-                    self.delete_call("DeleteSubnet", &r.name, &[p("SubnetId", id)])
-                        .await?
-                }
-                "internet-gateway" => {
-                    if let Some(vpc) = &vpc_id {
-                        self.delete_call(
-                            "DetachInternetGateway",
-                            &r.name,
-                            &[p("InternetGatewayId", id.clone()), p("VpcId", vpc.clone())],
-                        )
-                        .await
-                        .or_else(|e| {
-                            if e.api_code() == Some("Gateway.NotAttached") {
-                                Ok(())
-                            } else {
-                                Err(e)
-                            }
-                        })?;
+        // Gateways are detached from whatever VPC they are attached to first.
+        let gateways: DescribeGateways = self
+            .client
+            .call_xml(
+                "DescribeInternetGateways",
+                &self.vpc_name(),
+                &self.tagged(&[]),
+            )
+            .await?;
+        for g in &gateways.internet_gateway_set.item {
+            for a in &g.attachment_set.item {
+                self.delete_call(
+                    "DetachInternetGateway",
+                    &self.vpc_name(),
+                    &[
+                        p("InternetGatewayId", g.internet_gateway_id.clone()),
+                        p("VpcId", a.vpc_id.clone()),
+                    ],
+                )
+                .await
+                .or_else(|e| {
+                    if e.api_code() == Some("Gateway.NotAttached") {
+                        Ok(())
+                    } else {
+                        Err(e)
                     }
-                    self.delete_call(
-                        "DeleteInternetGateway",
-                        &r.name,
-                        &[p("InternetGatewayId", id)],
-                    )
-                    .await?
-                }
-                "key-pair" => {
-                    self.delete_call("DeleteKeyPair", &r.name, &[p("KeyName", r.name.clone())])
-                        .await?
-                }
-                _ => {}
+                })?;
             }
         }
-        if let Some(vpc) = vpc_id {
-            self.delete_call("DeleteVpc", &self.vpc_name(), &[p("VpcId", vpc)])
-                .await?;
+        // In dependency order: groups and subnets, gateways, key pairs, then the VPCs.
+        for kind in [
+            "security-group",
+            "subnet",
+            "internet-gateway",
+            "key-pair",
+            "vpc",
+        ] {
+            for r in found.iter().filter(|r| r.kind == kind) {
+                let Some(id) = r.id.clone() else { continue };
+                let (action, params) = match kind {
+                    "security-group" => ("DeleteSecurityGroup", vec![p("GroupId", id)]),
+                    "subnet" => ("DeleteSubnet", vec![p("SubnetId", id)]),
+                    "internet-gateway" => {
+                        ("DeleteInternetGateway", vec![p("InternetGatewayId", id)])
+                    }
+                    "key-pair" => ("DeleteKeyPair", vec![p("KeyName", r.name.clone())]),
+                    _ => ("DeleteVpc", vec![p("VpcId", id)]),
+                };
+                self.delete_call(action, &r.name, &params).await?;
+            }
         }
         Ok(found)
     }
@@ -1734,6 +1777,10 @@ mod tests {
             )
         );
         assert!(retryable(503, "RequestLimitExceeded"));
+        assert!(throttled(503, "RequestLimitExceeded"));
+        assert!(!throttled(500, "InternalError"));
+        assert!(creates_without_token("CreateVpc") && creates_without_token("ImportKeyPair"));
+        assert!(!creates_without_token("RunInstances") && !creates_without_token("DescribeVpcs"));
         assert!(retryable(400, "Throttling"));
         assert!(!retryable(400, "InvalidAMIID.NotFound"));
     }

@@ -350,6 +350,7 @@ impl RestClient {
                         .body(b.to_string());
                 }
                 let operation = operation.clone();
+                let creates = method == reqwest::Method::POST;
                 async move {
                     let unreachable = |source| ProviderError::Unreachable {
                         provider: self.provider,
@@ -358,8 +359,14 @@ impl RestClient {
                         endpoint: self.base.clone(),
                         source,
                     };
+                    // POST creates: repeating it after an answer that may hide a done
+                    // create could make a second resource (the next run finds the first
+                    // by its tag instead). Other methods are idempotent.
                     let resp = match req.send().await {
                         Ok(r) => r,
+                        Err(e) if creates && !e.is_connect() => {
+                            return Attempt::Done(Err(unreachable(e)))
+                        }
                         Err(e) => return Attempt::Again(unreachable(e), None),
                     };
                     let status = resp.status().as_u16();
@@ -394,8 +401,13 @@ impl RestClient {
                     let (code, message) = (self.error_of)(&text).unwrap_or_else(|| {
                         (format!("HTTP{status}"), text.chars().take(200).collect())
                     });
-                    let again = matches!(status, 429 | 500 | 502 | 503 | 504)
-                        || (self.retryable_code)(&code);
+                    let again = if creates {
+                        // Refused before anything was done.
+                        matches!(status, 429 | 503) || (self.retryable_code)(&code)
+                    } else {
+                        matches!(status, 429 | 500 | 502 | 503 | 504)
+                            || (self.retryable_code)(&code)
+                    };
                     let e = ProviderError::Api {
                         provider: self.provider,
                         operation,

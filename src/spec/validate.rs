@@ -433,17 +433,16 @@ fn made_hosts(c: &Cluster, rep: &mut Reporter<'_>) -> Option<Vec<Host>> {
         );
         ok = false;
     }
-    if provider != "docker" {
-        for (pool_field, pool) in [
-            ("controlPlane", &pools.control_plane),
-            ("workers", &pools.workers),
-            ("loadBalancers", &pools.load_balancers),
-        ] {
-            for (i, d) in pool.extra_disks.iter().enumerate() {
-                if let Err(e) = crate::provider::cloud::parse_size(d) {
-                    rep.error(&format!("spec.nodePools.{pool_field}.extraDisks[{i}]"), e);
-                    ok = false;
-                }
+    // Every provider that makes machines attaches extra disks (docker: loop devices).
+    for (pool_field, pool) in [
+        ("controlPlane", &pools.control_plane),
+        ("workers", &pools.workers),
+        ("loadBalancers", &pools.load_balancers),
+    ] {
+        for (i, d) in pool.extra_disks.iter().enumerate() {
+            if let Err(e) = crate::provider::cloud::parse_size(d) {
+                rep.error(&format!("spec.nodePools.{pool_field}.extraDisks[{i}]"), e);
+                ok = false;
             }
         }
     }
