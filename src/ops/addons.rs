@@ -11,7 +11,6 @@ use crate::spec::{self, LoadedCluster};
 use crate::state::StateDocument;
 use clap::{Args, Subcommand};
 use serde::Serialize;
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -164,24 +163,6 @@ pub fn plan_text(changes: &[addons::engine::ObjectChange]) -> String {
     out
 }
 
-fn confirm(question: &str) -> Result<(), Error> {
-    if !std::io::stdin().is_terminal() {
-        return Err(Error::Usage(
-            "not applying without confirmation: stdin is not a terminal; pass --yes".into(),
-        ));
-    }
-    eprint!("{question} [y/N] ");
-    let mut line = String::new();
-    std::io::stdin()
-        .read_line(&mut line)
-        .map_err(|e| Error::Usage(format!("cannot read the answer: {e}")))?;
-    if matches!(line.trim(), "y" | "Y" | "yes") {
-        Ok(())
-    } else {
-        Err(Error::Usage("not applied".into()))
-    }
-}
-
 pub async fn run(args: AddonsArgs, output: OutputFormat) -> Result<(), Error> {
     match args.command {
         AddonsCommand::Plan(t) => {
@@ -320,7 +301,7 @@ async fn apply_locked(
             } else {
                 "Apply the addons?".to_string()
             };
-            confirm(&q)?;
+            crate::ops::confirm(&q, "applying", "not applied")?;
         }
         lock.check()?;
         let state = crate::phase::StateHandle::new(store, doc.clone(), version);

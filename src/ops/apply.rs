@@ -288,7 +288,7 @@ async fn run_locked(
         }
     }
     if !args.yes {
-        confirm()?;
+        crate::ops::confirm("Apply this plan?", "applying", "not applied")?;
     }
 
     let addon_opts = args.addons.options();
@@ -406,24 +406,6 @@ async fn run_locked(
         generation: doc.generation,
         phases: outcomes,
     })
-}
-
-fn confirm() -> Result<(), Error> {
-    if !std::io::stdin().is_terminal() {
-        return Err(Error::Usage(
-            "not applying without confirmation: stdin is not a terminal; pass --yes".into(),
-        ));
-    }
-    eprint!("Apply this plan? [y/N] ");
-    let mut line = String::new();
-    std::io::stdin()
-        .read_line(&mut line)
-        .map_err(|e| Error::Usage(format!("cannot read the answer: {e}")))?;
-    if matches!(line.trim(), "y" | "Y" | "yes") {
-        Ok(())
-    } else {
-        Err(Error::Usage("not applied".into()))
-    }
 }
 
 fn plan_digest(p: &PhasePlan) -> String {

@@ -7,7 +7,6 @@ use crate::provider::Resource;
 use crate::spec::{self, LoadedCluster, Provider};
 use clap::Args;
 use serde::Serialize;
-use std::io::IsTerminal;
 
 #[derive(Debug, Args)]
 pub struct DestroyArgs {
@@ -97,7 +96,7 @@ async fn run_locked(
         }
     }
     if !found.is_empty() && !args.yes {
-        confirm()?;
+        crate::ops::confirm("Delete all of these?", "destroying", "nothing deleted")?;
     }
     let deleted = provider.destroy_all().await?;
     let generation = match loaded {
@@ -129,22 +128,4 @@ async fn run_locked(
         deleted,
         generation,
     })
-}
-
-fn confirm() -> Result<(), Error> {
-    if !std::io::stdin().is_terminal() {
-        return Err(Error::Usage(
-            "not destroying without confirmation: stdin is not a terminal; pass --yes".into(),
-        ));
-    }
-    eprint!("Delete all of these? [y/N] ");
-    let mut line = String::new();
-    std::io::stdin()
-        .read_line(&mut line)
-        .map_err(|e| Error::Usage(format!("cannot read the answer: {e}")))?;
-    if matches!(line.trim(), "y" | "Y" | "yes") {
-        Ok(())
-    } else {
-        Err(Error::Usage("nothing deleted".into()))
-    }
 }
