@@ -2,7 +2,7 @@
 //! pruning and removal, readiness.
 
 use super::manifest::{split_api_version, Bundle, Object, Stage};
-use super::{AddonId, AddonsError, FIELD_MANAGER, LABEL_ADDON};
+use super::{AddonsError, FIELD_MANAGER, LABEL_ADDON};
 use crate::state::{AddonRecord, ObjectRef, StateDocument};
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams,
@@ -984,10 +984,6 @@ impl Engine {
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
     }
-
-    pub fn options(&self) -> &AddonOptions {
-        &self.opts
-    }
 }
 
 /// Ready or not, and why, from a live workload.
@@ -1041,11 +1037,6 @@ pub fn readiness(kind: &str, v: &Value) -> (bool, String) {
         }
         _ => (true, String::new()),
     }
-}
-
-/// The addon ids of the bundles, for messages.
-pub fn names(bundles: &[Bundle]) -> Vec<AddonId> {
-    bundles.iter().map(|b| b.addon).collect()
 }
 
 #[cfg(test)]
