@@ -1447,15 +1447,7 @@ impl Provider for AwsProvider {
     }
 
     async fn ensure(&self, specs: &[MachineSpec]) -> Result<Vec<Machine>, ProviderError> {
-        for s in specs {
-            if !self.ctx.subnet.contains(&s.ip) {
-                return Err(ProviderError::AddressOutsideSubnet {
-                    name: s.name.clone(),
-                    ip: s.ip,
-                    subnet: self.ctx.subnet,
-                });
-            }
-        }
+        super::check_addresses(specs, self.ctx.subnet)?;
         let net = self.ensure_network().await?;
         // Always look up before creating: a crash after RunInstances left the instance
         // with its tags, and this finds it.

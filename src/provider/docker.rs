@@ -391,13 +391,7 @@ impl DockerProvider {
     }
 
     async fn ensure_one(&self, spec: &MachineSpec) -> Result<Machine, ProviderError> {
-        if !self.cfg.subnet.contains(&spec.ip) {
-            return Err(ProviderError::AddressOutsideSubnet {
-                name: spec.name.clone(),
-                ip: spec.ip,
-                subnet: self.cfg.subnet,
-            });
-        }
+        super::check_addresses(std::slice::from_ref(spec), self.cfg.subnet)?;
         let existing = match self.inspect(&spec.name).await? {
             Some(c) => c,
             None => {

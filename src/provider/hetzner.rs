@@ -584,15 +584,7 @@ impl Provider for HetznerProvider {
     }
 
     async fn ensure(&self, specs: &[MachineSpec]) -> Result<Vec<Machine>, ProviderError> {
-        for s in specs {
-            if !self.ctx.subnet.contains(&s.ip) {
-                return Err(ProviderError::AddressOutsideSubnet {
-                    name: s.name.clone(),
-                    ip: s.ip,
-                    subnet: self.ctx.subnet,
-                });
-            }
-        }
+        super::check_addresses(specs, self.ctx.subnet)?;
         let network = self.ensure_network().await?;
         self.ensure_firewall().await?;
         let key = self.ensure_key().await?;

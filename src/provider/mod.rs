@@ -279,6 +279,18 @@ impl ProviderError {
     }
 }
 
+/// Every spec's fixed address lies in `subnet`; checked before anything is created.
+pub fn check_addresses(specs: &[MachineSpec], subnet: ipnet::IpNet) -> Result<(), ProviderError> {
+    match specs.iter().find(|s| !subnet.contains(&s.ip)) {
+        Some(s) => Err(ProviderError::AddressOutsideSubnet {
+            name: s.name.clone(),
+            ip: s.ip,
+            subnet,
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Create, inspect and remove machines. Every call is idempotent.
 #[async_trait::async_trait]
 pub trait Provider: Send + Sync {

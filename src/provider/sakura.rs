@@ -636,15 +636,7 @@ impl Provider for SakuraProvider {
     }
 
     async fn ensure(&self, specs: &[MachineSpec]) -> Result<Vec<Machine>, ProviderError> {
-        for s in specs {
-            if !self.ctx.subnet.contains(&s.ip) {
-                return Err(ProviderError::AddressOutsideSubnet {
-                    name: s.name.clone(),
-                    ip: s.ip,
-                    subnet: self.ctx.subnet,
-                });
-            }
-        }
+        super::check_addresses(specs, self.ctx.subnet)?;
         let switch = self.ensure_switch().await?;
         let filter = self.ensure_packet_filter().await?;
         let existing = self.servers().await?;
