@@ -174,36 +174,22 @@ fn is_webhook_unavailable(e: &kube::Error) -> bool {
     }
 }
 
-/// Remove every `key` entry below `v`; returns how many.
-fn strip_key(v: &mut Value, key: &str) -> usize {
-    match v {
-        Value::Object(m) => {
-            let mut n = usize::from(m.remove(key).is_some());
-            for child in m.values_mut() {
-                n += strip_key(child, key);
-            }
-            n
-        }
-        Value::Array(a) => a.iter_mut().map(|c| strip_key(c, key)).sum(),
-        _ => 0,
-    }
-}
-
-/// Remove `default: ""` from every schema node below `v`; returns how many.
-fn strip_empty_string_defaults(v: &mut Value) -> usize {
+/// Remove the entry `key` from every object below `v` where `unwanted` says so (given
+/// the entry's value); returns how many were removed.
+fn strip(v: &mut Value, key: &str, unwanted: &dyn Fn(&Value) -> bool) -> usize {
     match v {
         Value::Object(m) => {
             let mut n = 0;
-            if m.get("default").and_then(Value::as_str) == Some("") {
-                m.remove("default");
+            if m.get(key).is_some_and(unwanted) {
+                m.remove(key);
                 n += 1;
             }
             for child in m.values_mut() {
-                n += strip_empty_string_defaults(child);
+                n += strip(child, key, unwanted);
             }
             n
         }
-        Value::Array(a) => a.iter_mut().map(strip_empty_string_defaults).sum(),
+        Value::Array(a) => a.iter_mut().map(|c| strip(c, key, unwanted)).sum(),
         _ => 0,
     }
 }
@@ -329,8 +315,8 @@ impl Engine {
                 for v in versions {
                     if self.server_minor < 25 {
                         if let Some(schema) = v.get_mut("schema") {
-                            cel += strip_key(schema, "x-kubernetes-validations");
-                            empty_defaults += strip_empty_string_defaults(schema);
+                            cel += strip(schema, "x-kubernetes-validations", &|_| true);
+                            empty_defaults += strip(schema, "default", &|d| d.as_str() == Some(""));
                         }
                     }
                     if self.server_minor < 30 {
