@@ -6,6 +6,7 @@
 //! scripts/testbed/60-addons.sh (etcd, the addons mirror).
 
 mod common_api;
+mod support;
 
 use common_api::{cluster_file, install_csi_operator_crds, ApiServer};
 use predicates::prelude::*;
@@ -280,17 +281,10 @@ fn switching_modes_prunes_and_removing_an_addon_deletes_only_what_kubeforge_appl
     cluster_file(d, "t", L2_CONTOUR_ROOK);
     addons(d, &api, &["apply", "--yes"]).success();
     // Someone else's pool in MetalLB's namespace: never touched.
-    let user_pool = d.join("user-pool.yaml");
-    std::fs::write(
-        &user_pool,
+    api.kubectl_file(
+        &["apply"],
+        "user-pool.yaml",
         "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: user, namespace: metallb-system}\nspec: {addresses: [10.9.9.0/29]}\n",
-    )
-    .unwrap();
-    let out = api.kubectl(&["apply", "-f", user_pool.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
 
     // BGP with FRR, ingress-nginx instead of Contour, Rook-Ceph dropped.
@@ -403,24 +397,10 @@ fn a_field_owned_by_another_manager_is_reported_and_only_forced_on_request() {
     let d = dir.path();
     cluster_file(d, "t", L2_CONTOUR_ROOK);
     addons(d, &api, &["apply", "--yes"]).success();
-    let patch = d.join("theirs.yaml");
-    std::fs::write(
-        &patch,
+    api.kubectl_file(
+        &["apply", "--server-side", "--force-conflicts", "--field-manager=ops-team"],
+        "theirs.yaml",
         "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: default, namespace: metallb-system}\nspec: {addresses: [10.1.1.0/28]}\n",
-    )
-    .unwrap();
-    let out = api.kubectl(&[
-        "apply",
-        "--server-side",
-        "--force-conflicts",
-        "--field-manager=ops-team",
-        "-f",
-        patch.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
 
     addons(d, &api, &["apply", "--yes"])

@@ -26,17 +26,7 @@ fn cluster_file(dir: &Path) {
     for entry in ["v1.20.2", "images"] {
         std::os::unix::fs::symlink(Path::new(&mirror()).join(entry), m.join(entry)).unwrap();
     }
-    let addons = Std::new("bash")
-        .arg(root().join("scripts/testbed/60-addons.sh"))
-        .arg("--print-dir")
-        .output()
-        .unwrap();
-    let addons = String::from_utf8_lossy(&addons.stdout).trim().to_string();
-    assert!(
-        Path::new(&addons).join("addons/contour").is_dir(),
-        "the addons mirror is missing: run scripts/testbed/60-addons.sh"
-    );
-    std::os::unix::fs::symlink(Path::new(&addons).join("addons"), m.join("addons")).unwrap();
+    std::os::unix::fs::symlink(support::addons_mirror().join("addons"), m.join("addons")).unwrap();
     // examples/local.yaml, renamed onto a subnet of its own, with the test mirror, plus
     // Contour (applied through the SSH tunnel to the API; its pods cannot pull images
     // here, so it is applied but not ready).

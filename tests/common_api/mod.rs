@@ -2,7 +2,7 @@
 //! kube-apiserver v1.20.2 built by the test bed (scripts/testbed/50-k8s-mirror.sh), on
 //! free 127.0.0.1 ports, with TLS from a throwaway CA and a static admin token. No
 //! controllers run (no kube-controller-manager, no nodes): objects are stored and
-//! served, workloads never become available.
+//! served, workloads never become available. Uses `tests/support` (declare both).
 #![allow(dead_code)]
 
 use std::net::TcpListener;
@@ -10,27 +10,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+pub use crate::support::addons_mirror;
 
-fn print_dir(script: &str) -> String {
-    let out = Command::new("bash")
-        .arg(root().join(script))
-        .arg("--print-dir")
-        .output()
-        .expect("bash runs");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// The Kubernetes v1.20.2 mirror ($KUBEFORGE_K8S_MIRROR or the test bed's).
+/// The Kubernetes v1.20.2 mirror (kube-apiserver, kubectl) of the test bed.
 pub fn k8s_mirror() -> PathBuf {
-    let dir = std::env::var("KUBEFORGE_K8S_MIRROR")
-        .unwrap_or_else(|_| print_dir("scripts/k8s-mirror/build.sh"));
-    let dir = PathBuf::from(dir);
+    let dir = PathBuf::from(crate::support::mirror());
     assert!(
         dir.join("v1.20.2/bin/linux/amd64/kube-apiserver").is_file(),
-        "the Kubernetes mirror is missing: run scripts/testbed/50-k8s-mirror.sh ({})",
+        "the Kubernetes mirror has no kube-apiserver: run scripts/testbed/50-k8s-mirror.sh ({})",
         dir.display()
     );
     dir
@@ -38,18 +25,6 @@ pub fn k8s_mirror() -> PathBuf {
 
 pub fn kubectl_bin() -> PathBuf {
     k8s_mirror().join("v1.20.2/bin/linux/amd64/kubectl")
-}
-
-/// The addons mirror made by scripts/testbed/60-addons.sh.
-pub fn addons_mirror() -> PathBuf {
-    let dir = PathBuf::from(print_dir("scripts/testbed/60-addons.sh"));
-    assert!(
-        dir.join("addons/metallb/v0.16.1/metallb-native.yaml")
-            .is_file(),
-        "the addons mirror is missing: run scripts/testbed/60-addons.sh ({})",
-        dir.display()
-    );
-    dir
 }
 
 fn free_port() -> u16 {
@@ -257,6 +232,21 @@ impl ApiServer {
             .expect("kubectl runs")
     }
 
+    /// `kubectl <args> -f <file holding yaml>`, which must succeed (what a person or
+    /// another tool does to the cluster besides kubeforge).
+    pub fn kubectl_file(&self, args: &[&str], name: &str, yaml: &str) {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, yaml).unwrap();
+        let mut a = args.to_vec();
+        a.extend_from_slice(&["-f", path.to_str().unwrap()]);
+        let out = self.kubectl(&a);
+        assert!(
+            out.status.success(),
+            "kubectl {a:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// `kubectl get ... -o json`, parsed; None when it does not exist.
     pub fn get(&self, args: &[&str]) -> Option<serde_json::Value> {
         let mut a = vec!["get"];
@@ -315,14 +305,7 @@ pub fn install_csi_operator_crds(api: &ApiServer) {
             kind.to_lowercase()
         ));
     }
-    let path = api.dir.path().join("csi-operator-crds.yaml");
-    std::fs::write(&path, text).unwrap();
-    let out = api.kubectl(&["create", "-f", path.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    api.kubectl_file(&["create"], "csi-operator-crds.yaml", &text);
     let out = api.kubectl(&[
         "wait",
         "--for=condition=Established",

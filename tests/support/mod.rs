@@ -72,6 +72,24 @@ pub fn mirror() -> String {
     dir
 }
 
+/// The addons mirror made by scripts/testbed/60-addons.sh: the pinned upstream
+/// manifests under `addons/<addon>/<version>/`.
+pub fn addons_mirror() -> std::path::PathBuf {
+    let out = Std::new("bash")
+        .arg(root().join("scripts/testbed/60-addons.sh"))
+        .arg("--print-dir")
+        .output()
+        .unwrap();
+    let dir = std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    assert!(
+        dir.join("addons/metallb/v0.16.1/metallb-native.yaml")
+            .is_file(),
+        "the addons mirror is missing: run scripts/testbed/60-addons.sh ({})",
+        dir.display()
+    );
+    dir
+}
+
 /// Removes a test cluster and puts back the three host-wide sysctls kubelet changes
 /// (the machines share this kernel), when dropped.
 pub struct ClusterGuard {
