@@ -110,6 +110,37 @@ pub fn parse(text: &str, file: &Path, known: &[&str]) -> Result<Playbook, SpecEr
     }
 }
 
+/// Names `--phases` accepts besides the phase names.
+const PHASE_ALIASES: &[(&str, &str)] = &[("machines", "provision")];
+
+/// Keep the playbook phases `--phases` names (all when it is empty); an unknown name is
+/// a usage error listing the known ones.
+pub fn select_phases(pb: &mut Playbook, wanted: &[String]) -> Result<(), crate::error::Error> {
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let mut names = Vec::new();
+    for w in wanted {
+        let w = w.trim();
+        let name = PHASE_ALIASES
+            .iter()
+            .find(|(a, _)| *a == w)
+            .map(|(_, n)| *n)
+            .unwrap_or(w);
+        if !pb.phases.iter().any(|p| p.name == name) {
+            let known: Vec<&str> = pb.phases.iter().map(|p| p.name.as_str()).collect();
+            return Err(crate::error::Error::Usage(format!(
+                "--phases: no phase `{w}` in playbook {} (phases: {}; `machines` = provision)",
+                pb.name,
+                known.join(", ")
+            )));
+        }
+        names.push(name.to_string());
+    }
+    pb.phases.retain(|p| names.contains(&p.name));
+    Ok(())
+}
+
 /// The embedded bootstrap playbook, or the one in `file`.
 pub fn load(file: Option<&Path>, known: &[&str]) -> Result<Playbook, SpecErrors> {
     match file {

@@ -179,7 +179,7 @@ fn apply_brings_up_the_load_balancers_and_converges() {
         "the SSH key is never shown"
     );
     assert!(
-        text.contains(kubeforge::ops::apply::SSH_KEY),
+        text.contains(kubeforge::ops::session::SSH_KEY),
         "secrets are listed by name"
     );
 

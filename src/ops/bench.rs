@@ -139,7 +139,7 @@ async fn fanout(a: &FanoutArgs) -> Result<BenchReport, Error> {
     let image = a
         .image
         .clone()
-        .unwrap_or_else(crate::provider::cli::node_image_tag);
+        .unwrap_or_else(crate::provider::image::node_image_tag);
     let provider = DockerProvider::connect(DockerConfig {
         cluster: "kfbench".into(),
         network: "kfbench-net".into(),

@@ -2,72 +2,15 @@ use super::exec;
 use super::{
     host_plan, new_plan, ApplyContext, Phase, PhaseError, PhasePlan, PlanContext, Step, APPLIED_DIR,
 };
-use crate::render::views::{Profile, BIN_DIR};
 use crate::render::FileGroup;
 
 pub struct InitControlPlane;
 
-pub const ADMIN_CONF: &str = "/etc/kubernetes/admin.conf";
-/// Written after `kubeadm init` succeeded.
-pub const INIT_DONE: &str = "/var/lib/kubeforge/applied/kubeadm-init";
-pub const CA_CERT: &str = "/etc/kubernetes/pki/ca.crt";
+pub use crate::kube::kubeadm::INIT_DONE;
+pub use crate::kube::{ADMIN_CONF, CA_CERT};
 /// Where the CA public key hash is kept in the state's secrets (not secret itself, but
 /// it belongs with the PKI).
 pub const CA_HASH_KEY: &str = "ca-cert-hash";
-
-/// `kubectl` as root on a control-plane node.
-pub fn kubectl() -> String {
-    format!("{BIN_DIR}/kubectl --kubeconfig={ADMIN_CONF}")
-}
-
-/// The phases `kubeadm join` has; skipped phases of `init` only (e.g. addon/coredns)
-/// are not passed to join, which rejects them.
-const JOIN_PHASES: &[&str] = &[
-    "preflight",
-    "control-plane-prepare",
-    "kubelet-start",
-    "control-plane-join",
-];
-
-/// Extra kubeadm flags: patches, skipped phases, ignored preflight errors.
-pub fn kubeadm_flags(ctx: &PlanContext<'_>, control_plane: bool) -> String {
-    kubeadm_flags_for(ctx, control_plane, false)
-}
-
-/// The same for `kubeadm join`.
-pub fn kubeadm_join_flags(ctx: &PlanContext<'_>, control_plane: bool) -> String {
-    kubeadm_flags_for(ctx, control_plane, true)
-}
-
-fn kubeadm_flags_for(ctx: &PlanContext<'_>, control_plane: bool, join: bool) -> String {
-    let c = ctx.cluster;
-    let mut out = String::new();
-    if control_plane && Profile::of(c).etcd_ephemeral_storage_patch {
-        let flag = if c.version().minor < 22 {
-            "--experimental-patches"
-        } else {
-            "--patches"
-        };
-        out.push_str(&format!(" {flag} /etc/kubeforge/patches"));
-    }
-    let k = &c.cluster.spec.kubeadm;
-    let skip: Vec<&str> = k
-        .skip_phases
-        .iter()
-        .map(String::as_str)
-        .filter(|p| !join || JOIN_PHASES.iter().any(|j| p.split('/').next() == Some(*j)))
-        .collect();
-    if !skip.is_empty() {
-        out.push_str(&format!(" --skip-phases={}", skip.join(",")));
-    }
-    if !k.ignore_preflight_errors.is_empty() {
-        out.push_str(&format!(
-            " --ignore-preflight-errors={}",
-            k.ignore_preflight_errors.join(",")
-        ));
-    }
-    out
-}
 
 /// `sha256:<hex>` of a PEM certificate's SubjectPublicKeyInfo, as kubeadm's
 /// `--discovery-token-ca-cert-hash` expects.
@@ -93,7 +36,7 @@ impl Phase for InitControlPlane {
     }
     fn plan(&self, ctx: &PlanContext<'_>) -> PhasePlan {
         let mut p = new_plan(self);
-        let flags = kubeadm_flags(ctx, true);
+        let kubeadm = crate::kube::Kubeadm::of(ctx.cluster);
         for h in &ctx.hosts {
             p.hosts.push(host_plan(
                 ctx,
@@ -103,8 +46,8 @@ impl Phase for InitControlPlane {
                 // apiserver later is not a reason to re-init over etcd's data); an
                 // init that failed half-way is run again.
                 vec![Step::cmd(format!(
-                    "{BIN_DIR}/kubeadm init --config /etc/kubeforge/kubeadm-init.yaml --upload-certs{flags} \
-&& mkdir -p {APPLIED_DIR} && touch {INIT_DONE}"
+                    "{} && mkdir -p {APPLIED_DIR} && touch {INIT_DONE}",
+                    kubeadm.init()
                 ))
                 .unless_check(
                     format!("kubeadm init finished here before ({INIT_DONE})"),
@@ -143,7 +86,7 @@ impl Phase for InitControlPlane {
                 phase: phase.clone(),
                 source,
             })?;
-        super::wait_ready::wait_readyz(ctx, s.as_ref(), &phase).await
+        super::wait_readyz(ctx, s.as_ref(), &phase).await
     }
 }
 

@@ -1,23 +1,17 @@
 use super::exec::{self, HostError};
-use super::init::{kubeadm_join_flags, ADMIN_CONF};
 use super::{host_plan, new_plan, ApplyContext, Phase, PhaseError, PhasePlan, PlanContext, Step};
-use crate::render::views::BIN_DIR;
 use crate::render::FileGroup;
-use crate::transport::Transport;
 use std::time::{Duration, Instant};
 
 pub struct JoinControlPlane;
 pub struct JoinWorkers;
 
-const KUBELET_CONF: &str = "/etc/kubernetes/kubelet.conf";
+use crate::kube::{etcd, Kubeadm, KUBELET_CONF};
 /// How long a joined control-plane node may take to show up as a started etcd member.
 const MEMBER_WAIT: Duration = Duration::from_secs(180);
 
 fn join_step(ctx: &PlanContext<'_>, control_plane: bool) -> Step {
-    let flags = kubeadm_join_flags(ctx, control_plane);
-    let step = Step::cmd(format!(
-        "{BIN_DIR}/kubeadm join --config /etc/kubeforge/kubeadm-join.yaml{flags}"
-    ));
+    let step = Step::cmd(Kubeadm::of(ctx.cluster).join(control_plane));
     if control_plane {
         // kubelet.conf is written half-way through a control-plane join; the static
         // pods of etcd and the apiserver are the last thing it writes.
@@ -35,57 +29,50 @@ fn join_step(ctx: &PlanContext<'_>, control_plane: bool) -> Step {
     }
 }
 
-/// Re-upload the control-plane certificates (kubeadm keeps them 2 hours) and make sure
-/// the bootstrap token exists (it expires after 24 hours): a resumed run may come later.
-async fn refresh_join_credentials(ctx: &ApplyContext<'_>, phase: &str) -> Result<(), PhaseError> {
+/// Make sure the bootstrap token exists (it expires after 24 hours) and, before
+/// control-plane joins, that the control-plane certificates are uploaded (kubeadm
+/// deletes them two hours after an upload): a resumed run, or a node added to an old
+/// cluster, may come much later. No secret is on these command lines.
+async fn refresh_join_credentials(
+    ctx: &ApplyContext<'_>,
+    phase: &str,
+    control_plane: bool,
+) -> Result<(), PhaseError> {
     let Some((first, s)) = ctx.first_control_plane(phase).await? else {
         return Ok(());
     };
     let err = |e: HostError| PhaseError::host(phase, e);
-    let token = &ctx.secrets.bootstrap_token;
-    let ensure_token = format!(
-        "{BIN_DIR}/kubeadm token list --kubeconfig {ADMIN_CONF} | awk '{{print $1}}' | grep -qx {token} || {BIN_DIR}/kubeadm token create {token} --ttl 24h0m0s --kubeconfig {ADMIN_CONF}"
-    );
-    exec::run(
-        s.as_ref(),
-        &first.name,
-        &ensure_token,
-        ctx.secrets,
-        ctx.rt.verbose,
-    )
-    .await
-    .map_err(err)?;
+    let kubeadm = Kubeadm::of(ctx.cluster);
+    let token_id = ctx
+        .secrets
+        .bootstrap_token
+        .split('.')
+        .next()
+        .unwrap_or_default();
+    let mut cmds = vec![kubeadm.ensure_token(token_id)];
+    if control_plane {
+        cmds.push(kubeadm.ensure_uploaded_certs());
+    }
+    for cmd in cmds {
+        exec::run(s.as_ref(), &first.name, &cmd, ctx.secrets, ctx.rt.verbose)
+            .await
+            .map_err(err)?;
+    }
     Ok(())
 }
 
-/// Started etcd members (those with a name), asked of the first control-plane node's
-/// etcd with its health-check client certificate.
+/// Names of the started etcd members, asked of `host`'s etcd.
 pub async fn etcd_members(
-    t: &dyn Transport,
+    t: &dyn crate::transport::Transport,
     host: &str,
     ctx: &ApplyContext<'_>,
 ) -> Result<Vec<String>, HostError> {
-    let cmd = "curl -sS --max-time 5 --cacert /etc/kubernetes/pki/etcd/ca.crt \
---cert /etc/kubernetes/pki/etcd/healthcheck-client.crt --key /etc/kubernetes/pki/etcd/healthcheck-client.key \
--X POST https://127.0.0.1:2379/v3/cluster/member/list";
-    let out = exec::run(t, host, cmd, ctx.secrets, false).await?;
-    let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| HostError::Other {
-        host: host.to_string(),
-        message: format!("etcd member list is not JSON ({e}): {}", out.trim()),
-    })?;
-    Ok(v["members"]
-        .as_array()
-        .map(|ms| {
-            ms.iter()
-                .filter_map(|m| {
-                    m["name"]
-                        .as_str()
-                        .filter(|n| !n.is_empty())
-                        .map(String::from)
-                })
-                .collect()
-        })
-        .unwrap_or_default())
+    Ok(etcd::members(t, host, ctx.secrets)
+        .await?
+        .into_iter()
+        .filter(|m| m.started())
+        .map(|m| m.name)
+        .collect())
 }
 
 #[async_trait::async_trait]
@@ -101,7 +88,7 @@ impl Phase for JoinControlPlane {
         let endpoint = ctx.cluster.topology.endpoint.address();
         if !ctx.hosts.is_empty() {
             p.operator.push(Step::new(
-                "on the first control-plane node: make sure the bootstrap token exists",
+                "on the first control-plane node: make sure the bootstrap token exists and the control-plane certificates are uploaded (kubeadm keeps them 2 hours)",
             ));
         }
         let mut members = 1;
@@ -126,7 +113,7 @@ impl Phase for JoinControlPlane {
             return Ok(());
         }
         let phase = self.name().to_string();
-        refresh_join_credentials(ctx, &phase).await?;
+        refresh_join_credentials(ctx, &phase, true).await?;
         let (first, s) =
             ctx.first_control_plane(&phase)
                 .await?
@@ -165,7 +152,7 @@ impl Phase for JoinControlPlane {
                 }
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }
-            super::wait_ready::wait_readyz(ctx, s.as_ref(), &phase).await?;
+            super::wait_readyz(ctx, s.as_ref(), &phase).await?;
         }
         Ok(())
     }
@@ -201,7 +188,7 @@ impl Phase for JoinWorkers {
         if plan.hosts.is_empty() {
             return Ok(());
         }
-        refresh_join_credentials(ctx, self.name()).await?;
+        refresh_join_credentials(ctx, self.name(), false).await?;
         ctx.hosts(plan, &exec::NoSpecial).await.map(|_| ())
     }
 }

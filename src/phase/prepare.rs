@@ -1,7 +1,7 @@
 use super::exec::{HostError, SpecialSteps};
 use super::{
     host_plan, new_plan, restart_step, ApplyContext, Phase, PhaseError, PhasePlan, PlanContext,
-    Step,
+    Special, Step,
 };
 use crate::render::views::{Profile, BIN_DIR, CGROUP_SCRIPT};
 use crate::render::FileGroup;
@@ -113,7 +113,7 @@ impl Phase for PrepareHosts {
                 Some("containerd"),
             ));
             cmds.push(
-                Step::new(format!(
+                Step::special(Special::InstallArtifacts, format!(
                     "{INSTALL} {version} into {BIN_DIR} from {source}, sha256-verified"
                 ))
                 .unless_check(
@@ -159,7 +159,7 @@ struct Installer {
 #[async_trait::async_trait]
 impl SpecialSteps for Installer {
     async fn special(&self, t: &dyn Transport, host: &Host, step: &Step) -> Result<(), HostError> {
-        if step.action.starts_with(INSTALL) {
+        if step.special == Some(Special::InstallArtifacts) {
             return crate::phase::binaries::install(t, host, &self.fetched).await;
         }
         Ok(())

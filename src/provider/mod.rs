@@ -8,10 +8,11 @@
 //! block of the cluster file) and a type implementing [`Provider`].
 
 pub mod aws;
-pub mod cli;
 pub mod cloud;
 pub mod docker;
+pub mod factory;
 pub mod hetzner;
+pub mod image;
 pub mod loopdisk;
 pub mod sakura;
 

@@ -9,6 +9,7 @@ pub mod backend;
 pub mod cli;
 pub mod crypto;
 pub mod document;
+pub mod handle;
 pub mod lock;
 pub mod store;
 
@@ -18,6 +19,7 @@ pub use document::{
     AddonRecord, AppliedVersions, JournalEntry, Machine, ObjectRef, PhaseStatus, Secrets,
     StateDocument,
 };
+pub use handle::{JournalId, StateHandle};
 pub use lock::{LockGuard, LockInfo, LockOptions, Unlocked};
 pub use store::{HistoryEntry, SnapshotInfo, StateStore, Version};
 

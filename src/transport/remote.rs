@@ -1,0 +1,143 @@
+//! Running commands on a host and what a failure reports: host, command (secrets
+//! redacted), exit code, the end of stderr. Used by phases and by `kube`.
+
+use super::{Cancelled, Transport, TransportError};
+use std::fmt;
+
+/// Replaces secret values in text before it is shown or logged.
+pub trait Redact: Sync {
+    fn redact(&self, text: &str) -> String;
+}
+
+/// Nothing to redact.
+pub struct NoSecrets;
+impl Redact for NoSecrets {
+    fn redact(&self, text: &str) -> String {
+        text.to_string()
+    }
+}
+
+/// What a failed host reports: enough to act on without reading logs.
+#[derive(Debug, Clone)]
+pub struct CommandFailure {
+    pub host: String,
+    pub command: String,
+    pub exit_code: u32,
+    /// The last lines of stderr (secrets redacted).
+    pub stderr_tail: String,
+}
+
+impl fmt::Display for CommandFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "on {}: `{}` exited with {}",
+            self.host, self.command, self.exit_code
+        )?;
+        if !self.stderr_tail.is_empty() {
+            write!(f, "; stderr ends with:\n{}", indent(&self.stderr_tail))?;
+        }
+        Ok(())
+    }
+}
+
+fn indent(s: &str) -> String {
+    s.lines()
+        .map(|l| format!("      {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error("{0}")]
+    Command(CommandFailure),
+    #[error("on {host}: {source}")]
+    Transport {
+        host: String,
+        #[source]
+        source: TransportError,
+    },
+    #[error("on {host}: {message}")]
+    Other { host: String, message: String },
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl From<Cancelled> for HostError {
+    fn from(_: Cancelled) -> Self {
+        HostError::Cancelled
+    }
+}
+
+impl HostError {
+    /// The host it happened on.
+    pub fn host(&self) -> Option<&str> {
+        match self {
+            HostError::Command(c) => Some(&c.host),
+            HostError::Transport { host, .. } | HostError::Other { host, .. } => Some(host),
+            HostError::Cancelled => None,
+        }
+    }
+
+    pub fn is_transport(&self) -> bool {
+        matches!(self, HostError::Transport { .. })
+    }
+}
+
+/// Keep the last `n` lines of `text`, secrets redacted.
+pub fn tail(text: &str, n: usize, secrets: &dyn Redact) -> String {
+    let lines: Vec<&str> = text.trim_end().lines().collect();
+    let start = lines.len().saturating_sub(n);
+    secrets.redact(&lines[start..].join("\n"))
+}
+
+/// Run a shell command on a host; non-zero exit is a `CommandFailure`.
+pub async fn run(
+    t: &dyn Transport,
+    host: &str,
+    command: &str,
+    secrets: &dyn Redact,
+    verbose: bool,
+) -> Result<String, HostError> {
+    let out = t
+        .exec(command)
+        .await
+        .map_err(|source| HostError::Transport {
+            host: host.to_string(),
+            source,
+        })?;
+    if verbose {
+        for line in out.stdout.lines().chain(out.stderr.lines()) {
+            eprintln!("  [{host}] {}", secrets.redact(line));
+        }
+    }
+    tracing::debug!(host, command = %secrets.redact(command), exit = out.exit_code, "ran");
+    if !out.success() {
+        return Err(HostError::Command(CommandFailure {
+            host: host.to_string(),
+            command: secrets.redact(command),
+            exit_code: out.exit_code,
+            stderr_tail: tail(
+                if out.stderr.trim().is_empty() {
+                    &out.stdout
+                } else {
+                    &out.stderr
+                },
+                8,
+                secrets,
+            ),
+        }));
+    }
+    Ok(out.stdout)
+}
+
+/// Read a (small) remote file.
+pub async fn download(t: &dyn Transport, host: &str, path: &str) -> Result<Vec<u8>, HostError> {
+    t.download(path)
+        .await
+        .map_err(|source| HostError::Transport {
+            host: host.to_string(),
+            source,
+        })
+}
