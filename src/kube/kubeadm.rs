@@ -13,6 +13,33 @@ pub const PATCHES_DIR: &str = "/etc/kubeforge/patches";
 /// Written after `kubeadm init` succeeded.
 pub const INIT_DONE: &str = "/var/lib/kubeforge/applied/kubeadm-init";
 
+/// Where the detached kubeadm runs log (appended, one file per unit).
+pub const LOG_DIR: &str = "/var/log/kubeforge";
+pub const JOIN_DONE: &str = "/var/lib/kubeforge/applied/kubeadm-join";
+
+/// Run `command` as the transient systemd unit `unit`, detached from the SSH session:
+/// if kubeforge is killed (or the connection drops) the command runs to its end, and the
+/// next run waits for it instead of starting a second one. Success is recorded by
+/// touching `marker` (the step's guard checks it); the output goes to
+/// `/var/log/kubeforge/<unit>.log`, whose end is printed when the command fails.
+pub fn detached(unit: &str, command: &str, marker: &str) -> String {
+    let log = format!("{LOG_DIR}/{unit}.log");
+    let inner = format!(
+        "{command} && mkdir -p {dir} && touch {marker}",
+        dir = crate::phase::APPLIED_DIR
+    );
+    format!(
+        "mkdir -p {LOG_DIR}; \
+while systemctl is-active --quiet {unit}; do sleep 2; done; \
+if [ -f {marker} ]; then exit 0; fi; \
+systemctl reset-failed {unit} >/dev/null 2>&1; \
+echo \"== $(date -u +%FT%TZ) {unit}\" >> {log}; \
+systemd-run --unit={unit} --wait --collect --quiet -p StandardOutput=append:{log} -p StandardError=append:{log} \
+/bin/sh -c {quoted} || {{ rc=$?; tail -n 30 {log} >&2; exit $rc; }}",
+        quoted = crate::transport::shell::quote(&inner),
+    )
+}
+
 /// The phases `kubeadm join` has; skipped phases of `init` only (e.g. addon/coredns)
 /// are not passed to join, which rejects them.
 const JOIN_PHASES: &[&str] = &[
@@ -139,9 +166,13 @@ impl<'a> Kubeadm<'a> {
         )
     }
 
-    /// `kubeadm reset` of a node that is to be joined again.
+    /// `kubeadm reset` of a node that is to be joined again (kubeforge's markers of a
+    /// finished init or join go with it).
     pub fn reset(&self) -> String {
-        format!("{} reset --force", self.bin())
+        format!(
+            "{} reset --force && rm -f {INIT_DONE} {JOIN_DONE}",
+            self.bin()
+        )
     }
 }
 

@@ -247,6 +247,17 @@ impl Session {
             if let Err(e) = self.state.flush().await {
                 first_err.get_or_insert(e.into());
             }
+            // Old generations hold old sealed secrets: keep only the newest.
+            if self.state.saves().await > 0 {
+                if let Err(e) = self
+                    .state
+                    .store
+                    .prune_history(crate::state::retention::HISTORY_KEEP)
+                    .await
+                {
+                    tracing::warn!("old state history was not pruned: {e}");
+                }
+            }
         }
         match first_err {
             None => Ok(()),

@@ -136,7 +136,16 @@ async fn apply_host(
         }
         match &step.run {
             Some(cmd) => {
-                run(s.as_ref(), &host.name, cmd, secrets, rt.verbose).await?;
+                run(s.as_ref(), &host.name, cmd, secrets, rt.verbose)
+                    .await
+                    .map_err(|e| match e {
+                        // A wrapped command (e.g. detached kubeadm) is named as planned.
+                        HostError::Command(mut f) if *cmd != step.action => {
+                            f.command = secrets.redact(&step.action);
+                            HostError::Command(f)
+                        }
+                        e => e,
+                    })?;
             }
             None => special.special(s.as_ref(), host, step).await?,
         }

@@ -1,7 +1,5 @@
 use super::exec;
-use super::{
-    host_plan, new_plan, ApplyContext, Phase, PhaseError, PhasePlan, PlanContext, Step, APPLIED_DIR,
-};
+use super::{host_plan, new_plan, ApplyContext, Phase, PhaseError, PhasePlan, PlanContext, Step};
 use crate::render::FileGroup;
 
 pub struct InitControlPlane;
@@ -45,10 +43,18 @@ impl Phase for InitControlPlane {
                 // A finished init is marked, and never run again (an unhealthy
                 // apiserver later is not a reason to re-init over etcd's data); an
                 // init that failed half-way is run again.
-                vec![Step::cmd(format!(
-                    "{} && mkdir -p {APPLIED_DIR} && touch {INIT_DONE}",
-                    kubeadm.init()
-                ))
+                vec![Step {
+                    run: Some(crate::kube::kubeadm::detached(
+                        "kubeforge-kubeadm-init",
+                        &kubeadm.init(),
+                        INIT_DONE,
+                    )),
+                    ..Step::cmd(format!(
+                        "{} (detached: survives a lost connection; log in {}/kubeforge-kubeadm-init.log)",
+                        kubeadm.init(),
+                        crate::kube::kubeadm::LOG_DIR
+                    ))
+                }
                 .unless_check(
                     format!("kubeadm init finished here before ({INIT_DONE})"),
                     format!("test -f {ADMIN_CONF} && test -f {INIT_DONE}"),

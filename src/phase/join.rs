@@ -11,7 +11,18 @@ use crate::kube::{etcd, Kubeadm, KUBELET_CONF};
 const MEMBER_WAIT: Duration = Duration::from_secs(180);
 
 fn join_step(ctx: &PlanContext<'_>, control_plane: bool) -> Step {
-    let step = Step::cmd(Kubeadm::of(ctx.cluster).join(control_plane));
+    let join = Kubeadm::of(ctx.cluster).join(control_plane);
+    let step = Step {
+        run: Some(crate::kube::kubeadm::detached(
+            "kubeforge-kubeadm-join",
+            &join,
+            crate::kube::kubeadm::JOIN_DONE,
+        )),
+        ..Step::cmd(format!(
+            "{join} (detached: survives a lost connection; log in {}/kubeforge-kubeadm-join.log)",
+            crate::kube::kubeadm::LOG_DIR
+        ))
+    };
     if control_plane {
         // kubelet.conf is written half-way through a control-plane join; the static
         // pods of etcd and the apiserver are the last thing it writes.

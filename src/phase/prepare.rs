@@ -127,7 +127,9 @@ impl Phase for PrepareHosts {
             );
             cmds.push(restart_step(
                 "kubelet-unit",
-                "systemctl daemon-reload && systemctl enable kubelet",
+                // A running kubelet is restarted with its new unit (running pods and
+                // static pods keep running); a fresh node's kubelet is started by kubeadm.
+                "systemctl daemon-reload && systemctl enable kubelet && systemctl try-restart kubelet",
                 &pick("kubelet"),
                 None,
             ));

@@ -72,13 +72,13 @@ impl StateHandle {
     }
 
     /// Change the document and save it as the next generation (compare-and-swap), with
-    /// any journal entries not saved yet. An update that changes nothing (and no journal
-    /// entry waiting) saves nothing.
+    /// any journal entries not saved yet. An update that changes nothing saves nothing.
     pub async fn update<F: FnOnce(&mut StateDocument)>(&self, f: F) -> Result<(), StateError> {
         let mut guard = self.inner.lock().await;
         let mut next = guard.doc.clone();
         f(&mut next);
-        if content(&next) == content(&guard.doc) && !guard.journal_dirty {
+        if content(&next) == content(&guard.doc) {
+            // Nothing changed; journal entries held in memory keep waiting.
             return Ok(());
         }
         Self::save(&self.store, &mut guard, next).await

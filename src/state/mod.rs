@@ -11,6 +11,7 @@ pub mod crypto;
 pub mod document;
 pub mod handle;
 pub mod lock;
+pub mod retention;
 pub mod store;
 
 pub use backend::{FileBackend, ObjectStoreBackend, ObjectVersion, StateBackend};
