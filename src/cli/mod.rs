@@ -40,13 +40,13 @@ pub enum Command {
     /// Print the admin kubeconfig kept (encrypted) in the state.
     Kubeconfig(SpecArgs),
     /// What a Kubernetes version needs (binaries, images, host packages) and fetching it.
-    Artifacts(crate::ops::artifacts::ArtifactsArgs),
+    Artifacts(ArtifactsArgs),
     /// Inspect and manage the remote state: show, history, unlock, pull, push.
     State(crate::state::cli::StateArgs),
     /// Build or inspect the local node image used by the docker provider.
     Image(ImageArgs),
     /// Measure fan-out performance against peers (parallel ssh/scp, Ansible).
-    Bench(crate::ops::bench::BenchArgs),
+    Bench(BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -220,6 +220,97 @@ pub struct DestroyArgs {
     /// Delete without asking for confirmation.
     #[arg(long, short = 'y')]
     pub yes: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub command: BenchCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Push a file and run small commands on N local machines; compare with scp/ssh
+    /// and Ansible.
+    Fanout(FanoutArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FanoutArgs {
+    /// Number of machines.
+    #[arg(long, default_value_t = 10)]
+    pub machines: usize,
+    /// Size of the pushed file in MiB.
+    #[arg(long, default_value_t = 100)]
+    pub file_mib: u64,
+    /// Small commands per host.
+    #[arg(long, default_value_t = 20)]
+    pub commands: usize,
+    /// Hosts worked on at once (also Ansible's forks).
+    #[arg(long, default_value_t = 10)]
+    pub concurrency: usize,
+    /// Node image (default: the current recipe's tag).
+    #[arg(long)]
+    pub image: Option<String>,
+    /// Subnet of the benchmark's internal network.
+    #[arg(long, default_value = "10.253.0.0/24")]
+    pub subnet: ipnet::IpNet,
+    /// Skip the Ansible comparison.
+    #[arg(long)]
+    pub no_ansible: bool,
+    /// Keep the machines afterwards.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ArtifactsArgs {
+    #[command(subcommand)]
+    pub command: ArtifactsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ArtifactsCommand {
+    /// Print exactly what a Kubernetes version needs: binaries, images, host packages,
+    /// each with its source (upstream URL, mirror path or registry).
+    #[command(disable_version_flag = true)]
+    List(SelectArgs),
+    /// Download everything into the local cache, verifying every sha256.
+    #[command(disable_version_flag = true)]
+    Fetch(FetchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SelectArgs {
+    /// The cluster file: its kubernetesVersion, artifacts.mirror and
+    /// artifacts.imageRepository are used (default cluster.yaml unless --version).
+    #[arg(short = 'f', long = "file", conflicts_with = "version")]
+    pub file: Option<PathBuf>,
+    /// A Kubernetes version (v1.20.2) instead of a cluster file.
+    #[arg(long)]
+    pub version: Option<String>,
+    /// Mirror (http(s) URL or directory) replacing the upstream release site; overrides
+    /// the cluster file's artifacts.mirror.
+    #[arg(long)]
+    pub mirror: Option<String>,
+    /// Registry for the control-plane images (kubeadm's imageRepository).
+    #[arg(long)]
+    pub image_repository: Option<String>,
+    /// Host architecture.
+    #[arg(long, default_value = "amd64")]
+    pub arch: String,
+    /// Leave an image out (e.g. coredns when that addon is not deployed); repeatable.
+    #[arg(long = "skip-image", value_name = "NAME")]
+    pub skip_images: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct FetchArgs {
+    #[command(flatten)]
+    pub select: SelectArgs,
+    /// Cache directory (default $KUBEFORGE_CACHE, else ~/.cache/kubeforge).
+    #[arg(long)]
+    pub cache: Option<PathBuf>,
 }
 
 pub fn init_tracing(verbose: u8) {
