@@ -252,6 +252,33 @@ pub async fn complete(
     facts
 }
 
+/// Whether the machine at etcd peer address `peer` is gone for good: no control-plane
+/// host of the inventory has that address (removed, or replaced at a new address), the
+/// provider has no machine for it, or a fresh machine (no control plane) answers there.
+/// A host that does not answer is not gone: it may come back.
+fn machine_gone(
+    c: &LoadedCluster,
+    hosts: &BTreeMap<String, HostFacts>,
+    absent: &BTreeMap<String, Absence>,
+    peer: &str,
+) -> bool {
+    let Some(h) = c
+        .topology
+        .hosts
+        .iter()
+        .find(|h| h.has(Role::ControlPlane) && h.internal_address.to_string() == peer)
+    else {
+        return true;
+    };
+    match absent.get(&h.name) {
+        Some(Absence::MissingAtProvider) => true,
+        Some(Absence::Unreachable(_)) => false,
+        None => hosts
+            .get(&h.name)
+            .is_some_and(|f| !f.control_plane_manifests),
+    }
+}
+
 /// Nodes and etcd, from the first control-plane node that answers and runs one.
 async fn cluster_facts(
     pool: &SshPool,
@@ -270,10 +297,6 @@ async fn cluster_facts(
                 .get(&h.name)
                 .is_some_and(|f| f.control_plane_manifests)
         })
-        .collect();
-    let live_peers: Vec<String> = live_cps
-        .iter()
-        .map(|h| h.internal_address.to_string())
         .collect();
     for h in &live_cps {
         let Ok(s) = pool.session(&h.address.to_string()).await else {
@@ -294,10 +317,12 @@ async fn cluster_facts(
                         }
                     }
                 }
-                let stale = etcd::stale(&members, &live_peers)
-                    .into_iter()
-                    .cloned()
-                    .collect();
+                let stale = etcd::stale(&members, |peer| {
+                    machine_gone(c, &facts.hosts, &facts.absent, peer)
+                })
+                .into_iter()
+                .cloned()
+                .collect();
                 facts.etcd = Some(EtcdFacts {
                     asked: h.name.clone(),
                     members,

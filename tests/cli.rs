@@ -152,7 +152,7 @@ fn plan_shows_machines_files_and_commands_by_phase() {
         "    write /etc/haproxy/haproxy.cfg (0644,",
         "    write /etc/kubeforge/kubeadm-init.yaml (0600,",
         "holds secrets",
-        "    run   /usr/local/bin/kubeadm init --config /etc/kubeforge/kubeadm-init.yaml --upload-certs --experimental-patches /etc/kubeforge/patches --skip-phases=preflight,addon/coredns && mkdir -p /var/lib/kubeforge/applied && touch /var/lib/kubeforge/applied/kubeadm-init  (skip if kubeadm init finished here before",
+        "    run   /usr/local/bin/kubeadm init --config /etc/kubeforge/kubeadm-init.yaml --upload-certs --experimental-patches /etc/kubeforge/patches --skip-phases=preflight,addon/coredns (detached: survives a lost connection; log in /var/log/kubeforge/kubeforge-kubeadm-init.log)  (skip if kubeadm init finished here before",
         "    write /etc/systemd/system/kubeforge-routes.service (0644,",
         "Phase 11/11 addons:",
     ] {

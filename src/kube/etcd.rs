@@ -128,13 +128,13 @@ pub async fn remove_member(
 }
 
 /// Members that must go before a control-plane join can succeed: kubeadm checks every
-/// member, so one whose machine is gone (its peer address belongs to no host that
-/// answers) or that never started (a failed earlier join) blocks every join.
-/// `live` are the peer addresses of control-plane hosts that are up.
-pub fn stale<'a>(members: &'a [Member], live: &[String]) -> Vec<&'a Member> {
+/// member, so one that never started (a failed earlier join) or whose machine is gone
+/// for good blocks every join. `gone(peer_host)` tells whether the machine at a peer
+/// address is gone (a machine that merely does not answer is not: it may come back).
+pub fn stale(members: &[Member], gone: impl Fn(&str) -> bool) -> Vec<&Member> {
     members
         .iter()
-        .filter(|m| !m.started() || m.peer_host().is_none_or(|h| !live.contains(&h)))
+        .filter(|m| !m.started() || m.peer_host().is_none_or(|h| gone(&h)))
         .collect()
 }
 
@@ -170,8 +170,10 @@ mod tests {
     #[test]
     fn stale_members_are_the_unstarted_and_the_gone() {
         let m = parse_members(LIST).unwrap();
-        let live = vec!["10.0.0.10".to_string()];
-        let s: Vec<u64> = stale(&m, &live).iter().map(|m| m.id).collect();
+        let s: Vec<u64> = stale(&m, |h| h != "10.0.0.10")
+            .iter()
+            .map(|m| m.id)
+            .collect();
         assert_eq!(s, [42, 7]);
         assert!(quorum_holds(3, 2));
         assert!(!quorum_holds(3, 1));

@@ -69,6 +69,31 @@ impl Phase for InitControlPlane {
     }
 
     async fn apply(&self, ctx: &ApplyContext<'_>, plan: &PhasePlan) -> Result<(), PhaseError> {
+        // Never `kubeadm init` a second cluster over a live one: when this node has no
+        // kubeadm state but another control-plane node runs etcd, stop here.
+        if let Some(f) = ctx.rt.facts() {
+            for hp in &plan.hosts {
+                let fresh = f
+                    .host(&hp.host)
+                    .is_some_and(|h| !h.kubeadm_init_done && !h.control_plane_manifests);
+                let live: Vec<&String> = f
+                    .hosts
+                    .iter()
+                    .filter(|(n, h)| *n != &hp.host && h.control_plane_manifests)
+                    .map(|(n, _)| n)
+                    .collect();
+                if fresh && !live.is_empty() {
+                    return Err(PhaseError::Gate {
+                        phase: self.name().into(),
+                        message: format!(
+                            "{} has no kubeadm state, but the cluster runs on {}: not running kubeadm init over a live cluster (the first control-plane node was replaced; it must join the existing control plane instead)",
+                            hp.host,
+                            live.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                        ),
+                    });
+                }
+            }
+        }
         ctx.hosts(plan, &exec::NoSpecial).await?;
         let phase = self.name().to_string();
         let Some((first, s)) = ctx.first_control_plane(&phase).await? else {

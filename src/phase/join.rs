@@ -1,5 +1,7 @@
 use super::exec::{self, HostError};
-use super::{host_plan, new_plan, ApplyContext, Phase, PhaseError, PhasePlan, PlanContext, Step};
+use super::{
+    host_plan, new_plan, ApplyContext, Phase, PhaseError, PhasePlan, PlanContext, Special, Step,
+};
 use crate::render::FileGroup;
 use std::time::{Duration, Instant};
 
@@ -40,6 +42,15 @@ fn join_step(ctx: &PlanContext<'_>, control_plane: bool) -> Step {
     }
 }
 
+/// The public half of the bootstrap token (`abcdef` of `abcdef.0123456789abcdef`).
+fn token_id(secrets: &crate::render::Secrets) -> &str {
+    secrets
+        .bootstrap_token
+        .split('.')
+        .next()
+        .unwrap_or_default()
+}
+
 /// Make sure the bootstrap token exists (it expires after 24 hours) and, before
 /// control-plane joins, that the control-plane certificates are uploaded (kubeadm
 /// deletes them two hours after an upload): a resumed run, or a node added to an old
@@ -54,13 +65,7 @@ async fn refresh_join_credentials(
     };
     let err = |e: HostError| PhaseError::host(phase, e);
     let kubeadm = Kubeadm::of(ctx.cluster);
-    let token_id = ctx
-        .secrets
-        .bootstrap_token
-        .split('.')
-        .next()
-        .unwrap_or_default();
-    let mut cmds = vec![kubeadm.ensure_token(token_id)];
+    let mut cmds = vec![kubeadm.ensure_token(token_id(ctx.secrets))];
     if control_plane {
         cmds.push(kubeadm.ensure_uploaded_certs());
     }
@@ -68,6 +73,98 @@ async fn refresh_join_credentials(
         exec::run(s.as_ref(), &first.name, &cmd, ctx.secrets, ctx.rt.verbose)
             .await
             .map_err(err)?;
+    }
+    Ok(())
+}
+
+/// Carry out the plan's repairs before the joins: stale etcd members removed (checked
+/// again now: still there, still not healthy, quorum holding) and stale Node objects
+/// deleted.
+async fn repair_before_joins(
+    ctx: &ApplyContext<'_>,
+    phase: &str,
+    plan: &PhasePlan,
+) -> Result<(), PhaseError> {
+    let repairs: Vec<&Special> = plan
+        .operator
+        .iter()
+        .filter_map(|s| s.special.as_ref())
+        .collect();
+    if repairs.is_empty() {
+        return Ok(());
+    }
+    let gate = |message: String| PhaseError::Gate {
+        phase: phase.to_string(),
+        message,
+    };
+    let facts = ctx.rt.facts();
+    let asked = facts
+        .as_ref()
+        .and_then(|f| f.etcd.as_ref())
+        .map(|e| e.asked.clone())
+        .ok_or_else(|| gate("no control-plane node answered for etcd".into()))?;
+    let host = ctx
+        .cluster
+        .topology
+        .host(&asked)
+        .ok_or_else(|| gate(format!("{asked} is not in the topology")))?;
+    let s = exec::session(ctx.rt, host)
+        .await
+        .map_err(|e| PhaseError::host(phase, e))?;
+    for r in repairs {
+        match r {
+            Special::RemoveEtcdMember { id, name } => {
+                let members = etcd::members(s.as_ref(), &host.name, ctx.secrets)
+                    .await
+                    .map_err(|e| PhaseError::host(phase, e))?;
+                let Some(m) = members.iter().find(|m| m.id == *id) else {
+                    continue;
+                };
+                let mut healthy = 0;
+                for other in &members {
+                    if let Some(url) = other.client_urls.first() {
+                        if etcd::health(s.as_ref(), url).await.is_ok() {
+                            healthy += 1;
+                        }
+                    }
+                }
+                let this_healthy = match m.client_urls.first() {
+                    Some(url) => etcd::health(s.as_ref(), url).await.is_ok(),
+                    None => false,
+                };
+                if this_healthy {
+                    return Err(gate(format!(
+                        "etcd member {} ({name}) answers as healthy now: not removed; plan again",
+                        m.hex_id()
+                    )));
+                }
+                if !etcd::quorum_holds(members.len(), healthy) {
+                    return Err(gate(format!(
+                        "etcd has lost quorum ({healthy} of {} members healthy): members are not removed and nodes not joined; restore from a snapshot instead",
+                        members.len()
+                    )));
+                }
+                etcd::remove_member(s.as_ref(), &host.name, *id, ctx.secrets)
+                    .await
+                    .map_err(|e| PhaseError::host(phase, e))?;
+                ctx.note(format!(
+                    "removed stale etcd member {} ({})",
+                    m.hex_id(),
+                    if name.is_empty() {
+                        "never started"
+                    } else {
+                        name
+                    }
+                ));
+            }
+            Special::DeleteNode { name } => {
+                crate::kube::delete_node(s.as_ref(), &host.name, name, ctx.secrets)
+                    .await
+                    .map_err(|e| PhaseError::host(phase, e))?;
+                ctx.note(format!("deleted the Node {name} of the previous machine"));
+            }
+            Special::InstallArtifacts => {}
+        }
     }
     Ok(())
 }
@@ -98,9 +195,49 @@ impl Phase for JoinControlPlane {
         let mut p = new_plan(self);
         let endpoint = ctx.cluster.topology.endpoint.address();
         if !ctx.hosts.is_empty() {
-            p.operator.push(Step::new(
-                "on the first control-plane node: make sure the bootstrap token exists and the control-plane certificates are uploaded (kubeadm keeps them 2 hours)",
-            ));
+            let k = Kubeadm::of(ctx.cluster);
+            p.operator.push(Step::new(format!(
+                "on the first control-plane node, make sure the bootstrap token exists (`{}`) and the control-plane certificates are uploaded, kubeadm keeps them 2 hours (`{}`)",
+                k.ensure_token(token_id(ctx.secrets)),
+                k.ensure_uploaded_certs()
+            )));
+        }
+        // From the facts: members and Node objects left by machines that are gone (or by
+        // joins that never finished) go before any join; kubeadm checks every member.
+        if let Some(f) = ctx.facts {
+            if let Some(e) = &f.etcd {
+                for m in &e.stale {
+                    p.operator.push(Step::special(
+                        Special::RemoveEtcdMember {
+                            id: m.id,
+                            name: m.name.clone(),
+                        },
+                        format!(
+                            "remove stale etcd member {} ({}, peer {}) through {}, while {} of {} members are healthy (refused if that would break quorum)",
+                            m.hex_id(),
+                            if m.name.is_empty() { "never started" } else { m.name.as_str() },
+                            m.peer_urls.first().map(String::as_str).unwrap_or("-"),
+                            e.asked,
+                            e.healthy.len(),
+                            e.members.len()
+                        ),
+                    ));
+                }
+            }
+            for h in &ctx.hosts {
+                let joined = f.host(&h.name).is_some_and(|hf| hf.control_plane_manifests);
+                if !joined && f.node(&h.name).is_some() {
+                    p.operator.push(Step::special(
+                        Special::DeleteNode {
+                            name: h.name.clone(),
+                        },
+                        format!(
+                            "delete the Node {} left by its previous machine (it joins again)",
+                            h.name
+                        ),
+                    ));
+                }
+            }
         }
         let mut members = 1;
         for h in &ctx.hosts {
@@ -124,6 +261,7 @@ impl Phase for JoinControlPlane {
             return Ok(());
         }
         let phase = self.name().to_string();
+        repair_before_joins(ctx, &phase, plan).await?;
         refresh_join_credentials(ctx, &phase, true).await?;
         let (first, s) =
             ctx.first_control_plane(&phase)
@@ -180,9 +318,10 @@ impl Phase for JoinWorkers {
     fn plan(&self, ctx: &PlanContext<'_>) -> PhasePlan {
         let mut p = new_plan(self);
         if !ctx.hosts.is_empty() {
-            p.operator.push(Step::new(
-                "on the first control-plane node: make sure the bootstrap token exists",
-            ));
+            p.operator.push(Step::new(format!(
+                "on the first control-plane node, make sure the bootstrap token exists (`{}`)",
+                Kubeadm::of(ctx.cluster).ensure_token(token_id(ctx.secrets))
+            )));
         }
         for h in &ctx.hosts {
             p.hosts.push(host_plan(

@@ -271,12 +271,18 @@ pub struct Step {
     pub special: Option<Special>,
 }
 
-/// Host steps a phase carries out itself.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
+/// Steps a phase carries out itself (on a host, or on the operator's machine through
+/// a control-plane node).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
 pub enum Special {
     /// Upload the verified Kubernetes binaries and images and install them.
     InstallArtifacts,
+    /// Remove an etcd member that blocks joins (never started, or its machine is gone),
+    /// asked of a healthy member, only while a quorum of healthy members holds.
+    RemoveEtcdMember { id: u64, name: String },
+    /// Delete the Node object of a host that is joined again.
+    DeleteNode { name: String },
 }
 
 impl Step {
