@@ -76,6 +76,29 @@ impl ClusterFacts {
         self.hosts.get(name)
     }
 
+    /// The control-plane node that holds the init configuration and that later phases
+    /// ask (token, certificates, CA, kubeconfig, gates): the first control-plane node of
+    /// the inventory, unless it has no control plane while another one runs it (the
+    /// first was replaced: it joins, and the first that runs one takes its part).
+    pub fn init_node<'a>(&self, t: &'a crate::spec::Topology) -> Option<&'a Host> {
+        let first = t.first_control_plane()?;
+        let runs = self
+            .host(&first.name)
+            .is_some_and(|f| f.control_plane_manifests);
+        // A first node that does not answer keeps its part: it may come back.
+        let unreachable = matches!(self.absent.get(&first.name), Some(Absence::Unreachable(_)));
+        if runs || unreachable {
+            return Some(first);
+        }
+        t.control_planes()
+            .into_iter()
+            .find(|h| {
+                self.host(&h.name)
+                    .is_some_and(|f| f.control_plane_manifests)
+            })
+            .or(Some(first))
+    }
+
     pub fn node(&self, name: &str) -> Option<&kube::NodeInfo> {
         self.nodes.as_ref()?.iter().find(|n| n.name == name)
     }

@@ -55,13 +55,19 @@ pub enum Strategy {
 
 impl Selector {
     pub fn select<'a>(&self, t: &'a Topology) -> Vec<&'a Host> {
-        let first = t.first_control_plane().map(|h| h.name.clone());
+        self.select_with_init(t, t.first_control_plane())
+    }
+
+    /// The hosts, with `init` as the first control-plane node (see
+    /// `facts::ClusterFacts::init_node`).
+    pub fn select_with_init<'a>(&self, t: &'a Topology, init: Option<&'a Host>) -> Vec<&'a Host> {
+        let first = init.map(|h| h.name.clone());
         match self {
             Selector::None => Vec::new(),
             Selector::All => t.hosts.iter().collect(),
             Selector::KubernetesNodes => t.kubernetes_nodes(),
             Selector::ControlPlanes => t.control_planes(),
-            Selector::FirstControlPlane => t.first_control_plane().into_iter().collect(),
+            Selector::FirstControlPlane => init.into_iter().collect(),
             Selector::OtherControlPlanes => t
                 .control_planes()
                 .into_iter()

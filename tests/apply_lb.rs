@@ -125,7 +125,38 @@ fn apply_brings_up_the_load_balancers_and_converges() {
         .assert()
         .success();
 
-    // First run: machines, host keys, HAProxy + keepalived, VIP.
+    // Machines only (no `connect`): nothing is pinned yet. A plan against the hosts
+    // then pins every host key on first use and records the pins in the state.
+    let out = apply(dir.path(), &["--phases", "machines"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pinned = |dir: &Path| -> usize {
+        let out = kubeforge(dir)
+            .args(["state", "show", "-f", "cluster.yaml"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        text.lines()
+            .find_map(|l| l.strip_prefix("host keys:"))
+            .and_then(|l| l.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no host keys line: {text}"))
+    };
+    assert_eq!(pinned(dir.path()), 0);
+    let out = kubeforge(dir.path())
+        .args(["plan", "-f", "cluster.yaml", "--playbook", "lb.yaml"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(pinned(dir.path()), 3, "plan records the keys it pinned");
+
+    // First full run: host keys checked against those pins, HAProxy + keepalived, VIP.
     let t0 = Instant::now();
     let out = apply(dir.path(), &[]);
     let first = t0.elapsed();

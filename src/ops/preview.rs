@@ -202,7 +202,8 @@ pub async fn against_hosts(
         .ok_or_else(|| Error::Usage("the state has no join secrets yet: run apply".into()))?;
     let facts = gather_facts(s).await?;
     let registry = phase::registry();
-    let files = render::render_all(c, &secrets)?;
+    let init = phase::init_node_name(c, Some(&facts));
+    let files = render::render_all_with_init(c, &secrets, init.as_deref())?;
     let mut phases = Vec::new();
     let mut failures: Vec<HostError> = Vec::new();
     for r in &pb.phases {
@@ -286,7 +287,13 @@ async fn addon_changes(
     let Some(kc) = doc.secrets.admin_kubeconfig.as_deref() else {
         return Err("the cluster has no admin kubeconfig yet (apply installs the addons after the control plane)".into());
     };
-    let Some(first) = c.topology.first_control_plane() else {
+    let init = rt
+        .facts()
+        .and_then(|f| f.init_node(&c.topology).map(|h| h.name.clone()));
+    let Some(first) = init
+        .and_then(|n| c.topology.host(&n))
+        .or_else(|| c.topology.first_control_plane())
+    else {
         return Ok(Vec::new());
     };
     let session = rt

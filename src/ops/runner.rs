@@ -100,8 +100,9 @@ pub async fn run_playbook(
             .secrets()
             .await
             .ok_or_else(|| internal("the cluster's secrets are missing"))?;
-        let files = render::render_all(c, &secrets)?;
         let facts = rt.facts();
+        let init = phase::init_node_name(c, facts.as_deref());
+        let files = render::render_all_with_init(c, &secrets, init.as_deref())?;
         let plan = phase::plan_phase(ph.as_ref(), r, c, &files, &secrets, facts.as_deref());
         let digest = plan_digest(&plan);
         match &overall {

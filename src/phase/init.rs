@@ -36,6 +36,21 @@ impl Phase for InitControlPlane {
         let mut p = new_plan(self);
         let kubeadm = crate::kube::Kubeadm::of(ctx.cluster);
         for h in &ctx.hosts {
+            // A node that joined the control plane earlier and now takes the first
+            // node's part (the first was replaced): the cluster exists, no init.
+            let joined = ctx
+                .facts
+                .and_then(|f| f.host(&h.name))
+                .is_some_and(|f| f.control_plane_manifests && !f.kubeadm_init_done);
+            if joined {
+                p.hosts
+                    .push(host_plan(ctx, h, &[FileGroup::Kubeadm], Vec::new()));
+                p.operator.push(Step::new(format!(
+                    "{} runs a control plane already (joined earlier): the cluster exists, no kubeadm init; it takes the first control-plane node's part for the joins",
+                    h.name
+                )));
+                continue;
+            }
             p.hosts.push(host_plan(
                 ctx,
                 h,

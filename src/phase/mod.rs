@@ -82,7 +82,12 @@ impl ApplyContext<'_> {
         &self,
         phase: &str,
     ) -> Result<Option<(&Host, std::sync::Arc<crate::transport::SshSession>)>, PhaseError> {
-        let Some(first) = self.cluster.topology.first_control_plane() else {
+        let t = &self.cluster.topology;
+        let first = match self.rt.facts() {
+            Some(f) => f.init_node(t),
+            None => t.first_control_plane(),
+        };
+        let Some(first) = first else {
             return Ok(None);
         };
         let s = exec::session(self.rt, first)
@@ -405,6 +410,20 @@ pub fn names() -> Vec<&'static str> {
     registry().iter().map(|p| p.name()).collect()
 }
 
+/// The name of the node holding the init configuration, from the facts (the first
+/// control-plane node unless it was replaced).
+pub fn init_node_name(
+    cluster: &LoadedCluster,
+    facts: Option<&crate::facts::ClusterFacts>,
+) -> Option<String> {
+    let t = &cluster.topology;
+    match facts {
+        Some(f) => f.init_node(t),
+        None => t.first_control_plane(),
+    }
+    .map(|h| h.name.clone())
+}
+
 /// Plan one phase of a playbook.
 pub fn plan_phase(
     phase: &dyn Phase,
@@ -414,11 +433,16 @@ pub fn plan_phase(
     secrets: &Secrets,
     facts: Option<&crate::facts::ClusterFacts>,
 ) -> PhasePlan {
+    let t = &cluster.topology;
+    let init = match facts {
+        Some(f) => f.init_node(t),
+        None => t.first_control_plane(),
+    };
     let ctx = PlanContext {
         cluster,
         files,
         secrets,
-        hosts: r.hosts.select(&cluster.topology),
+        hosts: r.hosts.select_with_init(t, init),
         facts,
     };
     let mut p = phase.plan(&ctx);
