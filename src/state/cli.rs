@@ -83,6 +83,14 @@ pub enum StateCommand {
         #[arg(long)]
         replace_corrupted: bool,
     },
+    /// Adopt a state written before state authentication: check it with `state show`,
+    /// then save it as a new generation authenticated with the state key.
+    Migrate {
+        /// The generation you checked (as `state show` prints it); refused if the
+        /// state moved since.
+        #[arg(long)]
+        generation: u64,
+    },
     /// Write a new age X25519 key file (mode 0600) for encrypting the state's secrets.
     Keygen {
         #[arg(long)]
@@ -231,6 +239,10 @@ pub async fn run(args: StateArgs, output: OutputFormat) -> Result<(), Error> {
         } => {
             let store = open_store(&target, true)?;
             push(&store, &copy, generation, replace_corrupted, output).await
+        }
+        StateCommand::Migrate { generation } => {
+            let store = open_store(&target, true)?;
+            migrate(&store, generation, output).await
         }
         StateCommand::LockProbe {
             lease_secs,
@@ -547,11 +559,16 @@ async fn push(
         what: format!("cannot read {}", file.display()),
         source: e,
     })?;
-    let v = if replace_corrupted {
-        store.push_replacing_corrupted(&bytes, generation).await?
+    let lock = store
+        .lock(&format!("kubeforge state push {}", file.display()))
+        .await?;
+    let pushed = if replace_corrupted {
+        store.push_replacing_corrupted(&bytes, generation).await
     } else {
-        store.push(&bytes, generation).await?
+        store.push(&bytes, generation).await
     };
+    lock.release().await?;
+    let v = pushed?;
     if output == OutputFormat::Json {
         print_json(&serde_json::json!({
             "url": store.url(),
@@ -570,6 +587,38 @@ async fn push(
             "pushed {} to {} as generation {} (was {generation})",
             file.display(),
             store.url(),
+            v.generation
+        );
+    }
+    Ok(())
+}
+
+async fn migrate(store: &StateStore, generation: u64, output: OutputFormat) -> Result<(), Error> {
+    let lock = store
+        .lock(&format!(
+            "kubeforge state migrate --generation {generation}"
+        ))
+        .await?;
+    let migrated = store.migrate(generation).await;
+    lock.release().await?;
+    let (doc, v) = migrated?;
+    if output == OutputFormat::Json {
+        print_json(&serde_json::json!({
+            "url": store.url(),
+            "previous": generation,
+            "generation": v.generation,
+            "lineage": doc.lineage,
+        }))?;
+    } else {
+        println!(
+            "adopted the unauthenticated generation {generation} of {} ({} machines, {} pinned host keys, secrets: {}) as authenticated generation {}; from now on a state that does not verify with this key is refused",
+            store.url(),
+            doc.machines.len(),
+            doc.host_keys.len(),
+            {
+                let n = doc.secret_names();
+                if n.is_empty() { "none".to_string() } else { n.join(", ") }
+            },
             v.generation
         );
     }

@@ -164,6 +164,21 @@ pub enum StateError {
         detail: String,
         last_good: Option<u64>,
     },
+    #[error("{key} at {url} is not authenticated: {detail}; it was not written with this state key (forged, or altered in the store), so it is not used and nothing was changed{hint}")]
+    Unauthenticated {
+        url: String,
+        key: String,
+        detail: String,
+        /// What to do (e.g. how to adopt a state from before authentication).
+        hint: String,
+    },
+    #[error("{key} at {url} was rolled back: it presents generation {found} as current, but {evidence}; an older state re-uploaded as current is refused and nothing was changed (if this is intended, pull the generation you want and `kubeforge state push` it as a new generation)")]
+    Rollback {
+        url: String,
+        key: String,
+        found: u64,
+        evidence: String,
+    },
     #[error("{key} at {url} cannot be read by this kubeforge: {detail}")]
     Unsupported {
         url: String,
