@@ -350,6 +350,7 @@ async fn held_lock_is_named_and_force_unlock_breaks_it(ctx: Ctx) {
             command: "kubeforge apply -f cluster.yaml".into(),
             lease: Duration::from_secs(30),
             refresh_every: Some(Duration::from_millis(200)),
+            break_stale_lock: false,
         })
         .await
         .unwrap();
@@ -418,6 +419,7 @@ async fn refresh_keeps_a_short_lease_live(ctx: Ctx) {
             command: "kubeforge apply".into(),
             lease: Duration::from_millis(1500),
             refresh_every: Some(Duration::from_millis(200)),
+            break_stale_lock: false,
         })
         .await
         .unwrap();
@@ -437,18 +439,9 @@ async fn refresh_keeps_a_short_lease_live(ctx: Ctx) {
     assert!(store.lock_status().await.unwrap().is_none());
 }
 
-async fn kill9_leaves_a_lock_that_expires(ctx: Ctx) {
-    let store = ctx.store(None);
+fn spawn_holder_and_kill9(ctx: &Ctx) -> u32 {
     let mut child = ctx
-        .spawn_cmd(&[
-            "lock-probe",
-            "--lease-secs",
-            "2",
-            "--refresh-secs",
-            "0.5",
-            "--hold-ms",
-            "120000",
-        ])
+        .spawn_cmd(&["lock-probe", "--hold-ms", "120000"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -456,27 +449,93 @@ async fn kill9_leaves_a_lock_that_expires(ctx: Ctx) {
     wait_for_line(&mut child, "acquired lock");
     child.kill().unwrap(); // SIGKILL: no chance to release
     child.wait().unwrap();
+    child.id()
+}
+
+async fn kill9_leaves_a_lock_that_expires(ctx: Ctx) {
+    let store = ctx.store(None);
+    let pid = spawn_holder_and_kill9(&ctx);
     let held = store
         .lock_status()
         .await
         .unwrap()
         .expect("lock left behind");
-    assert_eq!(held.pid, child.id());
-    // While the lease runs, others are refused.
+    assert_eq!(held.pid, pid);
+    assert!(held.host.is_some(), "{held:?}");
+    assert!(!held.is_expired(chrono::Utc::now()), "the lease is 60 s");
+    // The holder ran here and its process is gone: the next command says so and
+    // offers to break the lock, although the lease is live.
     ctx.cli(&["lock-probe", "--hold-ms", "0"])
         .assert()
         .code(3)
+        .stderr(predicate::str::contains(format!(
+            "is locked by {} (pid {pid}",
+            held.holder
+        )))
+        .stderr(predicate::str::contains(format!(
+            "but that process is dead: pid {pid} no longer exists on this host"
+        )))
+        .stderr(predicate::str::contains(
+            "remove the lock with `kubeforge state unlock` (or rerun with --break-stale-lock)",
+        ));
+    // `unlock` without --force removes a provably dead local holder's lock.
+    ctx.cli(&["unlock"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(format!(
+            "removed the lock held by {} (pid {pid}",
+            held.holder
+        )))
+        .stdout(predicate::str::contains(format!(
+            "its process is dead (pid {pid} no longer exists on this host"
+        )));
+    ctx.cli(&["lock-probe", "--hold-ms", "0"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("acquired lock"));
+    assert!(store.lock_status().await.unwrap().is_none());
+
+    // Again, broken in one step with --break-stale-lock.
+    let pid = spawn_holder_and_kill9(&ctx);
+    assert_eq!(store.lock_status().await.unwrap().unwrap().pid, pid);
+    ctx.cli(&["lock-probe", "--hold-ms", "0", "--break-stale-lock"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("acquired lock"));
+    assert!(store.lock_status().await.unwrap().is_none());
+
+    // A holder on another host is never judged dead (same dead pid): its live lease
+    // is respected, --break-stale-lock and `unlock` without --force do not break it.
+    let mut foreign = held.clone();
+    let mut host = held.host.clone().unwrap();
+    host.hostname = "another-host".into();
+    foreign.host = Some(host);
+    foreign.expires = chrono::Utc::now() + chrono::Duration::seconds(60);
+    let put_lock = |info: kubeforge::state::LockInfo| {
+        let backend = store.backend().clone();
+        async move {
+            backend
+                .put(
+                    "lock",
+                    bytes::Bytes::from(serde_json::to_vec(&info).unwrap()),
+                    kubeforge::state::backend::WriteMode::Overwrite,
+                )
+                .await
+                .unwrap();
+        }
+    };
+    put_lock(foreign.clone()).await;
+    ctx.cli(&["lock-probe", "--hold-ms", "0", "--break-stale-lock"])
+        .assert()
+        .code(3)
         .stderr(predicate::str::contains("the lease runs until"));
-    // Wait for the lease to run out (nobody refreshes it any more).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !held.is_expired(chrono::Utc::now()) {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    ctx.cli(&["unlock"]).assert().code(3);
+    // Its lease expired: still NOT taken over silently; `unlock` removes it.
+    foreign.expires = chrono::Utc::now() - chrono::Duration::seconds(1);
+    put_lock(foreign.clone()).await;
     let since = held
         .started
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    // An expired lease is NOT taken over silently.
     ctx.cli(&["lock-probe", "--hold-ms", "0"])
         .assert()
         .code(3)
@@ -492,7 +551,6 @@ async fn kill9_leaves_a_lock_that_expires(ctx: Ctx) {
         .assert()
         .code(7)
         .stderr(predicate::str::contains("there is no state at"));
-    // unlock removes an expired lock and says what it broke.
     ctx.cli(&["unlock"])
         .assert()
         .success()

@@ -1,7 +1,7 @@
 //! `kubeforge state show|history|unlock|pull|push|keygen`.
 
 use super::crypto::Keyring;
-use super::lock::LockOptions;
+use super::lock::{LockOptions, Unlocked};
 use super::{StateDocument, StateError, StateSpec, StateStore, StoreOptions};
 use crate::error::Error;
 use crate::output::{print_json, OutputFormat};
@@ -111,6 +111,9 @@ pub enum StateCommand {
         /// Hold at most this long (milliseconds).
         #[arg(long, default_value_t = 60_000)]
         hold_ms: u64,
+        /// Take over a lock whose holder provably died on this host.
+        #[arg(long)]
+        break_stale_lock: bool,
     },
 }
 
@@ -249,9 +252,16 @@ pub async fn run(args: StateArgs, output: OutputFormat) -> Result<(), Error> {
             refresh_secs,
             hold_until_file,
             hold_ms,
+            break_stale_lock,
         } => {
             let store = open_store(&target, false)?;
-            lock_probe(&store, lease_secs, refresh_secs, hold_until_file, hold_ms).await
+            let opts = LockOptions {
+                command: std::env::args().collect::<Vec<_>>().join(" "),
+                lease: Duration::from_secs_f64(lease_secs.max(0.1)),
+                refresh_every: refresh_secs.map(|s| Duration::from_secs_f64(s.max(0.05))),
+                break_stale_lock,
+            };
+            lock_probe(&store, opts, hold_until_file, hold_ms).await
         }
         StateCommand::Keygen { .. } => unreachable!("handled above"),
     }
@@ -472,6 +482,14 @@ async fn unlock(store: &StateStore, force: bool, output: OutputFormat) -> Result
     }
     match broken {
         None => println!("no lock at {}", store.url()),
+        Some(Unlocked {
+            lock,
+            holder_gone: Some(why),
+            ..
+        }) => println!(
+            "removed the lock held by {}: its process is dead ({why})",
+            lock.describe()
+        ),
         Some(u) if u.was_live => println!(
             "broke a LIVE lock held by {} (lease until {}): that command may still be running; it will stop at its next lock refresh or fail at its next save",
             u.lock.describe(),
@@ -654,17 +672,10 @@ fn keygen(out: &Path, output: OutputFormat) -> Result<(), Error> {
 
 async fn lock_probe(
     store: &StateStore,
-    lease_secs: f64,
-    refresh_secs: Option<f64>,
+    opts: LockOptions,
     hold_until_file: Option<PathBuf>,
     hold_ms: u64,
 ) -> Result<(), Error> {
-    let command: Vec<String> = std::env::args().collect();
-    let opts = LockOptions {
-        command: command.join(" "),
-        lease: Duration::from_secs_f64(lease_secs.max(0.1)),
-        refresh_every: refresh_secs.map(|s| Duration::from_secs_f64(s.max(0.05))),
-    };
     // Listen for Ctrl-C before announcing the lock, so a signal right after the
     // announcement is handled (released) rather than killing the process.
     let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())

@@ -18,7 +18,7 @@ pub use document::{
     AddonRecord, AppliedVersions, JournalEntry, Machine, ObjectRef, PhaseStatus, Secrets,
     StateDocument,
 };
-pub use lock::{LockGuard, LockInfo, LockOptions, Unlocked};
+pub use lock::{HolderHost, LockGuard, LockInfo, LockOptions, Unlocked};
 pub use store::{HistoryEntry, SnapshotInfo, StateStore, Version};
 
 use crate::error::ExitKind;
@@ -143,6 +143,12 @@ pub enum StateError {
         holder: String,
         expired: DateTime<Utc>,
     },
+    #[error("the state at {url} is locked by {holder}, but that process is dead: {detail}; it was killed without releasing the lock: remove the lock with `kubeforge state unlock` (or rerun with --break-stale-lock)")]
+    LockHolderGone {
+        url: String,
+        holder: String,
+        detail: String,
+    },
     #[error(
         "the state at {url} is locked by another command (the lock changed while it was read)"
     )]
@@ -227,6 +233,7 @@ impl StateError {
     pub fn exit_kind(&self) -> ExitKind {
         match self {
             StateError::Locked { .. }
+            | StateError::LockHolderGone { .. }
             | StateError::LockExpired { .. }
             | StateError::LockContended { .. }
             | StateError::LockLost { .. } => ExitKind::Lock,

@@ -1332,6 +1332,7 @@ mod tests {
                 command: "test".into(),
                 lease: std::time::Duration::from_secs(2),
                 refresh_every: Some(std::time::Duration::from_millis(100)),
+                break_stale_lock: false,
             })
             .await
             .unwrap();
@@ -1342,6 +1343,85 @@ mod tests {
         assert!(held.expires > first.expires, "not refreshed");
         assert_eq!(held, guard.info());
         guard.release().await.unwrap();
+    }
+
+    /// A backend whose reads of the lock return a copy taken earlier: what a releaser
+    /// or unlocker sees when the lock changes between its read and its write.
+    #[derive(Debug)]
+    struct FrozenLockReads {
+        inner: Arc<dyn StateBackend>,
+        frozen: Mutex<Option<(Bytes, ObjectVersion)>>,
+    }
+
+    #[async_trait::async_trait]
+    impl StateBackend for FrozenLockReads {
+        fn describe(&self) -> String {
+            "frozen://".into()
+        }
+        async fn get(&self, key: &str) -> Result<Option<(Bytes, ObjectVersion)>, BackendError> {
+            if key == lock::LOCK_KEY {
+                if let Some(f) = self.frozen.lock().unwrap().clone() {
+                    return Ok(Some(f));
+                }
+            }
+            self.inner.get(key).await
+        }
+        async fn put(
+            &self,
+            key: &str,
+            body: Bytes,
+            mode: WriteMode,
+        ) -> Result<ObjectVersion, BackendError> {
+            self.inner.put(key, body, mode).await
+        }
+        async fn delete(&self, key: &str) -> Result<(), BackendError> {
+            self.inner.delete(key).await
+        }
+        async fn list(
+            &self,
+            dir: &str,
+        ) -> Result<Vec<super::super::backend::Listed>, BackendError> {
+            self.inner.list(dir).await
+        }
+    }
+
+    #[tokio::test]
+    async fn release_and_unlock_never_remove_a_newer_holders_lock() {
+        let memory = StateStore::in_memory();
+        let frozen = Arc::new(FrozenLockReads {
+            inner: memory.backend().clone(),
+            frozen: Mutex::new(None),
+        });
+        let store = StateStore::with_backend(frozen.clone());
+        let a = store.lock("a").await.unwrap();
+        // What A reads from now on: its own lock...
+        *frozen.frozen.lock().unwrap() = memory.backend().get(lock::LOCK_KEY).await.unwrap();
+        // ...while it was broken and B took the lock.
+        memory.unlock(true).await.unwrap();
+        let b = memory.lock("b").await.unwrap();
+        a.release().await.unwrap();
+        assert_eq!(
+            memory.lock_status().await.unwrap().map(|l| l.id),
+            Some(b.info().id),
+            "A's release removed B's lock"
+        );
+        // An unlock --force that read A's (replaced) lock removes nothing either.
+        let err = store.unlock(true).await.unwrap_err();
+        assert!(matches!(err, StateError::LockContended { .. }), "{err}");
+        assert_eq!(
+            memory.lock_status().await.unwrap().map(|l| l.id),
+            Some(b.info().id),
+            "a stale unlock removed B's lock"
+        );
+        b.release().await.unwrap();
+        assert!(memory.lock_status().await.unwrap().is_none());
+        // Free again: the next command takes it (over the tombstone).
+        let c = memory.lock("c").await.unwrap();
+        assert!(matches!(
+            memory.lock("d").await,
+            Err(StateError::Locked { .. })
+        ));
+        c.release().await.unwrap();
     }
 
     #[test]
