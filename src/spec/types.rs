@@ -684,4 +684,9 @@ pub struct Artifacts {
     /// Registry kubeadm pulls control-plane images from (default `k8s.gcr.io` before
     /// 1.25, `registry.k8s.io` after).
     pub image_repository: Option<String>,
+    /// Allow a plain http:// `mirror` (binaries downloaded without TLS; they are still
+    /// checked against their sha256, but a mirror on a network you do not control
+    /// should be https).
+    #[serde(default)]
+    pub allow_http: bool,
 }
