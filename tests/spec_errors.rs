@@ -321,6 +321,12 @@ fn cases() -> Vec<(&'static str, String, Option<&'static str>, &'static str)> {
             "cluster.yaml:9:26: spec.state.endpoint: `http://127.0.0.1:9000` is plain http: set allowHttp: true to allow it (local emulators only)",
         ),
         (
+            "zero command timeout",
+            docker("  ssh: {commandTimeoutSeconds: 0}\n"),
+            None,
+            "cluster.yaml:9:9: spec.ssh.commandTimeoutSeconds: must be at least 1 second",
+        ),
+        (
             "plain http artifact mirror",
             docker("  artifacts: {mirror: 'http://mirror.example.com/k8s'}\n"),
             None,

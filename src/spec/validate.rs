@@ -326,6 +326,22 @@ fn check_ssh(s: &ClusterSpec, rep: &mut Reporter<'_>) {
             "must be at least 1 second",
         );
     }
+    for (field, v) in [
+        (
+            "spec.ssh.commandTimeoutSeconds",
+            s.ssh.command_timeout_seconds,
+        ),
+        (
+            "spec.ssh.longCommandTimeoutSeconds",
+            s.ssh.long_command_timeout_seconds,
+        ),
+    ] {
+        if v == 0 {
+            rep.error(field, "must be at least 1 second");
+        } else if v > 86_400 {
+            rep.error(field, format!("{v} s is more than a day"));
+        }
+    }
 }
 
 /// Plain http:// for artifact mirrors and cloud API endpoints needs the same explicit
