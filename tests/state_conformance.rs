@@ -476,7 +476,7 @@ async fn kill9_leaves_a_lock_that_expires(ctx: Ctx) {
             "but that process is dead: pid {pid} no longer exists on this host"
         )))
         .stderr(predicate::str::contains(
-            "remove the lock with `kubeforge state unlock` (or rerun with --break-stale-lock)",
+            "remove the lock with `kubeforge state unlock` (no --force needed)",
         ));
     // `unlock` without --force removes a provably dead local holder's lock.
     ctx.cli(&["unlock"])
@@ -1174,6 +1174,14 @@ async fn forged_tampered_and_rolled_back_states_are_refused(ctx: Ctx) {
             assert_eq!(err.exit_kind(), kubeforge::error::ExitKind::State);
         }
     }
+    // `state show` still shows it (the key given), marked as not authenticated.
+    ctx.cli(&["show"])
+        .env("KUBEFORGE_STATE_KEY", &ktext)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(format!(
+            "authentic:   NOT AUTHENTICATED: state.json at {url} is not authenticated: its authentication tag does not verify"
+        )));
     // The CLI with the key: refused with exit 7, naming the object; and `state migrate`
     // does not adopt a stripped tag on a store that has authenticated history.
     let copy = ctx.work.path().join("copy.json");
@@ -1327,7 +1335,18 @@ async fn legacy_state_is_adopted_once_with_migrate(ctx: Ctx) {
     ctx.cli(&["show"])
         .assert()
         .success()
-        .stdout(predicate::str::contains("generation:  1"));
+        .stdout(predicate::str::contains("generation:  1"))
+        .stdout(predicate::str::contains(
+            "authentic:   not checked (no state key given)",
+        ));
+    ctx.cli(&["show"])
+        .env("KUBEFORGE_STATE_KEY", &ktext)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(
+            "authentic:   NOT AUTHENTICATED: state.json at ",
+        ))
+        .stdout(predicate::str::contains("it carries no authentication tag"));
     ctx.cli(&["migrate", "--generation", "1"])
         .assert()
         .code(7)
@@ -1351,6 +1370,13 @@ async fn legacy_state_is_adopted_once_with_migrate(ctx: Ctx) {
     assert_eq!(v.generation, 2);
     assert_eq!(doc.secrets.admin_kubeconfig.as_deref(), Some(SECRET));
     assert!(!doc.lineage.is_empty());
+    ctx.cli(&["show"])
+        .env("KUBEFORGE_STATE_KEY", &ktext)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(
+            "authentic:   verified with the state key",
+        ));
     // Once is all: the tag stripped again is refused, migrate included.
     let mut again: serde_json::Value = serde_json::from_slice(&raw_state(&store).await).unwrap();
     again.as_object_mut().unwrap().remove("auth");

@@ -226,7 +226,11 @@ pub async fn run(args: StateArgs, output: OutputFormat) -> Result<(), Error> {
     let target = resolve_target(&args.target)?;
     match args.command {
         StateCommand::Show { generation } => {
-            show(&open_store(&target, false)?, generation, output).await
+            // With a key (when one resolves) the state is authenticated; without, or
+            // when it does not verify, it is still shown, marked as such.
+            let keyed = open_store(&target, true).ok().filter(StateStore::has_key);
+            let plain = open_store(&target, false)?;
+            show(keyed.as_ref(), &plain, generation, output).await
         }
         StateCommand::History => history(&open_store(&target, false)?, output).await,
         StateCommand::Snapshots => snapshots(&open_store(&target, false)?, output).await,
@@ -291,17 +295,39 @@ fn redacted_json(doc: &StateDocument) -> serde_json::Value {
     v
 }
 
+async fn load_for_show(
+    store: &StateStore,
+    generation: Option<u64>,
+) -> Result<StateDocument, StateError> {
+    match generation {
+        Some(g) => store.load_generation(g).await,
+        None => match store.load_sealed().await? {
+            Some((doc, _)) => Ok(doc),
+            None => Err(StateError::NoState { url: store.url() }),
+        },
+    }
+}
+
 async fn show(
+    keyed: Option<&StateStore>,
     store: &StateStore,
     generation: Option<u64>,
     output: OutputFormat,
 ) -> Result<(), Error> {
-    let doc = match generation {
-        Some(g) => store.load_generation(g).await?,
-        None => match store.load_sealed().await? {
-            Some((doc, _)) => doc,
-            None => return Err(StateError::NoState { url: store.url() }.into()),
+    // (authenticated?, what to say about it)
+    let (doc, authenticity) = match keyed {
+        Some(k) => match load_for_show(k, generation).await {
+            Ok(doc) => (doc, (Some(true), "verified with the state key".to_string())),
+            Err(e @ (StateError::Unauthenticated { .. } | StateError::Rollback { .. })) => (
+                load_for_show(store, generation).await?,
+                (Some(false), format!("NOT AUTHENTICATED: {e}")),
+            ),
+            Err(e) => return Err(e.into()),
         },
+        None => (
+            load_for_show(store, generation).await?,
+            (None, "not checked (no state key given)".to_string()),
+        ),
     };
     let lock = if generation.is_none() {
         store.lock_status().await.ok().flatten()
@@ -312,6 +338,8 @@ async fn show(
         print_json(&serde_json::json!({
             "url": store.url(),
             "lock": lock,
+            "authenticated": authenticity.0,
+            "authenticity": authenticity.1,
             "state": redacted_json(&doc),
         }))?;
         return Ok(());
@@ -330,6 +358,7 @@ async fn show(
         _ => String::new(),
     };
     out.push_str(&format!("generation:  {}{updated}\n", doc.generation));
+    out.push_str(&format!("authentic:   {}\n", authenticity.1));
     if generation.is_none() {
         match &lock {
             None => out.push_str("lock:        free\n"),

@@ -143,7 +143,7 @@ pub enum StateError {
         holder: String,
         expired: DateTime<Utc>,
     },
-    #[error("the state at {url} is locked by {holder}, but that process is dead: {detail}; it was killed without releasing the lock: remove the lock with `kubeforge state unlock` (or rerun with --break-stale-lock)")]
+    #[error("the state at {url} is locked by {holder}, but that process is dead: {detail}; it was killed without releasing the lock: remove the lock with `kubeforge state unlock` (no --force needed)")]
     LockHolderGone {
         url: String,
         holder: String,
