@@ -321,6 +321,24 @@ fn cases() -> Vec<(&'static str, String, Option<&'static str>, &'static str)> {
             "cluster.yaml:9:26: spec.state.endpoint: `http://127.0.0.1:9000` is plain http: set allowHttp: true to allow it (local emulators only)",
         ),
         (
+            "zero command timeout",
+            docker("  ssh: {commandTimeoutSeconds: 0}\n"),
+            None,
+            "cluster.yaml:9:9: spec.ssh.commandTimeoutSeconds: must be at least 1 second",
+        ),
+        (
+            "plain http artifact mirror",
+            docker("  artifacts: {mirror: 'http://mirror.example.com/k8s'}\n"),
+            None,
+            "cluster.yaml:9:15: spec.artifacts.mirror: `http://mirror.example.com/k8s` is plain http: set allowHttp: true next to it to allow it (a mirror on a network you control; use https otherwise)",
+        ),
+        (
+            "plain http artifact mirror on loopback",
+            docker("  artifacts:\n    mirror: http://127.0.0.1:8000/k8s\n"),
+            None,
+            "cluster.yaml:10:5: spec.artifacts.mirror: `http://127.0.0.1:8000/k8s` is plain http: set allowHttp: true next to it to allow it (a mirror on a network you control; use https otherwise)",
+        ),
+        (
             "half of the S3 credential settings",
             docker("  state: {url: s3://b/p, accessKeyIdEnv: MINIO_USER}\n"),
             None,
@@ -483,6 +501,22 @@ fn cloud_provider_inputs_get_their_exact_messages() {
         errors(&cloud("    hetzner: {}\n", ""), None),
         Vec::<String>::new()
     );
+    // The opt-in next to the setting allows plain http.
+    for ok in [
+        "    aws: {image: ami-1, endpoint: 'http://127.0.0.1:5000', allowHttp: true}\n",
+        "    hetzner: {endpoint: 'http://127.0.0.1:8080/v1', allowHttp: true}\n",
+        "    sakura: {archive: '1', endpoint: 'http://127.0.0.1:8080/api', allowHttp: true}\n",
+        "    aws: {image: ami-1, endpoint: 'https://ec2.example.com'}\n",
+    ] {
+        assert_eq!(errors(&cloud(ok, ""), None), Vec::<String>::new(), "{ok}");
+    }
+    assert_eq!(
+        errors(
+            &docker("  artifacts: {mirror: 'http://127.0.0.1:8000/k8s', allowHttp: true}\n"),
+            None
+        ),
+        Vec::<String>::new()
+    );
     let cases: Vec<(&str, String, &str)> = vec![
         (
             "aws without image",
@@ -492,7 +526,7 @@ fn cloud_provider_inputs_get_their_exact_messages() {
         (
             "aws unknown field",
             cloud("    aws: {image: ami-1, instanceTyp: t3.large}\n", ""),
-            "cluster.yaml:8:25: spec.provider.aws.instanceTyp: unknown field `instanceTyp`, expected one of image, region, endpoint, profile, availabilityZone, instanceType, controlPlaneInstanceType, loadBalancerInstanceType, vpcCidr, subnet, useDefaultVpc, allowedCidrs, rootVolumeGb",
+            "cluster.yaml:8:25: spec.provider.aws.instanceTyp: unknown field `instanceTyp`, expected one of image, region, endpoint, profile, availabilityZone, instanceType, controlPlaneInstanceType, loadBalancerInstanceType, vpcCidr, subnet, useDefaultVpc, allowedCidrs, rootVolumeGb, allowHttp",
         ),
         (
             "aws and docker at once",
@@ -517,7 +551,7 @@ fn cloud_provider_inputs_get_their_exact_messages() {
         (
             "hetzner unknown field",
             cloud("    hetzner: {serverTyp: cx32}\n", ""),
-            "cluster.yaml:8:15: spec.provider.hetzner.serverTyp: unknown field `serverTyp`, expected one of tokenEnv, endpoint, location, networkZone, serverType, controlPlaneServerType, loadBalancerServerType, image, ipRange, subnet, allowedCidrs",
+            "cluster.yaml:8:15: spec.provider.hetzner.serverTyp: unknown field `serverTyp`, expected one of tokenEnv, endpoint, location, networkZone, serverType, controlPlaneServerType, loadBalancerServerType, image, ipRange, subnet, allowedCidrs, allowHttp",
         ),
         (
             "sakura without an archive",
@@ -533,6 +567,26 @@ fn cloud_provider_inputs_get_their_exact_messages() {
             "extra disk size on docker",
             cloud("    docker: {}\n", "  nodePools:\n    workers: {count: 1, extraDisks: [ten]}\n"),
             "cluster.yaml:10:38: spec.nodePools.workers.extraDisks[0]: `ten` is not a size like 100G or 107374182400",
+        ),
+        (
+            "aws endpoint in plain http",
+            cloud("    aws: {image: ami-1, endpoint: 'http://127.0.0.1:5000'}\n", ""),
+            "cluster.yaml:8:25: spec.provider.aws.endpoint: `http://127.0.0.1:5000` is plain http (the API credentials would travel in clear): set allowHttp: true next to it to allow it (local emulators only)",
+        ),
+        (
+            "hetzner endpoint in plain http",
+            cloud("    hetzner:\n      endpoint: HTTP://api.example.com/v1\n", ""),
+            "cluster.yaml:9:7: spec.provider.hetzner.endpoint: `HTTP://api.example.com/v1` is plain http (the API credentials would travel in clear): set allowHttp: true next to it to allow it (local emulators only)",
+        ),
+        (
+            "sakura endpoint in plain http",
+            cloud("    sakura: {archive: '1', endpoint: 'http://10.0.0.1/api'}\n", ""),
+            "cluster.yaml:8:28: spec.provider.sakura.endpoint: `http://10.0.0.1/api` is plain http (the API credentials would travel in clear): set allowHttp: true next to it to allow it (local emulators only)",
+        ),
+        (
+            "sakura endpoint that is not a URL",
+            cloud("    sakura: {archive: '1', endpoint: 'ftp://x', allowHttp: true}\n", ""),
+            "cluster.yaml:8:28: spec.provider.sakura.endpoint: `ftp://x` is not a URL like https://api.example.com",
         ),
         (
             "too many load balancers on a cloud",

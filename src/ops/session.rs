@@ -427,6 +427,8 @@ pub fn ssh_config(c: &LoadedCluster, auth: SshAuth, accept: &[String]) -> Result
     let mut cfg = SshConfig::new(ssh.user.clone(), auth.clone());
     cfg.port = ssh.port;
     cfg.connect_timeout = Duration::from_secs(ssh.connect_timeout_seconds.into());
+    let (ordinary, long) = ssh.command_timeouts();
+    (cfg.command_timeout, cfg.long_command_timeout) = (Some(ordinary), Some(long));
     if c.cluster.spec.provider.makes_machines() {
         // Fresh machines get their authorized key a moment after sshd starts.
         cfg.retry.auth_window = Duration::from_secs(30);

@@ -252,6 +252,11 @@ pub enum ProviderError {
         code: String,
         message: String,
     },
+    #[error("{provider}: the API endpoint {endpoint} is plain http (the credentials would travel in clear): set spec.provider.{provider}.allowHttp: true to allow it (local emulators only)")]
+    PlainHttp {
+        provider: &'static str,
+        endpoint: String,
+    },
     #[error("{provider} credentials: {message}")]
     Credentials {
         provider: &'static str,

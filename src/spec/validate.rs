@@ -161,6 +161,7 @@ pub fn check(
     check_counts(&s.node_pools, rep);
     check_ssh(s, rep);
     check_state(&s.state, rep);
+    check_plain_http(s, rep);
 
     let hosts = match &s.provider {
         Provider::Static(_) => static_hosts(c, inventory, nets.node.as_ref(), rep, inv_errors),
@@ -324,6 +325,59 @@ fn check_ssh(s: &ClusterSpec, rep: &mut Reporter<'_>) {
             "spec.ssh.connectTimeoutSeconds",
             "must be at least 1 second",
         );
+    }
+    for (field, v) in [
+        (
+            "spec.ssh.commandTimeoutSeconds",
+            s.ssh.command_timeout_seconds,
+        ),
+        (
+            "spec.ssh.longCommandTimeoutSeconds",
+            s.ssh.long_command_timeout_seconds,
+        ),
+    ] {
+        if v == 0 {
+            rep.error(field, "must be at least 1 second");
+        } else if v > 86_400 {
+            rep.error(field, format!("{v} s is more than a day"));
+        }
+    }
+}
+
+/// Plain http:// for artifact mirrors and cloud API endpoints needs the same explicit
+/// `allowHttp: true` next to the setting as the state endpoint.
+fn check_plain_http(s: &ClusterSpec, rep: &mut Reporter<'_>) {
+    use crate::provider::cloud::is_plain_http;
+    let (endpoint, allow, provider) = match &s.provider {
+        Provider::Aws(a) => (a.endpoint.as_deref(), a.allow_http, "aws"),
+        Provider::Hetzner(h) => (h.endpoint.as_deref(), h.allow_http, "hetzner"),
+        Provider::Sakura(k) => (k.endpoint.as_deref(), k.allow_http, "sakura"),
+        Provider::Docker(_) | Provider::Static(_) => (None, true, ""),
+    };
+    if let Some(ep) = endpoint {
+        if is_plain_http(ep) && !allow {
+            rep.error(
+                &format!("spec.provider.{provider}.endpoint"),
+                format!(
+                    "`{ep}` is plain http (the API credentials would travel in clear): set allowHttp: true next to it to allow it (local emulators only)"
+                ),
+            );
+        } else if !is_plain_http(ep) && !ep.to_ascii_lowercase().starts_with("https://") {
+            rep.error(
+                &format!("spec.provider.{provider}.endpoint"),
+                format!("`{ep}` is not a URL like https://api.example.com"),
+            );
+        }
+    }
+    if let Some(m) = &s.artifacts.mirror {
+        if is_plain_http(m) && !s.artifacts.allow_http {
+            rep.error(
+                "spec.artifacts.mirror",
+                format!(
+                    "`{m}` is plain http: set allowHttp: true next to it to allow it (a mirror on a network you control; use https otherwise)"
+                ),
+            );
+        }
     }
 }
 

@@ -92,6 +92,32 @@ pub fn tail(text: &str, n: usize, secrets: &dyn Redact) -> String {
     secrets.redact(&lines[start..].join("\n"))
 }
 
+/// Transport errors that name the command (a timeout, a lost connection) with the
+/// secrets it may carry redacted.
+fn redacted(e: TransportError, secrets: &dyn Redact) -> TransportError {
+    match e {
+        TransportError::Timeout {
+            host,
+            command,
+            after,
+        } => TransportError::Timeout {
+            host,
+            command: secrets.redact(&command),
+            after,
+        },
+        TransportError::ConnectionLost {
+            host,
+            command,
+            source,
+        } => TransportError::ConnectionLost {
+            host,
+            command: secrets.redact(&command),
+            source,
+        },
+        other => other,
+    }
+}
+
 /// Run a shell command on a host; non-zero exit is a `CommandFailure`.
 pub async fn run(
     t: &dyn Transport,
@@ -105,7 +131,7 @@ pub async fn run(
         .await
         .map_err(|source| HostError::Transport {
             host: host.to_string(),
-            source,
+            source: redacted(source, secrets),
         })?;
     if verbose {
         for line in out.stdout.lines().chain(out.stderr.lines()) {
@@ -140,4 +166,60 @@ pub async fn download(t: &dyn Transport, host: &str, path: &str) -> Result<Vec<u
             host: host.to_string(),
             source,
         })
+}
+
+#[cfg(test)]
+mod timeout_tests {
+    use super::*;
+    use crate::render::Secrets;
+    use crate::transport::{ExecOutput, UploadOutcome, UploadSource, UploadTarget};
+    use std::time::Duration;
+
+    /// A host whose every command hangs past its limit.
+    struct Hung;
+
+    #[async_trait::async_trait]
+    impl Transport for Hung {
+        fn host(&self) -> &str {
+            "10.0.0.2"
+        }
+        async fn exec(&self, command: &str) -> Result<ExecOutput, TransportError> {
+            Err(TransportError::Timeout {
+                host: "10.0.0.2".into(),
+                command: command.into(),
+                after: Duration::from_secs(600),
+            })
+        }
+        async fn upload(
+            &self,
+            _: UploadSource,
+            _: &UploadTarget,
+        ) -> Result<UploadOutcome, TransportError> {
+            unreachable!()
+        }
+        async fn download(&self, _: &str) -> Result<Vec<u8>, TransportError> {
+            unreachable!()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_timed_out_command_is_named_with_its_secrets_redacted() {
+        let secrets = Secrets::generate();
+        let cmd = format!(
+            "kubeadm join --token {} 10.0.0.1:6443",
+            secrets.bootstrap_token
+        );
+        let err = run(&Hung, "cp-2", &cmd, &secrets, false)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains(&secrets.bootstrap_token), "{err}");
+        assert!(err.starts_with("on cp-2: `kubeadm join --token "), "{err}");
+        assert!(
+            err.contains(
+                " 10.0.0.1:6443` on 10.0.0.2 did not finish within 600.0s and was stopped"
+            ),
+            "{err}"
+        );
+    }
 }
