@@ -549,3 +549,142 @@ fn cloud_provider_inputs_get_their_exact_messages() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// Values that would reach a root shell or a config file: each is refused at its
+/// position, saying what the field may hold (issue 15, item 2).
+#[test]
+fn hostile_values_get_their_exact_messages() {
+    let inv_with = |extra: &str| -> String {
+        format!("{INVENTORY}  - {{name: w2, address: 10.0.0.22, roles: [worker], {extra}}}\n")
+    };
+    let cases: Vec<(&str, String, Option<String>, &str)> = vec![
+        (
+            "newline in the keepalived interface",
+            docker("  loadBalancer:\n    interface: \"eth0\\n}\\nvrrp_script x {\"\n"),
+            None,
+            "cluster.yaml:10:5: spec.loadBalancer.interface: `eth0\\n}\\nvrrp_script x {` is not a network interface name like eth0 or bond0.100 (letters, digits, `.`, `_`, `-`, at most 15 characters)",
+        ),
+        (
+            "shell in skipPhases",
+            docker("  kubeadm: {skipPhases: ['preflight; touch /pwned']}\n"),
+            None,
+            "cluster.yaml:9:26: spec.kubeadm.skipPhases[0]: `preflight; touch /pwned` is not a phase of kubeadm init or join 1.30 (e.g. preflight, addon/coredns; `kubeadm init --help` lists them)",
+        ),
+        (
+            "phase of a later release",
+            docker("  kubeadm: {skipPhases: [kubelet-finalize/enable-client-cert-rotation]}\n"),
+            None,
+            "cluster.yaml:9:26: spec.kubeadm.skipPhases[0]: `kubelet-finalize/enable-client-cert-rotation` is not a phase of kubeadm init or join 1.30 (e.g. preflight, addon/coredns; `kubeadm init --help` lists them)",
+        ),
+        (
+            "two preflight checks in one item",
+            docker("  kubeadm: {ignorePreflightErrors: ['Swap,all']}\n"),
+            None,
+            "cluster.yaml:9:37: spec.kubeadm.ignorePreflightErrors[0]: `Swap,all` is not a kubeadm preflight check name like Swap, NumCPU, Port-6443 or all",
+        ),
+        (
+            "image repository with upper case",
+            docker("  artifacts: {imageRepository: Registry.example.com/K8s}\n"),
+            None,
+            "cluster.yaml:9:15: spec.artifacts.imageRepository: `Registry.example.com/K8s` is not an image repository like registry.k8s.io or registry.example.com:5000/k8s (lower-case registry host[:port], then /path)",
+        ),
+        (
+            "image repository with a command",
+            docker("  artifacts: {imageRepository: 'r.io/k8s$(id)'}\n"),
+            None,
+            "cluster.yaml:9:15: spec.artifacts.imageRepository: `r.io/k8s$(id)` is not an image repository like registry.k8s.io or registry.example.com:5000/k8s (lower-case registry host[:port], then /path)",
+        ),
+        (
+            "certSans with a space",
+            docker("  loadBalancer: {certSans: [api.example.com, 'evil name']}\n"),
+            None,
+            "cluster.yaml:9:46: spec.loadBalancer.certSans[1]: `evil name` is not a certificate SAN: use a lower-case DNS name (api.example.com), a wildcard (*.example.com) or an IP address",
+        ),
+        (
+            "certSans wildcard not leftmost",
+            docker("  loadBalancer: {certSans: ['api.*.example.com']}\n"),
+            None,
+            "cluster.yaml:9:29: spec.loadBalancer.certSans[0]: `api.*.example.com` is not a certificate SAN: use a lower-case DNS name (api.example.com), a wildcard (*.example.com) or an IP address",
+        ),
+        (
+            "ssh user with a command",
+            docker("  ssh: {user: 'root;id'}\n"),
+            None,
+            "cluster.yaml:9:9: spec.ssh.user: `root;id` is not a user name like root or debian (letters, digits, `.`, `_`, `-`, at most 32 characters)",
+        ),
+        (
+            "bastion host with a space",
+            docker("  ssh: {bastion: {host: 'jump host'}}\n"),
+            None,
+            "cluster.yaml:9:19: spec.ssh.bastion.host: `jump host` is not a host name or IPv4 address like bastion.example.com or 192.0.2.1",
+        ),
+        (
+            "kubelet-restricted label",
+            docker("  nodePools:\n    workers:\n      count: 1\n      labels: {node-role.kubernetes.io/worker: ''}\n"),
+            None,
+            "cluster.yaml:12:16: spec.nodePools.workers.labels.node-role.kubernetes.io/worker: `node-role.kubernetes.io/worker` is in the kubernetes.io/k8s.io namespace, which kubelet may not set on its own node (it refuses to start): use your own prefix like example.com/role, or node.kubernetes.io/...",
+        ),
+        (
+            "label value with a comma",
+            docker("  nodePools:\n    workers:\n      count: 1\n      labels: {tier: 'a,b=c'}\n"),
+            None,
+            "cluster.yaml:12:16: spec.nodePools.workers.labels.tier: `a,b=c` is not a label value: at most 63 letters, digits, `-`, `_` or `.`, starting and ending with a letter or digit",
+        ),
+        (
+            "label key with upper-case prefix",
+            docker("  nodePools:\n    workers:\n      count: 1\n      labels: {Example.com/tier: a}\n"),
+            None,
+            "cluster.yaml:12:16: spec.nodePools.workers.labels.Example.com/tier: `Example.com/tier` is not a label key: the prefix before `/` must be a lower-case DNS name like example.com",
+        ),
+        (
+            "docker image with a space",
+            docker("").replace("docker: {}", "docker: {image: 'kubeforge/node:1 --privileged'}"),
+            None,
+            "cluster.yaml:8:14: spec.provider.docker.image: `kubeforge/node:1 --privileged` is not an image reference like kubeforge/node:1 or registry.example.com/node@sha256:...",
+        ),
+        (
+            "external endpoint host with a command",
+            docker("  loadBalancer: {type: external, endpoint: '$(id).example.com:6443'}\n"),
+            None,
+            "cluster.yaml:9:34: spec.loadBalancer.endpoint: `$(id).example.com` is not a lower-case DNS name or IPv4 address before the port",
+        ),
+        (
+            "MetalLB interface with a space",
+            docker("  addons:\n    metallb:\n      pools: [{name: p, addresses: [192.168.50.0/28]}]\n      interfaces: ['eth0 eth1']\n"),
+            None,
+            "cluster.yaml:12:20: spec.addons.metallb.interfaces[0]: `eth0 eth1` is not a network interface name like eth0 or bond0.100 (letters, digits, `.`, `_`, `-`, at most 15 characters)",
+        ),
+        (
+            "Ceph data dir escaping upwards",
+            docker("  addons:\n    rookCeph: {deviceFilter: sdb, dataDirHostPath: /var/lib/../../etc}\n"),
+            None,
+            "cluster.yaml:10:35: spec.addons.rookCeph.dataDirHostPath: `/var/lib/../../etc` is not an absolute path like /var/lib/rook (letters, digits, `/`, `.`, `_`, `-`, no `..`)",
+        ),
+        (
+            "Ceph device with a space",
+            docker("  addons:\n    rookCeph:\n      nodes: [{name: t-cp-1, devices: ['sdb sdc']}]\n"),
+            None,
+            "cluster.yaml:11:40: spec.addons.rookCeph.nodes[0].devices[0]: `sdb sdc` is not a device name like sdb or /dev/disk/by-id/...",
+        ),
+        (
+            "static: inventory ssh user with a command",
+            static_("  loadBalancer: {placement: control-plane, vip: 10.0.0.10}\n"),
+            Some(inv_with("sshUser: '$(reboot)'")),
+            "hosts.yaml:8:6: hosts[4].sshUser: `$(reboot)` is not a user name like root or debian (letters, digits, `.`, `_`, `-`, at most 32 characters)",
+        ),
+        (
+            "static: inventory label kubelet may not set",
+            static_("  loadBalancer: {placement: control-plane, vip: 10.0.0.10}\n"),
+            Some(inv_with("labels: {kubernetes.io/role: worker}")),
+            "hosts.yaml:8:6: hosts[4].labels.kubernetes.io/role: `kubernetes.io/role` is in the kubernetes.io/k8s.io namespace, which kubelet may not set on its own node (it refuses to start): use your own prefix like example.com/role, or node.kubernetes.io/...",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, text, inv, want) in &cases {
+        let errs = errors(text, inv.as_deref());
+        if errs.len() != 1 || errs[0] != *want {
+            failures.push(format!("{name}:\n  want: {want}\n  got:  {errs:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

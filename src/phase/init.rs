@@ -4,6 +4,7 @@ use super::{
 };
 use crate::render::views::{Profile, BIN_DIR};
 use crate::render::FileGroup;
+use crate::transport::shell::quote;
 
 pub struct InitControlPlane;
 
@@ -19,15 +20,6 @@ pub const CA_HASH_KEY: &str = "ca-cert-hash";
 pub fn kubectl() -> String {
     format!("{BIN_DIR}/kubectl --kubeconfig={ADMIN_CONF}")
 }
-
-/// The phases `kubeadm join` has; skipped phases of `init` only (e.g. addon/coredns)
-/// are not passed to join, which rejects them.
-const JOIN_PHASES: &[&str] = &[
-    "preflight",
-    "control-plane-prepare",
-    "kubelet-start",
-    "control-plane-join",
-];
 
 /// Extra kubeadm flags: patches, skipped phases, ignored preflight errors.
 pub fn kubeadm_flags(ctx: &PlanContext<'_>, control_plane: bool) -> String {
@@ -51,19 +43,27 @@ fn kubeadm_flags_for(ctx: &PlanContext<'_>, control_plane: bool, join: bool) -> 
         out.push_str(&format!(" {flag} /etc/kubeforge/patches"));
     }
     let k = &c.cluster.spec.kubeadm;
+    // Each command gets the phases it has (validation refused names neither has); init
+    // phases such as addon/coredns are not passed to join, which rejects them.
+    let minor = c.version().minor;
+    let known = if join {
+        crate::spec::syntax::kubeadm_join_phases(minor)
+    } else {
+        crate::spec::syntax::kubeadm_init_phases(minor)
+    };
     let skip: Vec<&str> = k
         .skip_phases
         .iter()
         .map(String::as_str)
-        .filter(|p| !join || JOIN_PHASES.iter().any(|j| p.split('/').next() == Some(*j)))
+        .filter(|p| known.contains(p))
         .collect();
     if !skip.is_empty() {
-        out.push_str(&format!(" --skip-phases={}", skip.join(",")));
+        out.push_str(&format!(" --skip-phases={}", quote(&skip.join(","))));
     }
     if !k.ignore_preflight_errors.is_empty() {
         out.push_str(&format!(
             " --ignore-preflight-errors={}",
-            k.ignore_preflight_errors.join(",")
+            quote(&k.ignore_preflight_errors.join(","))
         ));
     }
     out

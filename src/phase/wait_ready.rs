@@ -17,7 +17,10 @@ pub async fn wait_readyz(
     phase: &str,
 ) -> Result<(), PhaseError> {
     let endpoint = ctx.cluster.topology.endpoint.address();
-    let cmd = format!("curl -sk --max-time 5 https://{endpoint}/readyz");
+    let cmd = format!(
+        "curl -sk --max-time 5 {}",
+        crate::transport::shell::quote(&format!("https://{endpoint}/readyz"))
+    );
     let start = Instant::now();
     let mut last: String;
     loop {

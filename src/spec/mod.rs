@@ -5,6 +5,7 @@ pub mod decode;
 pub mod error;
 pub mod inventory;
 pub mod position;
+pub mod syntax;
 pub mod topology;
 pub mod types;
 pub mod validate;

@@ -4,6 +4,7 @@
 
 use super::error::{Reporter, SpecError};
 use super::inventory::{InventoryHost, Role};
+use super::syntax;
 use super::topology::{docker_layout, Endpoint, Host, Topology};
 use super::types::*;
 use ipnet::IpNet;
@@ -161,6 +162,7 @@ pub fn check(
     check_counts(&s.node_pools, rep);
     check_ssh(s, rep);
     check_state(&s.state, rep);
+    check_values(c, rep);
 
     let hosts = match &s.provider {
         Provider::Static(_) => static_hosts(c, inventory, nets.node.as_ref(), rep, inv_errors),
@@ -575,6 +577,17 @@ fn static_hosts(
                 ));
             }
         }
+        if let Some(u) = &h.ssh_user {
+            if let Err(e) = syntax::unix_user(u) {
+                inv_errors.push(h.origin.error("sshUser", e));
+            }
+        }
+        if h.ssh_port == Some(0) {
+            inv_errors.push(h.origin.error("sshPort", "port 0 is not a valid port"));
+        }
+        check_labels(&h.labels, "labels", |field, msg| {
+            inv_errors.push(h.origin.error(field, msg))
+        });
         if h.roles.contains(&Role::ControlPlane) && h.roles.contains(&Role::LoadBalancer) {
             inv_errors.push(h.origin.error(
                 "",
@@ -688,23 +701,40 @@ fn check_load_balancer(
                 );
                 return None;
             };
+            let field = "spec.loadBalancer.endpoint";
             let parsed = ep
                 .rsplit_once(':')
-                .and_then(|(h, p)| Some((h.trim_matches(['[', ']']), p.parse::<u16>().ok()?)))
+                .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
                 .filter(|(h, p)| !h.is_empty() && *p != 0);
-            match parsed {
-                Some((h, p)) => Some(Endpoint::External {
-                    host: h.to_string(),
-                    port: p,
-                }),
-                None => {
-                    rep.error(
-                        "spec.loadBalancer.endpoint",
-                        format!("`{ep}` is not HOST:PORT like api.example.com:6443"),
-                    );
-                    None
-                }
+            let Some((h, p)) = parsed else {
+                rep.error(
+                    field,
+                    format!(
+                        "`{}` is not HOST:PORT like api.example.com:6443",
+                        syntax::shown(ep)
+                    ),
+                );
+                return None;
+            };
+            let bare = h.trim_start_matches('[').trim_end_matches(']');
+            if bare.parse::<std::net::Ipv6Addr>().is_ok() {
+                rep.error(field, syntax::ipv6_unsupported(bare));
+                return None;
             }
+            if h.parse::<std::net::Ipv4Addr>().is_err() && !syntax::is_dns1123_subdomain(h) {
+                rep.error(
+                    field,
+                    format!(
+                        "`{}` is not a lower-case DNS name or IPv4 address before the port",
+                        syntax::shown(h)
+                    ),
+                );
+                return None;
+            }
+            Some(Endpoint::External {
+                host: h.to_string(),
+                port: p,
+            })
         }
         LoadBalancerType::HaproxyKeepalived => {
             if lb.endpoint.is_some() {
@@ -767,11 +797,8 @@ fn check_load_balancer(
                     "VRRP router ids run from 1 to 255",
                 );
             }
-            if lb.interface.is_empty() {
-                rep.error(
-                    "spec.loadBalancer.interface",
-                    "must name a network interface",
-                );
+            if let Err(e) = syntax::interface_name(&lb.interface) {
+                rep.error("spec.loadBalancer.interface", e);
             }
             let vip = match (&lb.vip, node_subnet, &s.provider) {
                 (Some(v), _, _) => match parse_ip(v) {
@@ -1081,20 +1108,6 @@ fn check_addons(
                     format!("node `{}` has no devices and no deviceFilter", n.name),
                 );
             }
-            for (j, d) in n.devices.iter().enumerate() {
-                if d.is_empty() || d.contains(char::is_whitespace) {
-                    rep.error(
-                        &format!("{field}.devices[{j}]"),
-                        format!("`{d}` is not a device name like sdb or /dev/disk/by-id/..."),
-                    );
-                }
-            }
-        }
-        if !r.data_dir_host_path.starts_with('/') {
-            rep.error(
-                "spec.addons.rookCeph.dataDirHostPath",
-                "must be an absolute path",
-            );
         }
     }
 }
@@ -1103,6 +1116,153 @@ fn check_semver_opt(field: &str, v: Option<&str>, rep: &mut Reporter<'_>) {
     if let Some(v) = v {
         if semver::Version::parse(v.strip_prefix('v').unwrap_or(v)).is_err() {
             rep.error(field, format!("`{v}` is not a version like v1.2.3"));
+        }
+    }
+}
+
+/// Every value that ends up in a remote command or a rendered config file, checked
+/// against what it may be (see `syntax`): a value that passes is inert in a shell word
+/// and in a config line.
+fn check_values(c: &Cluster, rep: &mut Reporter<'_>) {
+    let s = &c.spec;
+    let minor = parse_kubernetes_version(&s.kubernetes_version)
+        .map(|v| v.minor)
+        .filter(|m| *m >= OLDEST_SUPPORTED_MINOR);
+    // kubeadm --skip-phases: phases of `kubeadm init` or `kubeadm join` of this release.
+    if let Some(minor) = minor {
+        let init = syntax::kubeadm_init_phases(minor);
+        let join = syntax::kubeadm_join_phases(minor);
+        for (i, p) in s.kubeadm.skip_phases.iter().enumerate() {
+            if !init.contains(&p.as_str()) && !join.contains(&p.as_str()) {
+                rep.error(
+                    &format!("spec.kubeadm.skipPhases[{i}]"),
+                    format!(
+                        "`{}` is not a phase of kubeadm init or join 1.{minor} (e.g. preflight, addon/coredns; `kubeadm init --help` lists them)",
+                        syntax::shown(p)
+                    ),
+                );
+            }
+        }
+    }
+    for (i, p) in s.kubeadm.ignore_preflight_errors.iter().enumerate() {
+        if let Err(e) = syntax::preflight_check(p) {
+            rep.error(&format!("spec.kubeadm.ignorePreflightErrors[{i}]"), e);
+        }
+    }
+    if let Some(repo) = &s.artifacts.image_repository {
+        if let Err(e) = syntax::image_repository(repo) {
+            rep.error("spec.artifacts.imageRepository", e);
+        }
+    }
+    if let Provider::Docker(d) = &s.provider {
+        if let Some(image) = &d.image {
+            if let Err(e) = syntax::image_reference(image) {
+                rep.error("spec.provider.docker.image", e);
+            }
+        }
+        if let Some(net) = &d.network {
+            if let Err(e) = syntax::docker_network(net) {
+                rep.error("spec.provider.docker.network", e);
+            }
+        }
+    }
+    for (i, san) in s.load_balancer.cert_sans.iter().enumerate() {
+        if let Err(e) = syntax::cert_san(san) {
+            rep.error(&format!("spec.loadBalancer.certSans[{i}]"), e);
+        }
+    }
+    if let Err(e) = syntax::unix_user(&s.ssh.user) {
+        rep.error("spec.ssh.user", e);
+    }
+    if let Some(b) = &s.ssh.bastion {
+        if let Err(e) = syntax::host(&b.host) {
+            rep.error("spec.ssh.bastion.host", e);
+        }
+        if let Some(u) = &b.user {
+            if let Err(e) = syntax::unix_user(u) {
+                rep.error("spec.ssh.bastion.user", e);
+            }
+        }
+        if b.port == 0 {
+            rep.error("spec.ssh.bastion.port", "port 0 is not a valid port");
+        }
+    }
+    for (pool_field, pool) in [
+        ("controlPlane", &s.node_pools.control_plane),
+        ("workers", &s.node_pools.workers),
+        ("loadBalancers", &s.node_pools.load_balancers),
+    ] {
+        check_labels(
+            &pool.labels,
+            &format!("spec.nodePools.{pool_field}.labels"),
+            |field, msg| rep.error(field, msg),
+        );
+    }
+    if let Some(m) = &s.addons.metallb {
+        for (i, name) in m.interfaces.iter().enumerate() {
+            if let Err(e) = syntax::interface_name(name) {
+                rep.error(&format!("spec.addons.metallb.interfaces[{i}]"), e);
+            }
+        }
+        if let Some(b) = &m.bgp {
+            for (i, p) in b.peers.iter().enumerate() {
+                let field = format!("spec.addons.metallb.bgp.peers[{i}]");
+                if let Some(secret) = &p.password_secret {
+                    if !syntax::is_dns1123_subdomain(secret) {
+                        rep.error(
+                            &format!("{field}.passwordSecret"),
+                            format!(
+                                "`{}` is not a Secret name (lower-case DNS name like bgp-password)",
+                                syntax::shown(secret)
+                            ),
+                        );
+                    }
+                }
+                if let Some(h) = &p.hold_time {
+                    if let Err(e) = syntax::go_duration(h) {
+                        rep.error(&format!("{field}.holdTime"), e);
+                    }
+                }
+            }
+        }
+    }
+    if let Some(r) = &s.addons.rook_ceph {
+        if let Some(f) = &r.device_filter {
+            if let Err(e) = syntax::device_filter(f) {
+                rep.error("spec.addons.rookCeph.deviceFilter", e);
+            }
+        }
+        for (i, n) in r.nodes.iter().enumerate() {
+            let field = format!("spec.addons.rookCeph.nodes[{i}]");
+            for (j, d) in n.devices.iter().enumerate() {
+                if let Err(e) = syntax::device(d) {
+                    rep.error(&format!("{field}.devices[{j}]"), e);
+                }
+            }
+            if let Some(f) = &n.device_filter {
+                if let Err(e) = syntax::device_filter(f) {
+                    rep.error(&format!("{field}.deviceFilter"), e);
+                }
+            }
+        }
+        if let Err(e) = syntax::absolute_path(&r.data_dir_host_path) {
+            rep.error("spec.addons.rookCeph.dataDirHostPath", e);
+        }
+    }
+}
+
+/// Node labels: valid keys and values, and keys kubelet may set on its own node.
+fn check_labels(
+    labels: &BTreeMap<String, String>,
+    field: &str,
+    mut error: impl FnMut(&str, String),
+) {
+    for (k, v) in labels {
+        let f = format!("{field}.{k}");
+        if let Err(e) = syntax::node_label_key(k) {
+            error(&f, e);
+        } else if let Err(e) = syntax::label_value(v) {
+            error(&f, e);
         }
     }
 }
