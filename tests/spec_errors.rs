@@ -688,3 +688,146 @@ fn hostile_values_get_their_exact_messages() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// Sizes are bounded (issue 15, item 3): counts, inventories and lists past the limits
+/// are refused at their position, before anything proportional to them is built.
+#[test]
+fn sizes_past_the_limits_are_refused() {
+    let many_sans: Vec<String> = (0..101).map(|i| format!("n{i}.example.com")).collect();
+    let big_inventory = {
+        let mut s = String::from("apiVersion: kubeforge.dev/v1alpha1\nkind: Inventory\nhosts:\n");
+        for i in 0..5001u32 {
+            s.push_str(&format!(
+                "  - {{name: h{i}, address: 10.{}.{}.{}, roles: [{}]}}\n",
+                i / 65536,
+                (i / 256) % 256,
+                i % 256,
+                if i < 3 { "controlPlane" } else { "worker" }
+            ));
+        }
+        s
+    };
+    let many_addresses: Vec<String> = (0..65).map(|i| format!("192.168.{i}.0/28")).collect();
+    let cases: Vec<(&str, String, Option<&str>, &str)> = vec![
+        (
+            "five million workers",
+            docker("  nodePools:\n    workers: {count: 5000000}\n")
+                .replace("docker: {}", "docker: {subnet: 172.16.0.0/12}"),
+            None,
+            "cluster.yaml:10:15: spec.nodePools.workers.count: 5000000 machines are more than the 5000 kubeforge manages in one cluster",
+        ),
+        (
+            "pools adding up past the limit",
+            docker("  nodePools:\n    workers: {count: 4999}\n    loadBalancers: {count: 2}\n")
+                .replace("docker: {}", "docker: {subnet: 172.16.0.0/12}"),
+            None,
+            "cluster.yaml:9:3: spec.nodePools: the pools add up to 5004 machines, more than the 5000 kubeforge manages in one cluster",
+        ),
+        (
+            "101 certificate SANs",
+            docker(&format!("  loadBalancer: {{certSans: [{}]}}\n", many_sans.join(", "))),
+            None,
+            "cluster.yaml:9:18: spec.loadBalancer.certSans: 101 SANs are more than the 100 kubeforge allows",
+        ),
+        (
+            "65 addresses in a MetalLB pool",
+            docker(&format!(
+                "  addons:\n    metallb:\n      pools: [{{name: p, addresses: [{}]}}]\n",
+                many_addresses.join(", ")
+            )),
+            None,
+            "cluster.yaml:11:25: spec.addons.metallb.pools[0].addresses: 65 addresses are more than the 64 kubeforge allows",
+        ),
+        (
+            "static: 5001 inventory hosts",
+            static_("  loadBalancer: {placement: control-plane, vip: 10.0.0.10}\n")
+                .replace("nodeSubnet: 10.0.0.0/24", "nodeSubnet: 10.0.0.0/8, podSubnet: 192.168.0.0/16, serviceSubnet: 172.16.0.0/16"),
+            Some(Box::leak(big_inventory.into_boxed_str())),
+            "cluster.yaml:8:14: spec.provider.static.inventory: the inventory lists 5001 hosts, more than the 5000 kubeforge manages in one cluster",
+        ),
+        (
+            "bridge CNI on 300 nodes",
+            docker("  nodePools:\n    workers: {count: 297}\n  networking: {podSubnet: 10.128.0.0/9}\n")
+                .replace("docker: {}", "docker: {subnet: 172.30.0.0/16}"),
+            None,
+            "cluster.yaml:11:3: spec.networking.cni: the bridge CNI routes every node to every other node and serves at most 256 Kubernetes nodes; this cluster has 300: use cni: none and install a CNI for larger clusters",
+        ),
+        (
+            "pod subnet without a /24 per node",
+            docker("  nodePools:\n    workers: {count: 3}\n  networking: {podSubnet: 10.244.0.0/23}\n"),
+            None,
+            "cluster.yaml:11:16: spec.networking.podSubnet: 10.244.0.0/23 holds 2 node /24s, but the cluster has 6 Kubernetes nodes: use a larger pod subnet",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, text, inv, want) in &cases {
+        let errs = errors(text, *inv);
+        if errs.len() != 1 || errs[0] != *want {
+            failures.push(format!("{name}:\n  want: {want}\n  got:  {errs:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // At the limit it validates.
+    let at_limit = docker("  nodePools:\n    workers: {count: 4995}\n    loadBalancers: {count: 2}\n  networking: {cni: none}\n")
+        .replace("docker: {}", "docker: {subnet: 172.16.0.0/12}");
+    assert_eq!(errors(&at_limit, None), Vec::<String>::new());
+}
+
+/// An input file past 4 MiB is refused before it is read or parsed: a sparse 1 GiB
+/// file, and an endless stream (/dev/zero) read only up to the limit.
+#[test]
+fn oversized_input_files_are_refused_before_parsing() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big.yaml");
+    let f = std::fs::File::create(&big).unwrap();
+    f.set_len(1 << 30).unwrap();
+    let err = kubeforge::spec::load_file(&big).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        format!(
+            "{}: the cluster file is 1073741824 bytes, more than the 4194304 bytes (4 MiB) kubeforge reads",
+            big.display()
+        )
+    );
+    let err = kubeforge::spec::load_file(Path::new("/dev/zero"))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "/dev/zero: the cluster file is more than 4194304 bytes, more than the 4194304 bytes (4 MiB) kubeforge reads"
+    );
+    // The inventory too.
+    std::fs::write(
+        dir.path().join("c.yaml"),
+        static_("  loadBalancer: {placement: control-plane, vip: 10.0.0.10}\n"),
+    )
+    .unwrap();
+    std::fs::File::create(dir.path().join("hosts.yaml"))
+        .unwrap()
+        .set_len(5 << 20)
+        .unwrap();
+    let err = kubeforge::spec::load_file(&dir.path().join("c.yaml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.ends_with("hosts.yaml: the inventory is 5242880 bytes, more than the 4194304 bytes (4 MiB) kubeforge reads"),
+        "{err}"
+    );
+}
+
+/// A YAML alias bomb (10^10 strings from 600 bytes) is refused by the parser, not
+/// expanded.
+#[test]
+fn an_alias_bomb_is_refused() {
+    let mut text = docker("  x0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+    for i in 1..10 {
+        let refs = vec![format!("*a{}", i - 1); 10].join(", ");
+        text.push_str(&format!("  x{i}: &a{i} [{refs}]\n"));
+    }
+    text.push_str("  kubeadm: {skipPhases: *a9}\n");
+    let errs = errors(&text, None);
+    assert_eq!(
+        errs,
+        vec!["cluster.yaml: not valid YAML: repetition limit exceeded"]
+    );
+}

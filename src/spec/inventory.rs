@@ -94,15 +94,7 @@ struct HostEntry {
 
 /// Read an inventory file in any of the supported formats.
 pub fn load(path: &Path, groups: &GroupNames) -> Result<Vec<InventoryHost>, Vec<SpecError>> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        vec![SpecError {
-            file: path.to_path_buf(),
-            line: None,
-            column: None,
-            field: String::new(),
-            message: format!("cannot read the inventory: {e}"),
-        }]
-    })?;
+    let text = decode::read_input(path, "inventory").map_err(|e| vec![e])?;
     parse(&text, path, groups)
 }
 

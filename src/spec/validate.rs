@@ -16,6 +16,30 @@ use std::net::IpAddr;
 pub const NEWEST_KNOWN_MINOR: u64 = 34;
 pub const OLDEST_SUPPORTED_MINOR: u64 = 20;
 
+/// Size limits of a cluster (see README, "Limits"). Anything larger is refused with a
+/// positioned error before any work proportional to it is done.
+pub mod limits {
+    /// Machines of a cluster (Kubernetes' own tested scale) and hosts of an inventory.
+    pub const MAX_NODES: u32 = 5000;
+    /// Extra names and addresses of the apiserver certificate.
+    pub const MAX_CERT_SANS: usize = 100;
+    /// Node labels of a pool or an inventory host.
+    pub const MAX_LABELS: usize = 64;
+    /// Extra disks of a machine.
+    pub const MAX_EXTRA_DISKS: usize = 16;
+    /// MetalLB pools, and the addresses (CIDRs or ranges) of each.
+    pub const MAX_POOLS: usize = 64;
+    pub const MAX_POOL_ADDRESSES: usize = 64;
+    /// Kubernetes nodes on kubeforge's bridge CNI: every node carries a route to every
+    /// other node's pod /24 (one L2 segment), so it is meant for small clusters.
+    pub const MAX_BRIDGE_NODES: usize = 256;
+    /// Any other list of the cluster file (skipped phases, ignored preflight checks,
+    /// interfaces, BGP peers and communities, devices of a Ceph node, group names,
+    /// allowed CIDRs).
+    pub const MAX_LIST: usize = 64;
+}
+use limits::*;
+
 /// Parse `v1.30.4` / `1.30.4` into a semantic version.
 pub fn parse_kubernetes_version(s: &str) -> Option<semver::Version> {
     let v = semver::Version::parse(s.strip_prefix('v').unwrap_or(s)).ok()?;
@@ -158,6 +182,7 @@ pub fn check(
         );
     }
     check_version(&s.kubernetes_version, rep);
+    check_lengths(s, rep);
     let nets = check_networking(&s.networking, rep);
     check_counts(&s.node_pools, rep);
     check_ssh(s, rep);
@@ -185,6 +210,7 @@ pub fn check(
         }
     }
     let hosts = hosts?;
+    check_bridge_cni(s, &hosts, &nets, rep);
     let endpoint = check_load_balancer(s, &hosts, node_subnet.as_ref(), rep)?;
     check_addons(s, &hosts, &endpoint, &nets, rep);
     if !rep.errors.is_empty() || !inv_errors.is_empty() {
@@ -281,7 +307,205 @@ fn check_networking(n: &Networking, rep: &mut Reporter<'_>) -> Nets {
     out
 }
 
+/// A list longer than `max` is an error at the list (its items then get no errors of
+/// their own).
+fn check_len(rep: &mut Reporter<'_>, field: &str, len: usize, max: usize, what: &str) {
+    if len > max {
+        rep.error(
+            field,
+            format!("{len} {what} are more than the {max} kubeforge allows"),
+        );
+    }
+}
+
+fn check_lengths(s: &ClusterSpec, rep: &mut Reporter<'_>) {
+    let lb = &s.load_balancer;
+    check_len(
+        rep,
+        "spec.loadBalancer.certSans",
+        lb.cert_sans.len(),
+        MAX_CERT_SANS,
+        "SANs",
+    );
+    let k = &s.kubeadm;
+    check_len(
+        rep,
+        "spec.kubeadm.skipPhases",
+        k.skip_phases.len(),
+        MAX_LIST,
+        "phases",
+    );
+    check_len(
+        rep,
+        "spec.kubeadm.ignorePreflightErrors",
+        k.ignore_preflight_errors.len(),
+        MAX_LIST,
+        "checks",
+    );
+    for (name, pool) in [
+        ("controlPlane", &s.node_pools.control_plane),
+        ("workers", &s.node_pools.workers),
+        ("loadBalancers", &s.node_pools.load_balancers),
+    ] {
+        let f = format!("spec.nodePools.{name}");
+        check_len(
+            rep,
+            &format!("{f}.labels"),
+            pool.labels.len(),
+            MAX_LABELS,
+            "labels",
+        );
+        check_len(
+            rep,
+            &format!("{f}.extraDisks"),
+            pool.extra_disks.len(),
+            MAX_EXTRA_DISKS,
+            "extra disks",
+        );
+    }
+    match &s.provider {
+        Provider::Static(st) => {
+            let f = "spec.provider.static.groups";
+            check_len(
+                rep,
+                &format!("{f}.controlPlane"),
+                st.groups.control_plane.len(),
+                MAX_LIST,
+                "groups",
+            );
+            check_len(
+                rep,
+                &format!("{f}.workers"),
+                st.groups.workers.len(),
+                MAX_LIST,
+                "groups",
+            );
+            check_len(
+                rep,
+                &format!("{f}.loadBalancers"),
+                st.groups.load_balancers.len(),
+                MAX_LIST,
+                "groups",
+            );
+        }
+        Provider::Aws(a) => check_len(
+            rep,
+            "spec.provider.aws.allowedCidrs",
+            a.allowed_cidrs.len(),
+            MAX_LIST,
+            "CIDRs",
+        ),
+        Provider::Hetzner(h) => check_len(
+            rep,
+            "spec.provider.hetzner.allowedCidrs",
+            h.allowed_cidrs.len(),
+            MAX_LIST,
+            "CIDRs",
+        ),
+        Provider::Sakura(sk) => check_len(
+            rep,
+            "spec.provider.sakura.allowedCidrs",
+            sk.allowed_cidrs.len(),
+            MAX_LIST,
+            "CIDRs",
+        ),
+        Provider::Docker(_) => {}
+    }
+    if let Some(m) = &s.addons.metallb {
+        let f = "spec.addons.metallb";
+        check_len(
+            rep,
+            &format!("{f}.pools"),
+            m.pools.len(),
+            MAX_POOLS,
+            "pools",
+        );
+        for (i, p) in m.pools.iter().enumerate().take(MAX_POOLS) {
+            check_len(
+                rep,
+                &format!("{f}.pools[{i}].addresses"),
+                p.addresses.len(),
+                MAX_POOL_ADDRESSES,
+                "addresses",
+            );
+        }
+        check_len(
+            rep,
+            &format!("{f}.interfaces"),
+            m.interfaces.len(),
+            MAX_LIST,
+            "interfaces",
+        );
+        if let Some(b) = &m.bgp {
+            check_len(
+                rep,
+                &format!("{f}.bgp.peers"),
+                b.peers.len(),
+                MAX_LIST,
+                "peers",
+            );
+            check_len(
+                rep,
+                &format!("{f}.bgp.communities"),
+                b.communities.len(),
+                MAX_LIST,
+                "communities",
+            );
+            for (i, p) in b.peers.iter().enumerate().take(MAX_LIST) {
+                check_len(
+                    rep,
+                    &format!("{f}.bgp.peers[{i}].nodes"),
+                    p.nodes.len(),
+                    MAX_NODES as usize,
+                    "nodes",
+                );
+            }
+        }
+    }
+    if let Some(r) = &s.addons.rook_ceph {
+        let f = "spec.addons.rookCeph.nodes";
+        check_len(rep, f, r.nodes.len(), MAX_NODES as usize, "nodes");
+        for (i, n) in r.nodes.iter().enumerate().take(MAX_NODES as usize) {
+            check_len(
+                rep,
+                &format!("{f}[{i}].devices"),
+                n.devices.len(),
+                MAX_LIST,
+                "devices",
+            );
+        }
+    }
+}
+
 fn check_counts(p: &NodePools, rep: &mut Reporter<'_>) {
+    let mut total: u64 = 0;
+    for (name, pool) in [
+        ("controlPlane", &p.control_plane),
+        ("workers", &p.workers),
+        ("loadBalancers", &p.load_balancers),
+    ] {
+        let n = pool.count.unwrap_or(0);
+        total += u64::from(n);
+        if n > MAX_NODES {
+            rep.error(
+                &format!("spec.nodePools.{name}.count"),
+                format!(
+                    "{n} machines are more than the {MAX_NODES} kubeforge manages in one cluster"
+                ),
+            );
+        }
+    }
+    if total > u64::from(MAX_NODES)
+        && rep
+            .errors
+            .iter()
+            .all(|e| !e.field.starts_with("spec.nodePools"))
+    {
+        rep.error(
+            "spec.nodePools",
+            format!("the pools add up to {total} machines, more than the {MAX_NODES} kubeforge manages in one cluster"),
+        );
+    }
     let field = "spec.nodePools.controlPlane.count";
     match p.control_plane.count {
         Some(0) => rep.error(field, "at least one control-plane node is needed"),
@@ -414,6 +638,10 @@ fn made_hosts(c: &Cluster, rep: &mut Reporter<'_>) -> Option<Vec<Host>> {
     let cp = pools.control_plane.count.unwrap_or(3);
     let workers = pools.workers.count.unwrap_or(0);
     let lbs = pools.load_balancers.count.unwrap_or(0);
+    if u64::from(cp) + u64::from(workers) + u64::from(lbs) > u64::from(MAX_NODES) {
+        // Reported by check_counts.
+        return None;
+    }
     use docker_layout::*;
     let (lb_offset, lb_max) = if provider == "docker" {
         (LB_OFFSET, LB_MAX)
@@ -512,6 +740,16 @@ fn static_hosts(
     inv_errors: &mut Vec<SpecError>,
 ) -> Option<Vec<Host>> {
     let inv = inventory?;
+    if inv.len() > MAX_NODES as usize {
+        rep.error(
+            "spec.provider.static.inventory",
+            format!(
+                "the inventory lists {} hosts, more than the {MAX_NODES} kubeforge manages in one cluster",
+                inv.len()
+            ),
+        );
+        return None;
+    }
     let mut hosts = Vec::new();
     let mut names: BTreeMap<String, &InventoryHost> = BTreeMap::new();
     let mut addrs: BTreeMap<IpAddr, &InventoryHost> = BTreeMap::new();
@@ -584,6 +822,15 @@ fn static_hosts(
         }
         if h.ssh_port == Some(0) {
             inv_errors.push(h.origin.error("sshPort", "port 0 is not a valid port"));
+        }
+        if h.labels.len() > MAX_LABELS {
+            inv_errors.push(h.origin.error(
+                "labels",
+                format!(
+                    "{} labels are more than the {MAX_LABELS} kubeforge allows",
+                    h.labels.len()
+                ),
+            ));
         }
         check_labels(&h.labels, "labels", |field, msg| {
             inv_errors.push(h.origin.error(field, msg))
@@ -875,6 +1122,7 @@ fn check_addons(
     rep: &mut Reporter<'_>,
 ) {
     let mut pool_ranges: Vec<(String, String, AddrRange)> = Vec::new();
+    let host_names: BTreeSet<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
     if let Some(m) = &s.addons.metallb {
         check_semver_opt("spec.addons.metallb.version", m.version.as_deref(), rep);
         if m.pools.is_empty() {
@@ -975,7 +1223,7 @@ fn check_addons(
                         rep.error(&format!("{field}.asn"), "ASN 0 is reserved");
                     }
                     for (j, n) in p.nodes.iter().enumerate() {
-                        if !hosts.iter().any(|h| &h.name == n) {
+                        if !host_names.contains(n.as_str()) {
                             rep.error(
                                 &format!("{field}.nodes[{j}]"),
                                 format!("no host named `{n}`"),
@@ -1085,7 +1333,11 @@ fn check_addons(
         let mut seen = BTreeSet::new();
         for (i, n) in r.nodes.iter().enumerate() {
             let field = format!("spec.addons.rookCeph.nodes[{i}]");
-            match hosts.iter().find(|h| h.name == n.name) {
+            match host_names
+                .contains(n.name.as_str())
+                .then(|| hosts.iter().find(|h| h.name == n.name))
+                .flatten()
+            {
                 None => rep.error(
                     &format!("{field}.name"),
                     format!("no host named `{}`", n.name),
@@ -1263,6 +1515,32 @@ fn check_labels(
             error(&f, e);
         } else if let Err(e) = syntax::label_value(v) {
             error(&f, e);
+        }
+    }
+}
+
+/// kubeforge's bridge CNI gives every Kubernetes node a /24 of the pod subnet and a
+/// route to every other node's: the pod subnet must hold one /24 per node, and the
+/// cluster must stay small.
+fn check_bridge_cni(s: &ClusterSpec, hosts: &[Host], nets: &Nets, rep: &mut Reporter<'_>) {
+    if s.networking.cni != Cni::Bridge {
+        return;
+    }
+    let nodes = hosts.iter().filter(|h| h.is_kubernetes_node()).count();
+    if nodes > MAX_BRIDGE_NODES {
+        rep.error(
+            "spec.networking.cni",
+            format!("the bridge CNI routes every node to every other node and serves at most {MAX_BRIDGE_NODES} Kubernetes nodes; this cluster has {nodes}: use cni: none and install a CNI for larger clusters"),
+        );
+        return;
+    }
+    if let Some(IpNet::V4(p)) = &nets.pod {
+        let slots = 1usize << (24 - p.prefix_len().min(24));
+        if nodes > slots {
+            rep.error(
+                "spec.networking.podSubnet",
+                format!("{p} holds {slots} node /24s, but the cluster has {nodes} Kubernetes nodes: use a larger pod subnet"),
+            );
         }
     }
 }
