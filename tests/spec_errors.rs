@@ -831,3 +831,80 @@ fn an_alias_bomb_is_refused() {
         vec!["cluster.yaml: not valid YAML: repetition limit exceeded"]
     );
 }
+
+/// IPv6 is refused everywhere a cluster address is given, saying so (issue 15, item 10).
+#[test]
+fn ipv6_is_refused_clearly() {
+    let v6_inventory = "apiVersion: kubeforge.dev/v1alpha1\nkind: Inventory\nhosts:\n  - {name: m1, address: 'fd00::11', roles: [controlPlane]}\n";
+    let cases: Vec<(&str, String, Option<&str>, &str)> = vec![
+        (
+            "IPv6 pod subnet",
+            docker("  networking: {podSubnet: 'fd00:244::/56'}\n"),
+            None,
+            "cluster.yaml:9:16: spec.networking.podSubnet: `fd00:244::/56` is IPv6: IPv6 is not supported yet, use IPv4",
+        ),
+        (
+            "IPv6 service subnet",
+            docker("  networking: {serviceSubnet: 'fd00:96::/112'}\n"),
+            None,
+            "cluster.yaml:9:16: spec.networking.serviceSubnet: `fd00:96::/112` is IPv6: IPv6 is not supported yet, use IPv4",
+        ),
+        (
+            "IPv6 docker network",
+            docker("").replace("docker: {}", "docker: {subnet: 'fd00:29::/64'}"),
+            None,
+            "cluster.yaml:8:14: spec.provider.docker.subnet: `fd00:29::/64` is IPv6: IPv6 is not supported yet, use IPv4",
+        ),
+        (
+            "static: IPv6 node subnet",
+            static_("  loadBalancer: {placement: control-plane, vip: 10.0.0.10}\n")
+                .replace("nodeSubnet: 10.0.0.0/24", "nodeSubnet: 'fd00::/64'"),
+            Some(INVENTORY),
+            "cluster.yaml:10:16: spec.networking.nodeSubnet: `fd00::/64` is IPv6: IPv6 is not supported yet, use IPv4",
+        ),
+        (
+            "static: IPv6 VIP",
+            static_("  loadBalancer: {placement: control-plane, vip: 'fd00::10'}\n"),
+            Some(INVENTORY),
+            "cluster.yaml:11:44: spec.loadBalancer.vip: `fd00::10` is IPv6: IPv6 is not supported yet, use IPv4",
+        ),
+        (
+            "IPv6 external endpoint",
+            docker("  loadBalancer: {type: external, endpoint: '[2001:db8::1]:6443'}\n"),
+            None,
+            "cluster.yaml:9:34: spec.loadBalancer.endpoint: `2001:db8::1` is IPv6: IPv6 is not supported yet, use IPv4",
+        ),
+        (
+            "static: IPv6 host address",
+            static_("  loadBalancer: {placement: control-plane, vip: 10.0.0.10}\n"),
+            Some(v6_inventory),
+            "hosts.yaml:4:6: hosts[0]: host `m1`: `fd00::11` is IPv6: IPv6 is not supported yet, use IPv4",
+        ),
+        (
+            "IPv6 MetalLB pool",
+            docker("  addons:\n    metallb: {pools: [{name: p, addresses: ['2001:db8::/120']}]}\n"),
+            None,
+            "cluster.yaml:10:45: spec.addons.metallb.pools[0].addresses[0]: `2001:db8::/120` is IPv6: IPv6 is not supported yet, use IPv4",
+        ),
+        (
+            "IPv6 MetalLB range",
+            docker("  addons:\n    metallb: {pools: [{name: p, addresses: ['2001:db8::1-2001:db8::9']}]}\n"),
+            None,
+            "cluster.yaml:10:45: spec.addons.metallb.pools[0].addresses[0]: `2001:db8::1-2001:db8::9` is IPv6: IPv6 is not supported yet, use IPv4",
+        ),
+        (
+            "IPv6 BGP peer",
+            docker("  addons:\n    metallb:\n      mode: bgp\n      pools: [{name: p, addresses: [192.168.50.0/28]}]\n      bgp: {myASN: 64512, peers: [{address: '2001:db8::1', asn: 64513}]}\n"),
+            None,
+            "cluster.yaml:13:36: spec.addons.metallb.bgp.peers[0].address: `2001:db8::1` is IPv6: IPv6 is not supported yet, use IPv4",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, text, inv, want) in &cases {
+        let errs = errors(text, *inv);
+        if errs.len() != 1 || errs[0] != *want {
+            failures.push(format!("{name}:\n  want: {want}\n  got:  {errs:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

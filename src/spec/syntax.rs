@@ -37,7 +37,7 @@ pub fn ipv4(s: &str) -> Result<std::net::Ipv4Addr, String> {
     match s.parse::<IpAddr>() {
         Ok(IpAddr::V4(a)) => Ok(a),
         Ok(IpAddr::V6(_)) => Err(ipv6_unsupported(s)),
-        Err(_) => Err(format!("`{s}` is not an IP address")),
+        Err(_) => Err(format!("`{}` is not an IP address", shown(s))),
     }
 }
 

@@ -46,10 +46,14 @@ pub fn parse_kubernetes_version(s: &str) -> Option<semver::Version> {
     (v.major == 1).then_some(v)
 }
 
+/// An IPv4 CIDR (every subnet and pool of the cluster file: IPv6 is not supported yet).
 fn parse_cidr(s: &str) -> Result<IpNet, String> {
     let net: IpNet = s
         .parse()
-        .map_err(|_| format!("`{s}` is not a CIDR like 10.244.0.0/16"))?;
+        .map_err(|_| format!("`{}` is not a CIDR like 10.244.0.0/16", syntax::shown(s)))?;
+    if matches!(net, IpNet::V6(_)) {
+        return Err(syntax::ipv6_unsupported(s));
+    }
     if net.trunc() != net {
         return Err(format!(
             "`{s}` has host bits set; did you mean {}?",
@@ -59,8 +63,10 @@ fn parse_cidr(s: &str) -> Result<IpNet, String> {
     Ok(net)
 }
 
+/// An IPv4 address (VIP, host addresses, BGP peers, the ingress address: IPv6 is not
+/// supported yet).
 fn parse_ip(s: &str) -> Result<IpAddr, String> {
-    s.parse().map_err(|_| format!("`{s}` is not an IP address"))
+    syntax::ipv4(s).map(IpAddr::V4)
 }
 
 fn overlaps(a: &IpNet, b: &IpNet) -> bool {
@@ -99,6 +105,9 @@ impl AddrRange {
         if let Some((a, b)) = s.split_once('-') {
             let first: IpAddr = a.trim().parse().map_err(|_| bad())?;
             let last: IpAddr = b.trim().parse().map_err(|_| bad())?;
+            if first.is_ipv6() || last.is_ipv6() {
+                return Err(syntax::ipv6_unsupported(s));
+            }
             if first.is_ipv4() != last.is_ipv4() {
                 return Err(format!("`{s}` mixes IPv4 and IPv6"));
             }
