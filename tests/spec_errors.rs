@@ -908,3 +908,75 @@ fn ipv6_is_refused_clearly() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// Fields that would do nothing in their combination are refused (issue 15, item 12).
+#[test]
+fn fields_that_would_do_nothing_are_refused() {
+    let inv_with = |extra: &str, roles: &str| -> String {
+        format!("{INVENTORY}  - {{name: x1, address: 10.0.0.31, roles: [{roles}], {extra}}}\n")
+    };
+    let cases: Vec<(&str, String, Option<String>, &str)> = vec![
+        (
+            "labels on load-balancer nodes",
+            docker("  nodePools:\n    loadBalancers: {count: 2, labels: {example.com/x: y}}\n"),
+            None,
+            "cluster.yaml:10:31: spec.nodePools.loadBalancers.labels: load-balancer nodes run no kubelet: their labels would never be applied",
+        ),
+        (
+            "static: labels on a load-balancer host",
+            static_("  loadBalancer: {vip: 10.0.0.10}\n"),
+            Some(inv_with("labels: {example.com/x: y}", "loadBalancer")),
+            "hosts.yaml:8:6: hosts[4].labels: host `x1` is a load-balancer node and runs no kubelet: its labels would never be applied",
+        ),
+        (
+            "nodeSubnet with the docker provider",
+            docker("  networking: {nodeSubnet: 172.29.10.0/24}\n"),
+            None,
+            "cluster.yaml:9:16: spec.networking.nodeSubnet: the docker provider places its machines in spec.provider.docker.subnet: set the subnet there",
+        ),
+        (
+            "static: extra disks",
+            static_("  loadBalancer: {placement: control-plane, vip: 10.0.0.10}\n  nodePools:\n    workers: {extraDisks: [10G]}\n"),
+            Some(INVENTORY.to_string()),
+            "cluster.yaml:13:15: spec.nodePools.workers.extraDisks: the static provider attaches no disks to existing hosts: list the hosts' disks in spec.addons.rookCeph.nodes",
+        ),
+        (
+            "keepalived interface with an external load balancer",
+            docker("  loadBalancer: {type: external, endpoint: 'api.example.com:6443', interface: eth1}\n"),
+            None,
+            "cluster.yaml:9:68: spec.loadBalancer.interface: interface is only used with type haproxy-keepalived (the external load balancer is configured outside kubeforge)",
+        ),
+        (
+            "MetalLB L2 interfaces in BGP mode",
+            docker("  addons:\n    metallb:\n      mode: bgp\n      pools: [{name: p, addresses: [192.168.50.0/28]}]\n      bgp: {myASN: 64512, peers: [{address: 10.0.0.1, asn: 64513}]}\n      interfaces: [eth0]\n"),
+            None,
+            "cluster.yaml:14:7: spec.addons.metallb.interfaces: interfaces limit L2 announcements and are not used with mode: bgp",
+        ),
+        (
+            "static: a host's own SSH user",
+            static_("  loadBalancer: {placement: control-plane, vip: 10.0.0.10}\n"),
+            Some(inv_with("sshUser: admin", "worker")),
+            "hosts.yaml:8:6: hosts[4].sshUser: host `x1` logs in as `admin` but the cluster as `root` (spec.ssh.user): per-host SSH users are not supported yet, set spec.ssh.user",
+        ),
+        (
+            "static: a host's own SSH port",
+            static_("  loadBalancer: {placement: control-plane, vip: 10.0.0.10}\n"),
+            Some(inv_with("sshPort: 2222", "worker")),
+            "hosts.yaml:8:6: hosts[4].sshPort: host `x1` listens for SSH on port 2222 but the cluster uses 22 (spec.ssh.port): per-host SSH ports are not supported yet, set spec.ssh.port",
+        ),
+        (
+            "region of a local state directory",
+            docker("  state: {url: 'file:///tmp/state', region: eu-west-1}\n"),
+            None,
+            "cluster.yaml:9:37: spec.state.region: region applies to s3:// state URLs only",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, text, inv, want) in &cases {
+        let errs = errors(text, inv.as_deref());
+        if errs.len() != 1 || errs[0] != *want {
+            failures.push(format!("{name}:\n  want: {want}\n  got:  {errs:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -209,6 +209,9 @@ pub struct KubeadmView {
     pub node_ip: String,
     pub bind_port: u16,
     pub node_name: String,
+    /// kubelet's `--node-labels` (`key=value,...`, keys sorted): the node's pool labels
+    /// and its inventory labels, set by kubelet when the node registers.
+    pub node_labels: String,
     pub cri_socket: &'static str,
     pub token: String,
     pub certificate_key: String,
@@ -252,6 +255,12 @@ pub fn kubeadm(c: &LoadedCluster, h: &Host, p: &Profile, s: &Secrets) -> Kubeadm
         node_ip: h.internal_address.to_string(),
         bind_port: spec.networking.api_server_port,
         node_name: h.name.clone(),
+        node_labels: h
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(","),
         cri_socket: if api == "v1beta2" {
             "/run/containerd/containerd.sock"
         } else {

@@ -197,6 +197,7 @@ pub fn check(
     check_ssh(s, rep);
     check_state(&s.state, rep);
     check_values(c, rep);
+    check_effective(c, rep);
 
     let hosts = match &s.provider {
         Provider::Static(_) => static_hosts(c, inventory, nets.node.as_ref(), rep, inv_errors),
@@ -850,17 +851,61 @@ fn static_hosts(
                 format!("host `{}` is both a control-plane and a load-balancer node: use loadBalancer.placement: control-plane instead", h.name),
             ));
         }
+        let ssh = &c.spec.ssh;
+        if let Some(u) = h
+            .ssh_user
+            .as_ref()
+            .filter(|u| **u != ssh.user && syntax::unix_user(u).is_ok())
+        {
+            inv_errors.push(h.origin.error(
+                "sshUser",
+                format!(
+                    "host `{}` logs in as `{}` but the cluster as `{}` (spec.ssh.user): per-host SSH users are not supported yet, set spec.ssh.user",
+                    h.name,
+                    syntax::shown(u),
+                    ssh.user
+                ),
+            ));
+        }
+        if let Some(p) = h.ssh_port.filter(|p| *p != ssh.port && *p != 0) {
+            inv_errors.push(h.origin.error(
+                "sshPort",
+                format!(
+                    "host `{}` listens for SSH on port {p} but the cluster uses {} (spec.ssh.port): per-host SSH ports are not supported yet, set spec.ssh.port",
+                    h.name, ssh.port
+                ),
+            ));
+        }
+        let runs_kubelet = h.roles.contains(&Role::ControlPlane) || h.roles.contains(&Role::Worker);
+        if !runs_kubelet && !h.labels.is_empty() {
+            inv_errors.push(h.origin.error(
+                "labels",
+                format!(
+                    "host `{}` is a load-balancer node and runs no kubelet: its labels would never be applied",
+                    h.name
+                ),
+            ));
+        }
+        // The pools' labels of the host's roles, then the host's own.
+        let pools = &c.spec.node_pools;
+        let mut labels = BTreeMap::new();
+        for (role, pool) in [
+            (Role::ControlPlane, &pools.control_plane),
+            (Role::Worker, &pools.workers),
+        ] {
+            if h.roles.contains(&role) {
+                labels.extend(pool.labels.clone());
+            }
+        }
+        labels.extend(h.labels.clone());
         hosts.push(Host {
             name: h.name.clone(),
             address,
             internal_address: internal,
             roles: h.roles.clone(),
-            ssh_user: h
-                .ssh_user
-                .clone()
-                .unwrap_or_else(|| c.spec.ssh.user.clone()),
-            ssh_port: h.ssh_port.unwrap_or(c.spec.ssh.port),
-            labels: h.labels.clone(),
+            ssh_user: ssh.user.clone(),
+            ssh_port: ssh.port,
+            labels,
         });
     }
     // Pool counts, when given, must match what the inventory holds.
@@ -1549,6 +1594,75 @@ fn check_bridge_cni(s: &ClusterSpec, hosts: &[Host], nets: &Nets, rep: &mut Repo
             rep.error(
                 "spec.networking.podSubnet",
                 format!("{p} holds {slots} node /24s, but the cluster has {nodes} Kubernetes nodes: use a larger pod subnet"),
+            );
+        }
+    }
+}
+
+/// Fields that would do nothing in this combination are refused rather than ignored.
+fn check_effective(c: &Cluster, rep: &mut Reporter<'_>) {
+    let s = &c.spec;
+    let written = |rep: &Reporter<'_>, f: &str| rep.positions.contains(f);
+    if !s.node_pools.load_balancers.labels.is_empty() {
+        rep.error(
+            "spec.nodePools.loadBalancers.labels",
+            "load-balancer nodes run no kubelet: their labels would never be applied",
+        );
+    }
+    if s.provider.makes_machines() && s.networking.node_subnet.is_some() {
+        let (_, field) = s
+            .provider
+            .machine_subnet()
+            .unwrap_or(("", "the provider's subnet"));
+        rep.error(
+            "spec.networking.nodeSubnet",
+            format!(
+                "the {} provider places its machines in {field}: set the subnet there",
+                s.provider.name()
+            ),
+        );
+    }
+    if !s.provider.makes_machines() {
+        for pool in ["controlPlane", "workers", "loadBalancers"] {
+            let f = format!("spec.nodePools.{pool}.extraDisks");
+            if written(rep, &f) {
+                rep.error(
+                    &f,
+                    "the static provider attaches no disks to existing hosts: list the hosts' disks in spec.addons.rookCeph.nodes",
+                );
+            }
+        }
+    }
+    if s.load_balancer.kind == LoadBalancerType::External {
+        for key in [
+            "placement",
+            "port",
+            "interface",
+            "virtualRouterId",
+            "healthCheck",
+        ] {
+            let f = format!("spec.loadBalancer.{key}");
+            if written(rep, &f) {
+                rep.error(
+                    &f,
+                    format!("{key} is only used with type haproxy-keepalived (the external load balancer is configured outside kubeforge)"),
+                );
+            }
+        }
+    }
+    if let Some(m) = &s.addons.metallb {
+        if m.mode == MetalLbMode::Bgp && !m.interfaces.is_empty() {
+            rep.error(
+                "spec.addons.metallb.interfaces",
+                "interfaces limit L2 announcements and are not used with mode: bgp",
+            );
+        }
+    }
+    if let Some(url) = &s.state.url {
+        if !url.starts_with("s3://") && s.state.region.is_some() {
+            rep.error(
+                "spec.state.region",
+                "region applies to s3:// state URLs only",
             );
         }
     }
