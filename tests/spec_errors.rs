@@ -965,6 +965,19 @@ fn fields_that_would_do_nothing_are_refused() {
             "hosts.yaml:8:6: hosts[4].sshPort: host `x1` listens for SSH on port 2222 but the cluster uses 22 (spec.ssh.port): per-host SSH ports are not supported yet, set spec.ssh.port",
         ),
         (
+            "static: Ansible group names with a kubeforge inventory",
+            static_("  loadBalancer: {placement: control-plane, vip: 10.0.0.10}\n")
+                .replace("static: {inventory: hosts.yaml}", "static: {inventory: hosts.yaml, groups: {workers: [nodes]}}"),
+            Some(INVENTORY.to_string()),
+            "cluster.yaml:8:37: spec.provider.static.groups: groups map Ansible inventory groups to roles, but this inventory is kubeforge's own, where each host lists its roles",
+        ),
+        (
+            "key file and agent at once",
+            docker("  ssh: {keyFile: id_ed25519, agent: true}\n"),
+            None,
+            "cluster.yaml:9:30: spec.ssh.agent: set keyFile or agent: true, not both (the key file would be used and the agent never)",
+        ),
+        (
             "region of a local state directory",
             docker("  state: {url: 'file:///tmp/state', region: eu-west-1}\n"),
             None,

@@ -71,6 +71,14 @@ pub struct InventoryHost {
     pub origin: Origin,
 }
 
+impl InventoryHost {
+    /// Whether the host's roles were written in kubeforge's own inventory (`hosts[i]`),
+    /// rather than derived from Ansible groups.
+    pub fn roles_written(&self) -> bool {
+        self.origin.field.starts_with("hosts[")
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct InventoryFile {

@@ -760,6 +760,15 @@ fn static_hosts(
         );
         return None;
     }
+    if rep.positions.contains("spec.provider.static.groups")
+        && !inv.is_empty()
+        && inv.iter().all(InventoryHost::roles_written)
+    {
+        rep.error(
+            "spec.provider.static.groups",
+            "groups map Ansible inventory groups to roles, but this inventory is kubeforge's own, where each host lists its roles",
+        );
+    }
     let mut hosts = Vec::new();
     let mut names: BTreeMap<String, &InventoryHost> = BTreeMap::new();
     let mut addrs: BTreeMap<IpAddr, &InventoryHost> = BTreeMap::new();
@@ -1632,6 +1641,12 @@ fn check_effective(c: &Cluster, rep: &mut Reporter<'_>) {
                 );
             }
         }
+    }
+    if s.ssh.key_file.is_some() && s.ssh.agent {
+        rep.error(
+            "spec.ssh.agent",
+            "set keyFile or agent: true, not both (the key file would be used and the agent never)",
+        );
     }
     if s.load_balancer.kind == LoadBalancerType::External {
         for key in [
