@@ -361,6 +361,48 @@ fn mutate(target: Target, s: &str) -> (String, String) {
     )
 }
 
+/// The value (or key) the target holds in the unchanged documents.
+fn base_value(target: Target) -> String {
+    let (doc, path, key) = match target {
+        Target::Docker(p) => (DOCKER, p, false),
+        Target::DockerKey(p) => (DOCKER, p, true),
+        Target::Static(p) => (STATIC, p, false),
+        Target::Inventory(p) => (INVENTORY, p, false),
+        Target::InventoryKey(p) => (INVENTORY, p, true),
+    };
+    let mut v: Value = serde_yaml_ng::from_str(doc).unwrap();
+    let (parent, last) = node(&mut v, path);
+    if key {
+        return last;
+    }
+    match parent {
+        Value::Mapping(m) => m[last.as_str()].as_str().unwrap_or_default().to_string(),
+        Value::Sequence(q) => q[last.parse::<usize>().unwrap()]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        _ => String::new(),
+    }
+}
+
+/// The target's own value with a few characters changed or added: mostly still valid,
+/// so that the accepted side of the property is exercised too.
+fn near(target: Target) -> impl Strategy<Value = String> {
+    let base = base_value(target);
+    (
+        0..=base.len(),
+        "[a-z0-9./_:-]{0,3}",
+        "[ ;|&$`'\"\\\n#{}a-z0-9.-]{0,1}",
+    )
+        .prop_map(move |(cut, add, meta)| {
+            let cut = (0..=cut)
+                .rev()
+                .find(|i| base.is_char_boundary(*i))
+                .unwrap_or(0);
+            format!("{}{add}{meta}{}", &base[..cut], &base[cut..])
+        })
+}
+
 /// Strings worth trying: shell and config metacharacters around plausible values,
 /// and anything at all.
 fn hostile() -> impl Strategy<Value = String> {
@@ -391,8 +433,9 @@ proptest! {
 
     #[test]
     fn any_string_in_any_field_is_refused_or_inert(
-        target in prop::sample::select(TARGETS.to_vec()),
-        s in hostile(),
+        (target, s) in prop::sample::select(TARGETS.to_vec()).prop_flat_map(|t| {
+            (Just(t), prop_oneof![1 => hostile(), 1 => near(t)])
+        }),
     ) {
         let (cluster, inventory) = mutate(target, &s);
         check(&cluster, &inventory, &s)?;

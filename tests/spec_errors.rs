@@ -583,6 +583,12 @@ fn hostile_values_get_their_exact_messages() {
             "cluster.yaml:9:37: spec.kubeadm.ignorePreflightErrors[0]: `Swap,all` is not a kubeadm preflight check name like Swap, NumCPU, Port-6443 or all",
         ),
         (
+            "mirror with a control character",
+            docker("  artifacts: {mirror: \"/srv/mirror\\r\\u001b[2J\"}\n"),
+            None,
+            "cluster.yaml:9:15: spec.artifacts.mirror: `/srv/mirror\\r\\u{1b}[2J` is not a mirror: an http(s) URL or a directory, without control characters",
+        ),
+        (
             "image repository with upper case",
             docker("  artifacts: {imageRepository: Registry.example.com/K8s}\n"),
             None,

@@ -304,7 +304,7 @@ pub fn pod_cidr(c: &LoadedCluster, h: &Host) -> Option<IpNet> {
     net.subnets(24).ok()?.nth(idx)
 }
 
-/// Every Kubernetes node with its pod /24, in host order (computed once: one pass).
+/// Every Kubernetes node with its pod /24, in host order, in one pass over the nodes.
 fn pod_cidrs(c: &LoadedCluster) -> Vec<(&Host, IpNet)> {
     let Ok(net) = c.cluster.spec.networking.pod_subnet.parse::<IpNet>() else {
         return Vec::new();

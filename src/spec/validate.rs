@@ -1464,6 +1464,17 @@ fn check_values(c: &Cluster, rep: &mut Reporter<'_>) {
             rep.error(&format!("spec.kubeadm.ignorePreflightErrors[{i}]"), e);
         }
     }
+    if let Some(m) = &s.artifacts.mirror {
+        if m.is_empty() || m.chars().any(char::is_control) {
+            rep.error(
+                "spec.artifacts.mirror",
+                format!(
+                    "`{}` is not a mirror: an http(s) URL or a directory, without control characters",
+                    syntax::shown(m)
+                ),
+            );
+        }
+    }
     if let Some(repo) = &s.artifacts.image_repository {
         if let Err(e) = syntax::image_repository(repo) {
             rep.error("spec.artifacts.imageRepository", e);
