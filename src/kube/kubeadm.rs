@@ -5,6 +5,7 @@
 
 use crate::render::views::{Profile, BIN_DIR};
 use crate::spec::LoadedCluster;
+use crate::transport::shell::quote;
 
 /// Where the rendered kubeadm configurations are uploaded.
 pub const INIT_CONFIG: &str = "/etc/kubeforge/kubeadm-init.yaml";
@@ -40,15 +41,6 @@ systemd-run --unit={unit} --wait --collect --quiet -p StandardOutput=append:{log
     )
 }
 
-/// The phases `kubeadm join` has; skipped phases of `init` only (e.g. addon/coredns)
-/// are not passed to join, which rejects them.
-const JOIN_PHASES: &[&str] = &[
-    "preflight",
-    "control-plane-prepare",
-    "kubelet-start",
-    "control-plane-join",
-];
-
 /// The kubeadm of one cluster.
 pub struct Kubeadm<'a> {
     cluster: &'a LoadedCluster,
@@ -83,19 +75,27 @@ impl<'a> Kubeadm<'a> {
             out.push_str(&self.patches_flag());
         }
         let k = &self.cluster.cluster.spec.kubeadm;
+        // Each command gets the phases it has (validation refused names neither has);
+        // init phases such as addon/coredns are not passed to join, which rejects them.
+        let minor = self.cluster.version().minor;
+        let known = if join {
+            crate::spec::syntax::kubeadm_join_phases(minor)
+        } else {
+            crate::spec::syntax::kubeadm_init_phases(minor)
+        };
         let skip: Vec<&str> = k
             .skip_phases
             .iter()
             .map(String::as_str)
-            .filter(|p| !join || JOIN_PHASES.iter().any(|j| p.split('/').next() == Some(*j)))
+            .filter(|p| known.contains(p))
             .collect();
         if !skip.is_empty() {
-            out.push_str(&format!(" --skip-phases={}", skip.join(",")));
+            out.push_str(&format!(" --skip-phases={}", quote(&skip.join(","))));
         }
         if !k.ignore_preflight_errors.is_empty() {
             out.push_str(&format!(
                 " --ignore-preflight-errors={}",
-                k.ignore_preflight_errors.join(",")
+                quote(&k.ignore_preflight_errors.join(","))
             ));
         }
         out

@@ -95,7 +95,10 @@ pub async fn nodes(
 /// Whether `https://{endpoint}/readyz` answers `ok`, asked from `t`; the answer
 /// otherwise.
 pub async fn readyz(t: &dyn Transport, endpoint: &str) -> Result<(), String> {
-    let cmd = format!("curl -sk --max-time 5 https://{endpoint}/readyz");
+    let cmd = format!(
+        "curl -sk --max-time 5 {}",
+        crate::transport::shell::quote(&format!("https://{endpoint}/readyz"))
+    );
     match t.exec(&cmd).await {
         Ok(o) if o.success() && o.stdout.trim() == "ok" => Ok(()),
         Ok(o) => Err(format!("{}{}", o.stdout.trim(), o.stderr.trim())),

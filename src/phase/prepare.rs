@@ -6,6 +6,7 @@ use super::{
 use crate::render::views::{Profile, BIN_DIR, CGROUP_SCRIPT};
 use crate::render::FileGroup;
 use crate::spec::Host;
+use crate::transport::shell::quote;
 use crate::transport::Transport;
 
 pub struct PrepareHosts;
@@ -50,11 +51,13 @@ impl Phase for PrepareHosts {
             _ => Vec::new(),
         };
         let mut installed_check = format!(
-            "[ \"$({BIN_DIR}/kubeadm version -o short 2>/dev/null)\" = {version} ] && [ -x {BIN_DIR}/kubelet ] && [ -x {BIN_DIR}/kubectl ]"
+            "[ \"$({BIN_DIR}/kubeadm version -o short 2>/dev/null)\" = {} ] && [ -x {BIN_DIR}/kubelet ] && [ -x {BIN_DIR}/kubectl ]",
+            quote(&version)
         );
         for i in &images {
             installed_check.push_str(&format!(
-                " && ctr -n k8s.io images ls -q name=={i} | grep -q ."
+                " && ctr -n k8s.io images ls -q {} | grep -q .",
+                quote(&format!("name=={i}"))
             ));
         }
         for h in &ctx.hosts {

@@ -332,7 +332,11 @@ pub struct Pool {
     /// Number of machines. For the static provider it may be left out: the inventory
     /// decides; when given, it must match the inventory.
     pub count: Option<u32>,
-    /// Node labels applied at registration.
+    /// Node labels, set by kubelet when the node registers (`--node-labels` in the
+    /// kubeadm init/join config; inventory hosts add their own on top). Keys in the
+    /// kubernetes.io and k8s.io namespaces are refused except the few kubelet may set
+    /// (kubelet would not start); the load-balancer pool may have none (no kubelet).
+    /// Changing them later does not relabel nodes that already joined.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
     /// Extra block devices (bytes) the docker provider attaches, e.g. for Rook-Ceph.
