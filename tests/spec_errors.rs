@@ -2,6 +2,8 @@
 //! line, column and field. The loader is the library's; `cli.rs` runs the binary.
 
 use kubeforge::spec::{load_str, SpecErrors};
+
+mod support;
 use std::path::Path;
 
 const HEAD: &str = "apiVersion: kubeforge.dev/v1alpha1
@@ -998,4 +1000,55 @@ fn fields_that_would_do_nothing_are_refused() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The labels refused as ones kubelet may not set on its own node are exactly those the
+/// real kubelet (v1.20.2, from the test bed's mirror) refuses to start with.
+#[test]
+fn node_labels_are_judged_as_the_real_kubelet_judges_them() {
+    let kubelet = Path::new(&support::mirror()).join("v1.20.2/bin/linux/amd64/kubelet");
+    let dir = tempfile::tempdir().unwrap();
+    let mut disagree = Vec::new();
+    for key in [
+        "example.com/tier",
+        "tier",
+        "kubernetes.io/hostname",
+        "kubernetes.io/arch",
+        "kubernetes.io/os",
+        "kubernetes.io/role",
+        "node-role.kubernetes.io/worker",
+        "node-role.kubernetes.io/master",
+        "node.kubernetes.io/pool",
+        "node.kubernetes.io/instance-type",
+        "x.node.kubernetes.io/y",
+        "kubelet.kubernetes.io/x",
+        "topology.kubernetes.io/zone",
+        "topology.kubernetes.io/rack",
+        "beta.kubernetes.io/os",
+        "beta.kubernetes.io/instance-type",
+        "failure-domain.beta.kubernetes.io/zone",
+        "k8s.io/x",
+        "foo.k8s.io/x",
+        "node.k8s.io/x",
+        "notkubernetes.io/x",
+    ] {
+        let out = std::process::Command::new(&kubelet)
+            .arg(format!("--node-labels={key}=v"))
+            .arg("--kubeconfig=/nonexistent/kubelet.conf")
+            .arg("--bootstrap-kubeconfig=/nonexistent/bootstrap.conf")
+            .arg(format!("--root-dir={}", dir.path().display()))
+            .arg(format!("--cert-dir={}", dir.path().display()))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "kubelet cannot run here: {stderr}");
+        let kubelet_refuses = stderr.contains("labels specified with --node-labels");
+        let we_refuse = kubeforge::spec::syntax::node_label_key(key).is_err();
+        if kubelet_refuses != we_refuse {
+            disagree.push(format!(
+                "{key}: kubelet refuses: {kubelet_refuses}, kubeforge refuses: {we_refuse}"
+            ));
+        }
+    }
+    assert!(disagree.is_empty(), "{}", disagree.join("\n"));
 }
