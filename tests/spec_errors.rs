@@ -1052,3 +1052,51 @@ fn node_labels_are_judged_as_the_real_kubelet_judges_them() {
     }
     assert!(disagree.is_empty(), "{}", disagree.join("\n"));
 }
+
+/// The kubeadm phases accepted in `skipPhases` for 1.20 are the ones the real kubeadm
+/// v1.20.2 lists in `init --help` / `join --help` (plus the `all` sub-phases and the
+/// hidden wait-control-plane it also knows).
+#[test]
+fn skip_phases_for_1_20_are_the_real_kubeadm_phases() {
+    use kubeforge::spec::syntax::{kubeadm_init_phases, kubeadm_join_phases};
+    let kubeadm = Path::new(&support::mirror()).join("v1.20.2/bin/linux/amd64/kubeadm");
+    for (cmd, ours) in [
+        ("init", kubeadm_init_phases(20)),
+        ("join", kubeadm_join_phases(20)),
+    ] {
+        let out = std::process::Command::new(&kubeadm)
+            .args([cmd, "--help"])
+            .output()
+            .unwrap();
+        let help = String::from_utf8_lossy(&out.stdout);
+        let block = help
+            .split("following phases:\n```\n")
+            .nth(1)
+            .and_then(|b| b.split("```").next())
+            .unwrap_or_else(|| panic!("no phase list in kubeadm {cmd} --help:\n{help}"));
+        let mut real = Vec::new();
+        let mut parent = String::new();
+        for line in block.lines() {
+            let name = line.split_whitespace().next().unwrap_or_default();
+            if let Some(child) = name.strip_prefix('/') {
+                real.push(format!("{parent}/{child}"));
+            } else if !name.is_empty() {
+                parent = name.to_string();
+                real.push(parent.clone());
+            }
+        }
+        assert!(real.len() > 10, "{cmd}: {real:?}");
+        for r in &real {
+            assert!(
+                ours.contains(&r.as_str()),
+                "kubeadm {cmd} has `{r}`, kubeforge refuses it"
+            );
+        }
+        for o in &ours {
+            assert!(
+                real.iter().any(|r| r == o) || o.ends_with("/all") || *o == "wait-control-plane",
+                "kubeforge accepts `{o}`, kubeadm {cmd} 1.20 does not list it"
+            );
+        }
+    }
+}
