@@ -2,6 +2,8 @@
 //! line, column and field. The loader is the library's; `cli.rs` runs the binary.
 
 use kubeforge::spec::{load_str, SpecErrors};
+
+mod support;
 use std::path::Path;
 
 const HEAD: &str = "apiVersion: kubeforge.dev/v1alpha1
@@ -1052,4 +1054,103 @@ fn fields_that_would_do_nothing_are_refused() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The labels refused as ones kubelet may not set on its own node are exactly those the
+/// real kubelet (v1.20.2, from the test bed's mirror) refuses to start with.
+#[test]
+fn node_labels_are_judged_as_the_real_kubelet_judges_them() {
+    let kubelet = Path::new(&support::mirror()).join("v1.20.2/bin/linux/amd64/kubelet");
+    let dir = tempfile::tempdir().unwrap();
+    let mut disagree = Vec::new();
+    for key in [
+        "example.com/tier",
+        "tier",
+        "kubernetes.io/hostname",
+        "kubernetes.io/arch",
+        "kubernetes.io/os",
+        "kubernetes.io/role",
+        "node-role.kubernetes.io/worker",
+        "node-role.kubernetes.io/master",
+        "node.kubernetes.io/pool",
+        "node.kubernetes.io/instance-type",
+        "x.node.kubernetes.io/y",
+        "kubelet.kubernetes.io/x",
+        "topology.kubernetes.io/zone",
+        "topology.kubernetes.io/rack",
+        "beta.kubernetes.io/os",
+        "beta.kubernetes.io/instance-type",
+        "failure-domain.beta.kubernetes.io/zone",
+        "k8s.io/x",
+        "foo.k8s.io/x",
+        "node.k8s.io/x",
+        "notkubernetes.io/x",
+    ] {
+        let out = std::process::Command::new(&kubelet)
+            .arg(format!("--node-labels={key}=v"))
+            .arg("--kubeconfig=/nonexistent/kubelet.conf")
+            .arg("--bootstrap-kubeconfig=/nonexistent/bootstrap.conf")
+            .arg(format!("--root-dir={}", dir.path().display()))
+            .arg(format!("--cert-dir={}", dir.path().display()))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "kubelet cannot run here: {stderr}");
+        let kubelet_refuses = stderr.contains("labels specified with --node-labels");
+        let we_refuse = kubeforge::spec::syntax::node_label_key(key).is_err();
+        if kubelet_refuses != we_refuse {
+            disagree.push(format!(
+                "{key}: kubelet refuses: {kubelet_refuses}, kubeforge refuses: {we_refuse}"
+            ));
+        }
+    }
+    assert!(disagree.is_empty(), "{}", disagree.join("\n"));
+}
+
+/// The kubeadm phases accepted in `skipPhases` for 1.20 are the ones the real kubeadm
+/// v1.20.2 lists in `init --help` / `join --help` (plus the `all` sub-phases and the
+/// hidden wait-control-plane it also knows).
+#[test]
+fn skip_phases_for_1_20_are_the_real_kubeadm_phases() {
+    use kubeforge::spec::syntax::{kubeadm_init_phases, kubeadm_join_phases};
+    let kubeadm = Path::new(&support::mirror()).join("v1.20.2/bin/linux/amd64/kubeadm");
+    for (cmd, ours) in [
+        ("init", kubeadm_init_phases(20)),
+        ("join", kubeadm_join_phases(20)),
+    ] {
+        let out = std::process::Command::new(&kubeadm)
+            .args([cmd, "--help"])
+            .output()
+            .unwrap();
+        let help = String::from_utf8_lossy(&out.stdout);
+        let block = help
+            .split("following phases:\n```\n")
+            .nth(1)
+            .and_then(|b| b.split("```").next())
+            .unwrap_or_else(|| panic!("no phase list in kubeadm {cmd} --help:\n{help}"));
+        let mut real = Vec::new();
+        let mut parent = String::new();
+        for line in block.lines() {
+            let name = line.split_whitespace().next().unwrap_or_default();
+            if let Some(child) = name.strip_prefix('/') {
+                real.push(format!("{parent}/{child}"));
+            } else if !name.is_empty() {
+                parent = name.to_string();
+                real.push(parent.clone());
+            }
+        }
+        assert!(real.len() > 10, "{cmd}: {real:?}");
+        for r in &real {
+            assert!(
+                ours.contains(&r.as_str()),
+                "kubeadm {cmd} has `{r}`, kubeforge refuses it"
+            );
+        }
+        for o in &ours {
+            assert!(
+                real.iter().any(|r| r == o) || o.ends_with("/all") || *o == "wait-control-plane",
+                "kubeforge accepts `{o}`, kubeadm {cmd} 1.20 does not list it"
+            );
+        }
+    }
 }
