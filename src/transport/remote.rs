@@ -118,7 +118,10 @@ fn redacted(e: TransportError, secrets: &dyn Redact) -> TransportError {
     }
 }
 
-/// Run a shell command on a host; non-zero exit is a `CommandFailure`.
+/// Run a shell command on a host; non-zero exit is a `CommandFailure`. The command is
+/// bounded in time by the transport (`spec.ssh.commandTimeoutSeconds`, or
+/// `longCommandTimeoutSeconds` for kubeadm and the like): a hung command fails with
+/// the host, the command (redacted) and the limit.
 pub async fn run(
     t: &dyn Transport,
     host: &str,
