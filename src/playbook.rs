@@ -9,6 +9,33 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 pub const BOOTSTRAP: &str = include_str!("../playbooks/bootstrap.yaml");
+pub const RECOVER: &str = include_str!("../playbooks/recover.yaml");
+
+/// The playbooks embedded in the binary, by name.
+pub const NAMED: &[(&str, &str)] = &[("bootstrap", BOOTSTRAP), ("recover", RECOVER)];
+
+/// An embedded playbook by name.
+pub fn named(name: &str, known: &[&str]) -> Result<Playbook, SpecErrors> {
+    let text = NAMED
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, t)| *t)
+        .ok_or_else(|| SpecError {
+            file: Path::new("playbooks").join(format!("{name}.yaml")),
+            line: None,
+            column: None,
+            field: String::new(),
+            message: format!(
+                "no embedded playbook `{name}` (embedded: {})",
+                NAMED.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+            ),
+        })?;
+    parse(
+        text,
+        &Path::new("playbooks").join(format!("{name}.yaml")),
+        known,
+    )
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -150,7 +177,7 @@ pub fn select_phases(pb: &mut Playbook, wanted: &[String]) -> Result<(), crate::
 /// The embedded bootstrap playbook, or the one in `file`.
 pub fn load(file: Option<&Path>, known: &[&str]) -> Result<Playbook, SpecErrors> {
     match file {
-        None => parse(BOOTSTRAP, Path::new("playbooks/bootstrap.yaml"), known),
+        None => named("bootstrap", known),
         Some(f) => {
             let text = std::fs::read_to_string(f).map_err(|e| SpecError {
                 file: f.to_path_buf(),
@@ -161,5 +188,18 @@ pub fn load(file: Option<&Path>, known: &[&str]) -> Result<Playbook, SpecErrors>
             })?;
             parse(&text, f, known)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_embedded_playbook_parses_against_the_phases_of_this_binary() {
+        let known = crate::phase::names();
+        for (name, _) in super::NAMED {
+            let pb = super::named(name, &known).unwrap();
+            assert_eq!(pb.name, *name);
+        }
+        assert!(super::named("nope", &known).is_err());
     }
 }

@@ -145,15 +145,24 @@ fn apply_brings_up_the_load_balancers_and_converges() {
             .unwrap_or_else(|| panic!("no host keys line: {text}"))
     };
     assert_eq!(pinned(dir.path()), 0);
-    let out = kubeforge(dir.path())
-        .args(["plan", "-f", "cluster.yaml", "--playbook", "lb.yaml"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // A plan asks each host once (it does not wait for sshd to come up on machines that
+    // just booted): plan again until every host answered, as an operator would.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = kubeforge(dir.path())
+            .args(["plan", "-f", "cluster.yaml", "--playbook", "lb.yaml"])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            break;
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(
+            stderr.contains("cannot reach") && Instant::now() < deadline,
+            "{stderr}"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
     assert_eq!(pinned(dir.path()), 3, "plan records the keys it pinned");
 
     // First full run: host keys checked against those pins, HAProxy + keepalived, VIP.

@@ -33,6 +33,9 @@ pub enum Command {
     Render(RenderArgs),
     /// Bootstrap or converge the cluster: plan, confirm, then apply phase by phase.
     Apply(ApplyArgs),
+    /// Bring lost control-plane and worker machines back (etcd quorum intact): re-create,
+    /// remove stale etcd members and Nodes, join again; plan first, confirm (--yes skips).
+    Recover(RecoverArgs),
     /// Plan, apply or check the cluster's addons (MetalLB, ingress, Rook-Ceph) on their own.
     Addons(AddonsArgs),
     /// Delete every machine and cloud resource of the cluster (asks first; --yes skips).
@@ -313,6 +316,22 @@ pub struct FetchArgs {
     pub cache: Option<PathBuf>,
 }
 
+#[derive(Debug, Args)]
+pub struct RecoverArgs {
+    #[command(flatten)]
+    pub spec: SpecArgs,
+    /// Recover without asking for confirmation.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// Hosts worked on at once in parallel phases.
+    #[arg(long, default_value_t = 10)]
+    pub concurrency: usize,
+    /// Re-pin the SSH host key of this host (address) on purpose, e.g. a bare-metal host
+    /// reinstalled by hand (machines the provider re-creates are re-pinned without it).
+    #[arg(long = "accept-new-host-key", value_name = "HOST")]
+    pub accept_new_host_key: Vec<String>,
+}
+
 pub fn init_tracing(verbose: u8) {
     use tracing_subscriber::EnvFilter;
     // kube-client logs every API error it returns to us (404 while probing discovery,
@@ -339,6 +358,7 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         Command::Render(args) => crate::ops::render::run(&args.spec.file, &args.out, output),
         Command::Apply(args) => crate::ops::apply::run(args, output, cli.verbose > 0).await,
         Command::Addons(args) => crate::ops::addons::run(args, output).await,
+        Command::Recover(args) => crate::ops::recover::run(args, output, cli.verbose > 0).await,
         Command::Destroy(args) => crate::ops::destroy::run(args, output).await,
         Command::Kubeconfig(args) => crate::ops::kubeconfig::run(&args.file, output).await,
         Command::Artifacts(args) => crate::ops::artifacts::run(args, output).await,

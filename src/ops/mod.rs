@@ -7,6 +7,7 @@ pub mod image;
 pub mod kubeconfig;
 pub mod plan;
 pub mod preview;
+pub mod recover;
 pub mod render;
 pub mod runner;
 pub mod session;

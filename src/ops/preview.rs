@@ -205,7 +205,20 @@ pub async fn against_hosts(
     let init = phase::init_node_name(c, Some(&facts));
     let files = render::render_all_with_init(c, &secrets, init.as_deref())?;
     let mut phases = Vec::new();
-    let mut failures: Vec<HostError> = Vec::new();
+    // Hosts that exist but do not answer cannot be planned: the plan says so and the
+    // command fails after printing it (a missing machine is not a failure: `provision`
+    // makes it).
+    let mut failures: Vec<HostError> = facts
+        .absent
+        .iter()
+        .filter_map(|(host, why)| match why {
+            crate::facts::Absence::Unreachable(message) => Some(HostError::Other {
+                host: host.clone(),
+                message: message.clone(),
+            }),
+            crate::facts::Absence::MissingAtProvider => None,
+        })
+        .collect();
     for r in &pb.phases {
         let Some(ph) = registry.iter().find(|p| p.name() == r.name) else {
             continue;
