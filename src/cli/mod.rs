@@ -45,7 +45,7 @@ pub enum Command {
     /// What a Kubernetes version needs (binaries, images, host packages) and fetching it.
     Artifacts(ArtifactsArgs),
     /// Inspect and manage the remote state: show, history, unlock, pull, push.
-    State(crate::state::cli::StateArgs),
+    State(StateArgs),
     /// Build or inspect the local node image used by the docker provider.
     Image(ImageArgs),
     /// Measure fan-out performance against peers (parallel ssh/scp, Ansible).
@@ -332,6 +332,113 @@ pub struct RecoverArgs {
     pub accept_new_host_key: Vec<String>,
 }
 
+#[derive(Debug, Args)]
+pub struct StateArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    #[command(subcommand)]
+    pub command: StateCommand,
+}
+
+/// Which store: the cluster file's `spec.state`, or a URL given directly.
+#[derive(Debug, Args)]
+pub struct TargetArgs {
+    /// The cluster file (its metadata.name and spec.state). Default: cluster.yaml.
+    #[arg(short = 'f', long = "file", global = true)]
+    pub file: Option<PathBuf>,
+    /// The store URL (file://DIR, s3://bucket/prefix, gs://..., az://...); overrides
+    /// the cluster file's spec.state.url.
+    #[arg(long, global = true, value_name = "URL")]
+    pub state_url: Option<String>,
+    /// S3 endpoint (MinIO, any S3-compatible store).
+    #[arg(long, global = true, value_name = "URL")]
+    pub endpoint: Option<String>,
+    #[arg(long, global = true)]
+    pub region: Option<String>,
+    /// Path-style S3 requests (needed by MinIO and most emulators).
+    #[arg(long, global = true)]
+    pub path_style: bool,
+    /// Allow a plain http:// endpoint.
+    #[arg(long, global = true)]
+    pub allow_http: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StateCommand {
+    /// Show the state (secrets are listed by name, never shown) and the lock.
+    Show {
+        /// Show a generation from history instead of the current state.
+        #[arg(long)]
+        generation: Option<u64>,
+    },
+    /// List the saved generations.
+    History,
+    /// List the stored (encrypted) snapshots.
+    Snapshots,
+    /// Remove the lock: an expired one, or with --force any one (prints what it breaks).
+    Unlock {
+        /// Break the lock even if its lease is live.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Write a local copy of the state (mode 0600; secrets stay encrypted).
+    Pull {
+        /// Output file (`-` for stdout). Default: <cluster>.state.json.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Pull a generation from history instead of the current state.
+        #[arg(long)]
+        generation: Option<u64>,
+    },
+    /// Replace the state with a (pulled and edited) copy; saved as a new generation.
+    Push {
+        /// The edited copy (from `state pull`).
+        #[arg(value_name = "FILE")]
+        copy: PathBuf,
+        /// The generation the copy was pulled at; refused if the state moved since.
+        #[arg(long)]
+        generation: u64,
+        /// Replace a corrupted state object (e.g. with the last good generation pulled
+        /// from history). Refused when the state is intact.
+        #[arg(long)]
+        replace_corrupted: bool,
+    },
+    /// Adopt a state written before state authentication: check it with `state show`,
+    /// then save it as a new generation authenticated with the state key.
+    Migrate {
+        /// The generation you checked (as `state show` prints it); refused if the
+        /// state moved since.
+        #[arg(long)]
+        generation: u64,
+    },
+    /// Write a new age X25519 key file (mode 0600) for encrypting the state's secrets.
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Take the lock, hold it, release it (for tests and diagnostics).
+    #[command(hide = true)]
+    LockProbe {
+        /// Lease in seconds.
+        #[arg(long, default_value_t = 60.0)]
+        lease_secs: f64,
+        /// Refresh interval in seconds (default: a third of the lease).
+        #[arg(long)]
+        refresh_secs: Option<f64>,
+        /// Hold until this file exists.
+        #[arg(long)]
+        hold_until_file: Option<PathBuf>,
+        /// Hold at most this long (milliseconds).
+        #[arg(long, default_value_t = 60_000)]
+        hold_ms: u64,
+        /// Take over a lock whose holder provably died on this host.
+        #[arg(long)]
+        break_stale_lock: bool,
+    },
+}
+
+/// The two fields of a cluster file this module needs (the full loader lives in
+/// `crate::spec`).
 pub fn init_tracing(verbose: u8) {
     use tracing_subscriber::EnvFilter;
     // kube-client logs every API error it returns to us (404 while probing discovery,
@@ -362,7 +469,7 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         Command::Destroy(args) => crate::ops::destroy::run(args, output).await,
         Command::Kubeconfig(args) => crate::ops::kubeconfig::run(&args.file, output).await,
         Command::Artifacts(args) => crate::ops::artifacts::run(args, output).await,
-        Command::State(args) => crate::state::cli::run(args, output).await,
+        Command::State(args) => crate::ops::state::run(args, output).await,
         Command::Image(args) => crate::ops::image::run(args, output).await,
         Command::Bench(args) => crate::ops::bench::run(args, output).await,
     }

@@ -11,6 +11,7 @@ pub mod recover;
 pub mod render;
 pub mod runner;
 pub mod session;
+pub mod state;
 pub mod validate;
 
 /// Ask `question [y/N]` on the terminal; anything but yes is `refused` (a usage error,

@@ -6,7 +6,6 @@
 //! (later `snapshots/`).
 
 pub mod backend;
-pub mod cli;
 pub mod crypto;
 pub mod document;
 pub mod handle;

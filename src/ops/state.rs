@@ -1,124 +1,17 @@
 //! `kubeforge state show|history|unlock|pull|push|keygen`.
 
-use super::crypto::Keyring;
-use super::lock::{LockOptions, Unlocked};
-use super::{StateDocument, StateError, StateSpec, StateStore, StoreOptions};
+use crate::cli::{StateArgs, StateCommand, TargetArgs};
+use crate::state::crypto::Keyring;
+use crate::state::lock::{LockOptions, Unlocked};
+use crate::state::{StateDocument, StateError, StateSpec, StateStore, StoreOptions};
 use crate::error::Error;
 use crate::output::{print_json, OutputFormat};
 use chrono::{DateTime, Utc};
-use clap::{Args, Subcommand};
 use serde::Deserialize;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-#[derive(Debug, Args)]
-pub struct StateArgs {
-    #[command(flatten)]
-    pub target: TargetArgs,
-    #[command(subcommand)]
-    pub command: StateCommand,
-}
-
-/// Which store: the cluster file's `spec.state`, or a URL given directly.
-#[derive(Debug, Args)]
-pub struct TargetArgs {
-    /// The cluster file (its metadata.name and spec.state). Default: cluster.yaml.
-    #[arg(short = 'f', long = "file", global = true)]
-    pub file: Option<PathBuf>,
-    /// The store URL (file://DIR, s3://bucket/prefix, gs://..., az://...); overrides
-    /// the cluster file's spec.state.url.
-    #[arg(long, global = true, value_name = "URL")]
-    pub state_url: Option<String>,
-    /// S3 endpoint (MinIO, any S3-compatible store).
-    #[arg(long, global = true, value_name = "URL")]
-    pub endpoint: Option<String>,
-    #[arg(long, global = true)]
-    pub region: Option<String>,
-    /// Path-style S3 requests (needed by MinIO and most emulators).
-    #[arg(long, global = true)]
-    pub path_style: bool,
-    /// Allow a plain http:// endpoint.
-    #[arg(long, global = true)]
-    pub allow_http: bool,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum StateCommand {
-    /// Show the state (secrets are listed by name, never shown) and the lock.
-    Show {
-        /// Show a generation from history instead of the current state.
-        #[arg(long)]
-        generation: Option<u64>,
-    },
-    /// List the saved generations.
-    History,
-    /// List the stored (encrypted) snapshots.
-    Snapshots,
-    /// Remove the lock: an expired one, or with --force any one (prints what it breaks).
-    Unlock {
-        /// Break the lock even if its lease is live.
-        #[arg(long)]
-        force: bool,
-    },
-    /// Write a local copy of the state (mode 0600; secrets stay encrypted).
-    Pull {
-        /// Output file (`-` for stdout). Default: <cluster>.state.json.
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// Pull a generation from history instead of the current state.
-        #[arg(long)]
-        generation: Option<u64>,
-    },
-    /// Replace the state with a (pulled and edited) copy; saved as a new generation.
-    Push {
-        /// The edited copy (from `state pull`).
-        #[arg(value_name = "FILE")]
-        copy: PathBuf,
-        /// The generation the copy was pulled at; refused if the state moved since.
-        #[arg(long)]
-        generation: u64,
-        /// Replace a corrupted state object (e.g. with the last good generation pulled
-        /// from history). Refused when the state is intact.
-        #[arg(long)]
-        replace_corrupted: bool,
-    },
-    /// Adopt a state written before state authentication: check it with `state show`,
-    /// then save it as a new generation authenticated with the state key.
-    Migrate {
-        /// The generation you checked (as `state show` prints it); refused if the
-        /// state moved since.
-        #[arg(long)]
-        generation: u64,
-    },
-    /// Write a new age X25519 key file (mode 0600) for encrypting the state's secrets.
-    Keygen {
-        #[arg(long)]
-        out: PathBuf,
-    },
-    /// Take the lock, hold it, release it (for tests and diagnostics).
-    #[command(hide = true)]
-    LockProbe {
-        /// Lease in seconds.
-        #[arg(long, default_value_t = 60.0)]
-        lease_secs: f64,
-        /// Refresh interval in seconds (default: a third of the lease).
-        #[arg(long)]
-        refresh_secs: Option<f64>,
-        /// Hold until this file exists.
-        #[arg(long)]
-        hold_until_file: Option<PathBuf>,
-        /// Hold at most this long (milliseconds).
-        #[arg(long, default_value_t = 60_000)]
-        hold_ms: u64,
-        /// Take over a lock whose holder provably died on this host.
-        #[arg(long)]
-        break_stale_lock: bool,
-    },
-}
-
-/// The two fields of a cluster file this module needs (the full loader lives in
-/// `crate::spec`).
 #[derive(Deserialize)]
 struct ClusterHead {
     metadata: ClusterMeta,
@@ -144,10 +37,9 @@ struct Target {
 }
 
 fn read_cluster_file(path: &Path) -> Result<Target, StateError> {
-    let text = std::fs::read_to_string(path).map_err(|e| StateError::Io {
-        what: format!("cannot read the cluster file {}", path.display()),
-        source: e,
-    })?;
+    // Bounded like every input file (a huge file is refused before it is read).
+    let text = crate::spec::decode::read_input(path, "cluster file")
+        .map_err(|e| StateError::Usage(e.to_string()))?;
     let head: ClusterHead = serde_yaml_ng::from_str(&text).map_err(|e| {
         StateError::Usage(format!(
             "{}: cannot read metadata.name and spec.state: {e}",
@@ -200,7 +92,7 @@ fn resolve_target(t: &TargetArgs) -> Result<Target, StateError> {
 fn open_store(target: &Target, with_key: bool) -> Result<StateStore, StateError> {
     let url = match (&target.spec.url, &target.cluster) {
         (Some(u), _) => u.clone(),
-        (None, Some(c)) => super::default_url(c),
+        (None, Some(c)) => crate::state::default_url(c),
         (None, None) => return Err(StateError::Usage("no state store URL".into())),
     };
     let options: StoreOptions = target.spec.options()?;
