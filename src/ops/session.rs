@@ -73,7 +73,7 @@ pub struct Session {
     /// SSH to the hosts; `Err` when the cluster has no login key yet (a fresh state).
     ssh: Result<Runtime, String>,
     pub provider: Option<Box<dyn crate::provider::Provider>>,
-    lock: Option<LockGuard>,
+    lock: Option<Arc<LockGuard>>,
 }
 
 type BodyFuture<'s, T> = Pin<Box<dyn Future<Output = Result<T, Error>> + 's>>;
@@ -89,32 +89,30 @@ pub async fn with_session<T>(
     let cluster = spec::load_file(file)?;
     crate::ops::validate::print_warnings(&cluster.warnings, opts.output);
     let store = open_store(&cluster)?;
+    // The lock stays owned here (the session holds a reference), so that it is released
+    // below on every path, Ctrl-C included (the session's future is dropped then).
     let lock = if opts.lock {
-        Some(store.lock(&command_line()).await?)
+        Some(Arc::new(store.lock(&command_line()).await?))
     } else {
         None
     };
+    let session_lock = lock.clone();
     let result = crate::state::until_ctrl_c(async move {
-        let session = match Session::open(cluster, store, opts, lock).await {
-            Ok(s) => s,
-            Err((e, lock)) => return (Err(e), lock),
-        };
+        let session = Session::open(cluster, store, opts, session_lock).await?;
         let out = body(&session).await;
-        let (closed, lock) = session.close().await;
-        (out.and_then(|v| closed.map(|()| v)), lock)
+        let closed = session.close().await;
+        let out = out?;
+        closed?;
+        Ok::<T, Error>(out)
     })
     .await;
-    // On Ctrl-C the session is dropped with the future, and the lock guard's drop
-    // releases the lock; on every other path it is released here.
-    let (result, lock) = match result {
-        Ok((r, lock)) => (r, lock),
-        Err(e) => (Err(e.into()), None),
-    };
-    let released = match lock {
-        Some(l) => l.release().await.map_err(Error::from),
+    let released = match lock.map(Arc::try_unwrap) {
+        Some(Ok(l)) => l.release().await.map_err(Error::from),
+        // Still shared: cannot happen once the session is gone; its drop releases it.
+        Some(Err(_)) => Ok(()),
         None => Ok(()),
     };
-    let v = result?;
+    let v = result??;
     released?;
     Ok(v)
 }
@@ -124,8 +122,8 @@ impl Session {
         cluster: LoadedCluster,
         store: StateStore,
         opts: SessionOptions,
-        lock: Option<LockGuard>,
-    ) -> Result<Session, (Error, Option<LockGuard>)> {
+        lock: Option<Arc<LockGuard>>,
+    ) -> Result<Session, Error> {
         let mut session = Session {
             cluster,
             state: StateHandle::new(
@@ -138,10 +136,8 @@ impl Session {
             provider: None,
             lock,
         };
-        match session.init(store).await {
-            Ok(()) => Ok(session),
-            Err(e) => Err((e, session.lock.take())),
-        }
+        session.init(store).await?;
+        Ok(session)
     }
 
     async fn init(&mut self, store: StateStore) -> Result<(), Error> {
@@ -229,13 +225,7 @@ impl Session {
     }
 
     /// Record host keys learned on this path, flush the journal, close connections.
-    /// Returns the lock for the caller to release.
-    async fn close(mut self) -> (Result<(), Error>, Option<LockGuard>) {
-        let result = self.close_inner().await;
-        (result, self.lock.take())
-    }
-
-    async fn close_inner(&self) -> Result<(), Error> {
+    async fn close(&self) -> Result<(), Error> {
         let mut first_err: Option<Error> = None;
         if let Ok(rt) = &self.ssh {
             rt.pool.close_all().await;

@@ -1,11 +1,11 @@
 //! `kubeforge state show|history|unlock|pull|push|keygen`.
 
 use crate::cli::{StateArgs, StateCommand, TargetArgs};
+use crate::error::Error;
+use crate::output::{print_json, OutputFormat};
 use crate::state::crypto::Keyring;
 use crate::state::lock::{LockOptions, Unlocked};
 use crate::state::{StateDocument, StateError, StateSpec, StateStore, StoreOptions};
-use crate::error::Error;
-use crate::output::{print_json, OutputFormat};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use std::io::Write;
