@@ -14,7 +14,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(kubeforge::cli::run(cli)) {
+    match runtime.block_on(kubeforge::ops::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("{}", kubeforge::error::render_chain(&err));

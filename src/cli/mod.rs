@@ -1,6 +1,5 @@
 //! Command-line types. Each command converts its arguments and calls one `ops` function.
 
-use crate::error::Error;
 use crate::output::OutputFormat;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -455,22 +454,4 @@ pub fn init_tracing(verbose: u8) {
         .with_writer(std::io::stderr)
         .with_target(false)
         .try_init();
-}
-
-pub async fn run(cli: Cli) -> Result<(), Error> {
-    let output = cli.output;
-    match cli.command {
-        Command::Validate(args) => crate::ops::validate::run(&args.file, output),
-        Command::Plan(args) => crate::ops::plan::run(args, output).await,
-        Command::Render(args) => crate::ops::render::run(&args.spec.file, &args.out, output),
-        Command::Apply(args) => crate::ops::apply::run(args, output, cli.verbose > 0).await,
-        Command::Addons(args) => crate::ops::addons::run(args, output).await,
-        Command::Recover(args) => crate::ops::recover::run(args, output, cli.verbose > 0).await,
-        Command::Destroy(args) => crate::ops::destroy::run(args, output).await,
-        Command::Kubeconfig(args) => crate::ops::kubeconfig::run(&args.file, output).await,
-        Command::Artifacts(args) => crate::ops::artifacts::run(args, output).await,
-        Command::State(args) => crate::ops::state::run(args, output).await,
-        Command::Image(args) => crate::ops::image::run(args, output).await,
-        Command::Bench(args) => crate::ops::bench::run(args, output).await,
-    }
 }

@@ -35,3 +35,24 @@ pub fn confirm(question: &str, verb: &str, refused: &str) -> Result<(), crate::e
         Err(Error::Usage(refused.into()))
     }
 }
+
+/// Run the command `cli` names: one match arm per command, each calling one ops
+/// function (argument types live in `cli/`, which depends on nothing above it).
+pub async fn run(cli: crate::cli::Cli) -> Result<(), crate::error::Error> {
+    use crate::cli::Command;
+    let output = cli.output;
+    match cli.command {
+        Command::Validate(args) => crate::ops::validate::run(&args.file, output),
+        Command::Plan(args) => crate::ops::plan::run(args, output).await,
+        Command::Render(args) => crate::ops::render::run(&args.spec.file, &args.out, output),
+        Command::Apply(args) => crate::ops::apply::run(args, output, cli.verbose > 0).await,
+        Command::Addons(args) => crate::ops::addons::run(args, output).await,
+        Command::Recover(args) => crate::ops::recover::run(args, output, cli.verbose > 0).await,
+        Command::Destroy(args) => crate::ops::destroy::run(args, output).await,
+        Command::Kubeconfig(args) => crate::ops::kubeconfig::run(&args.file, output).await,
+        Command::Artifacts(args) => crate::ops::artifacts::run(args, output).await,
+        Command::State(args) => crate::ops::state::run(args, output).await,
+        Command::Image(args) => crate::ops::image::run(args, output).await,
+        Command::Bench(args) => crate::ops::bench::run(args, output).await,
+    }
+}
