@@ -95,18 +95,20 @@ impl Bundle {
 pub fn wanted(c: &LoadedCluster) -> Result<Vec<Release>, AddonsError> {
     let a = &c.cluster.spec.addons;
     let mut out = Vec::new();
+    let k8s = c.version();
     let mut add = |addon: AddonId, version: &Option<String>, flavour: MetallbFlavour| {
-        let version = version
-            .clone()
-            .unwrap_or_else(|| addon.default_version().to_string());
-        match catalogue::release(addon, &version, flavour) {
+        // The cluster file was validated against the same matrix; this only fails for
+        // a cluster built by hand.
+        let chosen = catalogue::select(addon, version.as_deref(), &k8s)
+            .map_err(AddonsError::Incompatible)?;
+        match catalogue::release(addon, chosen.version, flavour) {
             Some(r) => {
                 out.push(r);
                 Ok(())
             }
             None => Err(AddonsError::UnknownVersion {
                 addon,
-                version,
+                version: chosen.version.to_string(),
                 known: catalogue::known_versions(addon).join(", "),
             }),
         }
@@ -206,6 +208,12 @@ pub fn parse(addon: AddonId, file: &str, text: &str) -> Result<Vec<Object>, Addo
             }
             label(&mut v, addon);
             fill_protocols(&mut v);
+            // Status is the server's: older generated CRDs ship an empty one
+            // (`acceptedNames`, `conditions`, `storedVersions`), which, applied, would
+            // conflict with kube-apiserver's own on every re-apply.
+            if let Some(m) = v.as_object_mut() {
+                m.remove("status");
+            }
             let kind = str_at(&v, &["kind"]).unwrap_or_default();
             let stage = match kind {
                 "Namespace" | "CustomResourceDefinition" => Stage::Foundation,
@@ -325,7 +333,7 @@ pub fn complete(
                 let image = r.ceph_image.unwrap_or("quay.io/ceph/ceph:v20.2.4");
                 objects.push(rendered(
                     AddonId::RookCeph,
-                    ceph_cluster(rc, &workers, image),
+                    ceph_cluster(rc, &workers, image, &r.version),
                 ));
             }
         }
@@ -487,7 +495,12 @@ fn peer_name(address: &str) -> String {
     format!("peer-{}", s.trim_matches('-'))
 }
 
-fn ceph_cluster(r: &crate::spec::RookCeph, workers: &[String], image: &str) -> Value {
+fn ceph_cluster(
+    r: &crate::spec::RookCeph,
+    workers: &[String],
+    image: &str,
+    rook_version: &str,
+) -> Value {
     let nodes: Vec<Value> = if r.nodes.is_empty() {
         workers.iter().map(|w| json!({"name": w})).collect()
     } else {
@@ -514,8 +527,14 @@ fn ceph_cluster(r: &crate::spec::RookCeph, workers: &[String], image: &str) -> V
         "useAllNodes": false,
         "useAllDevices": false,
         "nodes": nodes,
-        "store": {"type": "bluestore"},
     });
+    // The OSD store type: `storage.store.type` from Rook v1.11; before, the
+    // `storeType` OSD config setting (v1.10's CRD has no `store` and would prune it).
+    if rook_version.starts_with("v1.10.") {
+        storage["config"] = json!({"storeType": "bluestore"});
+    } else {
+        storage["store"] = json!({"type": "bluestore"});
+    }
     if let Some(f) = &r.device_filter {
         storage["deviceFilter"] = json!(f);
     }
@@ -537,6 +556,14 @@ fn ceph_cluster(r: &crate::spec::RookCeph, workers: &[String], image: &str) -> V
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upstream_status_is_left_to_the_server() {
+        let text = "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata: {name: a.b.c}\nspec: {group: b.c}\nstatus:\n  acceptedNames: {kind: \"\", plural: \"\"}\n  conditions: []\n  storedVersions: []\n";
+        let objs = parse(AddonId::Contour, "/m/contour.yaml", text).unwrap();
+        assert!(objs[0].value.get("status").is_none(), "{}", objs[0].value);
+        assert!(objs[0].value.get("spec").is_some());
+    }
 
     #[test]
     fn parse_labels_flattens_lists_and_fills_protocols() {
