@@ -657,3 +657,51 @@ fn waits_end_with_a_clear_timeout_and_leave_a_consistent_state() {
         .stdout(predicate::str::contains("metallb v0.13.12: not ready"))
         .stdout(predicate::str::contains("DaemonSet metallb-system/speaker"));
 }
+
+#[test]
+fn flannel_renders_the_pod_subnet_and_applies_calico_is_refused_on_1_20() {
+    let api = ApiServer::start(&[NO_WEBHOOKS]);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // networking.cni: flannel with a pod subnet of its own.
+    let f = cluster_file(d, "t", "    rookCeph: {deviceFilter: ^vdb}\n");
+    let text = std::fs::read_to_string(&f).unwrap().replace(
+        "  artifacts:",
+        "  networking:\n    podSubnet: 10.200.0.0/16\n    cni: flannel\n  artifacts:",
+    );
+    std::fs::write(&f, &text).unwrap();
+    let report = json_out(&addons(d, &api, &["apply", "--yes", "-o", "json"]).success());
+    let outcomes = report["outcomes"].as_array().unwrap();
+    assert_eq!(
+        outcomes[0]["addon"], "flannel",
+        "the pod network first: {report}"
+    );
+    assert_eq!(outcomes[0]["version"], "v0.28.9");
+    let cm = api
+        .get(&["configmap", "-n", "kube-flannel", "kube-flannel-cfg"])
+        .unwrap();
+    let net: serde_json::Value =
+        serde_json::from_str(cm["data"]["net-conf.json"].as_str().unwrap()).unwrap();
+    assert_eq!(net["Network"], "10.200.0.0/16");
+    assert_eq!(net["Backend"]["Type"], "vxlan");
+    assert_eq!(cm["metadata"]["labels"]["kubeforge.dev/addon"], "flannel");
+    assert!(api
+        .get(&["daemonset", "-n", "kube-flannel", "kube-flannel-ds"])
+        .is_some());
+    // Re-applying changes nothing.
+    let again = json_out(&addons(d, &api, &["apply", "--yes", "-o", "json"]).success());
+    assert_eq!(again["outcomes"][0]["changed"], 0, "{again}");
+
+    // Calico v3.32.1 supports Kubernetes 1.34-1.36 only: refused on this 1.20 file.
+    std::fs::write(&f, text.replace("cni: flannel", "cni: calico")).unwrap();
+    addons(d, &api, &["apply", "--yes"])
+        .failure()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "spec.networking.cni: no release of Calico that kubeforge knows supports Kubernetes 1.20 (known: v3.32.1 (1.34-1.36))",
+        ));
+    assert!(api.get(&["namespace", "calico-system"]).is_none());
+    assert!(api
+        .get(&["daemonset", "-n", "kube-system", "calico-node"])
+        .is_none());
+}

@@ -259,6 +259,35 @@ fn pods_on_different_nodes_reach_each_other_over_the_vxlan_overlay() {
             .await;
             assert_eq!(seen, cluster.ip(0), "traffic leaving the pod subnet carries the node's address");
 
+            // --- a Service address, as kube-proxy (iptables mode) programs it -------------
+            // A node reaching a virtual address DNATed to a pod on another node, marked
+            // for masquerade as kube-proxy does for sources outside the cluster CIDR.
+            sh(
+                &ss[1],
+                "systemd-run --unit kf-podnet-listen3 ip netns exec pod \
+                 socat -T 10 TCP-LISTEN:9997,reuseaddr SYSTEM:'echo $SOCAT_PEERADDR'",
+            )
+            .await;
+            sh(
+                &ss[0],
+                &format!(
+                    "iptables -w -t nat -A OUTPUT -d 10.96.77.77/32 -p tcp --dport 9997 -j MARK --set-xmark 0x4000/0x4000 && \
+                     iptables -w -t nat -A OUTPUT -d 10.96.77.77/32 -p tcp --dport 9997 -j DNAT --to-destination {}:9997 && \
+                     iptables -w -t nat -A POSTROUTING -m mark --mark 0x4000/0x4000 -j MASQUERADE --random-fully",
+                    pods[1]
+                ),
+            )
+            .await;
+            let seen = wait_for(
+                &ss[0],
+                "an answer through the Service-like address",
+                "socat -T 5 - TCP:10.96.77.77:9997 </dev/null",
+                |o| !o.is_empty(),
+                Duration::from_secs(30),
+            )
+            .await;
+            assert_eq!(seen, "10.244.0.0", "masqueraded to the node's VTEP address");
+
             // --- re-running changes nothing; stale entries go -----------------------------
             // Stale peers point at unused addresses of this test's own subnet.
             let ip0 = cluster.ip(0);

@@ -11,6 +11,10 @@ use serde::Serialize;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum AddonId {
+    /// The pod network, when `networking.cni` names one (applied first, by the cni
+    /// phase).
+    Flannel,
+    Calico,
     Metallb,
     Contour,
     IngressNginx,
@@ -18,7 +22,9 @@ pub enum AddonId {
 }
 
 impl AddonId {
-    pub const ALL: [AddonId; 4] = [
+    pub const ALL: [AddonId; 6] = [
+        AddonId::Flannel,
+        AddonId::Calico,
         AddonId::Metallb,
         AddonId::Contour,
         AddonId::IngressNginx,
@@ -28,6 +34,8 @@ impl AddonId {
     /// Name used in labels, the state and the mirror layout.
     pub fn as_str(self) -> &'static str {
         match self {
+            AddonId::Flannel => "flannel",
+            AddonId::Calico => "calico",
             AddonId::Metallb => "metallb",
             AddonId::Contour => "contour",
             AddonId::IngressNginx => "ingress-nginx",
@@ -41,6 +49,8 @@ impl AddonId {
 
     pub fn title(self) -> &'static str {
         match self {
+            AddonId::Flannel => "Flannel",
+            AddonId::Calico => "Calico",
             AddonId::Metallb => "MetalLB",
             AddonId::Contour => "Contour",
             AddonId::IngressNginx => "ingress-nginx",
@@ -201,7 +211,21 @@ pub fn matrix(addon: AddonId) -> &'static [Compat] {
             "rook/rook@v1.20.6 Documentation/Getting-Started/Prerequisites/prerequisites.md:10",
         ),
     ];
+    const FLANNEL: &[Compat] = &[compat(
+        "v0.28.9",
+        17,
+        None,
+        "flannel-io/flannel@v0.28.9 README.md:44",
+    )];
+    const CALICO: &[Compat] = &[compat(
+        "v3.32.1",
+        34,
+        Some(36),
+        "tigera/docs@f2a2762 calico_versioned_docs/version-3.32/_includes/partials/_system-requirements.mdx:179-186 (tested 1.34-1.36; \"will not work on v1.20 or below\")",
+    )];
     match addon {
+        AddonId::Flannel => FLANNEL,
+        AddonId::Calico => CALICO,
         AddonId::Metallb => METALLB,
         AddonId::Contour => CONTOUR,
         AddonId::IngressNginx => INGRESS_NGINX,
@@ -316,6 +340,16 @@ pub fn release(addon: AddonId, version: &str, metallb: MetallbFlavour) -> Option
                 "2ca860276d2902b1e9ec53a9a70bb90432d3f4a00a6b57dde03bb6c1a8941fc9",
             ),
         }],
+        (AddonId::Flannel, "v0.28.9") => vec![file(
+            "flannel-io/flannel/v0.28.9/Documentation",
+            "kube-flannel.yml",
+            "e875824be2f552b45711dbda91af81b17eb961d00025d914d9fef18fad8f09c0",
+        )],
+        (AddonId::Calico, "v3.32.1") => vec![file(
+            "projectcalico/calico/v3.32.1/manifests",
+            "calico.yaml",
+            "a1df919d9721cf667accdc3e72848911b0cb25cfab7d2478ad0c996302c95744",
+        )],
         (AddonId::Contour, "v1.19.1") => vec![file(
             "projectcontour/contour/v1.19.1/examples/render",
             "contour.yaml",

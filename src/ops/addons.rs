@@ -385,6 +385,11 @@ fn versions(file: Option<&std::path::Path>, output: OutputFormat) -> Result<(), 
                 selected.push((id, r.version));
             }
         };
+        match c.cluster.spec.networking.cni {
+            spec::Cni::Flannel => pick(AddonId::Flannel, None),
+            spec::Cni::Calico => pick(AddonId::Calico, None),
+            spec::Cni::Bridge | spec::Cni::None => {}
+        }
         if let Some(m) = &a.metallb {
             pick(AddonId::Metallb, m.version.as_deref());
         }

@@ -1,4 +1,9 @@
-use super::{host_plan, new_plan, restart_step, Phase, PhasePlan, PlanContext, Step};
+use super::{
+    exec, host_plan, new_plan, restart_step, ApplyContext, Phase, PhaseError, PhasePlan,
+    PlanContext, Step,
+};
+use crate::addons::{catalogue, connect_through, manifest, AddonId};
+use crate::artifacts::Cache;
 use crate::render::views::{pod_cidr, PODNET_UNIT, VXLAN_DEVICE, VXLAN_PORT};
 use crate::render::FileGroup;
 use crate::spec::Cni as CniChoice;
@@ -20,6 +25,17 @@ impl Phase for Cni {
             p.operator.push(Step::new(
                 "no CNI (networking.cni: none): the operator installs one",
             ));
+            return p;
+        }
+        if let Some(id) = upstream_cni(c) {
+            let version = catalogue::select(id, None, &c.version())
+                .map(|r| r.version.to_string())
+                .unwrap_or_else(|why| why);
+            p.operator.push(Step::new(format!(
+                "apply {} {version} through the API with pod network {} (the nodes need its images)",
+                id.title(),
+                c.cluster.spec.networking.pod_subnet
+            )));
             return p;
         }
         for h in &ctx.hosts {
@@ -44,5 +60,67 @@ impl Phase for Cni {
             p.hosts.push(host_plan(ctx, h, &[FileGroup::Cni], cmds));
         }
         p
+    }
+
+    /// The built-in network: the hosts' files and unit (the default). Flannel or Calico:
+    /// their upstream manifest through the API (the addons engine; the addons phase
+    /// applies it again, unchanged, with the other addons).
+    async fn apply(&self, ctx: &ApplyContext<'_>, plan: &PhasePlan) -> Result<(), PhaseError> {
+        let Some(id) = upstream_cni(ctx.cluster) else {
+            return ctx.hosts(plan, &exec::NoSpecial).await.map(|_| ());
+        };
+        let phase = self.name();
+        let err = |source| PhaseError::Addons {
+            phase: phase.into(),
+            source,
+        };
+        let mut bundles = manifest::load(ctx.cluster, &Cache::default_location())
+            .await
+            .map_err(err)?;
+        bundles.retain(|b| b.addon == id);
+        let doc = ctx.state.get().await;
+        let kubeconfig = doc
+            .secrets
+            .admin_kubeconfig
+            .clone()
+            .ok_or_else(|| PhaseError::Gate {
+                phase: phase.into(),
+                message:
+                    "the state has no admin kubeconfig yet: the kubeconfig phase must run first"
+                        .into(),
+            })?;
+        let Some((host, session)) = ctx.first_control_plane(phase).await? else {
+            return Err(PhaseError::Gate {
+                phase: phase.into(),
+                message: "the cluster has no control-plane node to reach the API through".into(),
+            });
+        };
+        let (engine, _tunnel) =
+            connect_through(ctx.cluster, host, session, &kubeconfig, ctx.addons.clone())
+                .await
+                .map_err(err)?;
+        engine.adapt(&mut bundles);
+        // Only this addon's record: the others are the addons phase's to prune.
+        let mut recorded = doc.addons.clone();
+        recorded.retain(|k, _| *k == id.as_str());
+        let outcomes = engine
+            .apply(&bundles, &recorded, ctx.state, &|line| {
+                tracing::info!("{line}")
+            })
+            .await
+            .map_err(err)?;
+        for o in &outcomes {
+            ctx.note(o.line());
+        }
+        Ok(())
+    }
+}
+
+/// The CNI that comes from an upstream manifest, if the cluster file names one.
+fn upstream_cni(c: &crate::spec::LoadedCluster) -> Option<AddonId> {
+    match c.cluster.spec.networking.cni {
+        CniChoice::Flannel => Some(AddonId::Flannel),
+        CniChoice::Calico => Some(AddonId::Calico),
+        CniChoice::Bridge | CniChoice::None => None,
     }
 }

@@ -405,6 +405,12 @@ pub enum Cni {
     /// docs/networking.md).
     #[default]
     Bridge,
+    /// Flannel (vxlan backend) from its pinned upstream manifest, applied through the
+    /// API with `podSubnet` as its network (its images must be pullable).
+    Flannel,
+    /// Calico from its pinned upstream manifest (Kubernetes 1.34-1.36 only), with
+    /// `podSubnet` as its IPv4 pool.
+    Calico,
     /// No CNI: the operator installs one.
     None,
 }

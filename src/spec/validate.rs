@@ -849,6 +849,12 @@ fn check_addons(
     rep: &mut Reporter<'_>,
 ) {
     let mut pool_ranges: Vec<(String, String, AddrRange)> = Vec::new();
+    // A CNI from an upstream manifest follows the same compatibility matrix.
+    match s.networking.cni {
+        Cni::Flannel => check_addon_version(s, AddonId::Flannel, "spec.networking.cni", None, rep),
+        Cni::Calico => check_addon_version(s, AddonId::Calico, "spec.networking.cni", None, rep),
+        Cni::Bridge | Cni::None => {}
+    }
     if let Some(m) = &s.addons.metallb {
         check_addon_version(
             s,
