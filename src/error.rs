@@ -40,6 +40,9 @@ pub enum Error {
     },
     #[error("{0}")]
     Usage(String),
+    /// A bug in kubeforge (exit 1), not a problem with the input.
+    #[error("internal: {0}")]
+    Internal(String),
     #[error("cannot print the result as JSON")]
     Json(#[from] serde_json::Error),
     #[error(transparent)]
@@ -77,7 +80,9 @@ impl Error {
     pub fn kind(&self) -> ExitKind {
         match self {
             Error::Spec(_) | Error::Usage(_) => ExitKind::Input,
-            Error::Render(_) | Error::Write { .. } | Error::Json(_) => ExitKind::Internal,
+            Error::Render(_) | Error::Write { .. } | Error::Json(_) | Error::Internal(_) => {
+                ExitKind::Internal
+            }
             Error::State(e) => e.exit_kind(),
             Error::Artifacts(e) => e.exit_kind(),
             Error::Provider(_) => ExitKind::Provider,

@@ -7,6 +7,8 @@ pub mod addons;
 pub mod artifacts;
 pub mod cli;
 pub mod error;
+pub mod facts;
+pub mod kube;
 pub mod ops;
 pub mod output;
 pub mod phase;

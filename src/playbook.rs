@@ -55,13 +55,19 @@ pub enum Strategy {
 
 impl Selector {
     pub fn select<'a>(&self, t: &'a Topology) -> Vec<&'a Host> {
-        let first = t.first_control_plane().map(|h| h.name.clone());
+        self.select_with_init(t, t.first_control_plane())
+    }
+
+    /// The hosts, with `init` as the first control-plane node (see
+    /// `facts::ClusterFacts::init_node`).
+    pub fn select_with_init<'a>(&self, t: &'a Topology, init: Option<&'a Host>) -> Vec<&'a Host> {
+        let first = init.map(|h| h.name.clone());
         match self {
             Selector::None => Vec::new(),
             Selector::All => t.hosts.iter().collect(),
             Selector::KubernetesNodes => t.kubernetes_nodes(),
             Selector::ControlPlanes => t.control_planes(),
-            Selector::FirstControlPlane => t.first_control_plane().into_iter().collect(),
+            Selector::FirstControlPlane => init.into_iter().collect(),
             Selector::OtherControlPlanes => t
                 .control_planes()
                 .into_iter()
@@ -108,6 +114,37 @@ pub fn parse(text: &str, file: &Path, known: &[&str]) -> Result<Playbook, SpecEr
     } else {
         Err(SpecErrors { errors: rep.errors })
     }
+}
+
+/// Names `--phases` accepts besides the phase names.
+const PHASE_ALIASES: &[(&str, &str)] = &[("machines", "provision")];
+
+/// Keep the playbook phases `--phases` names (all when it is empty); an unknown name is
+/// a usage error listing the known ones.
+pub fn select_phases(pb: &mut Playbook, wanted: &[String]) -> Result<(), crate::error::Error> {
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let mut names = Vec::new();
+    for w in wanted {
+        let w = w.trim();
+        let name = PHASE_ALIASES
+            .iter()
+            .find(|(a, _)| *a == w)
+            .map(|(_, n)| *n)
+            .unwrap_or(w);
+        if !pb.phases.iter().any(|p| p.name == name) {
+            let known: Vec<&str> = pb.phases.iter().map(|p| p.name.as_str()).collect();
+            return Err(crate::error::Error::Usage(format!(
+                "--phases: no phase `{w}` in playbook {} (phases: {}; `machines` = provision)",
+                pb.name,
+                known.join(", ")
+            )));
+        }
+        names.push(name.to_string());
+    }
+    pb.phases.retain(|p| names.contains(&p.name));
+    Ok(())
 }
 
 /// The embedded bootstrap playbook, or the one in `file`.

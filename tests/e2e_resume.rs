@@ -1,6 +1,6 @@
 //! Crash and resume: `kubeforge apply` is killed with SIGKILL at several points of a
-//! bootstrap (during prepare-hosts, right after kubeadm init, between the control-plane
-//! joins); each time the lock it leaves names its holder, is broken on purpose, and the
+//! bootstrap (during prepare-hosts, in the middle of kubeadm init, right after it,
+//! between the control-plane joins); each time the lock it leaves names its holder, is broken on purpose, and the
 //! next apply carries on. The last run converges to a 3-master cluster without running
 //! kubeadm init again.
 //!
@@ -111,10 +111,18 @@ spec:
     // 1. Killed while preparing hosts (machines exist, artifacts half pushed).
     apply_killed_at(dir.path(), "prepare-hosts", Duration::from_secs(3));
     break_the_lock(dir.path());
-    // 2. Killed right after kubeadm init finished.
+    // 2. Killed in the middle of `kubeadm init` (it takes 20-30 s here): the command
+    //    runs on, detached from the lost SSH session, and the next run waits for it.
+    let lines = apply_killed_at(dir.path(), "init-control-plane", Duration::from_secs(8));
+    assert!(
+        lines.iter().any(|l| l.contains("init-control-plane")),
+        "{lines:#?}"
+    );
+    break_the_lock(dir.path());
+    // 3. Killed right after kubeadm init finished.
     apply_killed_at(dir.path(), "join-control-plane", Duration::ZERO);
     break_the_lock(dir.path());
-    // 3. Killed between the two control-plane joins.
+    // 4. Killed between the two control-plane joins.
     apply_killed_at(dir.path(), "join-control-plane", Duration::from_secs(25));
     break_the_lock(dir.path());
 
@@ -156,6 +164,26 @@ spec:
     assert_eq!((ready.len(), all.len()), (3, 3), "{ready:?} of {all:?}");
     let members = support::etcd_member_list(&cp1);
     assert_eq!(members["members"].as_array().unwrap().len(), 3, "{members}");
+
+    // kubeadm init ran exactly once, though kubeforge was killed in its middle.
+    let log = docker(&[
+        "exec",
+        &cp1,
+        "cat",
+        "/var/log/kubeforge/kubeforge-kubeadm-init.log",
+    ]);
+    let log = String::from_utf8_lossy(&log.stdout);
+    assert_eq!(
+        log.matches("[init] Using Kubernetes version").count(),
+        1,
+        "one kubeadm init: {log}"
+    );
+    assert_eq!(
+        log.matches("Your Kubernetes control-plane has initialized successfully")
+            .count(),
+        1,
+        "{log}"
+    );
 
     // The journal shows the interrupted attempts and the final ones.
     let out = kubeforge(dir.path())

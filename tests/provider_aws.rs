@@ -28,6 +28,7 @@ fn spec(endpoint: &str) -> AwsSpec {
     serde_json::from_value(serde_json::json!({
         "image": "ami-12c6146b",
         "endpoint": endpoint,
+        "allowHttp": true,
         "region": "us-east-1",
     }))
     .unwrap()
@@ -408,6 +409,7 @@ spec:
     aws:
       image: ami-12c6146b
       endpoint: {endpoint}
+      allowHttp: true
       region: us-east-1
   state:
     url: file://state

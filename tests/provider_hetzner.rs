@@ -273,7 +273,8 @@ fn start(fake: Fake) -> (MockServer, Arc<Mutex<Fake>>) {
 
 fn provider(url: &str, token_env: &str) -> HetznerProvider {
     let spec: HetznerSpec =
-        serde_json::from_value(json!({"endpoint": url, "tokenEnv": token_env})).unwrap();
+        serde_json::from_value(json!({"endpoint": url, "allowHttp": true, "tokenEnv": token_env}))
+            .unwrap();
     let ctx = CloudContext {
         cluster: "hz".into(),
         subnet: "10.42.0.0/24".parse().unwrap(),
@@ -476,7 +477,7 @@ async fn errors_carry_the_operation_resource_code_and_message() {
         ..Fake::default()
     });
     let spec: HetznerSpec = serde_json::from_value(
-        json!({"endpoint": server.url(), "tokenEnv": token_env(), "image": "no-such-image"}),
+        json!({"endpoint": server.url(), "allowHttp": true, "tokenEnv": token_env(), "image": "no-such-image"}),
     )
     .unwrap();
     let ctx = CloudContext {
@@ -623,7 +624,7 @@ metadata:
 spec:
   kubernetesVersion: v1.30.2
   provider:
-    hetzner: {{endpoint: '{}'}}
+    hetzner: {{endpoint: '{}', allowHttp: true}}
   state: {{url: file://state, encryption: {{keyFile: state.key}}}}
   nodePools:
     controlPlane: {{count: 3}}

@@ -291,7 +291,7 @@ fn env() -> (&'static str, &'static str) {
 
 fn provider(url: &str, extra: Value) -> SakuraProvider {
     let (t, s) = env();
-    let mut spec = json!({"archive": "113000000001", "endpoint": url, "accessTokenEnv": t, "accessTokenSecretEnv": s});
+    let mut spec = json!({"archive": "113000000001", "endpoint": url, "allowHttp": true, "accessTokenEnv": t, "accessTokenSecretEnv": s});
     if let (Some(o), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
         o.extend(e.clone());
     }
@@ -523,7 +523,7 @@ async fn errors_carry_operation_resource_code_and_message() {
 
     // Missing key: a clear error naming the variable; the secret never printed.
     let spec: SakuraSpec = serde_json::from_value(
-        json!({"archive": "1", "endpoint": server.url(), "accessTokenEnv": "KF_TEST_SAKURA_UNSET"}),
+        json!({"archive": "1", "endpoint": server.url(), "allowHttp": true, "accessTokenEnv": "KF_TEST_SAKURA_UNSET"}),
     )
     .unwrap();
     let ctx = CloudContext {
@@ -637,7 +637,7 @@ metadata:
 spec:
   kubernetesVersion: v1.30.2
   provider:
-    sakura: {{archive: '113000000001', endpoint: '{}'}}
+    sakura: {{archive: '113000000001', endpoint: '{}', allowHttp: true}}
   state: {{url: file://state, encryption: {{keyFile: state.key}}}}
   nodePools:
     controlPlane: {{count: 3}}

@@ -107,6 +107,60 @@ fn machines_stopped_or_killed_mid_run_fail_alone_and_come_back() {
 }
 
 #[test]
+fn a_hung_command_times_out_and_the_connection_stays_usable() {
+    run(|| async {
+        with_cluster("kft-cmdto", &THREE[..1], |c| async move {
+            let mut cfg = c.ssh_config("root");
+            // Production bounds every command by default.
+            assert_eq!(
+                (cfg.command_timeout, cfg.long_command_timeout),
+                (
+                    Some(kubeforge::transport::DEFAULT_COMMAND_TIMEOUT),
+                    Some(kubeforge::transport::DEFAULT_LONG_COMMAND_TIMEOUT)
+                )
+            );
+            cfg.command_timeout = Some(Duration::from_secs(2));
+            let pool = SshPool::new(cfg, Arc::new(MemoryHostKeyStore::new()));
+            let ip = c.ip(0);
+            let s = pool.session(&ip).await.unwrap();
+            assert_eq!(
+                s.limit_for("/usr/local/bin/kubeadm join --config x.yaml"),
+                Some(kubeforge::transport::DEFAULT_LONG_COMMAND_TIMEOUT)
+            );
+            assert_eq!(s.limit_for("systemctl restart kubelet"), Some(Duration::from_secs(2)));
+
+            // Bounded by a generous outer limit only so that a missing timeout fails
+            // the test instead of hanging it for 1000 s.
+            let err = tokio::time::timeout(Duration::from_secs(120), s.exec("sleep 1000"))
+                .await
+                .expect("`sleep 1000` was not stopped by the 2 s command limit")
+                .unwrap_err();
+            assert!(matches!(err, TransportError::Timeout { .. }), "{err}");
+            assert_eq!(
+                err.to_string(),
+                format!("`sleep 1000` on {ip} did not finish within 2.0s and was stopped (the limits are spec.ssh.commandTimeoutSeconds and, for kubeadm, image imports and transfers, spec.ssh.longCommandTimeoutSeconds)")
+            );
+            // The same connection still works.
+            assert!(!s.is_closed());
+            let out = s.exec("echo still-here").await.unwrap();
+            assert_eq!(out.stdout, "still-here\n");
+            // And the remote command did not linger: the remote side stopped it too.
+            let mut gone = false;
+            for _ in 0..60 {
+                if !s.exec("pgrep -x sleep").await.unwrap().success() {
+                    gone = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            assert!(gone, "`sleep 1000` is still running on {ip}");
+            pool.close_all().await;
+        })
+        .await;
+    });
+}
+
+#[test]
 fn a_paused_machine_times_out_instead_of_hanging() {
     run(|| async {
         with_cluster("kft-pause", &THREE[..2], |c| async move {

@@ -46,6 +46,8 @@ conformance!(
     pull_and_push,
     snapshots_are_encrypted_and_never_overwritten,
     two_processes_pushing_one_wins,
+    forged_tampered_and_rolled_back_states_are_refused,
+    legacy_state_is_adopted_once_with_migrate,
 );
 
 const SECRET: &str = "SUPER-SECRET-KUBECONFIG-9f8e7d";
@@ -348,6 +350,7 @@ async fn held_lock_is_named_and_force_unlock_breaks_it(ctx: Ctx) {
             command: "kubeforge apply -f cluster.yaml".into(),
             lease: Duration::from_secs(30),
             refresh_every: Some(Duration::from_millis(200)),
+            break_stale_lock: false,
         })
         .await
         .unwrap();
@@ -416,6 +419,7 @@ async fn refresh_keeps_a_short_lease_live(ctx: Ctx) {
             command: "kubeforge apply".into(),
             lease: Duration::from_millis(1500),
             refresh_every: Some(Duration::from_millis(200)),
+            break_stale_lock: false,
         })
         .await
         .unwrap();
@@ -435,18 +439,9 @@ async fn refresh_keeps_a_short_lease_live(ctx: Ctx) {
     assert!(store.lock_status().await.unwrap().is_none());
 }
 
-async fn kill9_leaves_a_lock_that_expires(ctx: Ctx) {
-    let store = ctx.store(None);
+fn spawn_holder_and_kill9(ctx: &Ctx) -> u32 {
     let mut child = ctx
-        .spawn_cmd(&[
-            "lock-probe",
-            "--lease-secs",
-            "2",
-            "--refresh-secs",
-            "0.5",
-            "--hold-ms",
-            "120000",
-        ])
+        .spawn_cmd(&["lock-probe", "--hold-ms", "120000"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -454,27 +449,93 @@ async fn kill9_leaves_a_lock_that_expires(ctx: Ctx) {
     wait_for_line(&mut child, "acquired lock");
     child.kill().unwrap(); // SIGKILL: no chance to release
     child.wait().unwrap();
+    child.id()
+}
+
+async fn kill9_leaves_a_lock_that_expires(ctx: Ctx) {
+    let store = ctx.store(None);
+    let pid = spawn_holder_and_kill9(&ctx);
     let held = store
         .lock_status()
         .await
         .unwrap()
         .expect("lock left behind");
-    assert_eq!(held.pid, child.id());
-    // While the lease runs, others are refused.
+    assert_eq!(held.pid, pid);
+    assert!(held.host.is_some(), "{held:?}");
+    assert!(!held.is_expired(chrono::Utc::now()), "the lease is 60 s");
+    // The holder ran here and its process is gone: the next command says so and
+    // offers to break the lock, although the lease is live.
     ctx.cli(&["lock-probe", "--hold-ms", "0"])
         .assert()
         .code(3)
+        .stderr(predicate::str::contains(format!(
+            "is locked by {} (pid {pid}",
+            held.holder
+        )))
+        .stderr(predicate::str::contains(format!(
+            "but that process is dead: pid {pid} no longer exists on this host"
+        )))
+        .stderr(predicate::str::contains(
+            "remove the lock with `kubeforge state unlock` (no --force needed)",
+        ));
+    // `unlock` without --force removes a provably dead local holder's lock.
+    ctx.cli(&["unlock"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(format!(
+            "removed the lock held by {} (pid {pid}",
+            held.holder
+        )))
+        .stdout(predicate::str::contains(format!(
+            "its process is dead (pid {pid} no longer exists on this host"
+        )));
+    ctx.cli(&["lock-probe", "--hold-ms", "0"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("acquired lock"));
+    assert!(store.lock_status().await.unwrap().is_none());
+
+    // Again, broken in one step with --break-stale-lock.
+    let pid = spawn_holder_and_kill9(&ctx);
+    assert_eq!(store.lock_status().await.unwrap().unwrap().pid, pid);
+    ctx.cli(&["lock-probe", "--hold-ms", "0", "--break-stale-lock"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("acquired lock"));
+    assert!(store.lock_status().await.unwrap().is_none());
+
+    // A holder on another host is never judged dead (same dead pid): its live lease
+    // is respected, --break-stale-lock and `unlock` without --force do not break it.
+    let mut foreign = held.clone();
+    let mut host = held.host.clone().unwrap();
+    host.hostname = "another-host".into();
+    foreign.host = Some(host);
+    foreign.expires = chrono::Utc::now() + chrono::Duration::seconds(60);
+    let put_lock = |info: kubeforge::state::LockInfo| {
+        let backend = store.backend().clone();
+        async move {
+            backend
+                .put(
+                    "lock",
+                    bytes::Bytes::from(serde_json::to_vec(&info).unwrap()),
+                    kubeforge::state::backend::WriteMode::Overwrite,
+                )
+                .await
+                .unwrap();
+        }
+    };
+    put_lock(foreign.clone()).await;
+    ctx.cli(&["lock-probe", "--hold-ms", "0", "--break-stale-lock"])
+        .assert()
+        .code(3)
         .stderr(predicate::str::contains("the lease runs until"));
-    // Wait for the lease to run out (nobody refreshes it any more).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !held.is_expired(chrono::Utc::now()) {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    ctx.cli(&["unlock"]).assert().code(3);
+    // Its lease expired: still NOT taken over silently; `unlock` removes it.
+    foreign.expires = chrono::Utc::now() - chrono::Duration::seconds(1);
+    put_lock(foreign.clone()).await;
     let since = held
         .started
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    // An expired lease is NOT taken over silently.
     ctx.cli(&["lock-probe", "--hold-ms", "0"])
         .assert()
         .code(3)
@@ -490,7 +551,6 @@ async fn kill9_leaves_a_lock_that_expires(ctx: Ctx) {
         .assert()
         .code(7)
         .stderr(predicate::str::contains("there is no state at"));
-    // unlock removes an expired lock and says what it broke.
     ctx.cli(&["unlock"])
         .assert()
         .success()
@@ -636,7 +696,7 @@ async fn passphrase_encryption(ctx: Ctx) {
 }
 
 async fn corrupted_object_reported_with_last_good_generation(ctx: Ctx) {
-    let (k, _) = key();
+    let (k, ktext) = key();
     let store = ctx.store(Some(k));
     let (mut doc, mut v) = seed(&store).await;
     for _ in 0..2 {
@@ -748,11 +808,13 @@ async fn corrupted_object_reported_with_last_good_generation(ctx: Ctx) {
     // A plain push is refused on a corrupted state; --replace-corrupted restores it.
     let g2 = out.to_str().unwrap();
     ctx.cli(&["push", g2, "--generation", "2"])
+        .env("KUBEFORGE_STATE_KEY", &ktext)
         .assert()
         .code(7)
         .stderr(predicate::str::contains(" is corrupted: checksum mismatch"));
     assert_eq!(raw_state(&store).await, flipped.into_bytes());
     ctx.cli(&["push", g2, "--generation", "2", "--replace-corrupted"])
+        .env("KUBEFORGE_STATE_KEY", &ktext)
         .assert()
         .success()
         .stdout(predicate::str::contains(format!(
@@ -769,6 +831,7 @@ async fn corrupted_object_reported_with_last_good_generation(ctx: Ctx) {
     assert_eq!(restored.secrets.admin_kubeconfig.as_deref(), Some(SECRET));
     // Refused on an intact state.
     ctx.cli(&["push", g2, "--generation", "2", "--replace-corrupted"])
+        .env("KUBEFORGE_STATE_KEY", &ktext)
         .assert()
         .code(2)
         .stderr(predicate::str::contains(
@@ -801,7 +864,15 @@ async fn pull_and_push(ctx: Ctx) {
     let mut edited: serde_json::Value = serde_json::from_str(&pulled).unwrap();
     edited["state"]["hostKeys"]["cp-2"] = "ssh-ed25519 AAAAEDITED".into();
     std::fs::write(&file, serde_json::to_vec_pretty(&edited).unwrap()).unwrap();
+    // Without the key, an authenticated state cannot be replaced at all.
     ctx.cli(&["push", &fname, "--generation", "1"])
+        .assert()
+        .code(7)
+        .stderr(predicate::str::contains(
+            "comes from an authenticated state: pushing it to",
+        ));
+    ctx.cli(&["push", &fname, "--generation", "1"])
+        .env("KUBEFORGE_STATE_KEY", &ktext)
         .assert()
         .code(7)
         .stderr(predicate::str::contains(
@@ -836,6 +907,7 @@ async fn pull_and_push(ctx: Ctx) {
     assert_eq!(now.versions.kubernetes.as_deref(), Some("v1.20.9"));
     // The same copy again: it is stale now.
     ctx.cli(&["push", &fname, "--generation", "2"])
+        .env("KUBEFORGE_STATE_KEY", &ktext)
         .assert()
         .code(7)
         .stderr(predicate::str::contains("(it is now at generation 3)"));
@@ -943,7 +1015,7 @@ async fn snapshots_are_encrypted_and_never_overwritten(ctx: Ctx) {
 }
 
 async fn two_processes_pushing_one_wins(ctx: Ctx) {
-    let (k, _) = key();
+    let (k, ktext) = key();
     let store = ctx.store(Some(k));
     seed(&store).await;
     for trial in 0..5u64 {
@@ -965,6 +1037,7 @@ async fn two_processes_pushing_one_wins(ctx: Ctx) {
             .iter()
             .map(|p| {
                 ctx.spawn_cmd(&["push", p.to_str().unwrap(), "--generation", &gen_arg])
+                    .env("KUBEFORGE_STATE_KEY", &ktext)
                     .stdout(Stdio::piped())
                     .stderr(Stdio::piped())
                     .spawn()
@@ -977,22 +1050,24 @@ async fn two_processes_pushing_one_wins(ctx: Ctx) {
             .collect();
         let codes: Vec<_> = outs.iter().map(|o| o.status.code()).collect();
         let wins = codes.iter().filter(|c| **c == Some(0)).count();
-        let conflicts: Vec<_> = outs
+        // push takes the lock: the loser finds it held (3) or, once the winner is
+        // done, finds the state moved on (7).
+        let losers: Vec<_> = outs
             .iter()
-            .filter(|o| o.status.code() == Some(7))
+            .filter(|o| matches!(o.status.code(), Some(3) | Some(7)))
             .map(|o| String::from_utf8_lossy(&o.stderr).to_string())
             .collect();
         assert_eq!(
-            (wins, conflicts.len()),
+            (wins, losers.len()),
             (1, 1),
-            "trial {trial}: {codes:?} {conflicts:?}"
+            "trial {trial}: {codes:?} {losers:?}"
         );
         assert!(
-            conflicts[0].contains(&format!(
+            losers[0].contains(&format!(
                 "changed since it was read at generation {generation}"
-            )),
+            )) || losers[0].contains("is locked by"),
             "{}",
-            conflicts[0]
+            losers[0]
         );
         let (now, v) = store.load().await.unwrap().unwrap();
         assert_eq!(v.generation, generation + 1);
@@ -1000,4 +1075,319 @@ async fn two_processes_pushing_one_wins(ctx: Ctx) {
         let b = now.host_keys.contains_key(&format!("b-{trial}"));
         assert!(a ^ b, "trial {trial}: a={a} b={b}");
     }
+}
+
+// ------------------------------------------------------------------ authentication
+
+fn keyring_from(text: &str, source: &str) -> Keyring {
+    Keyring::X25519 {
+        identity: text.parse().unwrap(),
+        source: source.into(),
+    }
+}
+
+/// Recompute the (unkeyed) checksum of an edited envelope, as an attacker would.
+fn rechecksum(env: &mut serde_json::Value) -> Vec<u8> {
+    use sha2::Digest;
+    let canon = serde_json::to_vec(&env["state"]).unwrap();
+    env["checksum"] = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&canon))).into();
+    serde_json::to_vec_pretty(env).unwrap()
+}
+
+/// age-encrypt to a public recipient: all an attacker with write access has.
+fn age_encrypt_to(recipient: &str, plain: &[u8]) -> String {
+    use std::io::Write;
+    let r: age::x25519::Recipient = recipient.parse().unwrap();
+    let e = age::Encryptor::with_recipients(std::iter::once(&r as &dyn age::Recipient)).unwrap();
+    let mut out = Vec::new();
+    let armored =
+        age::armor::ArmoredWriter::wrap_output(&mut out, age::armor::Format::AsciiArmor).unwrap();
+    let mut w = e.wrap_output(armored).unwrap();
+    w.write_all(plain).unwrap();
+    w.finish().and_then(|a| a.finish()).unwrap();
+    String::from_utf8(out).unwrap()
+}
+
+async fn put_raw(store: &StateStore, key: &str, bytes: Vec<u8>) {
+    store
+        .backend()
+        .put(
+            key,
+            bytes::Bytes::from(bytes),
+            kubeforge::state::backend::WriteMode::Overwrite,
+        )
+        .await
+        .unwrap();
+}
+
+async fn forged_tampered_and_rolled_back_states_are_refused(ctx: Ctx) {
+    let (k, ktext) = key();
+    let store = ctx.store(Some(k));
+    seed(&store).await;
+    let genuine1 = raw_state(&store).await;
+    let url = store.url();
+
+    // 1. A forged state: secrets sealed to the public recipient (in clear in the
+    // document), a host-key pin of the attacker's, the checksum recomputed.
+    let mut env: serde_json::Value = serde_json::from_slice(&genuine1).unwrap();
+    assert!(env["auth"]["mac"].is_string(), "{env}");
+    let recipient = env["state"]["secrets"]["recipient"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let forged_secrets = serde_json::json!({
+        "joinTokens": ["forged.0123456789abcdef"],
+        "adminKubeconfig": "FORGED-KUBECONFIG",
+    });
+    env["state"]["secrets"]["ciphertext"] =
+        age_encrypt_to(&recipient, &serde_json::to_vec(&forged_secrets).unwrap()).into();
+    env["state"]["secrets"]["names"] = serde_json::json!(["joinTokens/0", "adminKubeconfig"]);
+    env["state"]["hostKeys"]["cp-1"] = "ssh-ed25519 AAAAATTACKER".into();
+    for (case, strip_tag, want) in [
+        ("no tag", true, "it carries no authentication tag"),
+        (
+            "the genuine tag kept",
+            false,
+            "its authentication tag does not verify with the key from a generated key",
+        ),
+    ] {
+        let mut forged = env.clone();
+        if strip_tag {
+            forged.as_object_mut().unwrap().remove("auth");
+        }
+        put_raw(&store, "state.json", rechecksum(&mut forged)).await;
+        // Another process with the real key (the first one would refuse it too).
+        let reader = ctx.store(Some(keyring_from(&ktext, "a generated key")));
+        for s in [&store, &reader] {
+            let err = s.load().await.unwrap_err();
+            let msg = err.to_string();
+            assert!(
+                matches!(err, StateError::Unauthenticated { .. }),
+                "{case}: {msg}"
+            );
+            assert!(
+                msg.contains(&format!("state.json at {url} is not authenticated: {want}"))
+                    && msg.contains("nothing was changed"),
+                "{case}: {msg}"
+            );
+            assert!(!msg.contains("FORGED"), "{msg}");
+            assert_eq!(err.exit_kind(), kubeforge::error::ExitKind::State);
+        }
+    }
+    // `state show` still shows it (the key given), marked as not authenticated.
+    ctx.cli(&["show"])
+        .env("KUBEFORGE_STATE_KEY", &ktext)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(format!(
+            "authentic:   NOT AUTHENTICATED: state.json at {url} is not authenticated: its authentication tag does not verify"
+        )));
+    // The CLI with the key: refused with exit 7, naming the object; and `state migrate`
+    // does not adopt a stripped tag on a store that has authenticated history.
+    let copy = ctx.work.path().join("copy.json");
+    std::fs::write(&copy, &genuine1).unwrap();
+    ctx.cli(&["push", copy.to_str().unwrap(), "--generation", "1"])
+        .env("KUBEFORGE_STATE_KEY", &ktext)
+        .assert()
+        .code(7)
+        .stderr(predicate::str::contains(format!(
+            "error: state.json at {url} is not authenticated: its authentication tag does not verify"
+        )));
+    let mut stripped = env.clone();
+    stripped.as_object_mut().unwrap().remove("auth");
+    put_raw(&store, "state.json", rechecksum(&mut stripped)).await;
+    ctx.cli(&["migrate", "--generation", "1"])
+        .env("KUBEFORGE_STATE_KEY", &ktext)
+        .assert()
+        .code(7)
+        .stderr(predicate::str::contains(
+            "is not authenticated: it carries no authentication tag, but authenticated generation 1 of this store was seen here before",
+        ));
+    ctx.cli(&["migrate", "--generation", "1"])
+        .env("KUBEFORGE_STATE_KEY", &ktext)
+        .env("XDG_STATE_HOME", ctx.work.path().join("other-machine"))
+        .assert()
+        .code(7)
+        .stderr(predicate::str::contains(
+            "it carries no authentication tag, but history/1.json is an authenticated generation of this store",
+        ));
+
+    // 2. One pin changed in clear, the genuine tag kept, the checksum recomputed.
+    let mut pin: serde_json::Value = serde_json::from_slice(&genuine1).unwrap();
+    pin["state"]["hostKeys"]["cp-1"] = "ssh-ed25519 AAAAMITM".into();
+    put_raw(&store, "state.json", rechecksum(&mut pin)).await;
+    let err = store.load().await.unwrap_err();
+    assert!(
+        err.to_string().contains(&format!(
+            "state.json at {url} is not authenticated: its authentication tag does not verify"
+        )),
+        "{err}"
+    );
+    // The generation (also in clear) is covered too.
+    let mut bumped: serde_json::Value = serde_json::from_slice(&genuine1).unwrap();
+    bumped["state"]["generation"] = 7.into();
+    put_raw(&store, "state.json", rechecksum(&mut bumped)).await;
+    assert!(matches!(
+        store.load().await.unwrap_err(),
+        StateError::Unauthenticated { .. }
+    ));
+
+    // The honest path: the genuine object back, two more saves.
+    put_raw(&store, "state.json", genuine1.clone()).await;
+    let (loaded, v) = store.load().await.unwrap().unwrap();
+    assert_eq!(v.generation, 1);
+    assert_eq!(loaded.secrets.admin_kubeconfig.as_deref(), Some(SECRET));
+    let mut v = v;
+    let mut doc = loaded;
+    for _ in 0..2 {
+        doc.journal_start("noop", "sha256:0", None);
+        v = store.save(&mut doc, &v).await.unwrap();
+    }
+    assert_eq!(v.generation, 3);
+    let genuine3 = raw_state(&store).await;
+
+    // 3. Rollback: generation 1, authentic, re-uploaded as current.
+    put_raw(&store, "state.json", genuine1.clone()).await;
+    let err = store.load().await.unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, StateError::Rollback { .. }), "{msg}");
+    assert!(
+        msg.contains(&format!(
+            "state.json at {url} was rolled back: it presents generation 1 as current, but generation 3 was seen here before (recorded in {}",
+            ctx.xdg_state_home().join("kubeforge/seen").display()
+        )),
+        "{msg}"
+    );
+    assert_eq!(err.exit_kind(), kubeforge::error::ExitKind::State);
+    // An operator on another machine (no record) learns it from history.
+    let other = ctx
+        .store(Some(keyring_from(&ktext, "k")))
+        .with_seen_dir(Some(ctx.work.path().join("other-machine/kubeforge/seen")));
+    let err = other.load().await.unwrap_err();
+    assert!(
+        err.to_string().contains(
+            "it presents generation 1 as current, but history/3.json holds a newer authenticated generation 3"
+        ),
+        "{err}"
+    );
+    ctx.cli(&["push", copy.to_str().unwrap(), "--generation", "1"])
+        .env("KUBEFORGE_STATE_KEY", &ktext)
+        .assert()
+        .code(7)
+        .stderr(predicate::str::contains(
+            "was rolled back: it presents generation 1 as current",
+        ));
+    // The attacker also removes the newer history: the local record still refuses.
+    for g in [2, 3] {
+        store
+            .backend()
+            .delete(&format!("history/{g}.json"))
+            .await
+            .unwrap();
+    }
+    assert!(matches!(
+        store.load().await.unwrap_err(),
+        StateError::Rollback { .. }
+    ));
+
+    // The honest path again: generation 3 back; load, save, CLI all work.
+    put_raw(&store, "state.json", genuine3).await;
+    let (mut doc, v) = store.load().await.unwrap().unwrap();
+    assert_eq!(v.generation, 3);
+    doc.journal_start("noop", "sha256:0", None);
+    assert_eq!(store.save(&mut doc, &v).await.unwrap().generation, 4);
+    ctx.cli(&["pull", "--out", copy.to_str().unwrap()])
+        .assert()
+        .success();
+    ctx.cli(&["push", copy.to_str().unwrap(), "--generation", "4"])
+        .env("KUBEFORGE_STATE_KEY", &ktext)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("as generation 5 (was 4)"));
+    let (doc, _) = other.load().await.unwrap().unwrap();
+    assert_eq!(doc.generation, 5);
+    assert_eq!(doc.secrets.admin_kubeconfig.as_deref(), Some(SECRET));
+}
+
+/// A state written before authentication (no tag) is loadable once, through the
+/// explicit `state migrate`, and never again after that.
+async fn legacy_state_is_adopted_once_with_migrate(ctx: Ctx) {
+    let (k, ktext) = key();
+    // Written "by the previous version": the same document without tag and lineage.
+    let writer = ctx.store(Some(k)).with_seen_dir(None);
+    seed(&writer).await;
+    let mut env: serde_json::Value = serde_json::from_slice(&raw_state(&writer).await).unwrap();
+    env.as_object_mut().unwrap().remove("auth");
+    env["state"].as_object_mut().unwrap().remove("lineage");
+    let legacy = rechecksum(&mut env);
+    put_raw(&writer, "state.json", legacy.clone()).await;
+    put_raw(&writer, "history/1.json", legacy.clone()).await;
+    let url = writer.url();
+
+    let store = ctx.store(Some(keyring_from(&ktext, "a generated key")));
+    let err = store.load().await.unwrap_err();
+    assert!(
+        err.to_string().contains(&format!(
+            "state.json at {url} is not authenticated: it carries no authentication tag; it was not written with this state key (forged, or altered in the store), so it is not used and nothing was changed. If it was written by a kubeforge from before state authentication and you trust it, check it with `kubeforge state show` and adopt it with `kubeforge state migrate --generation 1`"
+        )),
+        "{err}"
+    );
+    ctx.cli(&["show"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("generation:  1"))
+        .stdout(predicate::str::contains(
+            "authentic:   not checked (no state key given)",
+        ));
+    ctx.cli(&["show"])
+        .env("KUBEFORGE_STATE_KEY", &ktext)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(
+            "authentic:   NOT AUTHENTICATED: state.json at ",
+        ))
+        .stdout(predicate::str::contains("it carries no authentication tag"));
+    ctx.cli(&["migrate", "--generation", "1"])
+        .assert()
+        .code(7)
+        .stderr(predicate::str::contains("needs the state key"));
+    ctx.cli(&["migrate", "--generation", "2"])
+        .env("KUBEFORGE_STATE_KEY", &ktext)
+        .assert()
+        .code(7)
+        .stderr(predicate::str::contains(
+            "changed since it was read at generation 2 (it is now at generation 1)",
+        ));
+    assert_eq!(raw_state(&store).await, legacy, "a refused migrate wrote");
+    ctx.cli(&["migrate", "--generation", "1"])
+        .env("KUBEFORGE_STATE_KEY", &ktext)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(format!(
+            "adopted the unauthenticated generation 1 of {url} (1 machines, 1 pinned host keys, secrets: pki/ca.key, adminKubeconfig) as authenticated generation 2"
+        )));
+    let (doc, v) = store.load().await.unwrap().unwrap();
+    assert_eq!(v.generation, 2);
+    assert_eq!(doc.secrets.admin_kubeconfig.as_deref(), Some(SECRET));
+    assert!(!doc.lineage.is_empty());
+    ctx.cli(&["show"])
+        .env("KUBEFORGE_STATE_KEY", &ktext)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(
+            "authentic:   verified with the state key",
+        ));
+    // Once is all: the tag stripped again is refused, migrate included.
+    let mut again: serde_json::Value = serde_json::from_slice(&raw_state(&store).await).unwrap();
+    again.as_object_mut().unwrap().remove("auth");
+    put_raw(&store, "state.json", rechecksum(&mut again)).await;
+    assert!(matches!(
+        store.load().await.unwrap_err(),
+        StateError::Unauthenticated { .. }
+    ));
+    ctx.cli(&["migrate", "--generation", "2"])
+        .env("KUBEFORGE_STATE_KEY", &ktext)
+        .assert()
+        .code(7)
+        .stderr(predicate::str::contains("is not adopted"));
 }

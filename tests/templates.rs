@@ -417,6 +417,32 @@ fn kubeadm_configs_parse_back_field_by_field() {
                 extra_arg(&d[0], "nodeRegistration.kubeletExtraArgs", api, "node-ip"),
                 h.internal_address.to_string()
             );
+            // The node's pool (and inventory) labels, set by kubelet at registration.
+            let want: Vec<String> = h.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let args = get(&d[0], "nodeRegistration.kubeletExtraArgs");
+            let has_labels = if api == "v1beta4" {
+                args.as_sequence()
+                    .unwrap()
+                    .iter()
+                    .any(|a| a["name"].as_str() == Some("node-labels"))
+            } else {
+                !args["node-labels"].is_null()
+            };
+            if want.is_empty() {
+                assert!(!has_labels, "{example} {}: no labels, no flag", h.name);
+            } else {
+                assert_eq!(
+                    extra_arg(
+                        &d[0],
+                        "nodeRegistration.kubeletExtraArgs",
+                        api,
+                        "node-labels"
+                    ),
+                    want.join(","),
+                    "{example} {}",
+                    h.name
+                );
+            }
             if is_first {
                 assert_eq!(d.len(), 4, "{example}: init, cluster, kubelet, kube-proxy");
                 assert_eq!(s(&d[0], "apiVersion"), group);
@@ -691,4 +717,88 @@ fn kubeadm_api_version_follows_the_kubernetes_version() {
     assert_eq!(render::kubeadm_api_version(&v("1.30.9")), "v1beta3");
     assert_eq!(render::kubeadm_api_version(&v("1.31.0")), "v1beta4");
     assert_eq!(render::kubeadm_api_version(&v("1.34.1")), "v1beta4");
+}
+
+/// Pool labels reach every node of the pool through kubelet's --node-labels, in init
+/// and join configs of every API version (issue 15, item 12).
+#[test]
+fn pool_labels_become_node_labels() {
+    let mut versions = std::collections::BTreeSet::new();
+    for (example, label) in [
+        ("local.yaml", "kubeforge.dev/pool=workers"),
+        ("metallb-bgp.yaml", "kubeforge.dev/pool=workers"),
+        ("rook-ceph.yaml", "kubeforge.dev/storage=ceph"),
+        ("baremetal.yaml", "kubeforge.dev/storage=ceph"),
+    ] {
+        let (c, files) = rendered(example);
+        versions.insert(render::kubeadm_api_version(&c.version()));
+        let workers = c.topology.workers();
+        assert!(!workers.is_empty(), "{example}");
+        for w in workers {
+            let f = files
+                .iter()
+                .find(|(_, f)| f.host == w.name && f.path == "/etc/kubeforge/kubeadm-join.yaml")
+                .unwrap();
+            assert!(
+                f.1.content.contains(label),
+                "{example} {}:\n{}",
+                w.name,
+                f.1.content
+            );
+        }
+        for cp in c.topology.control_planes() {
+            let f = files
+                .iter()
+                .find(|(g, f)| *g == FileGroup::Kubeadm && f.host == cp.name)
+                .unwrap();
+            assert!(
+                !f.1.content.contains("node-labels"),
+                "{example} {}",
+                cp.name
+            );
+        }
+    }
+    assert_eq!(versions.len(), 3, "{versions:?}");
+}
+
+/// Labels of the control-plane pool reach `kubeadm init` too, for every API version.
+#[test]
+fn control_plane_labels_reach_the_init_config_of_every_api_version() {
+    for (version, api) in [
+        ("v1.20.2", "v1beta2"),
+        ("v1.28.4", "v1beta3"),
+        ("v1.31.4", "v1beta4"),
+    ] {
+        let text = format!(
+            "apiVersion: kubeforge.dev/v1alpha1\nkind: Cluster\nmetadata: {{name: lab}}\nspec:\n  kubernetesVersion: {version}\n  provider: {{docker: {{}}}}\n  nodePools:\n    controlPlane: {{count: 1, labels: {{example.com/tier: cp, node.kubernetes.io/exclude-from-external-load-balancers: ''}}}}\n    workers: {{count: 1}}\n"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let c = spec::load_str(&text, Path::new("c.yaml"), dir.path()).unwrap();
+        let files = render::render_all(&c, &secrets()).unwrap();
+        let init = &files
+            .iter()
+            .find(|(_, f)| f.path == "/etc/kubeforge/kubeadm-init.yaml")
+            .unwrap()
+            .1;
+        let d = docs(&init.content);
+        assert_eq!(
+            extra_arg(
+                &d[0],
+                "nodeRegistration.kubeletExtraArgs",
+                api,
+                "node-labels"
+            ),
+            "example.com/tier=cp,node.kubernetes.io/exclude-from-external-load-balancers=",
+            "{version}"
+        );
+        let join = &files
+            .iter()
+            .find(|(_, f)| f.path == "/etc/kubeforge/kubeadm-join.yaml")
+            .unwrap()
+            .1;
+        assert!(
+            !join.content.contains("node-labels"),
+            "the worker pool has none"
+        );
+    }
 }

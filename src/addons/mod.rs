@@ -45,6 +45,39 @@ pub async fn connect_through(
     Ok((engine, t))
 }
 
+/// The cluster's API as a run reaches it: one SSH tunnel to a control-plane node's
+/// apiserver, opened on first use and shared by every engine of the run.
+#[derive(Default)]
+pub struct ApiAccess {
+    tunnel: tokio::sync::OnceCell<tunnel::Tunnel>,
+}
+
+impl ApiAccess {
+    /// An engine talking to the API through the run's tunnel (opened now if needed).
+    pub async fn engine(
+        &self,
+        c: &LoadedCluster,
+        host: &crate::spec::Host,
+        session: Arc<SshSession>,
+        kubeconfig: &str,
+        opts: AddonOptions,
+    ) -> Result<Engine, AddonsError> {
+        let port = c.cluster.spec.networking.api_server_port;
+        let t = self
+            .tunnel
+            .get_or_try_init(|| async {
+                tunnel::open(session, host.internal_address.to_string(), port)
+                    .await
+                    .map_err(|e| AddonsError::Tunnel {
+                        host: host.name.clone(),
+                        source: Box::new(e),
+                    })
+            })
+            .await?;
+        Engine::connect(kubeconfig, Some(format!("https://{}", t.local)), opts).await
+    }
+}
+
 /// Label put on every object kubeforge applies for an addon; removal and pruning only
 /// ever touch objects that carry it.
 pub const LABEL_ADDON: &str = "kubeforge.dev/addon";

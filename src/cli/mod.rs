@@ -32,21 +32,21 @@ pub enum Command {
     /// Write every rendered file to DIR/<host>/<remote path>.
     Render(RenderArgs),
     /// Bootstrap or converge the cluster: plan, confirm, then apply phase by phase.
-    Apply(crate::ops::apply::ApplyArgs),
+    Apply(ApplyArgs),
     /// Plan, apply or check the cluster's addons (MetalLB, ingress, Rook-Ceph) on their own.
-    Addons(crate::ops::addons::AddonsArgs),
+    Addons(AddonsArgs),
     /// Delete every machine and cloud resource of the cluster (asks first; --yes skips).
-    Destroy(crate::ops::destroy::DestroyArgs),
+    Destroy(DestroyArgs),
     /// Print the admin kubeconfig kept (encrypted) in the state.
     Kubeconfig(SpecArgs),
     /// What a Kubernetes version needs (binaries, images, host packages) and fetching it.
-    Artifacts(crate::ops::artifacts::ArtifactsArgs),
+    Artifacts(ArtifactsArgs),
     /// Inspect and manage the remote state: show, history, unlock, pull, push.
     State(crate::state::cli::StateArgs),
     /// Build or inspect the local node image used by the docker provider.
-    Image(crate::provider::cli::ImageArgs),
+    Image(ImageArgs),
     /// Measure fan-out performance against peers (parallel ssh/scp, Ansible).
-    Bench(crate::ops::bench::BenchArgs),
+    Bench(BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -82,6 +82,246 @@ pub struct RenderArgs {
     pub out: PathBuf,
 }
 
+#[derive(Debug, Args)]
+pub struct ImageArgs {
+    #[command(subcommand)]
+    pub command: ImageCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Build the node image (debootstrap + docker import) unless it already exists.
+    Build {
+        /// Rebuild the root filesystem and re-import even if the image exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the tag the current recipe builds (`kubeforge/node:<recipe-hash>`).
+    Tag,
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    #[command(flatten)]
+    pub spec: SpecArgs,
+    /// Apply without asking for confirmation.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// A playbook file replacing the embedded bootstrap playbook.
+    #[arg(long)]
+    pub playbook: Option<PathBuf>,
+    /// Hosts worked on at once in parallel phases.
+    #[arg(long, default_value_t = 10)]
+    pub concurrency: usize,
+    /// Re-pin the SSH host key of this host (address) on purpose, e.g. after a rebuild.
+    #[arg(long = "accept-new-host-key", value_name = "HOST")]
+    pub accept_new_host_key: Vec<String>,
+    #[command(flatten)]
+    pub addons: AddonArgs,
+    /// Run only these phases of the playbook, in playbook order (comma-separated or
+    /// repeated; `machines` is the provision phase).
+    #[arg(long, value_delimiter = ',', value_name = "PHASE")]
+    pub phases: Vec<String>,
+}
+
+/// How addons are applied (the `addons` phase and `kubeforge addons apply`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct AddonArgs {
+    /// Take over fields another field manager owns (server-side apply `force`);
+    /// without it such conflicts are reported and nothing is forced.
+    #[arg(long)]
+    pub force_conflicts: bool,
+    /// Wait until every addon's Deployments/DaemonSets are available and Ceph is healthy.
+    #[arg(long)]
+    pub wait: bool,
+    /// Limit of each addon wait (CRDs Established, webhooks answering, --wait), e.g.
+    /// `300s`, `5m`.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub timeout: std::time::Duration,
+}
+
+impl AddonArgs {
+    pub fn options(&self) -> crate::addons::AddonOptions {
+        crate::addons::AddonOptions {
+            force_conflicts: self.force_conflicts,
+            wait: self.wait,
+            timeout: self.timeout,
+        }
+    }
+}
+
+/// `90`, `90s`, `5m`, `1h`.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (examples: 90s, 5m, 1h)"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("`{s}` is not a duration (examples: 90s, 5m, 1h)")),
+    };
+    Ok(std::time::Duration::from_secs(secs))
+}
+
+#[derive(Debug, Args)]
+pub struct AddonsArgs {
+    #[command(subcommand)]
+    pub command: AddonsCommand,
+}
+
+#[derive(Debug, Args)]
+pub struct Target {
+    #[command(flatten)]
+    pub spec: SpecArgs,
+    /// Talk to the API server of this kubeconfig instead of the cluster's (the admin
+    /// kubeconfig in the state, reached through SSH to a control-plane node).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AddonsCommand {
+    /// Show what applying the addons would change, object by object (server-side dry
+    /// run; diffs for updates). Changes nothing.
+    Plan(Target),
+    /// Apply the addons of the cluster file; addons removed from it are deleted (only
+    /// objects kubeforge applied and labelled).
+    Apply {
+        #[command(flatten)]
+        target: Target,
+        /// Apply without asking for confirmation.
+        #[arg(long, short = 'y')]
+        yes: bool,
+        #[command(flatten)]
+        addons: AddonArgs,
+    },
+    /// The compatibility matrix: every release kubeforge knows of each addon and the
+    /// Kubernetes versions it supports; with -f, which release the cluster file gets.
+    /// Offline: reads no state and contacts nothing.
+    Versions {
+        /// A cluster file: mark the default for its Kubernetes version and the release
+        /// each configured addon uses.
+        #[arg(short = 'f', long = "file")]
+        file: Option<std::path::PathBuf>,
+    },
+    /// Rollout status of every addon (Deployments/DaemonSets available, Ceph health).
+    Status {
+        #[command(flatten)]
+        target: Target,
+        /// Wait until every addon is ready (see --timeout).
+        #[arg(long)]
+        wait: bool,
+        #[arg(long, default_value = "5m", value_parser = parse_duration)]
+        timeout: std::time::Duration,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct DestroyArgs {
+    #[command(flatten)]
+    pub spec: SpecArgs,
+    /// Delete without asking for confirmation.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub command: BenchCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Push a file and run small commands on N local machines; compare with scp/ssh
+    /// and Ansible.
+    Fanout(FanoutArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FanoutArgs {
+    /// Number of machines.
+    #[arg(long, default_value_t = 10)]
+    pub machines: usize,
+    /// Size of the pushed file in MiB.
+    #[arg(long, default_value_t = 100)]
+    pub file_mib: u64,
+    /// Small commands per host.
+    #[arg(long, default_value_t = 20)]
+    pub commands: usize,
+    /// Hosts worked on at once (also Ansible's forks).
+    #[arg(long, default_value_t = 10)]
+    pub concurrency: usize,
+    /// Node image (default: the current recipe's tag).
+    #[arg(long)]
+    pub image: Option<String>,
+    /// Subnet of the benchmark's internal network.
+    #[arg(long, default_value = "10.253.0.0/24")]
+    pub subnet: ipnet::IpNet,
+    /// Skip the Ansible comparison.
+    #[arg(long)]
+    pub no_ansible: bool,
+    /// Keep the machines afterwards.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ArtifactsArgs {
+    #[command(subcommand)]
+    pub command: ArtifactsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ArtifactsCommand {
+    /// Print exactly what a Kubernetes version needs: binaries, images, host packages,
+    /// each with its source (upstream URL, mirror path or registry).
+    #[command(disable_version_flag = true)]
+    List(SelectArgs),
+    /// Download everything into the local cache, verifying every sha256.
+    #[command(disable_version_flag = true)]
+    Fetch(FetchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SelectArgs {
+    /// The cluster file: its kubernetesVersion, artifacts.mirror and
+    /// artifacts.imageRepository are used (default cluster.yaml unless --version).
+    #[arg(short = 'f', long = "file", conflicts_with = "version")]
+    pub file: Option<PathBuf>,
+    /// A Kubernetes version (v1.20.2) instead of a cluster file.
+    #[arg(long)]
+    pub version: Option<String>,
+    /// Mirror (http(s) URL or directory) replacing the upstream release site; overrides
+    /// the cluster file's artifacts.mirror.
+    #[arg(long)]
+    pub mirror: Option<String>,
+    /// Registry for the control-plane images (kubeadm's imageRepository).
+    #[arg(long)]
+    pub image_repository: Option<String>,
+    /// Host architecture.
+    #[arg(long, default_value = "amd64")]
+    pub arch: String,
+    /// Leave an image out (e.g. coredns when that addon is not deployed); repeatable.
+    #[arg(long = "skip-image", value_name = "NAME")]
+    pub skip_images: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct FetchArgs {
+    #[command(flatten)]
+    pub select: SelectArgs,
+    /// Cache directory (default $KUBEFORGE_CACHE, else ~/.cache/kubeforge).
+    #[arg(long)]
+    pub cache: Option<PathBuf>,
+}
+
 pub fn init_tracing(verbose: u8) {
     use tracing_subscriber::EnvFilter;
     // kube-client logs every API error it returns to us (404 while probing discovery,
@@ -112,7 +352,7 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         Command::Kubeconfig(args) => crate::ops::kubeconfig::run(&args.file, output).await,
         Command::Artifacts(args) => crate::ops::artifacts::run(args, output).await,
         Command::State(args) => crate::state::cli::run(args, output).await,
-        Command::Image(args) => crate::provider::cli::run_image(args, output).await,
+        Command::Image(args) => crate::ops::image::run(args, output).await,
         Command::Bench(args) => crate::ops::bench::run(args, output).await,
     }
 }

@@ -4,131 +4,49 @@
 
 use crate::addons::{self, manifest, AddonsError, Bundle, Engine};
 use crate::artifacts::Cache;
+use crate::cli::{AddonsArgs, AddonsCommand};
 use crate::error::Error;
-use crate::ops::apply::AddonArgs;
+use crate::ops::session::{with_session, Session, SessionOptions};
 use crate::output::{print_json, OutputFormat};
 use crate::spec::{self, LoadedCluster};
 use crate::state::StateDocument;
-use clap::{Args, Subcommand};
 use serde::Serialize;
 use std::path::PathBuf;
-use std::sync::Arc;
-
-#[derive(Debug, Args)]
-pub struct AddonsArgs {
-    #[command(subcommand)]
-    pub command: AddonsCommand,
-}
-
-#[derive(Debug, Args)]
-pub struct Target {
-    #[command(flatten)]
-    pub spec: crate::cli::SpecArgs,
-    /// Talk to the API server of this kubeconfig instead of the cluster's (the admin
-    /// kubeconfig in the state, reached through SSH to a control-plane node).
-    #[arg(long)]
-    pub kubeconfig: Option<PathBuf>,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum AddonsCommand {
-    /// Show what applying the addons would change, object by object (server-side dry
-    /// run; diffs for updates). Changes nothing.
-    Plan(Target),
-    /// Apply the addons of the cluster file; addons removed from it are deleted (only
-    /// objects kubeforge applied and labelled).
-    Apply {
-        #[command(flatten)]
-        target: Target,
-        /// Apply without asking for confirmation.
-        #[arg(long, short = 'y')]
-        yes: bool,
-        #[command(flatten)]
-        addons: AddonArgs,
-    },
-    /// The compatibility matrix: every release kubeforge knows of each addon and the
-    /// Kubernetes versions it supports; with -f, which release the cluster file gets.
-    /// Offline: reads no state and contacts nothing.
-    Versions {
-        /// A cluster file: mark the default for its Kubernetes version and the release
-        /// each configured addon uses.
-        #[arg(short = 'f', long = "file")]
-        file: Option<PathBuf>,
-    },
-    /// Rollout status of every addon (Deployments/DaemonSets available, Ceph health).
-    Status {
-        #[command(flatten)]
-        target: Target,
-        /// Wait until every addon is ready (see --timeout).
-        #[arg(long)]
-        wait: bool,
-        #[arg(long, default_value = "5m", value_parser = crate::ops::apply::parse_duration)]
-        timeout: std::time::Duration,
-    },
-}
 
 fn boxed(e: AddonsError) -> Error {
     Error::Addons(Box::new(e))
 }
 
-/// An engine for `c`, and what must stay alive while it is used (tunnel, SSH pool).
-struct Connected {
-    engine: Engine,
-    _tunnel: Option<addons::tunnel::Tunnel>,
-    pool: Option<Arc<crate::transport::SshPool>>,
-}
-
+/// An engine for the session's cluster: through the session's tunnel to the API (the
+/// admin kubeconfig from the state), or to the API server of `--kubeconfig`.
 async fn connect(
-    c: &LoadedCluster,
+    s: &Session,
     doc: &StateDocument,
     kubeconfig: Option<&PathBuf>,
     opts: addons::AddonOptions,
-) -> Result<Connected, Error> {
+) -> Result<Engine, Error> {
     if let Some(path) = kubeconfig {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::Usage(format!("cannot read {}: {e}", path.display())))?;
-        let engine = Engine::connect(&text, None, opts).await.map_err(boxed)?;
-        return Ok(Connected {
-            engine,
-            _tunnel: None,
-            pool: None,
-        });
+        return Engine::connect(&text, None, opts).await.map_err(boxed);
     }
-    use crate::transport::{MemoryHostKeyStore, SshPool};
     let kc = doc.secrets.admin_kubeconfig.clone().ok_or_else(|| {
         Error::Usage(
             "the state has no admin kubeconfig (run `kubeforge apply` first, or give --kubeconfig)"
                 .into(),
         )
     })?;
+    let c = &s.cluster;
     let first = c
         .topology
         .first_control_plane()
         .ok_or_else(|| Error::Usage("the cluster has no control-plane node".into()))?;
-    let auth = crate::ops::apply::ssh_auth(c, doc)?;
-    // Host keys must already be pinned (apply pinned them); nothing new is saved here.
-    let keys = Arc::new(MemoryHostKeyStore::from_map(doc.host_keys.clone()));
-    let pool = Arc::new(SshPool::new(
-        crate::ops::apply::ssh_config(c, auth, &[])?,
-        keys,
-    ));
-    let session = pool.session(&first.address.to_string()).await?;
-    let (engine, tunnel) = addons::connect_through(c, first, session, &kc, opts)
+    let rt = s.rt()?;
+    let session = rt.pool.session(&first.address.to_string()).await?;
+    rt.api
+        .engine(c, first, session, &kc, opts)
         .await
-        .map_err(boxed)?;
-    Ok(Connected {
-        engine,
-        _tunnel: Some(tunnel),
-        pool: Some(pool),
-    })
-}
-
-impl Connected {
-    async fn close(self) {
-        if let Some(p) = &self.pool {
-            p.close_all().await;
-        }
-    }
+        .map_err(boxed)
 }
 
 async fn bundles(c: &LoadedCluster) -> Result<Vec<Bundle>, Error> {
@@ -176,49 +94,39 @@ pub async fn run(args: AddonsArgs, output: OutputFormat) -> Result<(), Error> {
     match args.command {
         AddonsCommand::Versions { file } => versions(file.as_deref(), output),
         AddonsCommand::Plan(t) => {
-            let c = spec::load_file(&t.spec.file)?;
-            let store = crate::ops::apply::open_store(&c)?;
-            let (doc, _) = store.load_or_new().await?;
-            let conn = connect(&c, &doc, t.kubeconfig.as_ref(), Default::default()).await?;
-            let mut b = bundles(&c).await?;
-            conn.engine.adapt(&mut b);
-            let changes = conn.engine.plan(&b, &doc.addons).await.map_err(boxed);
-            let server = conn.engine.server_version().to_string();
-            conn.close().await;
-            let changes = changes?;
-            match output {
-                OutputFormat::Json => print_json(&PlanReport {
-                    server: &server,
-                    changes: &changes,
-                })?,
-                OutputFormat::Text => print!("{}", plan_text(&changes)),
-            }
-            Ok(())
+            let opts = SessionOptions::read_only(output);
+            with_session(&t.spec.file.clone(), opts, |s| {
+                Box::pin(async move {
+                    let doc = s.state.get().await;
+                    let engine =
+                        connect(s, &doc, t.kubeconfig.as_ref(), Default::default()).await?;
+                    let mut b = bundles(&s.cluster).await?;
+                    engine.adapt(&mut b);
+                    let changes = engine.plan(&b, &doc.addons).await.map_err(boxed)?;
+                    match output {
+                        OutputFormat::Json => print_json(&PlanReport {
+                            server: engine.server_version(),
+                            changes: &changes,
+                        })?,
+                        OutputFormat::Text => print!("{}", plan_text(&changes)),
+                    }
+                    Ok(())
+                })
+            })
+            .await
         }
         AddonsCommand::Apply {
             target,
             yes,
             addons: a,
         } => {
-            let c = spec::load_file(&target.spec.file)?;
-            crate::ops::validate::print_warnings(&c.warnings, output);
-            let store = crate::ops::apply::open_store(&c)?;
-            let lock = store
-                .lock(&std::env::args().collect::<Vec<_>>().join(" "))
-                .await?;
-            let result = crate::state::until_ctrl_c(apply_locked(
-                &c,
-                store,
-                target.kubeconfig.as_ref(),
-                yes,
-                a.options(),
-                output,
-                &lock,
-            ))
-            .await;
-            let released = lock.release().await;
-            let report = result??;
-            released?;
+            let opts = SessionOptions::locked(output);
+            let report = with_session(&target.spec.file.clone(), opts, |s| {
+                Box::pin(async move {
+                    apply_locked(s, target.kubeconfig.as_ref(), yes, a.options(), output).await
+                })
+            })
+            .await?;
             match output {
                 OutputFormat::Json => print_json(&report)?,
                 OutputFormat::Text => {
@@ -239,35 +147,38 @@ pub async fn run(args: AddonsArgs, output: OutputFormat) -> Result<(), Error> {
             wait,
             timeout,
         } => {
-            let c = spec::load_file(&target.spec.file)?;
-            let store = crate::ops::apply::open_store(&c)?;
-            let (doc, _) = store.load_or_new().await?;
-            let opts = addons::AddonOptions {
-                wait,
-                timeout,
-                ..Default::default()
-            };
-            let conn = connect(&c, &doc, target.kubeconfig.as_ref(), opts).await?;
-            let mut b = bundles(&c).await?;
-            conn.engine.adapt(&mut b);
-            let st = if wait {
-                conn.engine.wait_ready(&b).await
-            } else {
-                conn.engine.status(&b).await
-            };
-            conn.close().await;
-            let st = st.map_err(boxed)?;
-            match output {
-                OutputFormat::Json => print_json(&st)?,
-                OutputFormat::Text => {
-                    for s in &st {
-                        for l in s.lines() {
-                            println!("{l}");
+            let opts = SessionOptions::read_only(output);
+            with_session(&target.spec.file.clone(), opts, |s| {
+                Box::pin(async move {
+                    let doc = s.state.get().await;
+                    let opts = addons::AddonOptions {
+                        wait,
+                        timeout,
+                        ..Default::default()
+                    };
+                    let engine = connect(s, &doc, target.kubeconfig.as_ref(), opts).await?;
+                    let mut b = bundles(&s.cluster).await?;
+                    engine.adapt(&mut b);
+                    let st = if wait {
+                        engine.wait_ready(&b).await
+                    } else {
+                        engine.status(&b).await
+                    }
+                    .map_err(boxed)?;
+                    match output {
+                        OutputFormat::Json => print_json(&st)?,
+                        OutputFormat::Text => {
+                            for s in &st {
+                                for l in s.lines() {
+                                    println!("{l}");
+                                }
+                            }
                         }
                     }
-                }
-            }
-            Ok(())
+                    Ok(())
+                })
+            })
+            .await
         }
     }
 }
@@ -280,65 +191,56 @@ struct ApplyReport {
 }
 
 async fn apply_locked(
-    c: &LoadedCluster,
-    store: crate::state::StateStore,
+    s: &Session,
     kubeconfig: Option<&PathBuf>,
     yes: bool,
     opts: addons::AddonOptions,
     output: OutputFormat,
-    lock: &crate::state::LockGuard,
 ) -> Result<ApplyReport, Error> {
-    let (doc, version) = store.load_or_new().await?;
+    let doc = s.state.get().await;
     let wait = opts.wait;
-    let conn = connect(c, &doc, kubeconfig, opts).await?;
-    let mut b = bundles(c).await?;
-    conn.engine.adapt(&mut b);
-    let result = async {
-        let changes = conn.engine.plan(&b, &doc.addons).await.map_err(boxed)?;
-        if output == OutputFormat::Text {
-            eprint!("{}", plan_text(&changes));
-            for n in b
-                .iter()
-                .flat_map(|b| b.notes.iter().map(move |n| (b.addon, n)))
-            {
-                eprintln!("note: {}: {}", n.0, n.1);
-            }
+    let engine = connect(s, &doc, kubeconfig, opts).await?;
+    let mut b = bundles(&s.cluster).await?;
+    engine.adapt(&mut b);
+    let changes = engine.plan(&b, &doc.addons).await.map_err(boxed)?;
+    if output == OutputFormat::Text {
+        eprint!("{}", plan_text(&changes));
+        for n in b
+            .iter()
+            .flat_map(|b| b.notes.iter().map(move |n| (b.addon, n)))
+        {
+            eprintln!("note: {}: {}", n.0, n.1);
         }
-        let deletes = changes.iter().filter(|c| c.action == "delete").count();
-        if !yes {
-            let q = if deletes > 0 {
-                format!("Apply the addons, deleting {deletes} object(s) kubeforge applied before?")
-            } else {
-                "Apply the addons?".to_string()
-            };
-            crate::ops::confirm(&q, "applying", "not applied")?;
-        }
-        lock.check()?;
-        let state = crate::phase::StateHandle::new(store, doc.clone(), version);
-        let outcomes = conn
-            .engine
-            .apply(&b, &doc.addons, &state, &|line| {
-                if output == OutputFormat::Text {
-                    eprintln!("{line}")
-                }
-            })
-            .await
-            .map_err(boxed)?;
-        let status = if wait {
-            conn.engine.wait_ready(&b).await
-        } else {
-            conn.engine.status(&b).await
-        }
-        .map_err(boxed)?;
-        Ok::<_, Error>(ApplyReport {
-            server: conn.engine.server_version().to_string(),
-            outcomes,
-            status,
-        })
     }
-    .await;
-    conn.close().await;
-    result
+    let deletes = changes.iter().filter(|c| c.action == "delete").count();
+    if !yes {
+        let q = if deletes > 0 {
+            format!("Apply the addons, deleting {deletes} object(s) kubeforge applied before?")
+        } else {
+            "Apply the addons?".to_string()
+        };
+        crate::ops::confirm(&q, "applying", "not applied")?;
+    }
+    s.check_lock()?;
+    let outcomes = engine
+        .apply(&b, &doc.addons, &s.state, &|line| {
+            if output == OutputFormat::Text {
+                eprintln!("{line}")
+            }
+        })
+        .await
+        .map_err(boxed)?;
+    let status = if wait {
+        engine.wait_ready(&b).await
+    } else {
+        engine.status(&b).await
+    }
+    .map_err(boxed)?;
+    Ok(ApplyReport {
+        server: engine.server_version().to_string(),
+        outcomes,
+        status,
+    })
 }
 
 #[derive(Debug, Serialize)]

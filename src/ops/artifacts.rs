@@ -2,61 +2,11 @@
 //! from; fetch it into the local cache with every sha256 verified.
 
 use crate::artifacts::{self, Arch, Cache, Catalogue, Source};
+use crate::cli::{ArtifactsArgs, ArtifactsCommand, SelectArgs};
 use crate::error::Error;
 use crate::output::{print_json, OutputFormat};
-use clap::{Args, Subcommand};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
-
-#[derive(Debug, Args)]
-pub struct ArtifactsArgs {
-    #[command(subcommand)]
-    pub command: ArtifactsCommand,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum ArtifactsCommand {
-    /// Print exactly what a Kubernetes version needs: binaries, images, host packages,
-    /// each with its source (upstream URL, mirror path or registry).
-    #[command(disable_version_flag = true)]
-    List(SelectArgs),
-    /// Download everything into the local cache, verifying every sha256.
-    #[command(disable_version_flag = true)]
-    Fetch(FetchArgs),
-}
-
-#[derive(Debug, Args)]
-pub struct SelectArgs {
-    /// The cluster file: its kubernetesVersion, artifacts.mirror and
-    /// artifacts.imageRepository are used (default cluster.yaml unless --version).
-    #[arg(short = 'f', long = "file", conflicts_with = "version")]
-    pub file: Option<PathBuf>,
-    /// A Kubernetes version (v1.20.2) instead of a cluster file.
-    #[arg(long)]
-    pub version: Option<String>,
-    /// Mirror (http(s) URL or directory) replacing the upstream release site; overrides
-    /// the cluster file's artifacts.mirror.
-    #[arg(long)]
-    pub mirror: Option<String>,
-    /// Registry for the control-plane images (kubeadm's imageRepository).
-    #[arg(long)]
-    pub image_repository: Option<String>,
-    /// Host architecture.
-    #[arg(long, default_value = "amd64")]
-    pub arch: String,
-    /// Leave an image out (e.g. coredns when that addon is not deployed); repeatable.
-    #[arg(long = "skip-image", value_name = "NAME")]
-    pub skip_images: Vec<String>,
-}
-
-#[derive(Debug, Args)]
-pub struct FetchArgs {
-    #[command(flatten)]
-    pub select: SelectArgs,
-    /// Cache directory (default $KUBEFORGE_CACHE, else ~/.cache/kubeforge).
-    #[arg(long)]
-    pub cache: Option<PathBuf>,
-}
 
 /// A resolved selection: catalogue + source.
 pub struct Selection {

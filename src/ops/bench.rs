@@ -5,6 +5,7 @@
 //! Everything stays on this machine: the machines live on an `--internal` docker
 //! network created for the run and removed afterwards (unless `--keep`).
 
+use crate::cli::{BenchArgs, BenchCommand, FanoutArgs};
 use crate::error::Error;
 use crate::output::{print_json, OutputFormat};
 use crate::provider::{DockerConfig, DockerProvider, MachineRole, MachineSpec, Provider};
@@ -13,7 +14,6 @@ use crate::transport::{
     fan_out, FanOutOptions, MemoryHostKeyStore, ProgressMode, SshAuth, SshConfig, SshPool,
     Transport, TransportError, UploadSource, UploadTarget,
 };
-use clap::{Args, Subcommand};
 use serde::Serialize;
 use std::io::Write;
 use std::net::IpAddr;
@@ -21,47 +21,6 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-#[derive(Debug, Args)]
-pub struct BenchArgs {
-    #[command(subcommand)]
-    pub command: BenchCommand,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum BenchCommand {
-    /// Push a file and run small commands on N local machines; compare with scp/ssh
-    /// and Ansible.
-    Fanout(FanoutArgs),
-}
-
-#[derive(Debug, Args)]
-pub struct FanoutArgs {
-    /// Number of machines.
-    #[arg(long, default_value_t = 10)]
-    pub machines: usize,
-    /// Size of the pushed file in MiB.
-    #[arg(long, default_value_t = 100)]
-    pub file_mib: u64,
-    /// Small commands per host.
-    #[arg(long, default_value_t = 20)]
-    pub commands: usize,
-    /// Hosts worked on at once (also Ansible's forks).
-    #[arg(long, default_value_t = 10)]
-    pub concurrency: usize,
-    /// Node image (default: the current recipe's tag).
-    #[arg(long)]
-    pub image: Option<String>,
-    /// Subnet of the benchmark's internal network.
-    #[arg(long, default_value = "10.253.0.0/24")]
-    pub subnet: ipnet::IpNet,
-    /// Skip the Ansible comparison.
-    #[arg(long)]
-    pub no_ansible: bool,
-    /// Keep the machines afterwards.
-    #[arg(long)]
-    pub keep: bool,
-}
 
 /// One measured way of doing one piece of work.
 #[derive(Debug, Clone, Serialize)]
@@ -139,7 +98,7 @@ async fn fanout(a: &FanoutArgs) -> Result<BenchReport, Error> {
     let image = a
         .image
         .clone()
-        .unwrap_or_else(crate::provider::cli::node_image_tag);
+        .unwrap_or_else(crate::provider::image::node_image_tag);
     let provider = DockerProvider::connect(DockerConfig {
         cluster: "kfbench".into(),
         network: "kfbench-net".into(),

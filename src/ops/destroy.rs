@@ -1,21 +1,13 @@
 //! `kubeforge destroy`: list every resource of the cluster the provider finds by its
 //! tag, confirm, delete them under the state lock, and record that in the state.
 
+use crate::cli::DestroyArgs;
 use crate::error::Error;
+use crate::ops::session::{with_session, Session, SessionOptions};
 use crate::output::{print_json, OutputFormat};
 use crate::provider::Resource;
-use crate::spec::{self, LoadedCluster, Provider};
-use clap::Args;
+use crate::spec::{self, Provider};
 use serde::Serialize;
-
-#[derive(Debug, Args)]
-pub struct DestroyArgs {
-    #[command(flatten)]
-    pub spec: crate::cli::SpecArgs,
-    /// Delete without asking for confirmation.
-    #[arg(long, short = 'y')]
-    pub yes: bool,
-}
 
 #[derive(Debug, Serialize)]
 struct DestroyReport {
@@ -28,19 +20,17 @@ struct DestroyReport {
 
 pub async fn run(args: DestroyArgs, output: OutputFormat) -> Result<(), Error> {
     let loaded = spec::load_file(&args.spec.file)?;
-    crate::ops::validate::print_warnings(&loaded.warnings, output);
     if let Provider::Static(s) = &loaded.cluster.spec.provider {
         return Err(Error::Usage(format!(
             "the static provider's hosts (from {}) were not made by kubeforge: nothing to destroy",
             s.inventory
         )));
     }
-    let store = crate::ops::apply::open_store(&loaded)?;
-    let lock = store.lock(&command_line()).await?;
-    let result = crate::state::until_ctrl_c(run_locked(&loaded, store, &args, output)).await;
-    let released = lock.release().await;
-    let report = result??;
-    released?;
+    let yes = args.yes;
+    let report = with_session(&args.spec.file, SessionOptions::locked(output), |s| {
+        Box::pin(async move { run_locked(s, yes, output).await })
+    })
+    .await?;
     match output {
         OutputFormat::Json => print_json(&report)?,
         OutputFormat::Text => println!(
@@ -53,27 +43,18 @@ pub async fn run(args: DestroyArgs, output: OutputFormat) -> Result<(), Error> {
     Ok(())
 }
 
-fn command_line() -> String {
-    std::env::args().collect::<Vec<_>>().join(" ")
-}
-
-async fn run_locked(
-    c: &LoadedCluster,
-    store: crate::state::StateStore,
-    args: &DestroyArgs,
-    output: OutputFormat,
-) -> Result<DestroyReport, Error> {
-    let loaded = store.load().await?;
+async fn run_locked(s: &Session, yes: bool, output: OutputFormat) -> Result<DestroyReport, Error> {
+    let c = &s.cluster;
     let provider = match &c.cluster.spec.provider {
         Provider::Docker(d) => {
             // The docker provider needs no key to delete; any key opens it.
             let key = crate::transport::ssh::generate_ed25519_key();
             let auth = crate::transport::SshAuth::Key(std::sync::Arc::new(key));
-            Box::new(crate::ops::apply::docker_provider(c, d, &auth).await?)
+            Box::new(crate::provider::factory::docker_provider(c, d, &auth).await?)
                 as Box<dyn crate::provider::Provider>
         }
-        _ => crate::phase::provision::open_cloud(c, String::new())?
-            .ok_or_else(|| Error::Usage("internal: no provider".into()))?,
+        _ => crate::provider::factory::open_cloud(c, String::new())?
+            .ok_or_else(|| Error::Internal("no provider".into()))?,
     };
     let found = provider.resources().await?;
     if output == OutputFormat::Text {
@@ -95,32 +76,23 @@ async fn run_locked(
             }
         }
     }
-    if !found.is_empty() && !args.yes {
+    if !found.is_empty() && !yes {
         crate::ops::confirm("Delete all of these?", "destroying", "nothing deleted")?;
     }
     let deleted = provider.destroy_all().await?;
-    let generation = match loaded {
-        Some((doc, version)) => {
-            let state = crate::phase::StateHandle::new(store, doc, version);
-            state
-                .update(|doc| {
-                    doc.machines.clear();
-                    doc.host_keys.clear();
-                    let now = chrono::Utc::now();
-                    doc.journal.push(crate::state::JournalEntry {
-                        phase: "destroy".into(),
-                        plan_digest: String::new(),
-                        status: crate::state::PhaseStatus::Done,
-                        started: now,
-                        finished: Some(now),
-                        host: None,
-                        error: None,
-                    });
-                })
-                .await?;
-            Some(state.get().await.generation)
-        }
-        None => None,
+    s.check_lock()?;
+    let generation = if s.state.get().await.generation > 0 {
+        let entry = s.state.journal_start("destroy", "", None).await;
+        s.state.journal_finish(&entry, None).await;
+        s.state
+            .update(|doc| {
+                doc.machines.clear();
+                doc.host_keys.clear();
+            })
+            .await?;
+        Some(s.state.get().await.generation)
+    } else {
+        None
     };
     Ok(DestroyReport {
         cluster: c.name().to_string(),

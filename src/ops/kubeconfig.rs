@@ -7,7 +7,7 @@ use std::path::Path;
 
 pub async fn run(file: &Path, output: OutputFormat) -> Result<(), Error> {
     let loaded = spec::load_file(file)?;
-    let store = crate::ops::apply::open_store(&loaded)?;
+    let store = crate::ops::session::open_store(&loaded)?;
     let Some((doc, _)) = store.load().await? else {
         return Err(Error::Usage(format!(
             "cluster `{}` has no state yet: run `kubeforge apply -f {}` first",

@@ -3,10 +3,13 @@ pub mod apply;
 pub mod artifacts;
 pub mod bench;
 pub mod destroy;
+pub mod image;
 pub mod kubeconfig;
 pub mod plan;
-pub mod provider;
+pub mod preview;
 pub mod render;
+pub mod runner;
+pub mod session;
 pub mod validate;
 
 /// Ask `question [y/N]` on the terminal; anything but yes is `refused` (a usage error,

@@ -1,5 +1,5 @@
 use super::{new_plan, ApplyContext, Phase, PhaseError, PhasePlan, PlanContext, Step};
-use crate::addons::{catalogue, connect_through, manifest, AddonId};
+use crate::addons::{catalogue, manifest, AddonId};
 use crate::artifacts::Cache;
 use crate::spec::{IngressController, MetalLbMode};
 
@@ -137,10 +137,12 @@ impl Phase for Addons {
                 message: "the cluster has no control-plane node to reach the API through".into(),
             });
         };
-        let (engine, _tunnel) =
-            connect_through(ctx.cluster, host, session, &kubeconfig, ctx.addons.clone())
-                .await
-                .map_err(err)?;
+        let engine = ctx
+            .rt
+            .api
+            .engine(ctx.cluster, host, session, &kubeconfig, ctx.addons.clone())
+            .await
+            .map_err(err)?;
         engine.adapt(&mut bundles);
         for b in &bundles {
             for n in &b.notes {

@@ -2,7 +2,7 @@ use super::{
     exec, host_plan, new_plan, restart_step, ApplyContext, Phase, PhaseError, PhasePlan,
     PlanContext, Step,
 };
-use crate::addons::{catalogue, connect_through, manifest, AddonId};
+use crate::addons::{catalogue, manifest, AddonId};
 use crate::artifacts::Cache;
 use crate::render::views::{pod_cidr, PODNET_UNIT, VXLAN_DEVICE, VXLAN_PORT};
 use crate::render::FileGroup;
@@ -95,10 +95,12 @@ impl Phase for Cni {
                 message: "the cluster has no control-plane node to reach the API through".into(),
             });
         };
-        let (engine, _tunnel) =
-            connect_through(ctx.cluster, host, session, &kubeconfig, ctx.addons.clone())
-                .await
-                .map_err(err)?;
+        let engine = ctx
+            .rt
+            .api
+            .engine(ctx.cluster, host, session, &kubeconfig, ctx.addons.clone())
+            .await
+            .map_err(err)?;
         engine.adapt(&mut bundles);
         // Only this addon's record: the others are the addons phase's to prune.
         let mut recorded = doc.addons.clone();

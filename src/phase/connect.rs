@@ -4,10 +4,6 @@ use crate::transport::{fan_out, FanOutOptions};
 
 pub struct Connect;
 
-/// What a host must answer before anything is changed on it.
-const FACTS: &str =
-    "uname -m && . /etc/os-release && echo \"$ID $VERSION_ID\" && command -v systemctl";
-
 #[async_trait::async_trait]
 impl Phase for Connect {
     fn name(&self) -> &'static str {
@@ -35,12 +31,15 @@ impl Phase for Connect {
                         "ssh {}@{}:{}: check the host key against the pinned one (pin on first use)",
                         h.ssh_user, h.address, h.ssh_port
                     )),
-                    Step::new("gather facts: architecture, OS, systemd"),
+                    Step::new("gather facts: architecture, OS, systemd, installed containerd/kubelet/kubeadm, kubeadm state"),
                 ],
             ));
         }
         p.operator
             .push(Step::new("record newly pinned host keys in the state"));
+        p.operator.push(Step::new(
+            "from a control-plane node that answers: nodes (registered, Ready, versions) and etcd members with their health",
+        ));
         p
     }
 
@@ -59,15 +58,28 @@ impl Phase for Connect {
                 .host(&name)
                 .ok_or(HostError::Cancelled)?;
             let s = exec::session(ctx.rt, host).await?;
-            let facts = exec::run(s.as_ref(), &name, FACTS, ctx.secrets, ctx.rt.verbose).await?;
-            let arch = facts.lines().next().unwrap_or_default().to_string();
-            if arch != "x86_64" && arch != "aarch64" {
+            let out = exec::run(
+                s.as_ref(),
+                &name,
+                &crate::facts::host_command(),
+                ctx.secrets,
+                ctx.rt.verbose,
+            )
+            .await?;
+            let facts = crate::facts::parse_host(&out);
+            if facts.arch != "x86_64" && facts.arch != "aarch64" {
                 return Err(HostError::Other {
                     host: name.clone(),
-                    message: format!("unsupported architecture `{arch}`"),
+                    message: format!("unsupported architecture `{}`", facts.arch),
                 });
             }
-            Ok::<_, HostError>(())
+            if !facts.systemd {
+                return Err(HostError::Other {
+                    host: name.clone(),
+                    message: "systemd (systemctl) is required".into(),
+                });
+            }
+            Ok::<_, HostError>(facts)
         })
         .await;
         // Pin what was learned even when some hosts failed: the keys are facts.
@@ -79,7 +91,25 @@ impl Phase for Connect {
                 phase: self.name().into(),
                 source,
             })?;
-        let errors: Vec<HostError> = results.into_iter().filter_map(|r| r.result.err()).collect();
+        let mut facts = crate::facts::ClusterFacts::default();
+        let mut errors: Vec<HostError> = Vec::new();
+        for r in results {
+            match r.result {
+                Ok(f) => {
+                    facts.hosts.insert(r.host, f);
+                }
+                Err(e) => {
+                    facts.absent.insert(
+                        r.host,
+                        crate::facts::Absence::Unreachable(ctx.secrets.redact(&e.to_string())),
+                    );
+                    errors.push(e);
+                }
+            }
+        }
+        // Nodes and etcd as the cluster sees them, for the phases' plans.
+        let facts = crate::facts::complete(&ctx.rt.pool, ctx.cluster, facts, ctx.secrets).await;
+        ctx.rt.set_facts(facts);
         if errors.is_empty() {
             Ok(())
         } else {

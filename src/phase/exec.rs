@@ -7,87 +7,11 @@ use super::{HostPlan, PhasePlan, Step};
 use crate::playbook::Strategy;
 use crate::render::{RenderedFile, Secrets};
 use crate::spec::{Host, LoadedCluster};
+pub use crate::transport::remote::{download, run, tail, CommandFailure, HostError};
 use crate::transport::{
-    fan_out, Cancelled, FanOutOptions, ProgressMode, SshPool, SshSession, Transport,
-    TransportError, UploadTarget,
+    fan_out, FanOutOptions, ProgressMode, SshPool, SshSession, Transport, UploadTarget,
 };
-use std::fmt;
 use std::sync::Arc;
-
-/// What a failed host reports: enough to act on without reading logs.
-#[derive(Debug, Clone)]
-pub struct CommandFailure {
-    pub host: String,
-    pub command: String,
-    pub exit_code: u32,
-    /// The last lines of stderr (secrets redacted).
-    pub stderr_tail: String,
-}
-
-impl fmt::Display for CommandFailure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "on {}: `{}` exited with {}",
-            self.host, self.command, self.exit_code
-        )?;
-        if !self.stderr_tail.is_empty() {
-            write!(f, "; stderr ends with:\n{}", indent(&self.stderr_tail))?;
-        }
-        Ok(())
-    }
-}
-
-fn indent(s: &str) -> String {
-    s.lines()
-        .map(|l| format!("      {l}"))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum HostError {
-    #[error("{0}")]
-    Command(CommandFailure),
-    #[error("on {host}: {source}")]
-    Transport {
-        host: String,
-        #[source]
-        source: TransportError,
-    },
-    #[error("on {host}: {message}")]
-    Other { host: String, message: String },
-    #[error("cancelled")]
-    Cancelled,
-}
-
-impl From<Cancelled> for HostError {
-    fn from(_: Cancelled) -> Self {
-        HostError::Cancelled
-    }
-}
-
-impl HostError {
-    /// The host it happened on.
-    pub fn host(&self) -> Option<&str> {
-        match self {
-            HostError::Command(c) => Some(&c.host),
-            HostError::Transport { host, .. } | HostError::Other { host, .. } => Some(host),
-            HostError::Cancelled => None,
-        }
-    }
-
-    pub fn is_transport(&self) -> bool {
-        matches!(self, HostError::Transport { .. })
-    }
-}
-
-/// Keep the last `n` lines of `text`, secrets redacted.
-pub fn tail(text: &str, n: usize, secrets: &Secrets) -> String {
-    let lines: Vec<&str> = text.trim_end().lines().collect();
-    let start = lines.len().saturating_sub(n);
-    secrets.redact(&lines[start..].join("\n"))
-}
 
 /// What host execution needs from the run.
 pub struct Runtime {
@@ -98,6 +22,23 @@ pub struct Runtime {
     pub progress: ProgressMode,
     /// Print remote command output as it finishes (`--verbose`).
     pub verbose: bool,
+    /// The SSH tunnel to the cluster's API, opened once on first use.
+    pub api: crate::addons::ApiAccess,
+    /// What `connect` (or a plan) found on the hosts; phases plan from it.
+    pub facts: std::sync::Mutex<Option<std::sync::Arc<crate::facts::ClusterFacts>>>,
+}
+
+impl Runtime {
+    /// The facts gathered in this run, if any.
+    pub fn facts(&self) -> Option<std::sync::Arc<crate::facts::ClusterFacts>> {
+        self.facts.lock().map(|f| f.clone()).unwrap_or_default()
+    }
+
+    pub fn set_facts(&self, facts: crate::facts::ClusterFacts) {
+        if let Ok(mut f) = self.facts.lock() {
+            *f = Some(std::sync::Arc::new(facts));
+        }
+    }
 }
 
 /// The connection to a host (by its address).
@@ -107,56 +48,6 @@ pub async fn session(rt: &Runtime, host: &Host) -> Result<Arc<SshSession>, HostE
         .await
         .map_err(|source| HostError::Transport {
             host: host.name.clone(),
-            source,
-        })
-}
-
-/// Run a shell command on a host; non-zero exit is a `CommandFailure`.
-pub async fn run(
-    t: &dyn Transport,
-    host: &str,
-    command: &str,
-    secrets: &Secrets,
-    verbose: bool,
-) -> Result<String, HostError> {
-    let out = t
-        .exec(command)
-        .await
-        .map_err(|source| HostError::Transport {
-            host: host.to_string(),
-            source,
-        })?;
-    if verbose {
-        for line in out.stdout.lines().chain(out.stderr.lines()) {
-            eprintln!("  [{host}] {}", secrets.redact(line));
-        }
-    }
-    tracing::debug!(host, command = %secrets.redact(command), exit = out.exit_code, "ran");
-    if !out.success() {
-        return Err(HostError::Command(CommandFailure {
-            host: host.to_string(),
-            command: secrets.redact(command),
-            exit_code: out.exit_code,
-            stderr_tail: tail(
-                if out.stderr.trim().is_empty() {
-                    &out.stdout
-                } else {
-                    &out.stderr
-                },
-                8,
-                secrets,
-            ),
-        }));
-    }
-    Ok(out.stdout)
-}
-
-/// Read a (small) remote file.
-pub async fn download(t: &dyn Transport, host: &str, path: &str) -> Result<Vec<u8>, HostError> {
-    t.download(path)
-        .await
-        .map_err(|source| HostError::Transport {
-            host: host.to_string(),
             source,
         })
 }
@@ -245,7 +136,16 @@ async fn apply_host(
         }
         match &step.run {
             Some(cmd) => {
-                run(s.as_ref(), &host.name, cmd, secrets, rt.verbose).await?;
+                run(s.as_ref(), &host.name, cmd, secrets, rt.verbose)
+                    .await
+                    .map_err(|e| match e {
+                        // A wrapped command (e.g. detached kubeadm) is named as planned.
+                        HostError::Command(mut f) if *cmd != step.action => {
+                            f.command = secrets.redact(&step.action);
+                            HostError::Command(f)
+                        }
+                        e => e,
+                    })?;
             }
             None => special.special(s.as_ref(), host, step).await?,
         }

@@ -1,73 +1,14 @@
 use super::exec;
-use super::{
-    host_plan, new_plan, ApplyContext, Phase, PhaseError, PhasePlan, PlanContext, Step, APPLIED_DIR,
-};
-use crate::render::views::{Profile, BIN_DIR};
+use super::{host_plan, new_plan, ApplyContext, Phase, PhaseError, PhasePlan, PlanContext, Step};
 use crate::render::FileGroup;
 
 pub struct InitControlPlane;
 
-pub const ADMIN_CONF: &str = "/etc/kubernetes/admin.conf";
-/// Written after `kubeadm init` succeeded.
-pub const INIT_DONE: &str = "/var/lib/kubeforge/applied/kubeadm-init";
-pub const CA_CERT: &str = "/etc/kubernetes/pki/ca.crt";
+pub use crate::kube::kubeadm::INIT_DONE;
+pub use crate::kube::{ADMIN_CONF, CA_CERT};
 /// Where the CA public key hash is kept in the state's secrets (not secret itself, but
 /// it belongs with the PKI).
 pub const CA_HASH_KEY: &str = "ca-cert-hash";
-
-/// `kubectl` as root on a control-plane node.
-pub fn kubectl() -> String {
-    format!("{BIN_DIR}/kubectl --kubeconfig={ADMIN_CONF}")
-}
-
-/// The phases `kubeadm join` has; skipped phases of `init` only (e.g. addon/coredns)
-/// are not passed to join, which rejects them.
-const JOIN_PHASES: &[&str] = &[
-    "preflight",
-    "control-plane-prepare",
-    "kubelet-start",
-    "control-plane-join",
-];
-
-/// Extra kubeadm flags: patches, skipped phases, ignored preflight errors.
-pub fn kubeadm_flags(ctx: &PlanContext<'_>, control_plane: bool) -> String {
-    kubeadm_flags_for(ctx, control_plane, false)
-}
-
-/// The same for `kubeadm join`.
-pub fn kubeadm_join_flags(ctx: &PlanContext<'_>, control_plane: bool) -> String {
-    kubeadm_flags_for(ctx, control_plane, true)
-}
-
-fn kubeadm_flags_for(ctx: &PlanContext<'_>, control_plane: bool, join: bool) -> String {
-    let c = ctx.cluster;
-    let mut out = String::new();
-    if control_plane && Profile::of(c).etcd_ephemeral_storage_patch {
-        let flag = if c.version().minor < 22 {
-            "--experimental-patches"
-        } else {
-            "--patches"
-        };
-        out.push_str(&format!(" {flag} /etc/kubeforge/patches"));
-    }
-    let k = &c.cluster.spec.kubeadm;
-    let skip: Vec<&str> = k
-        .skip_phases
-        .iter()
-        .map(String::as_str)
-        .filter(|p| !join || JOIN_PHASES.iter().any(|j| p.split('/').next() == Some(*j)))
-        .collect();
-    if !skip.is_empty() {
-        out.push_str(&format!(" --skip-phases={}", skip.join(",")));
-    }
-    if !k.ignore_preflight_errors.is_empty() {
-        out.push_str(&format!(
-            " --ignore-preflight-errors={}",
-            k.ignore_preflight_errors.join(",")
-        ));
-    }
-    out
-}
 
 /// `sha256:<hex>` of a PEM certificate's SubjectPublicKeyInfo, as kubeadm's
 /// `--discovery-token-ca-cert-hash` expects.
@@ -93,8 +34,23 @@ impl Phase for InitControlPlane {
     }
     fn plan(&self, ctx: &PlanContext<'_>) -> PhasePlan {
         let mut p = new_plan(self);
-        let flags = kubeadm_flags(ctx, true);
+        let kubeadm = crate::kube::Kubeadm::of(ctx.cluster);
         for h in &ctx.hosts {
+            // A node that joined the control plane earlier and now takes the first
+            // node's part (the first was replaced): the cluster exists, no init.
+            let joined = ctx
+                .facts
+                .and_then(|f| f.host(&h.name))
+                .is_some_and(|f| f.control_plane_manifests && !f.kubeadm_init_done);
+            if joined {
+                p.hosts
+                    .push(host_plan(ctx, h, &[FileGroup::Kubeadm], Vec::new()));
+                p.operator.push(Step::new(format!(
+                    "{} runs a control plane already (joined earlier): the cluster exists, no kubeadm init; it takes the first control-plane node's part for the joins",
+                    h.name
+                )));
+                continue;
+            }
             p.hosts.push(host_plan(
                 ctx,
                 h,
@@ -102,10 +58,18 @@ impl Phase for InitControlPlane {
                 // A finished init is marked, and never run again (an unhealthy
                 // apiserver later is not a reason to re-init over etcd's data); an
                 // init that failed half-way is run again.
-                vec![Step::cmd(format!(
-                    "{BIN_DIR}/kubeadm init --config /etc/kubeforge/kubeadm-init.yaml --upload-certs{flags} \
-&& mkdir -p {APPLIED_DIR} && touch {INIT_DONE}"
-                ))
+                vec![Step {
+                    run: Some(crate::kube::kubeadm::detached(
+                        "kubeforge-kubeadm-init",
+                        &kubeadm.init(),
+                        INIT_DONE,
+                    )),
+                    ..Step::cmd(format!(
+                        "{} (detached: survives a lost connection; log in {}/kubeforge-kubeadm-init.log)",
+                        kubeadm.init(),
+                        crate::kube::kubeadm::LOG_DIR
+                    ))
+                }
                 .unless_check(
                     format!("kubeadm init finished here before ({INIT_DONE})"),
                     format!("test -f {ADMIN_CONF} && test -f {INIT_DONE}"),
@@ -120,6 +84,31 @@ impl Phase for InitControlPlane {
     }
 
     async fn apply(&self, ctx: &ApplyContext<'_>, plan: &PhasePlan) -> Result<(), PhaseError> {
+        // Never `kubeadm init` a second cluster over a live one: when this node has no
+        // kubeadm state but another control-plane node runs etcd, stop here.
+        if let Some(f) = ctx.rt.facts() {
+            for hp in &plan.hosts {
+                let fresh = f
+                    .host(&hp.host)
+                    .is_some_and(|h| !h.kubeadm_init_done && !h.control_plane_manifests);
+                let live: Vec<&String> = f
+                    .hosts
+                    .iter()
+                    .filter(|(n, h)| *n != &hp.host && h.control_plane_manifests)
+                    .map(|(n, _)| n)
+                    .collect();
+                if fresh && !live.is_empty() {
+                    return Err(PhaseError::Gate {
+                        phase: self.name().into(),
+                        message: format!(
+                            "{} has no kubeadm state, but the cluster runs on {}: not running kubeadm init over a live cluster (the first control-plane node was replaced; it must join the existing control plane instead)",
+                            hp.host,
+                            live.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                        ),
+                    });
+                }
+            }
+        }
         ctx.hosts(plan, &exec::NoSpecial).await?;
         let phase = self.name().to_string();
         let Some((first, s)) = ctx.first_control_plane(&phase).await? else {
@@ -143,7 +132,7 @@ impl Phase for InitControlPlane {
                 phase: phase.clone(),
                 source,
             })?;
-        super::wait_ready::wait_readyz(ctx, s.as_ref(), &phase).await
+        super::wait_readyz(ctx, s.as_ref(), &phase).await
     }
 }
 

@@ -1,23 +1,30 @@
 use super::exec::{self, HostError};
-use super::init::{kubeadm_join_flags, ADMIN_CONF};
-use super::{host_plan, new_plan, ApplyContext, Phase, PhaseError, PhasePlan, PlanContext, Step};
-use crate::render::views::BIN_DIR;
+use super::{
+    host_plan, new_plan, ApplyContext, Phase, PhaseError, PhasePlan, PlanContext, Special, Step,
+};
 use crate::render::FileGroup;
-use crate::transport::Transport;
 use std::time::{Duration, Instant};
 
 pub struct JoinControlPlane;
 pub struct JoinWorkers;
 
-const KUBELET_CONF: &str = "/etc/kubernetes/kubelet.conf";
+use crate::kube::{etcd, Kubeadm, KUBELET_CONF};
 /// How long a joined control-plane node may take to show up as a started etcd member.
 const MEMBER_WAIT: Duration = Duration::from_secs(180);
 
 fn join_step(ctx: &PlanContext<'_>, control_plane: bool) -> Step {
-    let flags = kubeadm_join_flags(ctx, control_plane);
-    let step = Step::cmd(format!(
-        "{BIN_DIR}/kubeadm join --config /etc/kubeforge/kubeadm-join.yaml{flags}"
-    ));
+    let join = Kubeadm::of(ctx.cluster).join(control_plane);
+    let step = Step {
+        run: Some(crate::kube::kubeadm::detached(
+            "kubeforge-kubeadm-join",
+            &join,
+            crate::kube::kubeadm::JOIN_DONE,
+        )),
+        ..Step::cmd(format!(
+            "{join} (detached: survives a lost connection; log in {}/kubeforge-kubeadm-join.log)",
+            crate::kube::kubeadm::LOG_DIR
+        ))
+    };
     if control_plane {
         // kubelet.conf is written half-way through a control-plane join; the static
         // pods of etcd and the apiserver are the last thing it writes.
@@ -35,57 +42,145 @@ fn join_step(ctx: &PlanContext<'_>, control_plane: bool) -> Step {
     }
 }
 
-/// Re-upload the control-plane certificates (kubeadm keeps them 2 hours) and make sure
-/// the bootstrap token exists (it expires after 24 hours): a resumed run may come later.
-async fn refresh_join_credentials(ctx: &ApplyContext<'_>, phase: &str) -> Result<(), PhaseError> {
+/// The public half of the bootstrap token (`abcdef` of `abcdef.0123456789abcdef`).
+fn token_id(secrets: &crate::render::Secrets) -> &str {
+    secrets
+        .bootstrap_token
+        .split('.')
+        .next()
+        .unwrap_or_default()
+}
+
+/// Make sure the bootstrap token exists (it expires after 24 hours) and, before
+/// control-plane joins, that the control-plane certificates are uploaded (kubeadm
+/// deletes them two hours after an upload): a resumed run, or a node added to an old
+/// cluster, may come much later. No secret is on these command lines.
+async fn refresh_join_credentials(
+    ctx: &ApplyContext<'_>,
+    phase: &str,
+    control_plane: bool,
+) -> Result<(), PhaseError> {
     let Some((first, s)) = ctx.first_control_plane(phase).await? else {
         return Ok(());
     };
     let err = |e: HostError| PhaseError::host(phase, e);
-    let token = &ctx.secrets.bootstrap_token;
-    let ensure_token = format!(
-        "{BIN_DIR}/kubeadm token list --kubeconfig {ADMIN_CONF} | awk '{{print $1}}' | grep -qx {token} || {BIN_DIR}/kubeadm token create {token} --ttl 24h0m0s --kubeconfig {ADMIN_CONF}"
-    );
-    exec::run(
-        s.as_ref(),
-        &first.name,
-        &ensure_token,
-        ctx.secrets,
-        ctx.rt.verbose,
-    )
-    .await
-    .map_err(err)?;
+    let kubeadm = Kubeadm::of(ctx.cluster);
+    let mut cmds = vec![kubeadm.ensure_token(token_id(ctx.secrets))];
+    if control_plane {
+        cmds.push(kubeadm.ensure_uploaded_certs());
+    }
+    for cmd in cmds {
+        exec::run(s.as_ref(), &first.name, &cmd, ctx.secrets, ctx.rt.verbose)
+            .await
+            .map_err(err)?;
+    }
     Ok(())
 }
 
-/// Started etcd members (those with a name), asked of the first control-plane node's
-/// etcd with its health-check client certificate.
+/// Carry out the plan's repairs before the joins: stale etcd members removed (checked
+/// again now: still there, still not healthy, quorum holding) and stale Node objects
+/// deleted.
+async fn repair_before_joins(
+    ctx: &ApplyContext<'_>,
+    phase: &str,
+    plan: &PhasePlan,
+) -> Result<(), PhaseError> {
+    let repairs: Vec<&Special> = plan
+        .operator
+        .iter()
+        .filter_map(|s| s.special.as_ref())
+        .collect();
+    if repairs.is_empty() {
+        return Ok(());
+    }
+    let gate = |message: String| PhaseError::Gate {
+        phase: phase.to_string(),
+        message,
+    };
+    let facts = ctx.rt.facts();
+    let asked = facts
+        .as_ref()
+        .and_then(|f| f.etcd.as_ref())
+        .map(|e| e.asked.clone())
+        .ok_or_else(|| gate("no control-plane node answered for etcd".into()))?;
+    let host = ctx
+        .cluster
+        .topology
+        .host(&asked)
+        .ok_or_else(|| gate(format!("{asked} is not in the topology")))?;
+    let s = exec::session(ctx.rt, host)
+        .await
+        .map_err(|e| PhaseError::host(phase, e))?;
+    for r in repairs {
+        match r {
+            Special::RemoveEtcdMember { id, name } => {
+                let members = etcd::members(s.as_ref(), &host.name, ctx.secrets)
+                    .await
+                    .map_err(|e| PhaseError::host(phase, e))?;
+                let Some(m) = members.iter().find(|m| m.id == *id) else {
+                    continue;
+                };
+                let mut healthy = 0;
+                for other in &members {
+                    if let Some(url) = other.client_urls.first() {
+                        if etcd::health(s.as_ref(), url).await.is_ok() {
+                            healthy += 1;
+                        }
+                    }
+                }
+                let this_healthy = match m.client_urls.first() {
+                    Some(url) => etcd::health(s.as_ref(), url).await.is_ok(),
+                    None => false,
+                };
+                if this_healthy {
+                    return Err(gate(format!(
+                        "etcd member {} ({name}) answers as healthy now: not removed; plan again",
+                        m.hex_id()
+                    )));
+                }
+                if !etcd::quorum_holds(members.len(), healthy) {
+                    return Err(gate(format!(
+                        "etcd has lost quorum ({healthy} of {} members healthy): members are not removed and nodes not joined; restore from a snapshot instead",
+                        members.len()
+                    )));
+                }
+                etcd::remove_member(s.as_ref(), &host.name, *id, ctx.secrets)
+                    .await
+                    .map_err(|e| PhaseError::host(phase, e))?;
+                ctx.note(format!(
+                    "removed stale etcd member {} ({})",
+                    m.hex_id(),
+                    if name.is_empty() {
+                        "never started"
+                    } else {
+                        name
+                    }
+                ));
+            }
+            Special::DeleteNode { name } => {
+                crate::kube::delete_node(s.as_ref(), &host.name, name, ctx.secrets)
+                    .await
+                    .map_err(|e| PhaseError::host(phase, e))?;
+                ctx.note(format!("deleted the Node {name} of the previous machine"));
+            }
+            Special::InstallArtifacts => {}
+        }
+    }
+    Ok(())
+}
+
+/// Names of the started etcd members, asked of `host`'s etcd.
 pub async fn etcd_members(
-    t: &dyn Transport,
+    t: &dyn crate::transport::Transport,
     host: &str,
     ctx: &ApplyContext<'_>,
 ) -> Result<Vec<String>, HostError> {
-    let cmd = "curl -sS --max-time 5 --cacert /etc/kubernetes/pki/etcd/ca.crt \
---cert /etc/kubernetes/pki/etcd/healthcheck-client.crt --key /etc/kubernetes/pki/etcd/healthcheck-client.key \
--X POST https://127.0.0.1:2379/v3/cluster/member/list";
-    let out = exec::run(t, host, cmd, ctx.secrets, false).await?;
-    let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| HostError::Other {
-        host: host.to_string(),
-        message: format!("etcd member list is not JSON ({e}): {}", out.trim()),
-    })?;
-    Ok(v["members"]
-        .as_array()
-        .map(|ms| {
-            ms.iter()
-                .filter_map(|m| {
-                    m["name"]
-                        .as_str()
-                        .filter(|n| !n.is_empty())
-                        .map(String::from)
-                })
-                .collect()
-        })
-        .unwrap_or_default())
+    Ok(etcd::members(t, host, ctx.secrets)
+        .await?
+        .into_iter()
+        .filter(|m| m.started())
+        .map(|m| m.name)
+        .collect())
 }
 
 #[async_trait::async_trait]
@@ -100,9 +195,49 @@ impl Phase for JoinControlPlane {
         let mut p = new_plan(self);
         let endpoint = ctx.cluster.topology.endpoint.address();
         if !ctx.hosts.is_empty() {
-            p.operator.push(Step::new(
-                "on the first control-plane node: make sure the bootstrap token exists",
-            ));
+            let k = Kubeadm::of(ctx.cluster);
+            p.operator.push(Step::new(format!(
+                "on the first control-plane node, make sure the bootstrap token exists (`{}`) and the control-plane certificates are uploaded, kubeadm keeps them 2 hours (`{}`)",
+                k.ensure_token(token_id(ctx.secrets)),
+                k.ensure_uploaded_certs()
+            )));
+        }
+        // From the facts: members and Node objects left by machines that are gone (or by
+        // joins that never finished) go before any join; kubeadm checks every member.
+        if let Some(f) = ctx.facts {
+            if let Some(e) = &f.etcd {
+                for m in &e.stale {
+                    p.operator.push(Step::special(
+                        Special::RemoveEtcdMember {
+                            id: m.id,
+                            name: m.name.clone(),
+                        },
+                        format!(
+                            "remove stale etcd member {} ({}, peer {}) through {}, while {} of {} members are healthy (refused if that would break quorum)",
+                            m.hex_id(),
+                            if m.name.is_empty() { "never started" } else { m.name.as_str() },
+                            m.peer_urls.first().map(String::as_str).unwrap_or("-"),
+                            e.asked,
+                            e.healthy.len(),
+                            e.members.len()
+                        ),
+                    ));
+                }
+            }
+            for h in &ctx.hosts {
+                let joined = f.host(&h.name).is_some_and(|hf| hf.control_plane_manifests);
+                if !joined && f.node(&h.name).is_some() {
+                    p.operator.push(Step::special(
+                        Special::DeleteNode {
+                            name: h.name.clone(),
+                        },
+                        format!(
+                            "delete the Node {} left by its previous machine (it joins again)",
+                            h.name
+                        ),
+                    ));
+                }
+            }
         }
         let mut members = 1;
         for h in &ctx.hosts {
@@ -126,7 +261,8 @@ impl Phase for JoinControlPlane {
             return Ok(());
         }
         let phase = self.name().to_string();
-        refresh_join_credentials(ctx, &phase).await?;
+        repair_before_joins(ctx, &phase, plan).await?;
+        refresh_join_credentials(ctx, &phase, true).await?;
         let (first, s) =
             ctx.first_control_plane(&phase)
                 .await?
@@ -165,7 +301,7 @@ impl Phase for JoinControlPlane {
                 }
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }
-            super::wait_ready::wait_readyz(ctx, s.as_ref(), &phase).await?;
+            super::wait_readyz(ctx, s.as_ref(), &phase).await?;
         }
         Ok(())
     }
@@ -182,9 +318,10 @@ impl Phase for JoinWorkers {
     fn plan(&self, ctx: &PlanContext<'_>) -> PhasePlan {
         let mut p = new_plan(self);
         if !ctx.hosts.is_empty() {
-            p.operator.push(Step::new(
-                "on the first control-plane node: make sure the bootstrap token exists",
-            ));
+            p.operator.push(Step::new(format!(
+                "on the first control-plane node, make sure the bootstrap token exists (`{}`)",
+                Kubeadm::of(ctx.cluster).ensure_token(token_id(ctx.secrets))
+            )));
         }
         for h in &ctx.hosts {
             p.hosts.push(host_plan(
@@ -201,7 +338,7 @@ impl Phase for JoinWorkers {
         if plan.hosts.is_empty() {
             return Ok(());
         }
-        refresh_join_credentials(ctx, self.name()).await?;
+        refresh_join_credentials(ctx, self.name(), false).await?;
         ctx.hosts(plan, &exec::NoSpecial).await.map(|_| ())
     }
 }

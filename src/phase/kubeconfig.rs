@@ -1,6 +1,6 @@
 use super::exec;
-use super::init::ADMIN_CONF;
 use super::{host_plan, new_plan, ApplyContext, Phase, PhaseError, PhasePlan, PlanContext, Step};
+use crate::kube::ADMIN_CONF;
 
 pub struct Kubeconfig;
 

@@ -12,6 +12,9 @@ pub struct LoadBalancer;
 
 /// How long the VIP may take to answer after keepalived starts.
 const VIP_WAIT: Duration = Duration::from_secs(60);
+/// How long the VIP's holders must stay the same after a load balancer was changed
+/// (keepalived's master-down interval is 3 advertisements of 1 s plus skew).
+const SETTLE: Duration = Duration::from_secs(5);
 
 #[async_trait::async_trait]
 impl Phase for LoadBalancer {
@@ -48,7 +51,9 @@ impl Phase for LoadBalancer {
                     ),
                     restart_step(
                         "keepalived",
-                        "systemctl enable keepalived && systemctl restart keepalived",
+                        // A running keepalived re-reads its configuration (SIGHUP) and
+                        // keeps its VRRP state; a stopped one is started.
+                        "keepalived -t -f /etc/keepalived/keepalived.conf && systemctl enable keepalived && systemctl reload-or-restart keepalived",
                         &keepalived,
                         Some("keepalived"),
                     ),
@@ -69,58 +74,123 @@ impl Phase for LoadBalancer {
     }
 
     async fn apply(&self, ctx: &ApplyContext<'_>, plan: &PhasePlan) -> Result<(), PhaseError> {
-        ctx.hosts(plan, &exec::NoSpecial).await?;
-        let Endpoint::Vip { vip, port, .. } = &ctx.cluster.topology.endpoint else {
+        if !matches!(ctx.cluster.topology.endpoint, Endpoint::Vip { .. }) {
+            ctx.hosts(plan, &exec::NoSpecial).await?;
             return Ok(());
+        }
+        // One load balancer at a time, the VIP holder last, and the VIP answering
+        // before the next: a configuration change never takes every HAProxy or
+        // keepalived down at once, and the holder keeps the VIP while the others change.
+        let (holders, _) = self.vip_state(ctx).await?;
+        let mut order: Vec<&crate::phase::HostPlan> = plan.hosts.iter().collect();
+        order.sort_by_key(|h| holders.contains(&h.host));
+        for hp in order {
+            let one = PhasePlan {
+                hosts: vec![hp.clone()],
+                ..plan.clone()
+            };
+            let reports = ctx.hosts(&one, &exec::NoSpecial).await?;
+            if reports.iter().any(|(_, r)| r.steps_run > 0) {
+                // Something was restarted or reloaded here: before the next host, the VIP
+                // must answer with the same holders for a few VRRP advertisement
+                // intervals, so that a host taking over has done so.
+                self.wait_vip(ctx, false, SETTLE).await?;
+            }
+        }
+        self.wait_vip(ctx, true, Duration::ZERO).await
+    }
+}
+
+impl LoadBalancer {
+    /// Which load balancers hold the VIP, and whether the VIP accepts connections on the
+    /// API port (asked from the load balancers).
+    async fn vip_state(&self, ctx: &ApplyContext<'_>) -> Result<(Vec<String>, bool), PhaseError> {
+        let Endpoint::Vip { vip, port, .. } = &ctx.cluster.topology.endpoint else {
+            return Ok((Vec::new(), true));
         };
-        let lbs = ctx.cluster.topology.lb_hosts();
         let gate = |message: String| PhaseError::Gate {
             phase: self.name().into(),
             message,
         };
-        let start = Instant::now();
-        loop {
-            let mut holders = Vec::new();
-            let mut answered = false;
-            for h in &lbs {
-                let s = exec::session(ctx.rt, h)
-                    .await
-                    .map_err(|e| gate(e.to_string()))?;
-                let has = exec::run(
-                    s.as_ref(),
-                    &h.name,
-                    &format!("ip -o addr show | grep -qw 'inet {vip}' && echo yes || true"),
-                    ctx.secrets,
-                    false,
-                )
+        let mut holders = Vec::new();
+        let mut answered = false;
+        for h in ctx.cluster.topology.lb_hosts() {
+            let s = exec::session(ctx.rt, h)
                 .await
-                .map_err(|e: HostError| gate(e.to_string()))?;
-                if has.trim() == "yes" {
-                    holders.push(h.name.clone());
-                }
-                if !answered {
-                    answered = s
-                        .exec(&format!("timeout 2 bash -c '</dev/tcp/{vip}/{port}'"))
-                        .await
-                        .map(|o| o.success())
-                        .unwrap_or(false);
-                }
+                .map_err(|e| gate(e.to_string()))?;
+            let has = exec::run(
+                s.as_ref(),
+                &h.name,
+                &format!("ip -o addr show | grep -qw 'inet {vip}' && echo yes || true"),
+                ctx.secrets,
+                false,
+            )
+            .await
+            .map_err(|e: HostError| gate(e.to_string()))?;
+            if has.trim() == "yes" {
+                holders.push(h.name.clone());
             }
-            if holders.len() == 1 && answered {
-                tracing::info!(vip = %vip, holder = %holders[0], "VIP answers");
-                return Ok(());
+            if !answered {
+                answered = s
+                    .exec(&format!("timeout 2 bash -c '</dev/tcp/{vip}/{port}'"))
+                    .await
+                    .map(|o| o.success())
+                    .unwrap_or(false);
+            }
+        }
+        Ok((holders, answered))
+    }
+
+    /// Wait until the VIP answers, held by exactly one load balancer (`exactly`) or by
+    /// at least one (between two hosts of a rolling change).
+    async fn wait_vip(
+        &self,
+        ctx: &ApplyContext<'_>,
+        exactly: bool,
+        stable_for: Duration,
+    ) -> Result<(), PhaseError> {
+        let Endpoint::Vip { vip, port, .. } = &ctx.cluster.topology.endpoint else {
+            return Ok(());
+        };
+        let start = Instant::now();
+        let mut since: Option<(Instant, Vec<String>)> = None;
+        loop {
+            let (holders, answered) = self.vip_state(ctx).await?;
+            let held = if exactly {
+                holders.len() == 1
+            } else {
+                !holders.is_empty()
+            };
+            if held && answered {
+                match &since {
+                    Some((t, h)) if *h == holders => {
+                        if t.elapsed() >= stable_for {
+                            tracing::info!(vip = %vip, holders = ?holders, "VIP answers");
+                            return Ok(());
+                        }
+                    }
+                    _ => since = Some((Instant::now(), holders.clone())),
+                }
+                if stable_for.is_zero() {
+                    return Ok(());
+                }
+            } else {
+                since = None;
             }
             if start.elapsed() > VIP_WAIT {
-                return Err(gate(format!(
-                    "after {}s the VIP {vip} is held by {} and {} connections to port {port}",
-                    VIP_WAIT.as_secs(),
-                    if holders.is_empty() {
-                        "no load balancer".to_string()
-                    } else {
-                        holders.join(", ")
-                    },
-                    if answered { "accepts" } else { "refuses" }
-                )));
+                return Err(PhaseError::Gate {
+                    phase: self.name().into(),
+                    message: format!(
+                        "after {}s the VIP {vip} is held by {} and {} connections to port {port}",
+                        VIP_WAIT.as_secs(),
+                        if holders.is_empty() {
+                            "no load balancer".to_string()
+                        } else {
+                            holders.join(", ")
+                        },
+                        if answered { "accepts" } else { "refuses" }
+                    ),
+                });
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }

@@ -17,13 +17,14 @@ mod prepare;
 pub mod provision;
 mod wait_ready;
 
+pub use crate::kube::ready_nodes;
 pub use init::CA_HASH_KEY;
-pub use wait_ready::ready_nodes;
 
 use crate::playbook::{PhaseRef, Strategy};
 use crate::render::{FileGroup, RenderedFile, Secrets};
 use crate::spec::{Host, LoadedCluster};
-use crate::state::{StateDocument, StateError, StateStore, Version};
+use crate::state::StateError;
+pub use crate::state::StateHandle;
 use serde::Serialize;
 
 /// What a phase needs to plan.
@@ -34,6 +35,8 @@ pub struct PlanContext<'a> {
     pub secrets: &'a Secrets,
     /// The hosts the playbook selected for this phase.
     pub hosts: Vec<&'a Host>,
+    /// What the hosts and the cluster are now (None: offline, or before `connect`).
+    pub facts: Option<&'a crate::facts::ClusterFacts>,
 }
 
 impl PlanContext<'_> {
@@ -79,7 +82,12 @@ impl ApplyContext<'_> {
         &self,
         phase: &str,
     ) -> Result<Option<(&Host, std::sync::Arc<crate::transport::SshSession>)>, PhaseError> {
-        let Some(first) = self.cluster.topology.first_control_plane() else {
+        let t = &self.cluster.topology;
+        let first = match self.rt.facts() {
+            Some(f) => f.init_node(t),
+            None => t.first_control_plane(),
+        };
+        let Some(first) = first else {
             return Ok(None);
         };
         let s = exec::session(self.rt, first)
@@ -184,36 +192,23 @@ impl PhaseError {
     }
 }
 
-/// The state document of a run, changed and saved under the run's lock.
-pub struct StateHandle {
-    pub store: StateStore,
-    inner: tokio::sync::Mutex<(StateDocument, Version)>,
-}
+/// How long a gate waits for /readyz through the control-plane endpoint.
+const READYZ_WAIT: std::time::Duration = std::time::Duration::from_secs(180);
 
-impl StateHandle {
-    pub fn new(store: StateStore, doc: StateDocument, version: Version) -> Self {
-        StateHandle {
-            store,
-            inner: tokio::sync::Mutex::new((doc, version)),
-        }
-    }
-
-    /// A copy of the current document.
-    pub async fn get(&self) -> StateDocument {
-        self.inner.lock().await.0.clone()
-    }
-
-    /// Change the document and save it as the next generation (compare-and-swap).
-    pub async fn update<F: FnOnce(&mut StateDocument)>(&self, f: F) -> Result<(), StateError> {
-        let mut guard = self.inner.lock().await;
-        let (doc, version) = &mut *guard;
-        let mut next = doc.clone();
-        f(&mut next);
-        let v = self.store.save(&mut next, version).await?;
-        *doc = next;
-        *version = v;
-        Ok(())
-    }
+/// Gate: the apiserver answers `ok` on /readyz through the control-plane endpoint
+/// (asked from `t`, a control-plane node).
+pub async fn wait_readyz(
+    ctx: &ApplyContext<'_>,
+    t: &dyn crate::transport::Transport,
+    phase: &str,
+) -> Result<(), PhaseError> {
+    let endpoint = ctx.cluster.topology.endpoint.address();
+    crate::kube::wait_readyz(t, &endpoint, READYZ_WAIT)
+        .await
+        .map_err(|message| PhaseError::Gate {
+            phase: phase.to_string(),
+            message,
+        })
 }
 
 #[async_trait::async_trait]
@@ -275,6 +270,24 @@ pub struct Step {
     /// before the step runs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub check: Option<String>,
+    /// What a step without a command is, for the phase that carries it out (steps are
+    /// never recognised by their text).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub special: Option<Special>,
+}
+
+/// Steps a phase carries out itself (on a host, or on the operator's machine through
+/// a control-plane node).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum Special {
+    /// Upload the verified Kubernetes binaries and images and install them.
+    InstallArtifacts,
+    /// Remove an etcd member that blocks joins (never started, or its machine is gone),
+    /// asked of a healthy member, only while a quorum of healthy members holds.
+    RemoveEtcdMember { id: u64, name: String },
+    /// Delete the Node object of a host that is joined again.
+    DeleteNode { name: String },
 }
 
 impl Step {
@@ -285,6 +298,15 @@ impl Step {
             skip_if: None,
             run: None,
             check: None,
+            special: None,
+        }
+    }
+
+    /// A host step the phase carries out itself, of kind `special`.
+    pub fn special(special: Special, action: impl Into<String>) -> Step {
+        Step {
+            special: Some(special),
+            ..Step::new(action)
         }
     }
 
@@ -296,6 +318,7 @@ impl Step {
             skip_if: None,
             run: Some(command),
             check: None,
+            special: None,
         }
     }
 
@@ -387,6 +410,20 @@ pub fn names() -> Vec<&'static str> {
     registry().iter().map(|p| p.name()).collect()
 }
 
+/// The name of the node holding the init configuration, from the facts (the first
+/// control-plane node unless it was replaced).
+pub fn init_node_name(
+    cluster: &LoadedCluster,
+    facts: Option<&crate::facts::ClusterFacts>,
+) -> Option<String> {
+    let t = &cluster.topology;
+    match facts {
+        Some(f) => f.init_node(t),
+        None => t.first_control_plane(),
+    }
+    .map(|h| h.name.clone())
+}
+
 /// Plan one phase of a playbook.
 pub fn plan_phase(
     phase: &dyn Phase,
@@ -394,12 +431,19 @@ pub fn plan_phase(
     cluster: &LoadedCluster,
     files: &[(FileGroup, RenderedFile)],
     secrets: &Secrets,
+    facts: Option<&crate::facts::ClusterFacts>,
 ) -> PhasePlan {
+    let t = &cluster.topology;
+    let init = match facts {
+        Some(f) => f.init_node(t),
+        None => t.first_control_plane(),
+    };
     let ctx = PlanContext {
         cluster,
         files,
         secrets,
-        hosts: r.hosts.select(&cluster.topology),
+        hosts: r.hosts.select_with_init(t, init),
+        facts,
     };
     let mut p = phase.plan(&ctx);
     p.strategy = r.strategy;

@@ -1,11 +1,12 @@
 use super::exec::{HostError, SpecialSteps};
 use super::{
     host_plan, new_plan, restart_step, ApplyContext, Phase, PhaseError, PhasePlan, PlanContext,
-    Step,
+    Special, Step,
 };
 use crate::render::views::{Profile, BIN_DIR, CGROUP_SCRIPT};
 use crate::render::FileGroup;
 use crate::spec::Host;
+use crate::transport::shell::quote;
 use crate::transport::Transport;
 
 pub struct PrepareHosts;
@@ -50,11 +51,13 @@ impl Phase for PrepareHosts {
             _ => Vec::new(),
         };
         let mut installed_check = format!(
-            "[ \"$({BIN_DIR}/kubeadm version -o short 2>/dev/null)\" = {version} ] && [ -x {BIN_DIR}/kubelet ] && [ -x {BIN_DIR}/kubectl ]"
+            "[ \"$({BIN_DIR}/kubeadm version -o short 2>/dev/null)\" = {} ] && [ -x {BIN_DIR}/kubelet ] && [ -x {BIN_DIR}/kubectl ]",
+            quote(&version)
         );
         for i in &images {
             installed_check.push_str(&format!(
-                " && ctr -n k8s.io images ls -q name=={i} | grep -q ."
+                " && ctr -n k8s.io images ls -q {} | grep -q .",
+                quote(&format!("name=={i}"))
             ));
         }
         for h in &ctx.hosts {
@@ -113,7 +116,7 @@ impl Phase for PrepareHosts {
                 Some("containerd"),
             ));
             cmds.push(
-                Step::new(format!(
+                Step::special(Special::InstallArtifacts, format!(
                     "{INSTALL} {version} into {BIN_DIR} from {source}, sha256-verified"
                 ))
                 .unless_check(
@@ -127,7 +130,9 @@ impl Phase for PrepareHosts {
             );
             cmds.push(restart_step(
                 "kubelet-unit",
-                "systemctl daemon-reload && systemctl enable kubelet",
+                // A running kubelet is restarted with its new unit (running pods and
+                // static pods keep running); a fresh node's kubelet is started by kubeadm.
+                "systemctl daemon-reload && systemctl enable kubelet && systemctl try-restart kubelet",
                 &pick("kubelet"),
                 None,
             ));
@@ -159,7 +164,7 @@ struct Installer {
 #[async_trait::async_trait]
 impl SpecialSteps for Installer {
     async fn special(&self, t: &dyn Transport, host: &Host, step: &Step) -> Result<(), HostError> {
-        if step.action.starts_with(INSTALL) {
+        if step.special == Some(Special::InstallArtifacts) {
             return crate::phase::binaries::install(t, host, &self.fetched).await;
         }
         Ok(())

@@ -1,122 +1,12 @@
 use super::{new_plan, ApplyContext, Phase, PhaseError, PhasePlan, PlanContext, Step};
-use crate::provider::cloud::CloudContext;
-use crate::provider::{self, MachineRole, MachineSpec, Provider as ProviderTrait};
-use crate::spec::{Endpoint, Host, LoadedCluster, Provider, Role};
+use crate::spec::{Provider, Role};
 use crate::state::Machine;
-use crate::transport::SshAuth;
 
 pub struct Provision;
 
-/// The machine spec of a host: its role, fixed address and its pool's extra disks
-/// (sizes were checked on load).
-pub fn machine_spec(c: &LoadedCluster, h: &Host) -> MachineSpec {
-    let pools = &c.cluster.spec.node_pools;
-    let (role, pool) = if h.has(Role::ControlPlane) {
-        (MachineRole::ControlPlane, &pools.control_plane)
-    } else if h.has(Role::LoadBalancer) {
-        (MachineRole::LoadBalancer, &pools.load_balancers)
-    } else {
-        (MachineRole::Worker, &pools.workers)
-    };
-    MachineSpec {
-        name: h.name.clone(),
-        role,
-        ip: h.address,
-        extra_disks: pool
-            .extra_disks
-            .iter()
-            .filter_map(|d| crate::provider::cloud::parse_size(d).ok())
-            .collect(),
-    }
-}
-
-/// The machine specs of every host, in topology order.
-pub fn machine_specs(c: &LoadedCluster) -> Vec<MachineSpec> {
-    c.topology
-        .hosts
-        .iter()
-        .map(|h| machine_spec(c, h))
-        .collect()
-}
-
-/// The OpenSSH public key line machines are given.
-pub fn public_key(auth: &SshAuth, provider: &str) -> Result<String, crate::error::Error> {
-    match auth {
-        SshAuth::Key(key) => key
-            .public_key()
-            .to_openssh()
-            .map_err(|e| crate::error::Error::Usage(format!("cannot encode the SSH public key: {e}"))),
-        SshAuth::Agent => Err(crate::error::Error::Usage(format!(
-            "the {provider} provider installs the login key into its machines: set spec.ssh.keyFile, \
-or leave both keyFile and agent unset for a cluster key kept in the state"
-        ))),
-    }
-}
-
-/// What the cloud providers are told about the cluster.
-pub fn cloud_context(
-    c: &LoadedCluster,
-    ssh_public_key: String,
-) -> Result<CloudContext, crate::error::Error> {
-    let subnet = c.topology.node_subnet.ok_or_else(|| {
-        crate::error::Error::Usage("internal: the provider's subnet is missing".into())
-    })?;
-    let mut api_ports = vec![c.cluster.spec.networking.api_server_port];
-    let (vip, vip_holder) = match &c.topology.endpoint {
-        Endpoint::Vip {
-            vip,
-            port,
-            lb_hosts,
-            ..
-        } => {
-            api_ports.push(*port);
-            (Some(*vip), lb_hosts.first().cloned())
-        }
-        Endpoint::External { .. } => (None, None),
-    };
-    Ok(CloudContext {
-        cluster: c.name().to_string(),
-        subnet,
-        ssh_public_key,
-        ssh_port: c.cluster.spec.ssh.port,
-        api_ports,
-        vip,
-        vip_holder,
-    })
-}
-
-/// Open the cluster's cloud provider without contacting it (None: docker or static).
-/// Credentials are read here but only required when the API is called.
-pub fn open_cloud(
-    c: &LoadedCluster,
-    ssh_public_key: String,
-) -> Result<Option<Box<dyn ProviderTrait>>, crate::error::Error> {
-    let p: Box<dyn ProviderTrait> = match &c.cluster.spec.provider {
-        Provider::Docker(_) | Provider::Static(_) => return Ok(None),
-        Provider::Aws(a) => Box::new(provider::aws::AwsProvider::new(
-            a,
-            cloud_context(c, ssh_public_key)?,
-        )?),
-        Provider::Hetzner(h) => Box::new(provider::hetzner::HetznerProvider::new(
-            h,
-            cloud_context(c, ssh_public_key)?,
-        )?),
-        Provider::Sakura(s) => Box::new(provider::sakura::SakuraProvider::new(
-            s,
-            cloud_context(c, ssh_public_key)?,
-        )?),
-    };
-    Ok(Some(p))
-}
-
-/// What a cloud provider makes, computed offline (no credentials, no API call).
-pub fn planned_cloud_resources(c: &LoadedCluster) -> Vec<crate::provider::Resource> {
-    // The key is not needed to list resources; a placeholder keeps this offline.
-    match open_cloud(c, String::new()) {
-        Ok(Some(p)) => p.planned(&machine_specs(c)),
-        _ => Vec::new(),
-    }
-}
+pub use crate::provider::factory::{
+    cloud_context, machine_spec, machine_specs, open_cloud, planned_cloud_resources, public_key,
+};
 
 #[async_trait::async_trait]
 impl Phase for Provision {
@@ -215,8 +105,37 @@ impl Phase for Provision {
             }
         }
         let hosts = c.topology.hosts.clone();
+        // A machine the provider made anew (its id changed) has a new host key: its old
+        // pin is dropped, and the key it has now is pinned on first contact. An existing
+        // machine whose key changes is still refused.
+        let before = ctx.state.get().await;
+        let remade: Vec<&crate::spec::Host> = hosts
+            .iter()
+            .filter(|h| {
+                let old = before
+                    .machines
+                    .get(&h.name)
+                    .and_then(|m| m.provider_id.as_ref());
+                matches!((old, ids.get(&h.name)), (Some(old), Some(new)) if old != new)
+            })
+            .collect();
+        for h in &remade {
+            ctx.note(format!(
+                "{} was re-created by the provider: its new SSH host key will be pinned",
+                h.name
+            ));
+            ctx.rt.host_keys.forget(&h.address.to_string());
+            ctx.rt.host_keys.forget(&h.name);
+        }
+        let forget: Vec<String> = remade
+            .iter()
+            .flat_map(|h| [h.address.to_string(), h.name.clone()])
+            .collect();
         ctx.state
             .update(|doc| {
+                for k in &forget {
+                    doc.host_keys.remove(k);
+                }
                 for h in &hosts {
                     doc.machines.insert(
                         h.name.clone(),

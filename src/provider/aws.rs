@@ -54,6 +54,10 @@ pub struct AwsSpec {
     pub allowed_cidrs: Vec<String>,
     /// Root volume size in GiB (default 20).
     pub root_volume_gb: Option<u32>,
+    /// Allow a plain http:// `endpoint` (the credentials travel in clear: local
+    /// emulators only).
+    #[serde(default)]
+    pub allow_http: bool,
 }
 
 impl AwsSpec {
@@ -784,6 +788,7 @@ impl AwsProvider {
     ) -> Result<AwsProvider, ProviderError> {
         let region = region_of(spec);
         let endpoint = endpoint_of(spec, &region);
+        cloud::check_endpoint(P, &endpoint, spec.allow_http)?;
         let zone = spec
             .availability_zone
             .clone()

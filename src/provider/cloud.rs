@@ -51,6 +51,28 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// Refuse a plain http:// API endpoint (from the cluster file or the environment)
+/// unless the provider's `allowHttp` is set.
+pub fn check_endpoint(
+    provider: &'static str,
+    endpoint: &str,
+    allow_http: bool,
+) -> Result<(), ProviderError> {
+    if is_plain_http(endpoint) && !allow_http {
+        return Err(ProviderError::PlainHttp {
+            provider,
+            endpoint: endpoint.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// `http://...` (any case).
+pub fn is_plain_http(url: &str) -> bool {
+    url.get(..7)
+        .is_some_and(|p| p.eq_ignore_ascii_case("http://"))
+}
+
 /// Read a token from an environment variable; unset or empty is an error naming it.
 pub fn secret_from_env(provider: &'static str, var: &str) -> Result<Secret, ProviderError> {
     match std::env::var(var) {

@@ -48,6 +48,10 @@ pub struct HetznerSpec {
     /// (default 0.0.0.0/0 and ::/0).
     #[serde(default)]
     pub allowed_cidrs: Vec<String>,
+    /// Allow a plain http:// `endpoint` (the credentials travel in clear: local
+    /// emulators only).
+    #[serde(default)]
+    pub allow_http: bool,
 }
 
 impl HetznerSpec {
@@ -182,6 +186,7 @@ impl HetznerProvider {
                     .filter(|v| !v.is_empty())
             })
             .unwrap_or_else(|| "https://api.hetzner.cloud/v1".into());
+        cloud::check_endpoint(P, &endpoint, spec.allow_http)?;
         Ok(HetznerProvider {
             spec: spec.clone(),
             api: RestClient::new(P, &endpoint, token, error_of, retryable_code)?,
@@ -781,6 +786,40 @@ impl Provider for HetznerProvider {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_http_endpoints_need_the_opt_in() {
+        let ctx = || CloudContext {
+            cluster: "c".into(),
+            subnet: "10.42.0.0/24".parse().unwrap(),
+            ssh_public_key: String::new(),
+            ssh_port: 22,
+            api_ports: vec![6443],
+            vip: None,
+            vip_holder: None,
+        };
+        let spec = |v: serde_json::Value| -> HetznerSpec { serde_json::from_value(v).unwrap() };
+        let err = HetznerProvider::new(
+            &spec(serde_json::json!({"endpoint": "http://127.0.0.1:9/v1"})),
+            ctx(),
+        )
+        .err()
+        .expect("plain http accepted");
+        assert_eq!(
+            err.to_string(),
+            "hetzner: the API endpoint http://127.0.0.1:9/v1 is plain http (the credentials would travel in clear): set spec.provider.hetzner.allowHttp: true to allow it (local emulators only)"
+        );
+        assert!(HetznerProvider::new(
+            &spec(serde_json::json!({"endpoint": "http://127.0.0.1:9/v1", "allowHttp": true})),
+            ctx()
+        )
+        .is_ok());
+        assert!(HetznerProvider::new(
+            &spec(serde_json::json!({"endpoint": "https://api.example.com/v1"})),
+            ctx()
+        )
+        .is_ok());
+    }
 
     #[test]
     fn error_bodies() {

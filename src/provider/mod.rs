@@ -8,10 +8,11 @@
 //! block of the cluster file) and a type implementing [`Provider`].
 
 pub mod aws;
-pub mod cli;
 pub mod cloud;
 pub mod docker;
+pub mod factory;
 pub mod hetzner;
+pub mod image;
 pub mod loopdisk;
 pub mod sakura;
 
@@ -250,6 +251,11 @@ pub enum ProviderError {
         resource: String,
         code: String,
         message: String,
+    },
+    #[error("{provider}: the API endpoint {endpoint} is plain http (the credentials would travel in clear): set spec.provider.{provider}.allowHttp: true to allow it (local emulators only)")]
+    PlainHttp {
+        provider: &'static str,
+        endpoint: String,
     },
     #[error("{provider} credentials: {message}")]
     Credentials {

@@ -59,6 +59,10 @@ pub struct SakuraSpec {
     /// shared segment (default 0.0.0.0/0).
     #[serde(default)]
     pub allowed_cidrs: Vec<String>,
+    /// Allow a plain http:// `endpoint` (the credentials travel in clear: local
+    /// emulators only).
+    #[serde(default)]
+    pub allow_http: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -206,6 +210,7 @@ impl SakuraProvider {
                 spec.zone
             )
         });
+        cloud::check_endpoint(P, &endpoint, spec.allow_http)?;
         Ok(SakuraProvider {
             spec: spec.clone(),
             api: RestClient::new(P, &endpoint, auth, error_of, retryable_code)?,

@@ -191,8 +191,22 @@ pub fn render_all(
     c: &LoadedCluster,
     secrets: &Secrets,
 ) -> Result<Vec<(FileGroup, RenderedFile)>, RenderError> {
+    render_all_with_init(c, secrets, None)
+}
+
+/// The same, with `init` (a control-plane host's name) as the node that holds the init
+/// configuration instead of the first control-plane node of the topology (the first was
+/// replaced and joins the running control plane).
+pub fn render_all_with_init(
+    c: &LoadedCluster,
+    secrets: &Secrets,
+    init: Option<&str>,
+) -> Result<Vec<(FileGroup, RenderedFile)>, RenderError> {
     let mut out = Vec::new();
     let t = &c.topology;
+    let init: Option<String> = init
+        .map(String::from)
+        .or_else(|| t.first_control_plane().map(|f| f.name.clone()));
     let profile = views::Profile::of(c);
     let api = kubeadm_api_version(&c.version());
     for h in &t.hosts {
@@ -275,7 +289,7 @@ pub fn render_all(
                     );
                 }
             }
-            let is_first = t.first_control_plane().is_some_and(|f| f.name == h.name);
+            let is_first = init.as_deref() == Some(h.name.as_str());
             let kubeadm_path = if is_first {
                 "/etc/kubeforge/kubeadm-init.yaml"
             } else {

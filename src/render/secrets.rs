@@ -74,6 +74,12 @@ impl Secrets {
     }
 }
 
+impl crate::transport::remote::Redact for Secrets {
+    fn redact(&self, text: &str) -> String {
+        Secrets::redact(self, text)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

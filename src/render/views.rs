@@ -209,6 +209,9 @@ pub struct KubeadmView {
     pub node_ip: String,
     pub bind_port: u16,
     pub node_name: String,
+    /// kubelet's `--node-labels` (`key=value,...`, keys sorted): the node's pool labels
+    /// and its inventory labels, set by kubelet when the node registers.
+    pub node_labels: String,
     pub cri_socket: &'static str,
     pub token: String,
     pub certificate_key: String,
@@ -252,6 +255,12 @@ pub fn kubeadm(c: &LoadedCluster, h: &Host, p: &Profile, s: &Secrets) -> Kubeadm
         node_ip: h.internal_address.to_string(),
         bind_port: spec.networking.api_server_port,
         node_name: h.name.clone(),
+        node_labels: h
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(","),
         cri_socket: if api == "v1beta2" {
             "/run/containerd/containerd.sock"
         } else {
@@ -334,11 +343,25 @@ pub fn pod_cidr(c: &LoadedCluster, h: &Host) -> Option<IpNet> {
     net.subnets(24).ok()?.nth(idx)
 }
 
+/// Every Kubernetes node with its pod /24, in host order, in one pass over the nodes.
+fn pod_cidrs(c: &LoadedCluster) -> Vec<(&Host, IpNet)> {
+    let Ok(net) = c.cluster.spec.networking.pod_subnet.parse::<IpNet>() else {
+        return Vec::new();
+    };
+    let Ok(subnets) = net.subnets(24) else {
+        return Vec::new();
+    };
+    c.topology
+        .kubernetes_nodes()
+        .into_iter()
+        .zip(subnets)
+        .collect()
+}
+
 /// A node's VXLAN endpoint: VTEP address = its /24's network address; MAC = 0e:6b (a
 /// locally administered unicast prefix) followed by the four bytes of that address, so
 /// every node can write every other node's neighbour and forwarding entries itself.
-fn vtep(c: &LoadedCluster, h: &Host) -> Option<Vtep> {
-    let cidr = pod_cidr(c, h)?;
+fn vtep(h: &Host, cidr: &IpNet) -> Option<Vtep> {
     let std::net::IpAddr::V4(addr) = cidr.network() else {
         return None;
     };
@@ -354,17 +377,17 @@ fn vtep(c: &LoadedCluster, h: &Host) -> Option<Vtep> {
 
 pub fn cni(c: &LoadedCluster, h: &Host) -> Option<CniView> {
     (c.cluster.spec.networking.cni == Cni::Bridge).then_some(())?;
-    let peers = c
-        .topology
-        .kubernetes_nodes()
-        .into_iter()
-        .filter(|o| o.name != h.name)
-        .filter_map(|o| vtep(c, o))
+    let all = pod_cidrs(c);
+    let (own_host, own) = all.iter().find(|(n, _)| n.name == h.name)?;
+    let peers = all
+        .iter()
+        .filter(|(o, _)| o.name != h.name)
+        .filter_map(|(o, cidr)| vtep(o, cidr))
         .collect();
     Some(CniView {
-        pod_cidr: pod_cidr(c, h)?.to_string(),
+        pod_cidr: own.to_string(),
         pod_subnet: c.cluster.spec.networking.pod_subnet.clone(),
-        vtep: vtep(c, h)?,
+        vtep: vtep(own_host, own)?,
         peers,
         device: VXLAN_DEVICE,
         vni: VXLAN_VNI,

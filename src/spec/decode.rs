@@ -14,6 +14,49 @@ use std::path::Path;
 /// At most this many errors are reported from one document.
 const MAX_ERRORS: usize = 50;
 
+/// The largest cluster file or inventory read (4 MiB: a 5,000-host inventory in any of
+/// the formats takes well under 1 MiB). Larger files are refused before parsing.
+pub const MAX_INPUT_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Read an input file (`what`: "cluster file", "inventory"), refusing one larger than
+/// `MAX_INPUT_BYTES` before reading it (and reading at most that much from anything
+/// that is not a regular file).
+pub fn read_input(path: &Path, what: &str) -> Result<String, SpecError> {
+    use std::io::Read;
+    let err = |message: String| SpecError {
+        file: path.to_path_buf(),
+        line: None,
+        column: None,
+        field: String::new(),
+        message,
+    };
+    let too_big = |size: String| {
+        err(format!(
+            "the {what} is {size} bytes, more than the {MAX_INPUT_BYTES} bytes (4 MiB) kubeforge reads"
+        ))
+    };
+    let file =
+        std::fs::File::open(path).map_err(|e| err(format!("cannot read the {what}: {e}")))?;
+    if let Ok(meta) = file.metadata() {
+        if meta.is_file() && meta.len() > MAX_INPUT_BYTES {
+            return Err(too_big(meta.len().to_string()));
+        }
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_INPUT_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| err(format!("cannot read the {what}: {e}")))?;
+    if bytes.len() as u64 > MAX_INPUT_BYTES {
+        return Err(too_big(format!("more than {MAX_INPUT_BYTES}")));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        err(format!(
+            "cannot read the {what}: not UTF-8 text (invalid byte at offset {})",
+            e.utf8_error().valid_up_to()
+        ))
+    })
+}
+
 /// Parse YAML text into a value; a syntax error names the line and column.
 pub fn parse_yaml(text: &str, file: &Path) -> Result<Value, SpecError> {
     serde_yaml_ng::from_str::<Value>(text).map_err(|e| {

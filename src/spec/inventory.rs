@@ -71,6 +71,14 @@ pub struct InventoryHost {
     pub origin: Origin,
 }
 
+impl InventoryHost {
+    /// Whether the host's roles were written in kubeforge's own inventory (`hosts[i]`),
+    /// rather than derived from Ansible groups.
+    pub fn roles_written(&self) -> bool {
+        self.origin.field.starts_with("hosts[")
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct InventoryFile {
@@ -94,15 +102,7 @@ struct HostEntry {
 
 /// Read an inventory file in any of the supported formats.
 pub fn load(path: &Path, groups: &GroupNames) -> Result<Vec<InventoryHost>, Vec<SpecError>> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        vec![SpecError {
-            file: path.to_path_buf(),
-            line: None,
-            column: None,
-            field: String::new(),
-            message: format!("cannot read the inventory: {e}"),
-        }]
-    })?;
+    let text = decode::read_input(path, "inventory").map_err(|e| vec![e])?;
     parse(&text, path, groups)
 }
 

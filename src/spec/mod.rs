@@ -5,6 +5,7 @@ pub mod decode;
 pub mod error;
 pub mod inventory;
 pub mod position;
+pub mod syntax;
 pub mod topology;
 pub mod types;
 pub mod validate;
@@ -43,13 +44,7 @@ impl LoadedCluster {
 
 /// Read, decode and validate a cluster file (and its inventory).
 pub fn load_file(path: &Path) -> Result<LoadedCluster, SpecErrors> {
-    let text = std::fs::read_to_string(path).map_err(|e| SpecError {
-        file: path.to_path_buf(),
-        line: None,
-        column: None,
-        field: String::new(),
-        message: format!("cannot read the cluster file: {e}"),
-    })?;
+    let text = decode::read_input(path, "cluster file")?;
     let base = path
         .parent()
         .map(Path::to_path_buf)

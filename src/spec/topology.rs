@@ -39,6 +39,16 @@ impl Host {
     }
 }
 
+/// `host:port`, with an IPv6 address in brackets (`[fd00::1]:6443`): the one place a
+/// host and a port are put together.
+pub fn host_port(host: &str, port: u16) -> String {
+    if host.parse::<std::net::Ipv6Addr>().is_ok() {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
 /// How clients reach the apiservers.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase", tag = "type")]
@@ -58,11 +68,8 @@ impl Endpoint {
     /// `host:port` for kubeadm's controlPlaneEndpoint.
     pub fn address(&self) -> String {
         match self {
-            Endpoint::Vip { vip, port, .. } => match vip {
-                IpAddr::V6(v6) => format!("[{v6}]:{port}"),
-                IpAddr::V4(v4) => format!("{v4}:{port}"),
-            },
-            Endpoint::External { host, port } => format!("{host}:{port}"),
+            Endpoint::Vip { vip, port, .. } => host_port(&vip.to_string(), *port),
+            Endpoint::External { host, port } => host_port(host, *port),
         }
     }
 
@@ -144,4 +151,27 @@ pub mod docker_layout {
     /// Cloud providers: load balancers from `.4` (AWS reserves `.1`-`.3`).
     pub const CLOUD_LB_OFFSET: u32 = 4;
     pub const CLOUD_LB_MAX: u32 = 6;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_and_port_are_bracketed_for_ipv6() {
+        let ext = |host: &str| Endpoint::External {
+            host: host.into(),
+            port: 6443,
+        };
+        assert_eq!(ext("api.example.com").address(), "api.example.com:6443");
+        assert_eq!(ext("10.0.0.1").address(), "10.0.0.1:6443");
+        assert_eq!(ext("fd00::1").address(), "[fd00::1]:6443");
+        let vip = Endpoint::Vip {
+            vip: "fd00::10".parse().unwrap(),
+            port: 8443,
+            prefix_len: 64,
+            lb_hosts: vec![],
+        };
+        assert_eq!(vip.address(), "[fd00::10]:8443");
+    }
 }

@@ -332,7 +332,11 @@ pub struct Pool {
     /// Number of machines. For the static provider it may be left out: the inventory
     /// decides; when given, it must match the inventory.
     pub count: Option<u32>,
-    /// Node labels applied at registration.
+    /// Node labels, set by kubelet when the node registers (`--node-labels` in the
+    /// kubeadm init/join config; inventory hosts add their own on top). Keys in the
+    /// kubernetes.io and k8s.io namespaces are refused except the few kubelet may set
+    /// (kubelet would not start); the load-balancer pool may have none (no kubelet).
+    /// Changing them later does not relabel nodes that already joined.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
     /// Extra block devices (bytes) the docker provider attaches, e.g. for Rook-Ceph.
@@ -647,6 +651,14 @@ pub struct SshSpec {
     pub bastion: Option<Bastion>,
     #[serde(default = "SshSpec::default_connect_timeout")]
     pub connect_timeout_seconds: u32,
+    /// Limit of one ordinary remote command (default 120 s): a hung command fails with
+    /// the host, the command and this limit instead of blocking `apply` forever.
+    #[serde(default = "SshSpec::default_command_timeout")]
+    pub command_timeout_seconds: u32,
+    /// Limit of the long ones (kubeadm init/join/upgrade, image imports, package
+    /// installs, etcd snapshots) and of file transfers (default 600 s).
+    #[serde(default = "SshSpec::default_long_command_timeout")]
+    pub long_command_timeout_seconds: u32,
 }
 
 impl SshSpec {
@@ -659,6 +671,20 @@ impl SshSpec {
     fn default_connect_timeout() -> u32 {
         10
     }
+    fn default_command_timeout() -> u32 {
+        crate::transport::DEFAULT_COMMAND_TIMEOUT.as_secs() as u32
+    }
+    fn default_long_command_timeout() -> u32 {
+        crate::transport::DEFAULT_LONG_COMMAND_TIMEOUT.as_secs() as u32
+    }
+
+    /// The time limits of remote commands: (ordinary, long and transfers).
+    pub fn command_timeouts(&self) -> (std::time::Duration, std::time::Duration) {
+        (
+            std::time::Duration::from_secs(self.command_timeout_seconds.into()),
+            std::time::Duration::from_secs(self.long_command_timeout_seconds.into()),
+        )
+    }
 }
 
 impl Default for SshSpec {
@@ -670,6 +696,8 @@ impl Default for SshSpec {
             agent: false,
             bastion: None,
             connect_timeout_seconds: Self::default_connect_timeout(),
+            command_timeout_seconds: Self::default_command_timeout(),
+            long_command_timeout_seconds: Self::default_long_command_timeout(),
         }
     }
 }
@@ -692,4 +720,9 @@ pub struct Artifacts {
     /// Registry kubeadm pulls control-plane images from (default `k8s.gcr.io` before
     /// 1.25, `registry.k8s.io` after).
     pub image_repository: Option<String>,
+    /// Allow a plain http:// `mirror` (binaries downloaded without TLS; they are still
+    /// checked against their sha256, but a mirror on a network you do not control
+    /// should be https).
+    #[serde(default)]
+    pub allow_http: bool,
 }

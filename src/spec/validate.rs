@@ -4,6 +4,7 @@
 
 use super::error::{Reporter, SpecError};
 use super::inventory::{InventoryHost, Role};
+use super::syntax;
 use super::topology::{docker_layout, Endpoint, Host, Topology};
 use super::types::*;
 use crate::addons::AddonId;
@@ -16,16 +17,44 @@ use std::net::IpAddr;
 pub const NEWEST_KNOWN_MINOR: u64 = 34;
 pub const OLDEST_SUPPORTED_MINOR: u64 = 20;
 
+/// Size limits of a cluster (see README, "Limits"). Anything larger is refused with a
+/// positioned error before any work proportional to it is done.
+pub mod limits {
+    /// Machines of a cluster (Kubernetes' own tested scale) and hosts of an inventory.
+    pub const MAX_NODES: u32 = 5000;
+    /// Extra names and addresses of the apiserver certificate.
+    pub const MAX_CERT_SANS: usize = 100;
+    /// Node labels of a pool or an inventory host.
+    pub const MAX_LABELS: usize = 64;
+    /// Extra disks of a machine.
+    pub const MAX_EXTRA_DISKS: usize = 16;
+    /// MetalLB pools, and the addresses (CIDRs or ranges) of each.
+    pub const MAX_POOLS: usize = 64;
+    pub const MAX_POOL_ADDRESSES: usize = 64;
+    /// Kubernetes nodes on kubeforge's bridge CNI: every node carries a route to every
+    /// other node's pod /24 (one L2 segment), so it is meant for small clusters.
+    pub const MAX_BRIDGE_NODES: usize = 256;
+    /// Any other list of the cluster file (skipped phases, ignored preflight checks,
+    /// interfaces, BGP peers and communities, devices of a Ceph node, group names,
+    /// allowed CIDRs).
+    pub const MAX_LIST: usize = 64;
+}
+use limits::*;
+
 /// Parse `v1.30.4` / `1.30.4` into a semantic version.
 pub fn parse_kubernetes_version(s: &str) -> Option<semver::Version> {
     let v = semver::Version::parse(s.strip_prefix('v').unwrap_or(s)).ok()?;
     (v.major == 1).then_some(v)
 }
 
+/// An IPv4 CIDR (every subnet and pool of the cluster file: IPv6 is not supported yet).
 fn parse_cidr(s: &str) -> Result<IpNet, String> {
     let net: IpNet = s
         .parse()
-        .map_err(|_| format!("`{s}` is not a CIDR like 10.244.0.0/16"))?;
+        .map_err(|_| format!("`{}` is not a CIDR like 10.244.0.0/16", syntax::shown(s)))?;
+    if matches!(net, IpNet::V6(_)) {
+        return Err(syntax::ipv6_unsupported(s));
+    }
     if net.trunc() != net {
         return Err(format!(
             "`{s}` has host bits set; did you mean {}?",
@@ -35,8 +64,10 @@ fn parse_cidr(s: &str) -> Result<IpNet, String> {
     Ok(net)
 }
 
+/// An IPv4 address (VIP, host addresses, BGP peers, the ingress address: IPv6 is not
+/// supported yet).
 fn parse_ip(s: &str) -> Result<IpAddr, String> {
-    s.parse().map_err(|_| format!("`{s}` is not an IP address"))
+    syntax::ipv4(s).map(IpAddr::V4)
 }
 
 fn overlaps(a: &IpNet, b: &IpNet) -> bool {
@@ -75,6 +106,9 @@ impl AddrRange {
         if let Some((a, b)) = s.split_once('-') {
             let first: IpAddr = a.trim().parse().map_err(|_| bad())?;
             let last: IpAddr = b.trim().parse().map_err(|_| bad())?;
+            if first.is_ipv6() || last.is_ipv6() {
+                return Err(syntax::ipv6_unsupported(s));
+            }
             if first.is_ipv4() != last.is_ipv4() {
                 return Err(format!("`{s}` mixes IPv4 and IPv6"));
             }
@@ -158,10 +192,14 @@ pub fn check(
         );
     }
     check_version(&s.kubernetes_version, rep);
+    check_lengths(s, rep);
     let nets = check_networking(&s.networking, rep);
     check_counts(&s.node_pools, rep);
     check_ssh(s, rep);
     check_state(&s.state, rep);
+    check_plain_http(s, rep);
+    check_values(c, rep);
+    check_effective(c, rep);
 
     let hosts = match &s.provider {
         Provider::Static(_) => static_hosts(c, inventory, nets.node.as_ref(), rep, inv_errors),
@@ -184,6 +222,7 @@ pub fn check(
         }
     }
     let hosts = hosts?;
+    check_bridge_cni(s, &hosts, &nets, rep);
     let endpoint = check_load_balancer(s, &hosts, node_subnet.as_ref(), rep)?;
     check_addons(s, &hosts, &endpoint, &nets, rep);
     if !rep.errors.is_empty() || !inv_errors.is_empty() {
@@ -280,7 +319,205 @@ fn check_networking(n: &Networking, rep: &mut Reporter<'_>) -> Nets {
     out
 }
 
+/// A list longer than `max` is an error at the list (its items then get no errors of
+/// their own).
+fn check_len(rep: &mut Reporter<'_>, field: &str, len: usize, max: usize, what: &str) {
+    if len > max {
+        rep.error(
+            field,
+            format!("{len} {what} are more than the {max} kubeforge allows"),
+        );
+    }
+}
+
+fn check_lengths(s: &ClusterSpec, rep: &mut Reporter<'_>) {
+    let lb = &s.load_balancer;
+    check_len(
+        rep,
+        "spec.loadBalancer.certSans",
+        lb.cert_sans.len(),
+        MAX_CERT_SANS,
+        "SANs",
+    );
+    let k = &s.kubeadm;
+    check_len(
+        rep,
+        "spec.kubeadm.skipPhases",
+        k.skip_phases.len(),
+        MAX_LIST,
+        "phases",
+    );
+    check_len(
+        rep,
+        "spec.kubeadm.ignorePreflightErrors",
+        k.ignore_preflight_errors.len(),
+        MAX_LIST,
+        "checks",
+    );
+    for (name, pool) in [
+        ("controlPlane", &s.node_pools.control_plane),
+        ("workers", &s.node_pools.workers),
+        ("loadBalancers", &s.node_pools.load_balancers),
+    ] {
+        let f = format!("spec.nodePools.{name}");
+        check_len(
+            rep,
+            &format!("{f}.labels"),
+            pool.labels.len(),
+            MAX_LABELS,
+            "labels",
+        );
+        check_len(
+            rep,
+            &format!("{f}.extraDisks"),
+            pool.extra_disks.len(),
+            MAX_EXTRA_DISKS,
+            "extra disks",
+        );
+    }
+    match &s.provider {
+        Provider::Static(st) => {
+            let f = "spec.provider.static.groups";
+            check_len(
+                rep,
+                &format!("{f}.controlPlane"),
+                st.groups.control_plane.len(),
+                MAX_LIST,
+                "groups",
+            );
+            check_len(
+                rep,
+                &format!("{f}.workers"),
+                st.groups.workers.len(),
+                MAX_LIST,
+                "groups",
+            );
+            check_len(
+                rep,
+                &format!("{f}.loadBalancers"),
+                st.groups.load_balancers.len(),
+                MAX_LIST,
+                "groups",
+            );
+        }
+        Provider::Aws(a) => check_len(
+            rep,
+            "spec.provider.aws.allowedCidrs",
+            a.allowed_cidrs.len(),
+            MAX_LIST,
+            "CIDRs",
+        ),
+        Provider::Hetzner(h) => check_len(
+            rep,
+            "spec.provider.hetzner.allowedCidrs",
+            h.allowed_cidrs.len(),
+            MAX_LIST,
+            "CIDRs",
+        ),
+        Provider::Sakura(sk) => check_len(
+            rep,
+            "spec.provider.sakura.allowedCidrs",
+            sk.allowed_cidrs.len(),
+            MAX_LIST,
+            "CIDRs",
+        ),
+        Provider::Docker(_) => {}
+    }
+    if let Some(m) = &s.addons.metallb {
+        let f = "spec.addons.metallb";
+        check_len(
+            rep,
+            &format!("{f}.pools"),
+            m.pools.len(),
+            MAX_POOLS,
+            "pools",
+        );
+        for (i, p) in m.pools.iter().enumerate().take(MAX_POOLS) {
+            check_len(
+                rep,
+                &format!("{f}.pools[{i}].addresses"),
+                p.addresses.len(),
+                MAX_POOL_ADDRESSES,
+                "addresses",
+            );
+        }
+        check_len(
+            rep,
+            &format!("{f}.interfaces"),
+            m.interfaces.len(),
+            MAX_LIST,
+            "interfaces",
+        );
+        if let Some(b) = &m.bgp {
+            check_len(
+                rep,
+                &format!("{f}.bgp.peers"),
+                b.peers.len(),
+                MAX_LIST,
+                "peers",
+            );
+            check_len(
+                rep,
+                &format!("{f}.bgp.communities"),
+                b.communities.len(),
+                MAX_LIST,
+                "communities",
+            );
+            for (i, p) in b.peers.iter().enumerate().take(MAX_LIST) {
+                check_len(
+                    rep,
+                    &format!("{f}.bgp.peers[{i}].nodes"),
+                    p.nodes.len(),
+                    MAX_NODES as usize,
+                    "nodes",
+                );
+            }
+        }
+    }
+    if let Some(r) = &s.addons.rook_ceph {
+        let f = "spec.addons.rookCeph.nodes";
+        check_len(rep, f, r.nodes.len(), MAX_NODES as usize, "nodes");
+        for (i, n) in r.nodes.iter().enumerate().take(MAX_NODES as usize) {
+            check_len(
+                rep,
+                &format!("{f}[{i}].devices"),
+                n.devices.len(),
+                MAX_LIST,
+                "devices",
+            );
+        }
+    }
+}
+
 fn check_counts(p: &NodePools, rep: &mut Reporter<'_>) {
+    let mut total: u64 = 0;
+    for (name, pool) in [
+        ("controlPlane", &p.control_plane),
+        ("workers", &p.workers),
+        ("loadBalancers", &p.load_balancers),
+    ] {
+        let n = pool.count.unwrap_or(0);
+        total += u64::from(n);
+        if n > MAX_NODES {
+            rep.error(
+                &format!("spec.nodePools.{name}.count"),
+                format!(
+                    "{n} machines are more than the {MAX_NODES} kubeforge manages in one cluster"
+                ),
+            );
+        }
+    }
+    if total > u64::from(MAX_NODES)
+        && rep
+            .errors
+            .iter()
+            .all(|e| !e.field.starts_with("spec.nodePools"))
+    {
+        rep.error(
+            "spec.nodePools",
+            format!("the pools add up to {total} machines, more than the {MAX_NODES} kubeforge manages in one cluster"),
+        );
+    }
     let field = "spec.nodePools.controlPlane.count";
     match p.control_plane.count {
         Some(0) => rep.error(field, "at least one control-plane node is needed"),
@@ -325,6 +562,59 @@ fn check_ssh(s: &ClusterSpec, rep: &mut Reporter<'_>) {
             "spec.ssh.connectTimeoutSeconds",
             "must be at least 1 second",
         );
+    }
+    for (field, v) in [
+        (
+            "spec.ssh.commandTimeoutSeconds",
+            s.ssh.command_timeout_seconds,
+        ),
+        (
+            "spec.ssh.longCommandTimeoutSeconds",
+            s.ssh.long_command_timeout_seconds,
+        ),
+    ] {
+        if v == 0 {
+            rep.error(field, "must be at least 1 second");
+        } else if v > 86_400 {
+            rep.error(field, format!("{v} s is more than a day"));
+        }
+    }
+}
+
+/// Plain http:// for artifact mirrors and cloud API endpoints needs the same explicit
+/// `allowHttp: true` next to the setting as the state endpoint.
+fn check_plain_http(s: &ClusterSpec, rep: &mut Reporter<'_>) {
+    use crate::provider::cloud::is_plain_http;
+    let (endpoint, allow, provider) = match &s.provider {
+        Provider::Aws(a) => (a.endpoint.as_deref(), a.allow_http, "aws"),
+        Provider::Hetzner(h) => (h.endpoint.as_deref(), h.allow_http, "hetzner"),
+        Provider::Sakura(k) => (k.endpoint.as_deref(), k.allow_http, "sakura"),
+        Provider::Docker(_) | Provider::Static(_) => (None, true, ""),
+    };
+    if let Some(ep) = endpoint {
+        if is_plain_http(ep) && !allow {
+            rep.error(
+                &format!("spec.provider.{provider}.endpoint"),
+                format!(
+                    "`{ep}` is plain http (the API credentials would travel in clear): set allowHttp: true next to it to allow it (local emulators only)"
+                ),
+            );
+        } else if !is_plain_http(ep) && !ep.to_ascii_lowercase().starts_with("https://") {
+            rep.error(
+                &format!("spec.provider.{provider}.endpoint"),
+                format!("`{ep}` is not a URL like https://api.example.com"),
+            );
+        }
+    }
+    if let Some(m) = &s.artifacts.mirror {
+        if is_plain_http(m) && !s.artifacts.allow_http {
+            rep.error(
+                "spec.artifacts.mirror",
+                format!(
+                    "`{m}` is plain http: set allowHttp: true next to it to allow it (a mirror on a network you control; use https otherwise)"
+                ),
+            );
+        }
     }
 }
 
@@ -413,6 +703,10 @@ fn made_hosts(c: &Cluster, rep: &mut Reporter<'_>) -> Option<Vec<Host>> {
     let cp = pools.control_plane.count.unwrap_or(3);
     let workers = pools.workers.count.unwrap_or(0);
     let lbs = pools.load_balancers.count.unwrap_or(0);
+    if u64::from(cp) + u64::from(workers) + u64::from(lbs) > u64::from(MAX_NODES) {
+        // Reported by check_counts.
+        return None;
+    }
     use docker_layout::*;
     let (lb_offset, lb_max) = if provider == "docker" {
         (LB_OFFSET, LB_MAX)
@@ -511,6 +805,25 @@ fn static_hosts(
     inv_errors: &mut Vec<SpecError>,
 ) -> Option<Vec<Host>> {
     let inv = inventory?;
+    if inv.len() > MAX_NODES as usize {
+        rep.error(
+            "spec.provider.static.inventory",
+            format!(
+                "the inventory lists {} hosts, more than the {MAX_NODES} kubeforge manages in one cluster",
+                inv.len()
+            ),
+        );
+        return None;
+    }
+    if rep.positions.contains("spec.provider.static.groups")
+        && !inv.is_empty()
+        && inv.iter().all(InventoryHost::roles_written)
+    {
+        rep.error(
+            "spec.provider.static.groups",
+            "groups map Ansible inventory groups to roles, but this inventory is kubeforge's own, where each host lists its roles",
+        );
+    }
     let mut hosts = Vec::new();
     let mut names: BTreeMap<String, &InventoryHost> = BTreeMap::new();
     let mut addrs: BTreeMap<IpAddr, &InventoryHost> = BTreeMap::new();
@@ -576,23 +889,87 @@ fn static_hosts(
                 ));
             }
         }
+        if let Some(u) = &h.ssh_user {
+            if let Err(e) = syntax::unix_user(u) {
+                inv_errors.push(h.origin.error("sshUser", e));
+            }
+        }
+        if h.ssh_port == Some(0) {
+            inv_errors.push(h.origin.error("sshPort", "port 0 is not a valid port"));
+        }
+        if h.labels.len() > MAX_LABELS {
+            inv_errors.push(h.origin.error(
+                "labels",
+                format!(
+                    "{} labels are more than the {MAX_LABELS} kubeforge allows",
+                    h.labels.len()
+                ),
+            ));
+        }
+        check_labels(&h.labels, "labels", |field, msg| {
+            inv_errors.push(h.origin.error(field, msg))
+        });
         if h.roles.contains(&Role::ControlPlane) && h.roles.contains(&Role::LoadBalancer) {
             inv_errors.push(h.origin.error(
                 "",
                 format!("host `{}` is both a control-plane and a load-balancer node: use loadBalancer.placement: control-plane instead", h.name),
             ));
         }
+        let ssh = &c.spec.ssh;
+        if let Some(u) = h
+            .ssh_user
+            .as_ref()
+            .filter(|u| **u != ssh.user && syntax::unix_user(u).is_ok())
+        {
+            inv_errors.push(h.origin.error(
+                "sshUser",
+                format!(
+                    "host `{}` logs in as `{}` but the cluster as `{}` (spec.ssh.user): per-host SSH users are not supported yet, set spec.ssh.user",
+                    h.name,
+                    syntax::shown(u),
+                    ssh.user
+                ),
+            ));
+        }
+        if let Some(p) = h.ssh_port.filter(|p| *p != ssh.port && *p != 0) {
+            inv_errors.push(h.origin.error(
+                "sshPort",
+                format!(
+                    "host `{}` listens for SSH on port {p} but the cluster uses {} (spec.ssh.port): per-host SSH ports are not supported yet, set spec.ssh.port",
+                    h.name, ssh.port
+                ),
+            ));
+        }
+        let runs_kubelet = h.roles.contains(&Role::ControlPlane) || h.roles.contains(&Role::Worker);
+        if !runs_kubelet && !h.labels.is_empty() {
+            inv_errors.push(h.origin.error(
+                "labels",
+                format!(
+                    "host `{}` is a load-balancer node and runs no kubelet: its labels would never be applied",
+                    h.name
+                ),
+            ));
+        }
+        // The pools' labels of the host's roles, then the host's own.
+        let pools = &c.spec.node_pools;
+        let mut labels = BTreeMap::new();
+        for (role, pool) in [
+            (Role::ControlPlane, &pools.control_plane),
+            (Role::Worker, &pools.workers),
+        ] {
+            if h.roles.contains(&role) {
+                labels.extend(pool.labels.clone());
+            }
+        }
+        labels.extend(h.labels.clone());
         hosts.push(Host {
             name: h.name.clone(),
             address,
             internal_address: internal,
             roles: h.roles.clone(),
-            ssh_user: h
-                .ssh_user
-                .clone()
-                .unwrap_or_else(|| c.spec.ssh.user.clone()),
-            ssh_port: h.ssh_port.unwrap_or(c.spec.ssh.port),
-            labels: h.labels.clone(),
+            ssh_user: ssh.user.clone(),
+            ssh_port: ssh.port,
+            labels,
         });
     }
     // Pool counts, when given, must match what the inventory holds.
@@ -689,23 +1066,40 @@ fn check_load_balancer(
                 );
                 return None;
             };
+            let field = "spec.loadBalancer.endpoint";
             let parsed = ep
                 .rsplit_once(':')
-                .and_then(|(h, p)| Some((h.trim_matches(['[', ']']), p.parse::<u16>().ok()?)))
+                .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
                 .filter(|(h, p)| !h.is_empty() && *p != 0);
-            match parsed {
-                Some((h, p)) => Some(Endpoint::External {
-                    host: h.to_string(),
-                    port: p,
-                }),
-                None => {
-                    rep.error(
-                        "spec.loadBalancer.endpoint",
-                        format!("`{ep}` is not HOST:PORT like api.example.com:6443"),
-                    );
-                    None
-                }
+            let Some((h, p)) = parsed else {
+                rep.error(
+                    field,
+                    format!(
+                        "`{}` is not HOST:PORT like api.example.com:6443",
+                        syntax::shown(ep)
+                    ),
+                );
+                return None;
+            };
+            let bare = h.trim_start_matches('[').trim_end_matches(']');
+            if bare.parse::<std::net::Ipv6Addr>().is_ok() {
+                rep.error(field, syntax::ipv6_unsupported(bare));
+                return None;
             }
+            if h.parse::<std::net::Ipv4Addr>().is_err() && !syntax::is_dns1123_subdomain(h) {
+                rep.error(
+                    field,
+                    format!(
+                        "`{}` is not a lower-case DNS name or IPv4 address before the port",
+                        syntax::shown(h)
+                    ),
+                );
+                return None;
+            }
+            Some(Endpoint::External {
+                host: h.to_string(),
+                port: p,
+            })
         }
         LoadBalancerType::HaproxyKeepalived => {
             if lb.endpoint.is_some() {
@@ -768,11 +1162,8 @@ fn check_load_balancer(
                     "VRRP router ids run from 1 to 255",
                 );
             }
-            if lb.interface.is_empty() {
-                rep.error(
-                    "spec.loadBalancer.interface",
-                    "must name a network interface",
-                );
+            if let Err(e) = syntax::interface_name(&lb.interface) {
+                rep.error("spec.loadBalancer.interface", e);
             }
             let vip = match (&lb.vip, node_subnet, &s.provider) {
                 (Some(v), _, _) => match parse_ip(v) {
@@ -849,6 +1240,7 @@ fn check_addons(
     rep: &mut Reporter<'_>,
 ) {
     let mut pool_ranges: Vec<(String, String, AddrRange)> = Vec::new();
+    let host_names: BTreeSet<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
     // A CNI from an upstream manifest follows the same compatibility matrix.
     match s.networking.cni {
         Cni::Flannel => check_addon_version(s, AddonId::Flannel, "spec.networking.cni", None, rep),
@@ -961,7 +1353,7 @@ fn check_addons(
                         rep.error(&format!("{field}.asn"), "ASN 0 is reserved");
                     }
                     for (j, n) in p.nodes.iter().enumerate() {
-                        if !hosts.iter().any(|h| &h.name == n) {
+                        if !host_names.contains(n.as_str()) {
                             rep.error(
                                 &format!("{field}.nodes[{j}]"),
                                 format!("no host named `{n}`"),
@@ -1081,7 +1473,11 @@ fn check_addons(
         let mut seen = BTreeSet::new();
         for (i, n) in r.nodes.iter().enumerate() {
             let field = format!("spec.addons.rookCeph.nodes[{i}]");
-            match hosts.iter().find(|h| h.name == n.name) {
+            match host_names
+                .contains(n.name.as_str())
+                .then(|| hosts.iter().find(|h| h.name == n.name))
+                .flatten()
+            {
                 None => rep.error(
                     &format!("{field}.name"),
                     format!("no host named `{}`", n.name),
@@ -1104,20 +1500,6 @@ fn check_addons(
                     format!("node `{}` has no devices and no deviceFilter", n.name),
                 );
             }
-            for (j, d) in n.devices.iter().enumerate() {
-                if d.is_empty() || d.contains(char::is_whitespace) {
-                    rep.error(
-                        &format!("{field}.devices[{j}]"),
-                        format!("`{d}` is not a device name like sdb or /dev/disk/by-id/..."),
-                    );
-                }
-            }
-        }
-        if !r.data_dir_host_path.starts_with('/') {
-            rep.error(
-                "spec.addons.rookCeph.dataDirHostPath",
-                "must be an absolute path",
-            );
         }
     }
 }
@@ -1139,6 +1521,265 @@ fn check_addon_version(
         match pinned {
             Some(_) => rep.error(&format!("{field}.version"), why),
             None => rep.error(field, why),
+        }
+    }
+}
+
+/// Every value that ends up in a remote command or a rendered config file, checked
+/// against what it may be (see `syntax`): a value that passes is inert in a shell word
+/// and in a config line.
+fn check_values(c: &Cluster, rep: &mut Reporter<'_>) {
+    let s = &c.spec;
+    let minor = parse_kubernetes_version(&s.kubernetes_version)
+        .map(|v| v.minor)
+        .filter(|m| *m >= OLDEST_SUPPORTED_MINOR);
+    // kubeadm --skip-phases: phases of `kubeadm init` or `kubeadm join` of this release.
+    if let Some(minor) = minor {
+        let init = syntax::kubeadm_init_phases(minor);
+        let join = syntax::kubeadm_join_phases(minor);
+        for (i, p) in s.kubeadm.skip_phases.iter().enumerate() {
+            if !init.contains(&p.as_str()) && !join.contains(&p.as_str()) {
+                rep.error(
+                    &format!("spec.kubeadm.skipPhases[{i}]"),
+                    format!(
+                        "`{}` is not a phase of kubeadm init or join 1.{minor} (e.g. preflight, addon/coredns; `kubeadm init --help` lists them)",
+                        syntax::shown(p)
+                    ),
+                );
+            }
+        }
+    }
+    for (i, p) in s.kubeadm.ignore_preflight_errors.iter().enumerate() {
+        if let Err(e) = syntax::preflight_check(p) {
+            rep.error(&format!("spec.kubeadm.ignorePreflightErrors[{i}]"), e);
+        }
+    }
+    if let Some(m) = &s.artifacts.mirror {
+        if m.is_empty() || m.chars().any(char::is_control) {
+            rep.error(
+                "spec.artifacts.mirror",
+                format!(
+                    "`{}` is not a mirror: an http(s) URL or a directory, without control characters",
+                    syntax::shown(m)
+                ),
+            );
+        }
+    }
+    if let Some(repo) = &s.artifacts.image_repository {
+        if let Err(e) = syntax::image_repository(repo) {
+            rep.error("spec.artifacts.imageRepository", e);
+        }
+    }
+    if let Provider::Docker(d) = &s.provider {
+        if let Some(image) = &d.image {
+            if let Err(e) = syntax::image_reference(image) {
+                rep.error("spec.provider.docker.image", e);
+            }
+        }
+        if let Some(net) = &d.network {
+            if let Err(e) = syntax::docker_network(net) {
+                rep.error("spec.provider.docker.network", e);
+            }
+        }
+    }
+    for (i, san) in s.load_balancer.cert_sans.iter().enumerate() {
+        if let Err(e) = syntax::cert_san(san) {
+            rep.error(&format!("spec.loadBalancer.certSans[{i}]"), e);
+        }
+    }
+    if let Err(e) = syntax::unix_user(&s.ssh.user) {
+        rep.error("spec.ssh.user", e);
+    }
+    if let Some(b) = &s.ssh.bastion {
+        if let Err(e) = syntax::host(&b.host) {
+            rep.error("spec.ssh.bastion.host", e);
+        }
+        if let Some(u) = &b.user {
+            if let Err(e) = syntax::unix_user(u) {
+                rep.error("spec.ssh.bastion.user", e);
+            }
+        }
+        if b.port == 0 {
+            rep.error("spec.ssh.bastion.port", "port 0 is not a valid port");
+        }
+    }
+    for (pool_field, pool) in [
+        ("controlPlane", &s.node_pools.control_plane),
+        ("workers", &s.node_pools.workers),
+        ("loadBalancers", &s.node_pools.load_balancers),
+    ] {
+        check_labels(
+            &pool.labels,
+            &format!("spec.nodePools.{pool_field}.labels"),
+            |field, msg| rep.error(field, msg),
+        );
+    }
+    if let Some(m) = &s.addons.metallb {
+        for (i, name) in m.interfaces.iter().enumerate() {
+            if let Err(e) = syntax::interface_name(name) {
+                rep.error(&format!("spec.addons.metallb.interfaces[{i}]"), e);
+            }
+        }
+        if let Some(b) = &m.bgp {
+            for (i, p) in b.peers.iter().enumerate() {
+                let field = format!("spec.addons.metallb.bgp.peers[{i}]");
+                if let Some(secret) = &p.password_secret {
+                    if !syntax::is_dns1123_subdomain(secret) {
+                        rep.error(
+                            &format!("{field}.passwordSecret"),
+                            format!(
+                                "`{}` is not a Secret name (lower-case DNS name like bgp-password)",
+                                syntax::shown(secret)
+                            ),
+                        );
+                    }
+                }
+                if let Some(h) = &p.hold_time {
+                    if let Err(e) = syntax::go_duration(h) {
+                        rep.error(&format!("{field}.holdTime"), e);
+                    }
+                }
+            }
+        }
+    }
+    if let Some(r) = &s.addons.rook_ceph {
+        if let Some(f) = &r.device_filter {
+            if let Err(e) = syntax::device_filter(f) {
+                rep.error("spec.addons.rookCeph.deviceFilter", e);
+            }
+        }
+        for (i, n) in r.nodes.iter().enumerate() {
+            let field = format!("spec.addons.rookCeph.nodes[{i}]");
+            for (j, d) in n.devices.iter().enumerate() {
+                if let Err(e) = syntax::device(d) {
+                    rep.error(&format!("{field}.devices[{j}]"), e);
+                }
+            }
+            if let Some(f) = &n.device_filter {
+                if let Err(e) = syntax::device_filter(f) {
+                    rep.error(&format!("{field}.deviceFilter"), e);
+                }
+            }
+        }
+        if let Err(e) = syntax::absolute_path(&r.data_dir_host_path) {
+            rep.error("spec.addons.rookCeph.dataDirHostPath", e);
+        }
+    }
+}
+
+/// Node labels: valid keys and values, and keys kubelet may set on its own node.
+fn check_labels(
+    labels: &BTreeMap<String, String>,
+    field: &str,
+    mut error: impl FnMut(&str, String),
+) {
+    for (k, v) in labels {
+        let f = format!("{field}.{k}");
+        if let Err(e) = syntax::node_label_key(k) {
+            error(&f, e);
+        } else if let Err(e) = syntax::label_value(v) {
+            error(&f, e);
+        }
+    }
+}
+
+/// kubeforge's bridge CNI gives every Kubernetes node a /24 of the pod subnet and a
+/// route to every other node's: the pod subnet must hold one /24 per node, and the
+/// cluster must stay small.
+fn check_bridge_cni(s: &ClusterSpec, hosts: &[Host], nets: &Nets, rep: &mut Reporter<'_>) {
+    if s.networking.cni != Cni::Bridge {
+        return;
+    }
+    let nodes = hosts.iter().filter(|h| h.is_kubernetes_node()).count();
+    if nodes > MAX_BRIDGE_NODES {
+        rep.error(
+            "spec.networking.cni",
+            format!("the bridge CNI routes every node to every other node and serves at most {MAX_BRIDGE_NODES} Kubernetes nodes; this cluster has {nodes}: use cni: none and install a CNI for larger clusters"),
+        );
+        return;
+    }
+    if let Some(IpNet::V4(p)) = &nets.pod {
+        let slots = 1usize << (24 - p.prefix_len().min(24));
+        if nodes > slots {
+            rep.error(
+                "spec.networking.podSubnet",
+                format!("{p} holds {slots} node /24s, but the cluster has {nodes} Kubernetes nodes: use a larger pod subnet"),
+            );
+        }
+    }
+}
+
+/// Fields that would do nothing in this combination are refused rather than ignored.
+fn check_effective(c: &Cluster, rep: &mut Reporter<'_>) {
+    let s = &c.spec;
+    let written = |rep: &Reporter<'_>, f: &str| rep.positions.contains(f);
+    if !s.node_pools.load_balancers.labels.is_empty() {
+        rep.error(
+            "spec.nodePools.loadBalancers.labels",
+            "load-balancer nodes run no kubelet: their labels would never be applied",
+        );
+    }
+    if s.provider.makes_machines() && s.networking.node_subnet.is_some() {
+        let (_, field) = s
+            .provider
+            .machine_subnet()
+            .unwrap_or(("", "the provider's subnet"));
+        rep.error(
+            "spec.networking.nodeSubnet",
+            format!(
+                "the {} provider places its machines in {field}: set the subnet there",
+                s.provider.name()
+            ),
+        );
+    }
+    if !s.provider.makes_machines() {
+        for pool in ["controlPlane", "workers", "loadBalancers"] {
+            let f = format!("spec.nodePools.{pool}.extraDisks");
+            if written(rep, &f) {
+                rep.error(
+                    &f,
+                    "the static provider attaches no disks to existing hosts: list the hosts' disks in spec.addons.rookCeph.nodes",
+                );
+            }
+        }
+    }
+    if s.ssh.key_file.is_some() && s.ssh.agent {
+        rep.error(
+            "spec.ssh.agent",
+            "set keyFile or agent: true, not both (the key file would be used and the agent never)",
+        );
+    }
+    if s.load_balancer.kind == LoadBalancerType::External {
+        for key in [
+            "placement",
+            "port",
+            "interface",
+            "virtualRouterId",
+            "healthCheck",
+        ] {
+            let f = format!("spec.loadBalancer.{key}");
+            if written(rep, &f) {
+                rep.error(
+                    &f,
+                    format!("{key} is only used with type haproxy-keepalived (the external load balancer is configured outside kubeforge)"),
+                );
+            }
+        }
+    }
+    if let Some(m) = &s.addons.metallb {
+        if m.mode == MetalLbMode::Bgp && !m.interfaces.is_empty() {
+            rep.error(
+                "spec.addons.metallb.interfaces",
+                "interfaces limit L2 announcements and are not used with mode: bgp",
+            );
+        }
+    }
+    if let Some(url) = &s.state.url {
+        if !url.starts_with("s3://") && s.state.region.is_some() {
+            rep.error(
+                "spec.state.region",
+                "region applies to s3:// state URLs only",
+            );
         }
     }
 }

@@ -1,7 +1,7 @@
 //! `kubeforge state show|history|unlock|pull|push|keygen`.
 
 use super::crypto::Keyring;
-use super::lock::LockOptions;
+use super::lock::{LockOptions, Unlocked};
 use super::{StateDocument, StateError, StateSpec, StateStore, StoreOptions};
 use crate::error::Error;
 use crate::output::{print_json, OutputFormat};
@@ -83,6 +83,14 @@ pub enum StateCommand {
         #[arg(long)]
         replace_corrupted: bool,
     },
+    /// Adopt a state written before state authentication: check it with `state show`,
+    /// then save it as a new generation authenticated with the state key.
+    Migrate {
+        /// The generation you checked (as `state show` prints it); refused if the
+        /// state moved since.
+        #[arg(long)]
+        generation: u64,
+    },
     /// Write a new age X25519 key file (mode 0600) for encrypting the state's secrets.
     Keygen {
         #[arg(long)]
@@ -103,6 +111,9 @@ pub enum StateCommand {
         /// Hold at most this long (milliseconds).
         #[arg(long, default_value_t = 60_000)]
         hold_ms: u64,
+        /// Take over a lock whose holder provably died on this host.
+        #[arg(long)]
+        break_stale_lock: bool,
     },
 }
 
@@ -215,7 +226,11 @@ pub async fn run(args: StateArgs, output: OutputFormat) -> Result<(), Error> {
     let target = resolve_target(&args.target)?;
     match args.command {
         StateCommand::Show { generation } => {
-            show(&open_store(&target, false)?, generation, output).await
+            // With a key (when one resolves) the state is authenticated; without, or
+            // when it does not verify, it is still shown, marked as such.
+            let keyed = open_store(&target, true).ok().filter(StateStore::has_key);
+            let plain = open_store(&target, false)?;
+            show(keyed.as_ref(), &plain, generation, output).await
         }
         StateCommand::History => history(&open_store(&target, false)?, output).await,
         StateCommand::Snapshots => snapshots(&open_store(&target, false)?, output).await,
@@ -232,14 +247,25 @@ pub async fn run(args: StateArgs, output: OutputFormat) -> Result<(), Error> {
             let store = open_store(&target, true)?;
             push(&store, &copy, generation, replace_corrupted, output).await
         }
+        StateCommand::Migrate { generation } => {
+            let store = open_store(&target, true)?;
+            migrate(&store, generation, output).await
+        }
         StateCommand::LockProbe {
             lease_secs,
             refresh_secs,
             hold_until_file,
             hold_ms,
+            break_stale_lock,
         } => {
             let store = open_store(&target, false)?;
-            lock_probe(&store, lease_secs, refresh_secs, hold_until_file, hold_ms).await
+            let opts = LockOptions {
+                command: std::env::args().collect::<Vec<_>>().join(" "),
+                lease: Duration::from_secs_f64(lease_secs.max(0.1)),
+                refresh_every: refresh_secs.map(|s| Duration::from_secs_f64(s.max(0.05))),
+                break_stale_lock,
+            };
+            lock_probe(&store, opts, hold_until_file, hold_ms).await
         }
         StateCommand::Keygen { .. } => unreachable!("handled above"),
     }
@@ -269,17 +295,39 @@ fn redacted_json(doc: &StateDocument) -> serde_json::Value {
     v
 }
 
+async fn load_for_show(
+    store: &StateStore,
+    generation: Option<u64>,
+) -> Result<StateDocument, StateError> {
+    match generation {
+        Some(g) => store.load_generation(g).await,
+        None => match store.load_sealed().await? {
+            Some((doc, _)) => Ok(doc),
+            None => Err(StateError::NoState { url: store.url() }),
+        },
+    }
+}
+
 async fn show(
+    keyed: Option<&StateStore>,
     store: &StateStore,
     generation: Option<u64>,
     output: OutputFormat,
 ) -> Result<(), Error> {
-    let doc = match generation {
-        Some(g) => store.load_generation(g).await?,
-        None => match store.load_sealed().await? {
-            Some((doc, _)) => doc,
-            None => return Err(StateError::NoState { url: store.url() }.into()),
+    // (authenticated?, what to say about it)
+    let (doc, authenticity) = match keyed {
+        Some(k) => match load_for_show(k, generation).await {
+            Ok(doc) => (doc, (Some(true), "verified with the state key".to_string())),
+            Err(e @ (StateError::Unauthenticated { .. } | StateError::Rollback { .. })) => (
+                load_for_show(store, generation).await?,
+                (Some(false), format!("NOT AUTHENTICATED: {e}")),
+            ),
+            Err(e) => return Err(e.into()),
         },
+        None => (
+            load_for_show(store, generation).await?,
+            (None, "not checked (no state key given)".to_string()),
+        ),
     };
     let lock = if generation.is_none() {
         store.lock_status().await.ok().flatten()
@@ -290,6 +338,8 @@ async fn show(
         print_json(&serde_json::json!({
             "url": store.url(),
             "lock": lock,
+            "authenticated": authenticity.0,
+            "authenticity": authenticity.1,
             "state": redacted_json(&doc),
         }))?;
         return Ok(());
@@ -308,6 +358,7 @@ async fn show(
         _ => String::new(),
     };
     out.push_str(&format!("generation:  {}{updated}\n", doc.generation));
+    out.push_str(&format!("authentic:   {}\n", authenticity.1));
     if generation.is_none() {
         match &lock {
             None => out.push_str("lock:        free\n"),
@@ -460,6 +511,14 @@ async fn unlock(store: &StateStore, force: bool, output: OutputFormat) -> Result
     }
     match broken {
         None => println!("no lock at {}", store.url()),
+        Some(Unlocked {
+            lock,
+            holder_gone: Some(why),
+            ..
+        }) => println!(
+            "removed the lock held by {}: its process is dead ({why})",
+            lock.describe()
+        ),
         Some(u) if u.was_live => println!(
             "broke a LIVE lock held by {} (lease until {}): that command may still be running; it will stop at its next lock refresh or fail at its next save",
             u.lock.describe(),
@@ -547,11 +606,16 @@ async fn push(
         what: format!("cannot read {}", file.display()),
         source: e,
     })?;
-    let v = if replace_corrupted {
-        store.push_replacing_corrupted(&bytes, generation).await?
+    let lock = store
+        .lock(&format!("kubeforge state push {}", file.display()))
+        .await?;
+    let pushed = if replace_corrupted {
+        store.push_replacing_corrupted(&bytes, generation).await
     } else {
-        store.push(&bytes, generation).await?
+        store.push(&bytes, generation).await
     };
+    lock.release().await?;
+    let v = pushed?;
     if output == OutputFormat::Json {
         print_json(&serde_json::json!({
             "url": store.url(),
@@ -570,6 +634,38 @@ async fn push(
             "pushed {} to {} as generation {} (was {generation})",
             file.display(),
             store.url(),
+            v.generation
+        );
+    }
+    Ok(())
+}
+
+async fn migrate(store: &StateStore, generation: u64, output: OutputFormat) -> Result<(), Error> {
+    let lock = store
+        .lock(&format!(
+            "kubeforge state migrate --generation {generation}"
+        ))
+        .await?;
+    let migrated = store.migrate(generation).await;
+    lock.release().await?;
+    let (doc, v) = migrated?;
+    if output == OutputFormat::Json {
+        print_json(&serde_json::json!({
+            "url": store.url(),
+            "previous": generation,
+            "generation": v.generation,
+            "lineage": doc.lineage,
+        }))?;
+    } else {
+        println!(
+            "adopted the unauthenticated generation {generation} of {} ({} machines, {} pinned host keys, secrets: {}) as authenticated generation {}; from now on a state that does not verify with this key is refused",
+            store.url(),
+            doc.machines.len(),
+            doc.host_keys.len(),
+            {
+                let n = doc.secret_names();
+                if n.is_empty() { "none".to_string() } else { n.join(", ") }
+            },
             v.generation
         );
     }
@@ -605,17 +701,10 @@ fn keygen(out: &Path, output: OutputFormat) -> Result<(), Error> {
 
 async fn lock_probe(
     store: &StateStore,
-    lease_secs: f64,
-    refresh_secs: Option<f64>,
+    opts: LockOptions,
     hold_until_file: Option<PathBuf>,
     hold_ms: u64,
 ) -> Result<(), Error> {
-    let command: Vec<String> = std::env::args().collect();
-    let opts = LockOptions {
-        command: command.join(" "),
-        lease: Duration::from_secs_f64(lease_secs.max(0.1)),
-        refresh_every: refresh_secs.map(|s| Duration::from_secs_f64(s.max(0.05))),
-    };
     // Listen for Ctrl-C before announcing the lock, so a signal right after the
     // announcement is handled (released) rather than killing the process.
     let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())

@@ -344,6 +344,110 @@ impl Keyring {
     }
 }
 
+/// How a state document is authenticated: an HMAC-SHA256 over the canonical document,
+/// with a key only the holder of the state key can derive (HKDF-SHA256 over the age
+/// X25519 secret key, or scrypt over the passphrase). The age recipient is public, so
+/// encryption alone proves nothing about who wrote a document; this tag does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StateAuth {
+    /// `hmac-sha256`.
+    pub alg: String,
+    /// `hkdf-sha256` (X25519 key) or `scrypt` (passphrase).
+    pub kdf: String,
+    /// scrypt work factor (log2 N) the key was derived with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_n: Option<u8>,
+    /// Hex HMAC-SHA256 of `kubeforge.dev/state/v1\0` + the compact serialisation of `state`.
+    pub mac: String,
+}
+
+pub const MAC_ALG: &str = "hmac-sha256";
+pub const KDF_HKDF: &str = "hkdf-sha256";
+pub const KDF_SCRYPT: &str = "scrypt";
+const MAC_DOMAIN: &[u8] = b"kubeforge.dev/state/v1\0";
+
+/// The bytes a state MAC covers.
+pub(crate) fn mac_message(canonical_state: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(MAC_DOMAIN.len() + canonical_state.len());
+    m.extend_from_slice(MAC_DOMAIN);
+    m.extend_from_slice(canonical_state);
+    m
+}
+
+pub(crate) fn hmac_hex(key: &[u8; 32], message: &[u8]) -> String {
+    use hmac::Mac;
+    let mut m = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(key).expect("any key length");
+    m.update(message);
+    hex::encode(m.finalize().into_bytes())
+}
+
+/// Constant-time check of a hex MAC.
+pub(crate) fn hmac_verify(key: &[u8; 32], message: &[u8], mac_hex: &str) -> bool {
+    use hmac::Mac;
+    let Ok(tag) = hex::decode(mac_hex) else {
+        return false;
+    };
+    let mut m = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(key).expect("any key length");
+    m.update(message);
+    m.verify_slice(&tag).is_ok()
+}
+
+impl Keyring {
+    /// The key-derivation this keyring authenticates with.
+    pub fn mac_kdf(&self) -> &'static str {
+        match self {
+            Keyring::X25519 { .. } => KDF_HKDF,
+            Keyring::Passphrase { .. } => KDF_SCRYPT,
+        }
+    }
+
+    /// The scrypt work factor new MACs are derived with (passphrase only).
+    pub fn mac_log_n(&self) -> Option<u8> {
+        match self {
+            Keyring::X25519 { .. } => None,
+            Keyring::Passphrase { log_n, .. } => Some(*log_n),
+        }
+    }
+
+    /// Derive the 32-byte state MAC key. `salt` ties it to one state lineage; `log_n`
+    /// (passphrase only) is the scrypt work factor.
+    pub(crate) fn mac_key(&self, salt: &str, log_n: Option<u8>) -> Result<[u8; 32], StateError> {
+        let salt = format!("kubeforge.dev/state/mac/v1:{salt}");
+        let mut out = [0u8; 32];
+        match self {
+            Keyring::X25519 { identity, .. } => {
+                let secret = identity.to_string();
+                let hk = hkdf::Hkdf::<sha2::Sha256>::new(
+                    Some(salt.as_bytes()),
+                    secret.expose_secret().as_bytes(),
+                );
+                hk.expand(b"state document mac", &mut out).map_err(|e| {
+                    StateError::Key(format!("cannot derive the state MAC key: {e}"))
+                })?;
+            }
+            Keyring::Passphrase {
+                passphrase,
+                log_n: own,
+                ..
+            } => {
+                let n = log_n.unwrap_or(*own).clamp(1, 22);
+                let params = scrypt::Params::new(n, 8, 1, 32).map_err(|e| {
+                    StateError::Key(format!("cannot derive the state MAC key: {e}"))
+                })?;
+                scrypt::scrypt(
+                    passphrase.expose_secret().as_bytes(),
+                    salt.as_bytes(),
+                    &params,
+                    &mut out,
+                )
+                .map_err(|e| StateError::Key(format!("cannot derive the state MAC key: {e}")))?;
+            }
+        }
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,7 +4,7 @@
 //! fields without breaking older documents. Secrets are the exception: [`Secrets`] has
 //! no `Serialize` at all; the store seals them with age into [`SealedSecrets`].
 
-use super::crypto::SealedSecrets;
+use super::crypto::{SealedSecrets, StateAuth};
 use super::StateError;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -225,6 +225,11 @@ pub struct StateDocument {
     /// Incremented by every save; history/<generation>.json keeps each one.
     pub generation: u64,
     pub cluster: String,
+    /// Random id given at the first authenticated save and kept by every later one:
+    /// tells a rollback of this state (same lineage, older generation) from a new
+    /// state created after the old one was removed.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub lineage: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub updated: Option<DateTime<Utc>>,
     /// `user@host` of the last writer.
@@ -260,6 +265,7 @@ impl Default for StateDocument {
         StateDocument {
             generation: 0,
             cluster: String::new(),
+            lineage: String::new(),
             updated: None,
             updated_by: None,
             machines: BTreeMap::new(),
@@ -343,20 +349,40 @@ impl StateDocument {
 struct Envelope {
     format: String,
     checksum: String,
+    /// The MAC (absent in documents written without a key, and in those written by
+    /// kubeforge before state authentication).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    auth: Option<StateAuth>,
     state: serde_json::Value,
 }
 
-fn checksum_of(state: &serde_json::Value) -> String {
-    let canonical = serde_json::to_vec(state).expect("json value serializes");
-    format!("sha256:{}", hex::encode(Sha256::digest(&canonical)))
+fn canonical(state: &serde_json::Value) -> Vec<u8> {
+    serde_json::to_vec(state).expect("json value serializes")
+}
+
+fn checksum_of(canonical: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(canonical)))
 }
 
 /// Serialize a document (whose secrets are already sealed) into the stored bytes.
+#[cfg(test)]
 pub(crate) fn encode(doc: &StateDocument) -> Vec<u8> {
+    encode_authenticated(doc, |_| None)
+}
+
+/// [`encode`], with `sign` computing the MAC over the message it is given
+/// ([`super::crypto::mac_message`] of the canonical state).
+pub(crate) fn encode_authenticated(
+    doc: &StateDocument,
+    sign: impl FnOnce(&[u8]) -> Option<StateAuth>,
+) -> Vec<u8> {
     let state = serde_json::to_value(doc).expect("state document serializes");
+    let canon = canonical(&state);
+    let auth = sign(&super::crypto::mac_message(&canon));
     let env = Envelope {
         format: FORMAT.to_string(),
-        checksum: checksum_of(&state),
+        checksum: checksum_of(&canon),
+        auth,
         state,
     };
     let mut out = serde_json::to_vec_pretty(&env).expect("envelope serializes");
@@ -373,8 +399,21 @@ pub(crate) enum DecodeError {
     Unsupported(String),
 }
 
+/// A decoded document with what its authentication needs.
+pub(crate) struct Decoded {
+    pub doc: StateDocument,
+    pub auth: Option<StateAuth>,
+    /// The bytes the MAC covers.
+    pub message: Vec<u8>,
+}
+
 /// Parse stored bytes, verifying format and checksum. Secrets stay sealed.
 pub(crate) fn decode(bytes: &[u8]) -> Result<StateDocument, DecodeError> {
+    decode_full(bytes).map(|d| d.doc)
+}
+
+/// [`decode`], keeping the MAC and the message it covers.
+pub(crate) fn decode_full(bytes: &[u8]) -> Result<Decoded, DecodeError> {
     let env: Envelope = serde_json::from_slice(bytes).map_err(|e| {
         DecodeError::Corrupted(if e.is_eof() {
             format!("truncated ({} bytes): {e}", bytes.len())
@@ -388,7 +427,8 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<StateDocument, DecodeError> {
             env.format
         )));
     }
-    let actual = checksum_of(&env.state);
+    let canon = canonical(&env.state);
+    let actual = checksum_of(&canon);
     if actual != env.checksum {
         return Err(DecodeError::Corrupted(format!(
             "checksum mismatch: recorded {}, content has {actual}",
@@ -398,20 +438,25 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<StateDocument, DecodeError> {
     let mut doc: StateDocument = serde_json::from_value(env.state)
         .map_err(|e| DecodeError::Corrupted(format!("invalid state document: {e}")))?;
     doc.secrets_open = doc.sealed.is_none();
-    Ok(doc)
+    Ok(Decoded {
+        doc,
+        auth: env.auth,
+        message: super::crypto::mac_message(&canon),
+    })
 }
 
 /// Parse a document a person may have edited (`state push`): the checksum is not
 /// required to match (it is recomputed on save), but the structure must be valid.
-pub(crate) fn decode_edited(bytes: &[u8]) -> Result<StateDocument, String> {
+pub(crate) fn decode_edited(bytes: &[u8]) -> Result<(StateDocument, bool), String> {
     let env: Envelope = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    let authenticated = env.auth.is_some();
     if env.format != FORMAT {
         return Err(format!("format {:?} is not {FORMAT:?}", env.format));
     }
     let mut doc: StateDocument =
         serde_json::from_value(env.state).map_err(|e| format!("invalid state document: {e}"))?;
     doc.secrets_open = doc.sealed.is_none();
-    Ok(doc)
+    Ok((doc, authenticated))
 }
 
 #[cfg(test)]

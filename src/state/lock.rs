@@ -29,6 +29,75 @@ pub struct LockInfo {
     pub started: DateTime<Utc>,
     pub refreshed: DateTime<Utc>,
     pub expires: DateTime<Utc>,
+    /// Where the holder runs, to tell a holder that provably died on this host
+    /// (same hostname, boot and pid namespace; its pid gone or reused) from one
+    /// running elsewhere. Absent in locks written by older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<HolderHost>,
+}
+
+/// The host identity of a lock holder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HolderHost {
+    pub hostname: String,
+    /// `/proc/sys/kernel/random/boot_id`.
+    pub boot_id: String,
+    /// `/proc/self/ns/pid` (e.g. `pid:[4026531836]`).
+    pub pid_namespace: String,
+    /// Start time of the holder process (field 22 of `/proc/<pid>/stat`), so a pid
+    /// reused by another process is not taken for the holder.
+    pub pid_start: u64,
+}
+
+fn proc_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: fields after the
+    // last ')' start at field 3.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// This process's host identity (`None` where /proc does not tell it).
+pub fn this_host() -> Option<HolderHost> {
+    Some(HolderHost {
+        hostname: gethostname::gethostname().to_string_lossy().to_string(),
+        boot_id: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .ok()?
+            .trim()
+            .to_string(),
+        pid_namespace: std::fs::read_link("/proc/self/ns/pid")
+            .ok()?
+            .to_string_lossy()
+            .to_string(),
+        pid_start: proc_start_time(std::process::id())?,
+    })
+}
+
+/// Why the holder of `info` is provably dead, if it ran on this host (same hostname,
+/// boot and pid namespace) and its process is gone or its pid now belongs to another
+/// process. `None` when it may be alive or runs elsewhere.
+pub fn holder_gone(info: &LockInfo) -> Option<String> {
+    let theirs = info.host.as_ref()?;
+    let ours = this_host()?;
+    if theirs.hostname != ours.hostname
+        || theirs.boot_id != ours.boot_id
+        || theirs.pid_namespace != ours.pid_namespace
+    {
+        return None;
+    }
+    match proc_start_time(info.pid) {
+        None if !std::path::Path::new(&format!("/proc/{}", info.pid)).exists() => Some(format!(
+            "pid {} no longer exists on this host ({})",
+            info.pid, ours.hostname
+        )),
+        None => None,
+        Some(start) if start != theirs.pid_start => Some(format!(
+            "pid {} on this host ({}) is now another process",
+            info.pid, ours.hostname
+        )),
+        Some(_) => None,
+    }
 }
 
 impl LockInfo {
@@ -65,6 +134,9 @@ pub struct LockOptions {
     pub lease: Duration,
     /// How often the lease is extended (default: a third of the lease).
     pub refresh_every: Option<Duration>,
+    /// Take over a lock whose holder provably died on this host ([`holder_gone`])
+    /// instead of failing (`--break-stale-lock`).
+    pub break_stale_lock: bool,
 }
 
 impl LockOptions {
@@ -73,6 +145,7 @@ impl LockOptions {
             command: command.into(),
             lease: DEFAULT_LEASE,
             refresh_every: None,
+            break_stale_lock: false,
         }
     }
 }
@@ -83,6 +156,57 @@ fn lease_chrono(d: Duration) -> chrono::Duration {
 
 pub(crate) fn parse_lock(body: &[u8]) -> Result<LockInfo, String> {
     serde_json::from_slice(body).map_err(|e| e.to_string())
+}
+
+/// What a released lock object holds: the lock is free. Releasing and unlocking
+/// replace the lock with a tombstone by compare-and-swap on the version they read
+/// (object stores have no conditional delete), so they can never remove a newer
+/// holder's lock; taking the lock replaces a tombstone the same way.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Tombstone {
+    /// Id of the lock this tombstone replaced.
+    released: String,
+    /// Random, so that no two tombstones have the same bytes (a file:// ETag is the
+    /// content's sha256: a version must never come back).
+    nonce: String,
+    at: DateTime<Utc>,
+}
+
+fn tombstone(released: &str) -> Bytes {
+    let t = Tombstone {
+        released: released.to_string(),
+        nonce: format!("{:016x}", rand::random::<u64>()),
+        at: Utc::now(),
+    };
+    let mut v = serde_json::to_vec_pretty(&t).expect("tombstone serializes");
+    v.push(b'\n');
+    Bytes::from(v)
+}
+
+/// The lock object as read.
+pub(crate) enum LockObject {
+    Absent,
+    /// Released (a tombstone): free, replaced by compare-and-swap on `version`.
+    Free {
+        version: ObjectVersion,
+    },
+    Held(LockInfo, ObjectVersion),
+    Unreadable(String, ObjectVersion),
+}
+
+pub(crate) async fn read_object(backend: &dyn StateBackend) -> Result<LockObject, StateError> {
+    match backend.get(LOCK_KEY).await {
+        Ok(None) => Ok(LockObject::Absent),
+        Ok(Some((body, version))) => match parse_lock(&body) {
+            Ok(info) => Ok(LockObject::Held(info, version)),
+            Err(detail) => match serde_json::from_slice::<Tombstone>(&body) {
+                Ok(_) => Ok(LockObject::Free { version }),
+                Err(_) => Ok(LockObject::Unreadable(detail, version)),
+            },
+        },
+        Err(e) => Err(backend_err(backend, e)),
+    }
 }
 
 fn encode_lock(info: &LockInfo) -> Bytes {
@@ -108,20 +232,17 @@ pub(crate) fn backend_err(backend: &dyn StateBackend, e: BackendError) -> StateE
     }
 }
 
-/// Read the lock object, if any.
+/// Read the lock, if it is held.
 pub(crate) async fn read_lock(
     backend: &dyn StateBackend,
 ) -> Result<Option<(LockInfo, ObjectVersion)>, StateError> {
-    match backend.get(LOCK_KEY).await {
-        Ok(None) => Ok(None),
-        Ok(Some((body, version))) => match parse_lock(&body) {
-            Ok(info) => Ok(Some((info, version))),
-            Err(detail) => Err(StateError::LockUnreadable {
-                url: backend.describe(),
-                detail,
-            }),
-        },
-        Err(e) => Err(backend_err(backend, e)),
+    match read_object(backend).await? {
+        LockObject::Absent | LockObject::Free { .. } => Ok(None),
+        LockObject::Held(info, version) => Ok(Some((info, version))),
+        LockObject::Unreadable(detail, _) => Err(StateError::LockUnreadable {
+            url: backend.describe(),
+            detail,
+        }),
     }
 }
 
@@ -166,6 +287,7 @@ pub(crate) async fn acquire(
         started: now,
         refreshed: now,
         expires: now + lease_chrono(opts.lease),
+        host: this_host(),
     };
     match backend
         .put(LOCK_KEY, encode_lock(&info), WriteMode::Create)
@@ -173,17 +295,61 @@ pub(crate) async fn acquire(
     {
         Ok(version) => Ok(start_guard(backend, info, version, &opts)),
         Err(BackendError::AlreadyExists) => {
-            // Someone holds it (or held it and died). Never take it over here.
-            match read_lock(backend.as_ref()).await? {
+            // Someone holds it (or held it and died), or it was released (a
+            // tombstone). A live or merely expired lock is never taken over here.
+            match read_object(backend.as_ref()).await? {
                 // Our own create went through but its answer was lost and the retry
                 // found it: it is ours.
-                Some((held, version)) if held.id == info.id => {
+                LockObject::Held(held, version) if held.id == info.id => {
                     Ok(start_guard(backend, info, version, &opts))
                 }
-                Some((held, _)) => Err(held_error(backend.as_ref(), held)),
+                LockObject::Held(held, version) => match holder_gone(&held) {
+                    Some(why) if opts.break_stale_lock => {
+                        tracing::warn!(
+                            "breaking the stale state lock of {}: {why}",
+                            held.describe()
+                        );
+                        take_over(backend, info, version, &opts).await
+                    }
+                    _ => Err(held_error(backend.as_ref(), held)),
+                },
+                LockObject::Free { version, .. } => take_over(backend, info, version, &opts).await,
                 // Released between our attempt and our read: report it as contention
                 // instead of retrying, so exactly one of a crowd of racers wins.
-                None => Err(StateError::LockContended {
+                LockObject::Absent => Err(StateError::LockContended {
+                    url: backend.describe(),
+                }),
+                LockObject::Unreadable(detail, _) => Err(StateError::LockUnreadable {
+                    url: backend.describe(),
+                    detail,
+                }),
+            }
+        }
+        Err(e) => Err(backend_err(backend.as_ref(), e)),
+    }
+}
+
+/// Replace the lock object read at `version` (a tombstone, or a provably dead
+/// holder's lock) with ours, by compare-and-swap: one of many racers wins.
+async fn take_over(
+    backend: Arc<dyn StateBackend>,
+    info: LockInfo,
+    version: ObjectVersion,
+    opts: &LockOptions,
+) -> Result<LockGuard, StateError> {
+    match backend
+        .put(LOCK_KEY, encode_lock(&info), WriteMode::Update(version))
+        .await
+    {
+        Ok(v) => Ok(start_guard(backend, info, v, opts)),
+        Err(BackendError::Precondition) | Err(BackendError::NotFound) => {
+            match read_object(backend.as_ref()).await? {
+                // Our write went through, its answer was lost.
+                LockObject::Held(held, v) if held.id == info.id => {
+                    Ok(start_guard(backend, info, v, opts))
+                }
+                LockObject::Held(held, _) => Err(held_error(backend.as_ref(), held)),
+                _ => Err(StateError::LockContended {
                     url: backend.describe(),
                 }),
             }
@@ -225,6 +391,13 @@ fn start_guard(
 
 pub(crate) fn held_error(backend: &dyn StateBackend, held: LockInfo) -> StateError {
     let now = Utc::now();
+    if let Some(detail) = holder_gone(&held) {
+        return StateError::LockHolderGone {
+            url: backend.describe(),
+            holder: held.describe(),
+            detail,
+        };
+    }
     if held.is_expired(now) {
         StateError::LockExpired {
             url: backend.describe(),
@@ -325,30 +498,51 @@ impl LockGuard {
         }
     }
 
-    /// Stop refreshing and delete the lock, if it is still ours.
+    /// Stop refreshing and release the lock, if it is still ours: a compare-and-swap
+    /// of the version we wrote last to a tombstone, so a newer holder's lock (ours was
+    /// broken and retaken) is never removed.
     pub async fn release(mut self) -> Result<(), StateError> {
         self.stop_refresh().await;
-        let id = self.shared.lock().expect("lock state").info.id.clone();
-        release_if_ours(self.backend.as_ref(), &id).await
+        let (id, version) = {
+            let s = self.shared.lock().expect("lock state");
+            (s.info.id.clone(), s.version.clone())
+        };
+        release_if_ours(self.backend.as_ref(), &id, version).await
     }
 }
 
-async fn release_if_ours(backend: &dyn StateBackend, id: &str) -> Result<(), StateError> {
-    match read_lock(backend).await {
-        Ok(Some((held, _))) if held.id == id => backend
-            .delete(LOCK_KEY)
+async fn release_if_ours(
+    backend: &dyn StateBackend,
+    id: &str,
+    mut version: ObjectVersion,
+) -> Result<(), StateError> {
+    for _ in 0..3 {
+        match backend
+            .put(LOCK_KEY, tombstone(id), WriteMode::Update(version.clone()))
             .await
-            .map_err(|e| backend_err(backend, e)),
-        Ok(Some((held, _))) => {
-            tracing::warn!(
-                "not releasing the state lock: it now belongs to {}",
-                held.describe()
-            );
-            Ok(())
+        {
+            Ok(_) => return Ok(()),
+            Err(BackendError::Precondition) | Err(BackendError::NotFound) => {}
+            Err(e) => return Err(backend_err(backend, e)),
         }
-        Ok(None) => Ok(()),
-        Err(e) => Err(e),
+        match read_object(backend).await? {
+            // A refresh of ours landed with its answer lost: release that version.
+            LockObject::Held(held, v) if held.id == id && v != version => version = v,
+            LockObject::Held(held, _) if held.id != id => {
+                tracing::warn!(
+                    "not releasing the state lock: it now belongs to {}",
+                    held.describe()
+                );
+                return Ok(());
+            }
+            LockObject::Held(..) => break,
+            // Released (by us, the answer lost; or broken by someone), or gone.
+            LockObject::Free { .. } | LockObject::Absent => return Ok(()),
+            LockObject::Unreadable(..) => break,
+        }
     }
+    tracing::warn!("could not release the state lock (it kept changing); its lease will expire");
+    Ok(())
 }
 
 impl Drop for LockGuard {
@@ -361,11 +555,15 @@ impl Drop for LockGuard {
             task.abort();
         }
         let backend = self.backend.clone();
-        let id = self.shared.lock().map(|s| s.info.id.clone()).ok();
-        if let (Ok(handle), Some(id)) = (tokio::runtime::Handle::try_current(), id) {
+        let held = self
+            .shared
+            .lock()
+            .map(|s| (s.info.id.clone(), s.version.clone()))
+            .ok();
+        if let (Ok(handle), Some((id, version))) = (tokio::runtime::Handle::try_current(), held) {
             tracing::warn!("state lock dropped without release; releasing in the background");
             handle.spawn(async move {
-                if let Err(e) = release_if_ours(backend.as_ref(), &id).await {
+                if let Err(e) = release_if_ours(backend.as_ref(), &id, version).await {
                     tracing::warn!("cannot release the state lock: {e}");
                 }
             });
@@ -378,63 +576,102 @@ impl Drop for LockGuard {
 #[serde(rename_all = "camelCase")]
 pub struct Unlocked {
     pub lock: LockInfo,
-    /// The lease was still live when it was broken (only with `force`).
+    /// The lease was still live when it was broken (only with `force`, or for a
+    /// holder that provably died on this host).
     pub was_live: bool,
+    /// Why the holder is known to be dead (it ran on this host and its process is
+    /// gone), if it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub holder_gone: Option<String>,
 }
 
-/// Remove the lock. Without `force` only an expired lease is removed. Returns what was
-/// broken, or `None` when there was no lock.
+/// Remove the lock. Without `force` only an expired lease, or the lock of a holder
+/// that provably died on this host, is removed. Returns what was broken, or `None`
+/// when there was no lock. The removal is a compare-and-swap of the version read to a
+/// tombstone: if the lock changed in between (a new holder), nothing is removed.
 pub(crate) async fn unlock(
     backend: &dyn StateBackend,
     force: bool,
 ) -> Result<Option<Unlocked>, StateError> {
-    let (info, _version) = match backend.get(LOCK_KEY).await {
-        Ok(None) => return Ok(None),
-        Ok(Some((body, version))) => match parse_lock(&body) {
-            Ok(info) => (info, version),
-            Err(detail) if force => {
-                backend
-                    .delete(LOCK_KEY)
-                    .await
-                    .map_err(|e| backend_err(backend, e))?;
-                tracing::warn!("removed an unreadable lock object: {detail}");
-                let now = Utc::now();
-                return Ok(Some(Unlocked {
-                    lock: LockInfo {
-                        id: String::new(),
-                        holder: "unknown (unreadable lock object)".into(),
-                        pid: 0,
-                        command: String::new(),
-                        started: now,
-                        refreshed: now,
-                        expires: now,
-                    },
-                    was_live: false,
-                }));
+    // A live holder refreshes its lock (a new version) while a forced unlock is under
+    // way: read again and break the lock as it is now, a few times.
+    let mut attempt = 0;
+    loop {
+        match unlock_once(backend, force).await {
+            Err(StateError::LockContended { .. }) if force && attempt < 5 => {
+                attempt += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             }
-            Err(detail) => {
-                return Err(StateError::LockUnreadable {
-                    url: backend.describe(),
-                    detail,
-                })
+            other => return other,
+        }
+    }
+}
+
+async fn unlock_once(
+    backend: &dyn StateBackend,
+    force: bool,
+) -> Result<Option<Unlocked>, StateError> {
+    let contended = || StateError::LockContended {
+        url: backend.describe(),
+    };
+    let (info, version) = match read_object(backend).await? {
+        LockObject::Absent | LockObject::Free { .. } => return Ok(None),
+        LockObject::Held(info, version) => (info, version),
+        LockObject::Unreadable(detail, version) if force => {
+            match backend
+                .put(LOCK_KEY, tombstone(""), WriteMode::Update(version))
+                .await
+            {
+                Ok(_) => {}
+                Err(BackendError::Precondition) | Err(BackendError::NotFound) => {
+                    return Err(contended())
+                }
+                Err(e) => return Err(backend_err(backend, e)),
             }
-        },
-        Err(e) => return Err(backend_err(backend, e)),
+            tracing::warn!("removed an unreadable lock object: {detail}");
+            let now = Utc::now();
+            return Ok(Some(Unlocked {
+                lock: LockInfo {
+                    id: String::new(),
+                    holder: "unknown (unreadable lock object)".into(),
+                    pid: 0,
+                    command: String::new(),
+                    started: now,
+                    refreshed: now,
+                    expires: now,
+                    host: None,
+                },
+                was_live: false,
+                holder_gone: None,
+            }));
+        }
+        LockObject::Unreadable(detail, _) => {
+            return Err(StateError::LockUnreadable {
+                url: backend.describe(),
+                detail,
+            })
+        }
     };
     let live = !info.is_expired(Utc::now());
-    if live && !force {
+    let gone = holder_gone(&info);
+    if live && !force && gone.is_none() {
         return Err(StateError::Locked {
             url: backend.describe(),
             holder: info.describe(),
             expires: info.expires,
         });
     }
-    backend
-        .delete(LOCK_KEY)
+    match backend
+        .put(LOCK_KEY, tombstone(&info.id), WriteMode::Update(version))
         .await
-        .map_err(|e| backend_err(backend, e))?;
+    {
+        Ok(_) => {}
+        Err(BackendError::Precondition) | Err(BackendError::NotFound) => return Err(contended()),
+        Err(e) => return Err(backend_err(backend, e)),
+    }
     Ok(Some(Unlocked {
         lock: info,
         was_live: live,
+        holder_gone: gone,
     }))
 }

@@ -9,7 +9,9 @@ pub mod backend;
 pub mod cli;
 pub mod crypto;
 pub mod document;
+pub mod handle;
 pub mod lock;
+pub mod retention;
 pub mod store;
 
 pub use backend::{FileBackend, ObjectStoreBackend, ObjectVersion, StateBackend};
@@ -18,7 +20,8 @@ pub use document::{
     AddonRecord, AppliedVersions, JournalEntry, Machine, ObjectRef, PhaseStatus, Secrets,
     StateDocument,
 };
-pub use lock::{LockGuard, LockInfo, LockOptions, Unlocked};
+pub use handle::{JournalId, StateHandle};
+pub use lock::{HolderHost, LockGuard, LockInfo, LockOptions, Unlocked};
 pub use store::{HistoryEntry, SnapshotInfo, StateStore, Version};
 
 use crate::error::ExitKind;
@@ -143,6 +146,12 @@ pub enum StateError {
         holder: String,
         expired: DateTime<Utc>,
     },
+    #[error("the state at {url} is locked by {holder}, but that process is dead: {detail}; it was killed without releasing the lock: remove the lock with `kubeforge state unlock` (no --force needed)")]
+    LockHolderGone {
+        url: String,
+        holder: String,
+        detail: String,
+    },
     #[error(
         "the state at {url} is locked by another command (the lock changed while it was read)"
     )]
@@ -163,6 +172,21 @@ pub enum StateError {
         key: String,
         detail: String,
         last_good: Option<u64>,
+    },
+    #[error("{key} at {url} is not authenticated: {detail}; it was not written with this state key (forged, or altered in the store), so it is not used and nothing was changed{hint}")]
+    Unauthenticated {
+        url: String,
+        key: String,
+        detail: String,
+        /// What to do (e.g. how to adopt a state from before authentication).
+        hint: String,
+    },
+    #[error("{key} at {url} was rolled back: it presents generation {found} as current, but {evidence}; an older state re-uploaded as current is refused and nothing was changed (if this is intended, pull the generation you want and `kubeforge state push` it as a new generation)")]
+    Rollback {
+        url: String,
+        key: String,
+        found: u64,
+        evidence: String,
     },
     #[error("{key} at {url} cannot be read by this kubeforge: {detail}")]
     Unsupported {
@@ -212,6 +236,7 @@ impl StateError {
     pub fn exit_kind(&self) -> ExitKind {
         match self {
             StateError::Locked { .. }
+            | StateError::LockHolderGone { .. }
             | StateError::LockExpired { .. }
             | StateError::LockContended { .. }
             | StateError::LockLost { .. } => ExitKind::Lock,

@@ -4,8 +4,8 @@ use super::backend::{
     client_options, retry_config, BackendError, FileBackend, ObjectStoreBackend, ObjectVersion,
     StateBackend, WriteMode,
 };
-use super::crypto::Keyring;
-use super::document::{self, DecodeError, Secrets, StateDocument};
+use super::crypto::{self, Keyring, StateAuth};
+use super::document::{self, DecodeError, Decoded, Secrets, StateDocument};
 use super::lock::{self, backend_err, LockGuard, LockInfo, LockOptions, Unlocked};
 use super::{StateError, StateSpec, StoreOptions};
 use bytes::Bytes;
@@ -13,6 +13,7 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -79,6 +80,34 @@ pub struct StateStore {
     /// A history entry whose write failed after its state was saved; retried first
     /// thing on the next save.
     pending_history: Arc<Mutex<Option<(u64, Bytes)>>>,
+    /// Derived MAC keys by (lineage, scrypt work factor): scrypt is slow on purpose.
+    mac_keys: Arc<Mutex<MacKeys>>,
+    /// Where the newest authenticated generation seen per store is recorded (rollback
+    /// detection); `None`: not recorded.
+    seen_dir: Option<PathBuf>,
+}
+
+/// Derived MAC keys by (lineage, scrypt work factor).
+type MacKeys = HashMap<(String, Option<u8>), [u8; 32]>;
+
+/// What this machine last saw of a store: its newest authenticated generation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Seen {
+    url: String,
+    lineage: String,
+    generation: u64,
+    mac: String,
+}
+
+/// The default directory of the rollback records: `$XDG_STATE_HOME/kubeforge/seen`,
+/// else `~/.local/state/kubeforge/seen`.
+pub fn default_seen_dir() -> Option<PathBuf> {
+    let base = match std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+        Some(x) => PathBuf::from(x),
+        None => PathBuf::from(std::env::var_os("HOME")?).join(".local/state"),
+    };
+    Some(base.join("kubeforge").join("seen"))
 }
 
 fn url_err(url: &str, detail: impl Into<String>) -> StateError {
@@ -131,13 +160,23 @@ impl StateStore {
             cluster: None,
             keyring: None,
             pending_history: Arc::new(Mutex::new(None)),
+            mac_keys: Arc::new(Mutex::new(HashMap::new())),
+            seen_dir: default_seen_dir(),
         }
+    }
+
+    /// Record the newest authenticated generation seen in `dir` (default
+    /// [`default_seen_dir`]); `None` turns the local rollback record off.
+    pub fn with_seen_dir(mut self, dir: Option<PathBuf>) -> Self {
+        self.seen_dir = dir;
+        self
     }
 
     /// An empty in-process store (for unit tests of code that uses the state).
     pub fn in_memory() -> Self {
         let store = Arc::new(object_store::memory::InMemory::new());
         Self::with_backend(Arc::new(ObjectStoreBackend::new(store, "", "memory://")))
+            .with_seen_dir(None)
     }
 
     pub fn with_cluster(mut self, cluster: Option<String>) -> Self {
@@ -319,9 +358,18 @@ impl StateStore {
     }
 
     /// Decode `state.json`; on damage, report the last good generation from history.
+    /// With a key, the document must be authenticated and not older than what was seen
+    /// before (see [`Self::check_rollback`]).
     async fn decode_current(&self, bytes: &[u8]) -> Result<StateDocument, StateError> {
-        match document::decode(bytes) {
-            Ok(doc) => Ok(doc),
+        let d = self.decode_current_unverified(bytes).await?;
+        self.verify(STATE_KEY, &d)?;
+        self.check_rollback(&d).await?;
+        Ok(d.doc)
+    }
+
+    async fn decode_current_unverified(&self, bytes: &[u8]) -> Result<Decoded, StateError> {
+        match document::decode_full(bytes) {
+            Ok(d) => Ok(d),
             Err(DecodeError::Unsupported(detail)) => Err(StateError::Unsupported {
                 url: self.url(),
                 key: STATE_KEY.into(),
@@ -334,18 +382,224 @@ impl StateStore {
         }
     }
 
-    /// The highest generation in history that decodes cleanly.
+    /// The highest generation in history that decodes cleanly (and, with a key, is
+    /// authenticated).
     pub async fn last_good_generation(&self) -> Result<Option<u64>, StateError> {
         let mut gens = self.history_generations().await?;
         gens.sort_unstable_by(|a, b| b.cmp(a));
         for g in gens.into_iter().take(50) {
             if let Some((bytes, _)) = self.get(&history_key(g)).await? {
-                if document::decode(&bytes).is_ok() {
-                    return Ok(Some(g));
+                if let Ok(d) = document::decode_full(&bytes) {
+                    if self.verify(&history_key(g), &d).is_ok() {
+                        return Ok(Some(g));
+                    }
                 }
             }
         }
         Ok(None)
+    }
+
+    // ---------------------------------------------------------------- authentication
+
+    fn mac_key(
+        &self,
+        keyring: &Keyring,
+        lineage: &str,
+        log_n: Option<u8>,
+    ) -> Result<[u8; 32], StateError> {
+        let id = (lineage.to_string(), log_n);
+        if let Some(k) = self.mac_keys.lock().expect("mac keys").get(&id) {
+            return Ok(*k);
+        }
+        let k = keyring.mac_key(lineage, log_n)?;
+        self.mac_keys.lock().expect("mac keys").insert(id, k);
+        Ok(k)
+    }
+
+    fn unauthenticated(&self, key: &str, detail: String, hint: String) -> StateError {
+        StateError::Unauthenticated {
+            url: self.url(),
+            key: key.to_string(),
+            detail,
+            hint,
+        }
+    }
+
+    /// With a key: the document's MAC must verify. Without one there is nothing to
+    /// check against (such a store is not authenticated; see docs/state.md).
+    fn verify(&self, key: &str, d: &Decoded) -> Result<(), StateError> {
+        let Some(keyring) = &self.keyring else {
+            return Ok(());
+        };
+        let Some(auth) = &d.auth else {
+            let hint = if key == STATE_KEY {
+                format!(
+                    ". If it was written by a kubeforge from before state authentication and you trust it, check it with `kubeforge state show` and adopt it with `kubeforge state migrate --generation {}`",
+                    d.doc.generation
+                )
+            } else {
+                String::new()
+            };
+            return Err(self.unauthenticated(key, "it carries no authentication tag".into(), hint));
+        };
+        // A tag that does not verify because the key is simply another one: say so
+        // (the secrets do not decrypt either) rather than call the document forged.
+        let wrong_key = || -> Option<StateError> {
+            let sealed = d.doc.sealed.as_ref()?;
+            keyring.open(sealed).err()
+        };
+        if auth.alg != crypto::MAC_ALG || auth.kdf != keyring.mac_kdf() {
+            if let Some(e) = wrong_key() {
+                return Err(e);
+            }
+            return Err(self.unauthenticated(
+                key,
+                format!(
+                    "it is tagged with {}/{}, but the key from {} authenticates with {}/{}",
+                    auth.alg,
+                    auth.kdf,
+                    keyring.source(),
+                    crypto::MAC_ALG,
+                    keyring.mac_kdf()
+                ),
+                String::new(),
+            ));
+        }
+        let mac_key = self.mac_key(keyring, &d.doc.lineage, auth.log_n)?;
+        if !crypto::hmac_verify(&mac_key, &d.message, &auth.mac) {
+            if let Some(e) = wrong_key() {
+                return Err(e);
+            }
+            return Err(self.unauthenticated(
+                key,
+                format!(
+                    "its authentication tag does not verify with the key from {}",
+                    keyring.source()
+                ),
+                String::new(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn seen_path(&self) -> Option<PathBuf> {
+        let url = self.url();
+        if url.starts_with("memory://") {
+            return None;
+        }
+        let id = hex::encode(&Sha256::digest(url.as_bytes())[..16]);
+        Some(self.seen_dir.as_ref()?.join(format!("{id}.json")))
+    }
+
+    fn read_seen(&self) -> Option<(PathBuf, Seen)> {
+        let path = self.seen_path()?;
+        let text = std::fs::read(&path).ok()?;
+        let seen: Seen = serde_json::from_slice(&text).ok()?;
+        Some((path, seen))
+    }
+
+    /// Remember the newest authenticated generation of this store (best effort).
+    fn record_seen(&self, doc: &StateDocument, mac: &str) {
+        if self.keyring.is_none() {
+            return;
+        }
+        let Some(path) = self.seen_path() else {
+            return;
+        };
+        if let Some((_, old)) = self.read_seen() {
+            if old.lineage == doc.lineage && old.generation >= doc.generation {
+                return;
+            }
+        }
+        let seen = Seen {
+            url: self.url(),
+            lineage: doc.lineage.clone(),
+            generation: doc.generation,
+            mac: mac.to_string(),
+        };
+        let write = || -> std::io::Result<()> {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+            std::fs::write(
+                &tmp,
+                serde_json::to_vec_pretty(&seen).expect("seen serializes"),
+            )?;
+            std::fs::rename(&tmp, &path)
+        };
+        if let Err(e) = write() {
+            tracing::warn!(
+                "cannot record the state generation seen in {}: {e} (rollback detection relies on history only)",
+                path.display()
+            );
+        }
+    }
+
+    /// Refuse an authenticated but older document presented as current: the newest
+    /// generation this machine saw of the same lineage (recorded under
+    /// [`default_seen_dir`]) and the newest authenticated generation in history must
+    /// not be newer than it.
+    async fn check_rollback(&self, d: &Decoded) -> Result<(), StateError> {
+        let (Some(_), Some(auth)) = (&self.keyring, &d.auth) else {
+            return Ok(());
+        };
+        let doc = &d.doc;
+        if let Some((path, seen)) = self.read_seen() {
+            if seen.lineage == doc.lineage {
+                if seen.generation > doc.generation {
+                    return Err(StateError::Rollback {
+                        url: self.url(),
+                        key: STATE_KEY.into(),
+                        found: doc.generation,
+                        evidence: format!(
+                            "generation {} was seen here before (recorded in {})",
+                            seen.generation,
+                            path.display()
+                        ),
+                    });
+                }
+                if seen.generation == doc.generation && seen.mac != auth.mac {
+                    return Err(StateError::Rollback {
+                        url: self.url(),
+                        key: STATE_KEY.into(),
+                        found: doc.generation,
+                        evidence: format!(
+                            "a different generation {} was seen here before (recorded in {})",
+                            seen.generation,
+                            path.display()
+                        ),
+                    });
+                }
+            }
+        }
+        let newer = self
+            .history_generations()
+            .await?
+            .into_iter()
+            .filter(|g| *g > doc.generation)
+            .max();
+        if let Some(g) = newer {
+            if let Some((bytes, _)) = self.get(&history_key(g)).await? {
+                if let Ok(h) = document::decode_full(&bytes) {
+                    if h.doc.lineage == doc.lineage
+                        && h.doc.generation == g
+                        && self.verify(&history_key(g), &h).is_ok()
+                    {
+                        return Err(StateError::Rollback {
+                            url: self.url(),
+                            key: STATE_KEY.into(),
+                            found: doc.generation,
+                            evidence: format!(
+                                "history/{g}.json holds a newer authenticated generation {g}"
+                            ),
+                        });
+                    }
+                }
+            }
+        }
+        self.record_seen(doc, &auth.mac);
+        Ok(())
     }
 
     async fn history_generations(&self) -> Result<Vec<u64>, StateError> {
@@ -435,8 +689,11 @@ impl StateStore {
                 generation,
             });
         };
-        let doc = match document::decode(&bytes) {
-            Ok(d) => d,
+        let doc = match document::decode_full(&bytes) {
+            Ok(d) => {
+                self.verify(&key, &d)?;
+                d.doc
+            }
             Err(DecodeError::Corrupted(detail)) => {
                 let last_good = self.last_good_generation().await.unwrap_or(None);
                 return Err(self.corrupted(&key, detail, last_good));
@@ -586,7 +843,28 @@ impl StateStore {
         next.updated = Some(Utc::now());
         next.updated_by = Some(lock::current_holder());
         next.versions.kubeforge = Some(env!("CARGO_PKG_VERSION").to_string());
-        let bytes = Bytes::from(document::encode(&next));
+        if next.lineage.is_empty() {
+            next.lineage = format!("{:032x}", rand::random::<u128>());
+        }
+        let signer = match &self.keyring {
+            Some(k) => Some((
+                self.mac_key(k, &next.lineage, k.mac_log_n())?,
+                k.mac_kdf(),
+                k.mac_log_n(),
+            )),
+            None => None,
+        };
+        let mut mac = String::new();
+        let bytes = Bytes::from(document::encode_authenticated(&next, |message| {
+            let (key, kdf, log_n) = signer?;
+            mac = crypto::hmac_hex(&key, message);
+            Some(StateAuth {
+                alg: crypto::MAC_ALG.to_string(),
+                kdf: kdf.to_string(),
+                log_n,
+                mac: mac.clone(),
+            })
+        }));
 
         let mode = match &base.object {
             None => WriteMode::Create,
@@ -617,6 +895,7 @@ impl StateStore {
             Err(e) => return Err(backend_err(self.backend.as_ref(), e)),
         };
         self.write_history(next.generation, bytes).await;
+        self.record_seen(&next, &mac);
         *doc = next;
         Ok(Version {
             generation: doc.generation,
@@ -650,8 +929,79 @@ impl StateStore {
         }
     }
 
+    /// `state migrate`: adopt a state written before state authentication (no MAC) as
+    /// a new, authenticated generation. Needs the key (the secrets must decrypt with
+    /// it) and the generation the operator checked (`expected`); refused when the
+    /// state is already authenticated or carries a tag that does not verify.
+    pub async fn migrate(&self, expected: u64) -> Result<(StateDocument, Version), StateError> {
+        let Some(keyring) = &self.keyring else {
+            return Err(StateError::Key(format!(
+                "adopting the unauthenticated state at {} needs the state key (it authenticates every later save): set KUBEFORGE_STATE_KEY_FILE, KUBEFORGE_STATE_KEY or KUBEFORGE_STATE_PASSPHRASE, or spec.state.encryption",
+                self.url()
+            )));
+        };
+        let Some((bytes, object)) = self.get(STATE_KEY).await? else {
+            return Err(StateError::NoState { url: self.url() });
+        };
+        let d = self.decode_current_unverified(&bytes).await?;
+        self.check_cluster(&d.doc)?;
+        if d.auth.is_some() {
+            self.verify(STATE_KEY, &d)?;
+            return Err(StateError::Usage(format!(
+                "the state at {} is already authenticated with the key from {}: nothing to migrate",
+                self.url(),
+                keyring.source()
+            )));
+        }
+        if d.doc.generation != expected {
+            return Err(StateError::Conflict {
+                url: self.url(),
+                base: expected,
+                current: Some(d.doc.generation),
+            });
+        }
+        // A store that has held authenticated generations never goes back to an
+        // unauthenticated one: such a state.json had its tag stripped.
+        let refuse = |evidence: String| {
+            self.unauthenticated(
+                STATE_KEY,
+                format!("it carries no authentication tag, but {evidence}"),
+                ". It is not a state from before authentication and is not adopted".into(),
+            )
+        };
+        if let Some((path, seen)) = self.read_seen() {
+            return Err(refuse(format!(
+                "authenticated generation {} of this store was seen here before (recorded in {})",
+                seen.generation,
+                path.display()
+            )));
+        }
+        let mut gens = self.history_generations().await?;
+        gens.sort_unstable_by(|a, b| b.cmp(a));
+        for g in gens.into_iter().take(50) {
+            if let Some((hb, _)) = self.get(&history_key(g)).await? {
+                if let Ok(h) = document::decode_full(&hb) {
+                    if h.auth.is_some() && self.verify(&history_key(g), &h).is_ok() {
+                        return Err(refuse(format!(
+                            "history/{g}.json is an authenticated generation of this store"
+                        )));
+                    }
+                }
+            }
+        }
+        let mut doc = d.doc;
+        self.open_secrets(&mut doc)?;
+        let base = Version {
+            generation: doc.generation,
+            object: Some(object),
+        };
+        let v = self.save(&mut doc, &base).await?;
+        Ok((doc, v))
+    }
+
     /// `state push`: replace the state with an edited copy pulled at `expected`
-    /// generation. The copy's sealed secrets are written back as they are.
+    /// generation. The copy's sealed secrets are written back as they are. The current
+    /// state must verify (with a key); an authenticated state needs the key.
     pub async fn push(&self, bytes: &[u8], expected: u64) -> Result<Version, StateError> {
         let mut doc = self.pushed_document(bytes, expected)?;
         let base = match self.get(STATE_KEY).await? {
@@ -664,6 +1014,16 @@ impl StateStore {
                 })
             }
             Some((current, object)) => {
+                if self.keyring.is_none() {
+                    if let Ok(d) = document::decode_full(&current) {
+                        if d.auth.is_some() {
+                            return Err(StateError::Key(format!(
+                                "the state at {} is authenticated: pushing a copy needs the state key (set KUBEFORGE_STATE_KEY_FILE, KUBEFORGE_STATE_KEY or KUBEFORGE_STATE_PASSPHRASE, or spec.state.encryption); nothing was changed",
+                                self.url()
+                            )));
+                        }
+                    }
+                }
                 let cur = self.decode_current(&current).await?;
                 if cur.generation != expected {
                     return Err(StateError::Conflict {
@@ -683,12 +1043,18 @@ impl StateStore {
     }
 
     fn pushed_document(&self, bytes: &[u8], expected: u64) -> Result<StateDocument, StateError> {
-        let doc = document::decode_edited(bytes)
+        let (doc, authenticated) = document::decode_edited(bytes)
             .map_err(|e| StateError::Usage(format!("the file is not a state document: {e}")))?;
         if doc.generation != expected {
             return Err(StateError::Usage(format!(
                 "the file holds generation {} but --generation is {expected}",
                 doc.generation
+            )));
+        }
+        if self.keyring.is_none() && authenticated {
+            return Err(StateError::Key(format!(
+                "the copy comes from an authenticated state: pushing it to {} needs the state key (set KUBEFORGE_STATE_KEY_FILE, KUBEFORGE_STATE_KEY or KUBEFORGE_STATE_PASSPHRASE, or spec.state.encryption); nothing was changed",
+                self.url()
             )));
         }
         self.check_cluster(&doc)?;
@@ -966,6 +1332,7 @@ mod tests {
                 command: "test".into(),
                 lease: std::time::Duration::from_secs(2),
                 refresh_every: Some(std::time::Duration::from_millis(100)),
+                break_stale_lock: false,
             })
             .await
             .unwrap();
@@ -976,6 +1343,85 @@ mod tests {
         assert!(held.expires > first.expires, "not refreshed");
         assert_eq!(held, guard.info());
         guard.release().await.unwrap();
+    }
+
+    /// A backend whose reads of the lock return a copy taken earlier: what a releaser
+    /// or unlocker sees when the lock changes between its read and its write.
+    #[derive(Debug)]
+    struct FrozenLockReads {
+        inner: Arc<dyn StateBackend>,
+        frozen: Mutex<Option<(Bytes, ObjectVersion)>>,
+    }
+
+    #[async_trait::async_trait]
+    impl StateBackend for FrozenLockReads {
+        fn describe(&self) -> String {
+            "frozen://".into()
+        }
+        async fn get(&self, key: &str) -> Result<Option<(Bytes, ObjectVersion)>, BackendError> {
+            if key == lock::LOCK_KEY {
+                if let Some(f) = self.frozen.lock().unwrap().clone() {
+                    return Ok(Some(f));
+                }
+            }
+            self.inner.get(key).await
+        }
+        async fn put(
+            &self,
+            key: &str,
+            body: Bytes,
+            mode: WriteMode,
+        ) -> Result<ObjectVersion, BackendError> {
+            self.inner.put(key, body, mode).await
+        }
+        async fn delete(&self, key: &str) -> Result<(), BackendError> {
+            self.inner.delete(key).await
+        }
+        async fn list(
+            &self,
+            dir: &str,
+        ) -> Result<Vec<super::super::backend::Listed>, BackendError> {
+            self.inner.list(dir).await
+        }
+    }
+
+    #[tokio::test]
+    async fn release_and_unlock_never_remove_a_newer_holders_lock() {
+        let memory = StateStore::in_memory();
+        let frozen = Arc::new(FrozenLockReads {
+            inner: memory.backend().clone(),
+            frozen: Mutex::new(None),
+        });
+        let store = StateStore::with_backend(frozen.clone());
+        let a = store.lock("a").await.unwrap();
+        // What A reads from now on: its own lock...
+        *frozen.frozen.lock().unwrap() = memory.backend().get(lock::LOCK_KEY).await.unwrap();
+        // ...while it was broken and B took the lock.
+        memory.unlock(true).await.unwrap();
+        let b = memory.lock("b").await.unwrap();
+        a.release().await.unwrap();
+        assert_eq!(
+            memory.lock_status().await.unwrap().map(|l| l.id),
+            Some(b.info().id),
+            "A's release removed B's lock"
+        );
+        // An unlock --force that read A's (replaced) lock removes nothing either.
+        let err = store.unlock(true).await.unwrap_err();
+        assert!(matches!(err, StateError::LockContended { .. }), "{err}");
+        assert_eq!(
+            memory.lock_status().await.unwrap().map(|l| l.id),
+            Some(b.info().id),
+            "a stale unlock removed B's lock"
+        );
+        b.release().await.unwrap();
+        assert!(memory.lock_status().await.unwrap().is_none());
+        // Free again: the next command takes it (over the tombstone).
+        let c = memory.lock("c").await.unwrap();
+        assert!(matches!(
+            memory.lock("d").await,
+            Err(StateError::Locked { .. })
+        ));
+        c.release().await.unwrap();
     }
 
     #[test]

@@ -36,6 +36,15 @@ impl MemoryHostKeyStore {
         }
     }
 
+    /// Drop a host's pin (its machine was re-created by the provider: a new key is
+    /// expected and pinned on first use).
+    pub fn forget(&self, host: &str) {
+        self.keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(host);
+    }
+
     /// Everything pinned so far, to write back into the state.
     pub fn snapshot(&self) -> BTreeMap<String, String> {
         self.keys.lock().unwrap_or_else(|e| e.into_inner()).clone()

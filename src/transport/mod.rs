@@ -9,6 +9,7 @@
 
 pub mod fanout;
 pub mod hostkeys;
+pub mod remote;
 pub mod shell;
 pub mod ssh;
 
@@ -17,7 +18,10 @@ use std::time::Duration;
 
 pub use fanout::{fan_out, fan_out_until, FanOutOptions, HostResult, ProgressMode};
 pub use hostkeys::{fingerprint, HostKeyStore, MemoryHostKeyStore};
-pub use ssh::{BastionConfig, RetryPolicy, SshAuth, SshConfig, SshPool, SshSession};
+pub use ssh::{
+    is_long_command, BastionConfig, RetryPolicy, SshAuth, SshConfig, SshPool, SshSession,
+    DEFAULT_COMMAND_TIMEOUT, DEFAULT_LONG_COMMAND_TIMEOUT,
+};
 
 /// What a command returned. A non-zero exit is a value, not an error.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -160,7 +164,7 @@ pub enum TransportError {
     AgentEmpty,
     #[error("cannot use ssh-agent")]
     Agent(#[source] russh::keys::Error),
-    #[error("`{command}` on {host} did not finish within {after:.1?}")]
+    #[error("`{command}` on {host} did not finish within {after:.1?} and was stopped (the limits are spec.ssh.commandTimeoutSeconds and, for kubeadm, image imports and transfers, spec.ssh.longCommandTimeoutSeconds)")]
     Timeout {
         host: String,
         command: String,

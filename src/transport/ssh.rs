@@ -85,6 +85,39 @@ pub struct BastionConfig {
     pub auth: Option<SshAuth>,
 }
 
+/// Default limit of an ordinary remote command.
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
+/// Default limit of a long remote command or a file transfer.
+pub const DEFAULT_LONG_COMMAND_TIMEOUT: Duration = Duration::from_secs(600);
+/// After its limit, the remote side stops a command itself this much later (SIGTERM),
+/// and kills it 5 s after that, so nothing is left running once we gave up on it.
+const REMOTE_GRACE_SECS: u64 = 1;
+
+/// Commands that may legitimately take minutes: kubeadm (init, join, upgrade pull
+/// images and wait for the control plane), container image imports, package
+/// installs, etcd snapshots, kubectl waits.
+pub fn is_long_command(command: &str) -> bool {
+    const LONG: [&str; 9] = [
+        "kubeadm ",
+        "images import",
+        "images pull",
+        "apt-get ",
+        "dnf ",
+        "yum ",
+        "etcdctl snapshot",
+        "kubectl wait",
+        "kubectl rollout",
+    ];
+    LONG.iter().any(|k| command.contains(k))
+}
+
+/// Make the remote side bound `wire` too (coreutils/busybox `timeout`): SIGTERM a
+/// moment after `limit`, SIGKILL 5 s later, to the whole process group.
+fn bounded(wire: &str, limit: Duration) -> String {
+    let secs = limit.as_secs_f64().ceil() as u64 + REMOTE_GRACE_SECS;
+    format!("timeout -k 5 {secs} sh -c {}", quote(wire))
+}
+
 #[derive(Debug, Clone)]
 pub struct SshConfig {
     pub user: String,
@@ -92,8 +125,14 @@ pub struct SshConfig {
     pub auth: SshAuth,
     /// Limit for TCP connect plus SSH handshake plus authentication, per attempt.
     pub connect_timeout: Duration,
-    /// Limit for one command or transfer (`None`: no limit).
+    /// Limit for one ordinary command (`None`: no limit). Default
+    /// [`DEFAULT_COMMAND_TIMEOUT`]; `spec.ssh.commandTimeoutSeconds`.
     pub command_timeout: Option<Duration>,
+    /// Limit for the long kinds of command ([`is_long_command`]: kubeadm, image
+    /// imports, package installs, etcd snapshots) and for file transfers (`None`: no
+    /// limit). Default [`DEFAULT_LONG_COMMAND_TIMEOUT`];
+    /// `spec.ssh.longCommandTimeoutSeconds`.
+    pub long_command_timeout: Option<Duration>,
     /// Keepalive probes every this often; the connection is dropped after 3 unanswered.
     pub keepalive_interval: Option<Duration>,
     pub retry: RetryPolicy,
@@ -111,7 +150,8 @@ impl SshConfig {
             port: 22,
             auth,
             connect_timeout: Duration::from_secs(10),
-            command_timeout: None,
+            command_timeout: Some(DEFAULT_COMMAND_TIMEOUT),
+            long_command_timeout: Some(DEFAULT_LONG_COMMAND_TIMEOUT),
             keepalive_interval: Some(Duration::from_secs(10)),
             retry: RetryPolicy::default(),
             bastion: None,
@@ -194,6 +234,7 @@ pub struct SshSession {
     handle: Handle<PinningHandler>,
     channels: Semaphore,
     command_timeout: Option<Duration>,
+    long_command_timeout: Option<Duration>,
     /// Keeps the tunnel's carrier connection alive.
     _bastion: Option<Arc<SshSession>>,
 }
@@ -247,6 +288,7 @@ impl SshSession {
                         handle,
                         channels: Semaphore::new(cfg.max_channels.max(1)),
                         command_timeout: cfg.command_timeout,
+                        long_command_timeout: cfg.long_command_timeout,
                         _bastion: bastion,
                     })
                 }
@@ -367,9 +409,25 @@ impl SshSession {
         }
     }
 
+    /// The time limit of `command` (ordinary or long, see [`is_long_command`]).
+    pub fn limit_for(&self, command: &str) -> Option<Duration> {
+        if is_long_command(command) {
+            self.long_command_timeout
+        } else {
+            self.command_timeout
+        }
+    }
+
     /// Run `command` as the SSH user, without sudo.
     pub async fn exec_unprivileged(&self, command: &str) -> Result<ExecOutput, TransportError> {
-        let raw = self.run(command, command, None::<tokio::io::Empty>).await?;
+        let raw = self
+            .run_with(
+                command,
+                command,
+                None::<tokio::io::Empty>,
+                self.limit_for(command),
+            )
+            .await?;
         Ok(to_output(raw))
     }
 
@@ -405,18 +463,21 @@ impl SshSession {
         Ok(to_output(raw))
     }
 
-    /// Run `wire` (the exact string sent) on a new channel, feeding `stdin` when given.
-    /// `label` names the command in errors.
+    /// Run `wire` (the exact string sent) on a new channel, feeding `stdin` when given,
+    /// with the limit for transfers. `label` names the command in errors.
     async fn run<R: AsyncRead + Unpin + Send>(
         &self,
         label: &str,
         wire: &str,
         stdin: Option<R>,
     ) -> Result<RawOutput, TransportError> {
-        self.run_with(label, wire, stdin, self.command_timeout)
+        self.run_with(label, wire, stdin, self.long_command_timeout)
             .await
     }
 
+    /// With a limit, the command is bounded on both sides: we stop waiting after
+    /// `timeout` (the channel is dropped, the connection stays usable), and the remote
+    /// `timeout` stops the command itself a moment later, so it does not linger.
     async fn run_with<R: AsyncRead + Unpin + Send>(
         &self,
         label: &str,
@@ -424,7 +485,11 @@ impl SshSession {
         stdin: Option<R>,
         timeout: Option<Duration>,
     ) -> Result<RawOutput, TransportError> {
-        let work = self.run_inner(label, wire, stdin);
+        let wire = match timeout {
+            Some(t) => bounded(wire, t),
+            None => wire.to_string(),
+        };
+        let work = self.run_inner(label, &wire, stdin);
         match timeout {
             Some(t) => tokio::time::timeout(t, work).await.unwrap_or_else(|_| {
                 Err(TransportError::Timeout {
@@ -692,7 +757,14 @@ impl Transport for SshSession {
 
     async fn exec(&self, command: &str) -> Result<ExecOutput, TransportError> {
         let wire = self.privileged(command);
-        let raw = self.run(command, &wire, None::<tokio::io::Empty>).await?;
+        let raw = self
+            .run_with(
+                command,
+                &wire,
+                None::<tokio::io::Empty>,
+                self.limit_for(command),
+            )
+            .await?;
         Ok(to_output(raw))
     }
 

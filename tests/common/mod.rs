@@ -92,12 +92,20 @@ impl Ctx {
         }
     }
 
-    /// A library handle on the store, for cluster `demo`, with an optional key.
+    /// A library handle on the store, for cluster `demo`, with an optional key. It
+    /// records the generations it saw where the CLI of this context does
+    /// ([`Self::xdg_state_home`]), as one operator's machine would.
     pub fn store(&self, keyring: Option<Keyring>) -> StateStore {
         let backend = StateStore::backend_for(&self.url, &self.options, Path::new(".")).unwrap();
         StateStore::with_backend(backend)
             .with_cluster(Some("demo".into()))
             .with_keyring(keyring)
+            .with_seen_dir(Some(self.xdg_state_home().join("kubeforge/seen")))
+    }
+
+    /// `$XDG_STATE_HOME` of this context's CLI runs (its rollback records).
+    pub fn xdg_state_home(&self) -> std::path::PathBuf {
+        self.work.path().join("xdg-state")
     }
 
     /// Arguments that select this store on the command line.
@@ -121,6 +129,7 @@ impl Ctx {
         let mut c = assert_cmd::Command::new(bin());
         c.current_dir(self.work.path());
         base_env(&mut c);
+        c.env("XDG_STATE_HOME", self.xdg_state_home());
         c.arg("state");
         c.args(sub);
         c.args(self.target_args());
@@ -137,6 +146,7 @@ impl Ctx {
             .env_remove("KUBEFORGE_STATE_KEY_FILE")
             .env_remove("KUBEFORGE_STATE_KEY")
             .env_remove("KUBEFORGE_STATE_PASSPHRASE")
+            .env("XDG_STATE_HOME", self.xdg_state_home())
             .env("RUST_LOG", "warn");
         c.arg("state");
         c.args(sub);

@@ -43,7 +43,7 @@ where
 /// The node image the tests use: $KUBEFORGE_NODE_IMAGE or the current recipe's tag.
 pub fn node_image() -> String {
     std::env::var("KUBEFORGE_NODE_IMAGE")
-        .unwrap_or_else(|_| kubeforge::provider::cli::node_image_tag())
+        .unwrap_or_else(|_| kubeforge::provider::image::node_image_tag())
 }
 
 pub struct TestCluster {

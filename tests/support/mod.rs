@@ -19,7 +19,7 @@ pub fn require_testbed() {
         "the Docker engine is not running: run scripts/testbed/30-docker.sh\n{}",
         String::from_utf8_lossy(&info.stderr)
     );
-    let tag = kubeforge::provider::cli::node_image_tag();
+    let tag = kubeforge::provider::image::node_image_tag();
     assert!(
         docker(&["image", "inspect", &tag]).status.success(),
         "the node image {tag} is missing: run scripts/testbed/40-node-image.sh"

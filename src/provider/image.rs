@@ -1,35 +1,14 @@
-//! `kubeforge image build|tag`: the node image for the docker provider.
+//! The node image for the docker provider (`kubeforge image build|tag`).
 //!
 //! The recipe is `scripts/node-image/build.sh`, embedded in the binary so the command
 //! works from any directory; the image tag is the recipe's hash, so the script and this
 //! command always agree on it.
 
-use crate::error::Error;
-use crate::output::{print_json, OutputFormat};
 use crate::provider::ProviderError;
-use clap::{Args, Subcommand};
 use std::process::Stdio;
 
 /// The node image recipe (its sha256 names the image).
 pub const NODE_IMAGE_RECIPE: &str = include_str!("../../scripts/node-image/build.sh");
-
-#[derive(Debug, Args)]
-pub struct ImageArgs {
-    #[command(subcommand)]
-    pub command: ImageCommand,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum ImageCommand {
-    /// Build the node image (debootstrap + docker import) unless it already exists.
-    Build {
-        /// Rebuild the root filesystem and re-import even if the image exists.
-        #[arg(long)]
-        force: bool,
-    },
-    /// Print the tag the current recipe builds (`kubeforge/node:<recipe-hash>`).
-    Tag,
-}
 
 /// `kubeforge/node:<first 12 hex of sha256(recipe)>`, as `build.sh --print-tag` prints.
 pub fn node_image_tag() -> String {
@@ -62,18 +41,6 @@ pub async fn build_node_image(force: bool) -> Result<String, ProviderError> {
         return Err(ProviderError::ImageBuildFailed { status: out.status });
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
-pub async fn run_image(args: ImageArgs, output: OutputFormat) -> Result<(), Error> {
-    let tag = match args.command {
-        ImageCommand::Tag => node_image_tag(),
-        ImageCommand::Build { force } => build_node_image(force).await?,
-    };
-    match output {
-        OutputFormat::Json => print_json(&serde_json::json!({ "image": tag }))?,
-        OutputFormat::Text => println!("{tag}"),
-    }
-    Ok(())
 }
 
 #[cfg(test)]

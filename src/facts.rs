@@ -1,0 +1,377 @@
+//! Facts: what the hosts and the cluster are now, gathered fresh in each run (the
+//! `connect` phase, and `plan` against live hosts). Phases plan from intent (the
+//! cluster file) + facts + state. One command per host; then, from one control-plane
+//! node that answers, the nodes and the etcd members with their health.
+
+use crate::kube::{self, etcd};
+use crate::render::views::BIN_DIR;
+use crate::spec::{Host, LoadedCluster, Role};
+use crate::transport::remote::{HostError, Redact};
+use crate::transport::{fan_out, FanOutOptions, ProgressMode, SshPool};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// What one host is.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HostFacts {
+    /// `x86_64`, `aarch64`.
+    pub arch: String,
+    /// `debian 12`.
+    pub os: String,
+    pub systemd: bool,
+    /// Installed versions (None: not installed).
+    pub containerd: Option<String>,
+    pub kubelet: Option<String>,
+    pub kubeadm: Option<String>,
+    /// `kubeadm init` finished here (kubeforge's marker).
+    pub kubeadm_init_done: bool,
+    /// The node joined (kubelet.conf exists).
+    pub kubelet_conf: bool,
+    /// The node runs a control plane (etcd and apiserver manifests).
+    pub control_plane_manifests: bool,
+}
+
+/// Why a host gave no facts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "kind", content = "detail")]
+pub enum Absence {
+    /// The provider has no machine for it (it was deleted).
+    MissingAtProvider,
+    /// The provider has it, or it is a static host, but it does not answer.
+    Unreachable(String),
+}
+
+/// The etcd cluster as a healthy member sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EtcdFacts {
+    /// The control-plane node asked.
+    pub asked: String,
+    pub members: Vec<etcd::Member>,
+    /// Ids of the members whose health endpoint answered true.
+    pub healthy: Vec<u64>,
+    /// Members that block joins: never started, or their machine is not a reachable
+    /// control plane of the inventory.
+    pub stale: Vec<etcd::Member>,
+}
+
+/// The facts of a run.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterFacts {
+    /// Hosts that answered, by name.
+    pub hosts: BTreeMap<String, HostFacts>,
+    /// Hosts that did not, by name, and why.
+    pub absent: BTreeMap<String, Absence>,
+    /// The nodes the API server knows (None: no API server answered).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<Vec<kube::NodeInfo>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub etcd: Option<EtcdFacts>,
+}
+
+impl ClusterFacts {
+    pub fn host(&self, name: &str) -> Option<&HostFacts> {
+        self.hosts.get(name)
+    }
+
+    /// The control-plane node that holds the init configuration and that later phases
+    /// ask (token, certificates, CA, kubeconfig, gates): the first control-plane node of
+    /// the inventory, unless it has no control plane while another one runs it (the
+    /// first was replaced: it joins, and the first that runs one takes its part).
+    pub fn init_node<'a>(&self, t: &'a crate::spec::Topology) -> Option<&'a Host> {
+        let first = t.first_control_plane()?;
+        let runs = self
+            .host(&first.name)
+            .is_some_and(|f| f.control_plane_manifests);
+        // A first node that does not answer keeps its part: it may come back.
+        let unreachable = matches!(self.absent.get(&first.name), Some(Absence::Unreachable(_)));
+        if runs || unreachable {
+            return Some(first);
+        }
+        t.control_planes()
+            .into_iter()
+            .find(|h| {
+                self.host(&h.name)
+                    .is_some_and(|f| f.control_plane_manifests)
+            })
+            .or(Some(first))
+    }
+
+    pub fn node(&self, name: &str) -> Option<&kube::NodeInfo> {
+        self.nodes.as_ref()?.iter().find(|n| n.name == name)
+    }
+
+    /// Lines for the operator: what is missing or unhealthy, and what a run does about it.
+    pub fn findings(&self, c: &LoadedCluster) -> Vec<String> {
+        let mut out = Vec::new();
+        for (name, why) in &self.absent {
+            let Some(h) = c.topology.host(name) else {
+                continue;
+            };
+            let what = match why {
+                Absence::MissingAtProvider => {
+                    "is missing at the provider: `provision` re-creates it (new host key pinned), then the bootstrap phases set it up again".to_string()
+                }
+                Absence::Unreachable(e) => format!(
+                    "does not answer over SSH ({e}): nothing can be planned or done on it until it does"
+                ),
+            };
+            out.push(format!("host {name} ({}) {what}", h.roles_text()));
+        }
+        if let Some(nodes) = &self.nodes {
+            for h in c.topology.kubernetes_nodes() {
+                match nodes.iter().find(|n| n.name == h.name) {
+                    Some(n) if !n.ready => out.push(format!("node {} is registered but not Ready", h.name)),
+                    None if self.hosts.get(&h.name).is_some_and(|f| f.kubelet_conf) => out.push(format!(
+                        "node {} joined (kubelet.conf exists) but is not registered with the API server",
+                        h.name
+                    )),
+                    _ => {}
+                }
+            }
+        }
+        if let Some(e) = &self.etcd {
+            for m in &e.stale {
+                out.push(format!(
+                    "etcd member {} ({}, peer {}) is stale: {}; a control-plane join fails until it is removed from a healthy member",
+                    m.hex_id(),
+                    if m.name.is_empty() { "never started" } else { m.name.as_str() },
+                    m.peer_urls.first().map(String::as_str).unwrap_or("-"),
+                    if m.started() { "its machine is not a reachable control-plane host" } else { "it was added by a join that never finished" }
+                ));
+            }
+            let unhealthy = e.members.len() - e.healthy.len();
+            if unhealthy > 0 {
+                out.push(format!(
+                    "etcd: {} of {} members healthy (asked {}){}",
+                    e.healthy.len(),
+                    e.members.len(),
+                    e.asked,
+                    if etcd::quorum_holds(e.members.len(), e.healthy.len()) {
+                        ""
+                    } else {
+                        ": QUORUM LOST"
+                    }
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// One round trip per host: `key=value` lines.
+pub fn host_command() -> String {
+    format!(
+        "echo arch=$(uname -m); . /etc/os-release 2>/dev/null; echo \"os=$ID $VERSION_ID\"; \
+command -v systemctl >/dev/null && echo systemd=yes; \
+v=$(containerd --version 2>/dev/null) && echo \"containerd=$(echo $v | awk '{{print $3}}')\"; \
+v=$({BIN_DIR}/kubelet --version 2>/dev/null) && echo \"kubelet=$(echo $v | awk '{{print $2}}')\"; \
+v=$({BIN_DIR}/kubeadm version -o short 2>/dev/null) && echo \"kubeadm=$v\"; \
+test -f {init} && echo init=yes; test -f {kc} && echo kubelet_conf=yes; \
+test -f {m}/etcd.yaml && test -f {m}/kube-apiserver.yaml && echo cp=yes; true",
+        init = kube::kubeadm::INIT_DONE,
+        kc = kube::KUBELET_CONF,
+        m = kube::MANIFESTS,
+    )
+}
+
+pub fn parse_host(out: &str) -> HostFacts {
+    let mut f = HostFacts::default();
+    for line in out.lines() {
+        let Some((k, v)) = line.split_once('=') else {
+            continue;
+        };
+        let v = v.trim().to_string();
+        match k {
+            "arch" => f.arch = v,
+            "os" => f.os = v,
+            "systemd" => f.systemd = true,
+            "containerd" if !v.is_empty() => f.containerd = Some(v),
+            "kubelet" if !v.is_empty() => f.kubelet = Some(v),
+            "kubeadm" if !v.is_empty() => f.kubeadm = Some(v),
+            "init" => f.kubeadm_init_done = true,
+            "kubelet_conf" => f.kubelet_conf = true,
+            "cp" => f.control_plane_manifests = true,
+            _ => {}
+        }
+    }
+    f
+}
+
+/// Gather the facts of `hosts` (one connection attempt each through `pool`) and of the
+/// cluster. `missing` are hosts the provider has no machine for (not contacted).
+pub async fn gather(
+    pool: &SshPool,
+    c: &LoadedCluster,
+    hosts: &[&Host],
+    missing: &[String],
+    secrets: &dyn Redact,
+    concurrency: usize,
+) -> ClusterFacts {
+    let mut facts = ClusterFacts::default();
+    for m in missing {
+        facts.absent.insert(m.clone(), Absence::MissingAtProvider);
+    }
+    let names: Vec<String> = hosts
+        .iter()
+        .filter(|h| !missing.contains(&h.name))
+        .map(|h| h.name.clone())
+        .collect();
+    let opts = FanOutOptions {
+        concurrency: concurrency.max(1),
+        progress: ProgressMode::Hidden,
+        label: "facts".into(),
+        cancel_on_ctrl_c: true,
+    };
+    let cmd = host_command();
+    let results = fan_out(&names, &opts, |name| {
+        let cmd = cmd.clone();
+        async move {
+            let Some(h) = c.topology.host(&name) else {
+                return Err(HostError::Other {
+                    host: name,
+                    message: "not in the topology".into(),
+                });
+            };
+            let s = pool
+                .session(&h.address.to_string())
+                .await
+                .map_err(|source| HostError::Transport {
+                    host: name.clone(),
+                    source,
+                })?;
+            let out =
+                crate::transport::remote::run(s.as_ref(), &name, &cmd, secrets, false).await?;
+            Ok::<_, HostError>(parse_host(&out))
+        }
+    })
+    .await;
+    for r in results {
+        match r.result {
+            Ok(f) => {
+                facts.hosts.insert(r.host.clone(), f);
+            }
+            Err(e) => {
+                facts.absent.insert(
+                    r.host.clone(),
+                    Absence::Unreachable(secrets.redact(&e.to_string())),
+                );
+            }
+        }
+    }
+    complete(pool, c, facts, secrets).await
+}
+
+/// Add the nodes and etcd to the facts of the hosts.
+pub async fn complete(
+    pool: &SshPool,
+    c: &LoadedCluster,
+    mut facts: ClusterFacts,
+    secrets: &dyn Redact,
+) -> ClusterFacts {
+    cluster_facts(pool, c, &mut facts, secrets).await;
+    facts
+}
+
+/// Whether the machine at etcd peer address `peer` is gone for good: no control-plane
+/// host of the inventory has that address (removed, or replaced at a new address), the
+/// provider has no machine for it, or a fresh machine (no control plane) answers there.
+/// A host that does not answer is not gone: it may come back.
+fn machine_gone(
+    c: &LoadedCluster,
+    hosts: &BTreeMap<String, HostFacts>,
+    absent: &BTreeMap<String, Absence>,
+    peer: &str,
+) -> bool {
+    let Some(h) = c
+        .topology
+        .hosts
+        .iter()
+        .find(|h| h.has(Role::ControlPlane) && h.internal_address.to_string() == peer)
+    else {
+        return true;
+    };
+    match absent.get(&h.name) {
+        Some(Absence::MissingAtProvider) => true,
+        Some(Absence::Unreachable(_)) => false,
+        None => hosts
+            .get(&h.name)
+            .is_some_and(|f| !f.control_plane_manifests),
+    }
+}
+
+/// Nodes and etcd, from the first control-plane node that answers and runs one.
+async fn cluster_facts(
+    pool: &SshPool,
+    c: &LoadedCluster,
+    facts: &mut ClusterFacts,
+    secrets: &dyn Redact,
+) {
+    let live_cps: Vec<&Host> = c
+        .topology
+        .hosts
+        .iter()
+        .filter(|h| h.has(Role::ControlPlane))
+        .filter(|h| {
+            facts
+                .hosts
+                .get(&h.name)
+                .is_some_and(|f| f.control_plane_manifests)
+        })
+        .collect();
+    for h in &live_cps {
+        let Ok(s) = pool.session(&h.address.to_string()).await else {
+            continue;
+        };
+        if facts.nodes.is_none() {
+            if let Ok(n) = kube::nodes(s.as_ref(), &h.name, secrets).await {
+                facts.nodes = Some(n);
+            }
+        }
+        if facts.etcd.is_none() {
+            if let Ok(members) = etcd::members(s.as_ref(), &h.name, secrets).await {
+                let mut healthy = Vec::new();
+                for m in &members {
+                    if let Some(url) = m.client_urls.first() {
+                        if etcd::health(s.as_ref(), url).await.is_ok() {
+                            healthy.push(m.id);
+                        }
+                    }
+                }
+                let stale = etcd::stale(&members, |peer| {
+                    machine_gone(c, &facts.hosts, &facts.absent, peer)
+                })
+                .into_iter()
+                .cloned()
+                .collect();
+                facts.etcd = Some(EtcdFacts {
+                    asked: h.name.clone(),
+                    members,
+                    healthy,
+                    stale,
+                });
+            }
+        }
+        if facts.nodes.is_some() && facts.etcd.is_some() {
+            break;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn host_facts_are_read_from_key_value_lines() {
+        let f = super::parse_host(
+            "arch=x86_64\nos=debian 12\nsystemd=yes\ncontainerd=1.6.20~ds1\nkubelet=v1.20.2\nkubeadm=v1.20.2\ninit=yes\nkubelet_conf=yes\ncp=yes\nnoise\n",
+        );
+        assert_eq!(f.arch, "x86_64");
+        assert_eq!(f.os, "debian 12");
+        assert!(f.systemd && f.kubeadm_init_done && f.kubelet_conf && f.control_plane_manifests);
+        assert_eq!(f.kubelet.as_deref(), Some("v1.20.2"));
+        let fresh = super::parse_host("arch=aarch64\nos=debian 12\n");
+        assert!(fresh.kubeadm.is_none() && !fresh.kubelet_conf && !fresh.systemd);
+    }
+}

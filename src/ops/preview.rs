@@ -1,0 +1,391 @@
+//! The preview of a run, shown by `plan` and by every command before it asks for
+//! confirmation (one function for both): for fresh hosts the whole playbook; once
+//! machines exist, what would change on them (files as diffs, commands whose checks did
+//! not find their result), the addons' object changes, and what the facts show is
+//! missing or unhealthy — a host that is gone is never "No changes".
+
+use crate::error::Error;
+use crate::facts::ClusterFacts;
+use crate::ops::plan::{self as planmod, Plan};
+use crate::ops::session::Session;
+use crate::phase::exec::{resolve_host, HostError, Runtime};
+use crate::phase::{self, PhasePlan};
+use crate::playbook::{Playbook, Selector};
+use crate::provider::ResourceChange;
+use crate::render;
+use crate::spec::LoadedCluster;
+use serde::Serialize;
+use std::fmt::Write as _;
+
+/// What a run would do.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase", tag = "kind")]
+pub enum Preview {
+    /// No machines yet: the whole playbook, as for fresh hosts.
+    Fresh { plan: Plan },
+    /// Machines exist: what would change on them.
+    Online {
+        plan: OnlinePlan,
+        /// Cloud resources and what `provision` would do with them.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        cloud_resources: Vec<ResourceChange>,
+        /// Hosts that could not be asked.
+        #[serde(skip)]
+        failures: Vec<HostError>,
+    },
+    /// Only phases that run on the operator's machine (e.g. `--phases machines`).
+    Operator {
+        phases: Vec<PhasePlan>,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        cloud_resources: Vec<ResourceChange>,
+    },
+}
+
+/// Build the preview of running `pb` in session `s` (read-only: nothing changes).
+pub async fn build(s: &Session, pb: &Playbook) -> Result<Preview, Error> {
+    let c = &s.cluster;
+    let doc = s.state.get().await;
+    let secrets = s
+        .secrets()
+        .await
+        .unwrap_or_else(crate::render::Secrets::generate);
+    let cloud_resources = match (&s.provider, pb.phases.iter().any(|p| p.name == "provision")) {
+        (Some(p), true) if c.cluster.spec.provider.is_cloud() => {
+            let wanted = p.planned(&crate::provider::factory::machine_specs(c));
+            let existing = p.resources().await?;
+            crate::provider::diff_resources(&wanted, &existing)
+        }
+        _ => Vec::new(),
+    };
+    if pb.phases.iter().all(|p| p.hosts == Selector::None) {
+        let files = render::render_all(c, &secrets)?;
+        let registry = phase::registry();
+        let phases = pb
+            .phases
+            .iter()
+            .filter_map(|r| {
+                let ph = registry.iter().find(|p| p.name() == r.name)?;
+                Some(phase::plan_phase(ph.as_ref(), r, c, &files, &secrets, None))
+            })
+            .collect();
+        return Ok(Preview::Operator {
+            phases,
+            cloud_resources,
+        });
+    }
+    if doc.machines.is_empty() {
+        let mut plan = planmod::build_for(c, &secrets, pb)?;
+        if !cloud_resources.is_empty() {
+            plan.cloud_resources = cloud_resources;
+        }
+        return Ok(Preview::Fresh { plan });
+    }
+    let (plan, failures) = against_hosts(s, pb).await?;
+    Ok(Preview::Online {
+        plan,
+        cloud_resources,
+        failures,
+    })
+}
+
+/// The preview as a person reads it.
+pub fn text(p: &Preview, c: &LoadedCluster) -> String {
+    match p {
+        Preview::Fresh { plan } => planmod::text(plan, c, false),
+        Preview::Online {
+            plan,
+            cloud_resources,
+            failures,
+        } => {
+            let mut o = String::new();
+            if !cloud_resources.is_empty() {
+                o.push_str(&planmod::resources_text(
+                    c.cluster.spec.provider.name(),
+                    cloud_resources,
+                ));
+            }
+            o.push_str(&online_text(plan));
+            for e in failures {
+                let _ = writeln!(o, "warning: not planned, {e} (apply will try again)");
+            }
+            o
+        }
+        Preview::Operator {
+            phases,
+            cloud_resources,
+        } => {
+            let mut o = String::new();
+            if !cloud_resources.is_empty() {
+                o.push_str(&planmod::resources_text(
+                    c.cluster.spec.provider.name(),
+                    cloud_resources,
+                ));
+            }
+            for ph in phases {
+                o.push_str(&planmod::phase_text(ph, false));
+            }
+            o
+        }
+    }
+}
+
+/// Hosts of the topology the provider has no running machine for: (missing, not running
+/// with the provider's word for it). Static hosts: none.
+async fn provider_absences(s: &Session) -> (Vec<String>, Vec<(String, String)>) {
+    let Some(p) = &s.provider else {
+        return (Vec::new(), Vec::new());
+    };
+    let Ok(machines) = p.list().await else {
+        return (Vec::new(), Vec::new());
+    };
+    let mut missing = Vec::new();
+    let mut down = Vec::new();
+    for h in &s.cluster.topology.hosts {
+        match machines.iter().find(|m| m.name == h.name) {
+            None => missing.push(h.name.clone()),
+            Some(m) if m.state != crate::provider::MachineState::Running => down.push((
+                h.name.clone(),
+                format!("the machine is {:?} at the provider", m.state).to_lowercase(),
+            )),
+            Some(_) => {}
+        }
+    }
+    (missing, down)
+}
+
+/// Gather the facts of every host of the topology into the session's runtime.
+pub async fn gather_facts(s: &Session) -> Result<std::sync::Arc<ClusterFacts>, Error> {
+    let rt = s.rt()?;
+    let secrets = s
+        .secrets()
+        .await
+        .unwrap_or_else(crate::render::Secrets::generate);
+    let (missing, down) = provider_absences(s).await;
+    let hosts: Vec<&crate::spec::Host> = s
+        .cluster
+        .topology
+        .hosts
+        .iter()
+        .filter(|h| !down.iter().any(|(n, _)| *n == h.name))
+        .collect();
+    let mut facts = crate::facts::gather(
+        &rt.pool,
+        &s.cluster,
+        &hosts,
+        &missing,
+        &secrets,
+        rt.concurrency,
+    )
+    .await;
+    for (name, why) in down {
+        facts
+            .absent
+            .insert(name, crate::facts::Absence::Unreachable(why));
+    }
+    rt.set_facts(facts);
+    rt.facts()
+        .ok_or_else(|| Error::Internal("facts were not recorded".into()))
+}
+
+/// The plan against the hosts as they are now (read-only), and the hosts that could not
+/// be asked.
+pub async fn against_hosts(
+    s: &Session,
+    pb: &Playbook,
+) -> Result<(OnlinePlan, Vec<HostError>), Error> {
+    let c = &s.cluster;
+    let rt = s.rt()?;
+    let doc = s.state.get().await;
+    let secrets = s
+        .secrets()
+        .await
+        .ok_or_else(|| Error::Usage("the state has no join secrets yet: run apply".into()))?;
+    let facts = gather_facts(s).await?;
+    let registry = phase::registry();
+    let init = phase::init_node_name(c, Some(&facts));
+    let files = render::render_all_with_init(c, &secrets, init.as_deref())?;
+    let mut phases = Vec::new();
+    let mut failures: Vec<HostError> = Vec::new();
+    for r in &pb.phases {
+        let Some(ph) = registry.iter().find(|p| p.name() == r.name) else {
+            continue;
+        };
+        let plan = phase::plan_phase(ph.as_ref(), r, c, &files, &secrets, Some(&facts));
+        let mut hosts = Vec::new();
+        for hp in &plan.hosts {
+            // A host without facts (gone, not answering) is reported once, as a finding.
+            if facts.absent.contains_key(&hp.host) {
+                continue;
+            }
+            // A host that already failed is not asked again for the next phases.
+            if failures.iter().any(|e| e.host() == Some(hp.host.as_str())) {
+                continue;
+            }
+            match resolve_host(rt, c, &files, &secrets, hp).await {
+                Ok(h) if h.is_empty() => {}
+                Ok(h) => hosts.push(h),
+                Err(e) => failures.push(e),
+            }
+        }
+        if !hosts.is_empty() {
+            phases.push(OnlinePhase {
+                name: plan.name.clone(),
+                hosts,
+            });
+        }
+    }
+    let (addons, addons_error) = match addon_changes(c, &doc, rt).await {
+        Ok(a) => (a, None),
+        Err(e) => (Vec::new(), Some(e)),
+    };
+    Ok((
+        OnlinePlan {
+            cluster: c.name().to_string(),
+            state_generation: doc.generation,
+            findings: facts.findings(c),
+            facts: (*facts).clone(),
+            phases,
+            addons,
+            addons_error,
+        },
+        failures,
+    ))
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OnlinePlan {
+    pub cluster: String,
+    pub state_generation: u64,
+    /// What the facts show is missing or unhealthy (hosts gone or not answering, stale
+    /// etcd members, nodes not Ready), with what a run does about it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub findings: Vec<String>,
+    /// The facts the plan was made from.
+    pub facts: crate::facts::ClusterFacts,
+    /// Phases that would change something, with what.
+    pub phases: Vec<OnlinePhase>,
+    /// Addon objects to create, update (with diffs) or delete (server-side dry run).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub addons: Vec<crate::addons::engine::ObjectChange>,
+    /// Why the addons could not be planned (API unreachable, manifests missing, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub addons_error: Option<String>,
+}
+
+/// The addons part of an online plan: through the first control-plane node's SSH
+/// connection to the API, with the admin kubeconfig from the state.
+async fn addon_changes(
+    c: &LoadedCluster,
+    doc: &crate::state::StateDocument,
+    rt: &Runtime,
+) -> Result<Vec<crate::addons::engine::ObjectChange>, String> {
+    let wanted = crate::addons::manifest::wanted(c).map_err(|e| e.to_string())?;
+    if wanted.is_empty() && doc.addons.is_empty() {
+        return Ok(Vec::new());
+    }
+    let Some(kc) = doc.secrets.admin_kubeconfig.as_deref() else {
+        return Err("the cluster has no admin kubeconfig yet (apply installs the addons after the control plane)".into());
+    };
+    let init = rt
+        .facts()
+        .and_then(|f| f.init_node(&c.topology).map(|h| h.name.clone()));
+    let Some(first) = init
+        .and_then(|n| c.topology.host(&n))
+        .or_else(|| c.topology.first_control_plane())
+    else {
+        return Ok(Vec::new());
+    };
+    let session = rt
+        .pool
+        .session(&first.address.to_string())
+        .await
+        .map_err(|e| e.to_string())?;
+    fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+        crate::error::render_chain(e)
+            .trim_start_matches("error: ")
+            .to_string()
+    }
+    let engine = rt
+        .api
+        .engine(c, first, session, kc, Default::default())
+        .await
+        .map_err(|e| chain(&e))?;
+    let mut bundles =
+        crate::addons::manifest::load(c, &crate::artifacts::Cache::default_location())
+            .await
+            .map_err(|e| chain(&e))?;
+    engine.adapt(&mut bundles);
+    engine
+        .plan(&bundles, &doc.addons)
+        .await
+        .map_err(|e| chain(&e))
+}
+
+#[derive(Debug, Serialize)]
+pub struct OnlinePhase {
+    pub name: String,
+    pub hosts: Vec<crate::phase::exec::ResolvedHost>,
+}
+
+pub fn online_text(p: &OnlinePlan) -> String {
+    use crate::phase::exec::FileChange;
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "Plan for cluster `{}` against its hosts (state generation {}):",
+        p.cluster, p.state_generation
+    );
+    if !p.findings.is_empty() {
+        let _ = writeln!(o, "\nFound:");
+        for f in &p.findings {
+            let _ = writeln!(o, "  ! {f}");
+        }
+    }
+    let addons_change = p.addons.iter().any(|a| a.action != "unchanged");
+    if p.phases.is_empty() && !addons_change && p.addons_error.is_none() && p.findings.is_empty() {
+        o.push_str("No changes: the hosts and addons match the cluster file.\n");
+        return o;
+    }
+    if addons_change {
+        let _ = writeln!(o, "\nAddons:");
+        o.push_str(&crate::ops::addons::plan_text(&p.addons));
+    }
+    if let Some(e) = &p.addons_error {
+        let _ = writeln!(o, "\nAddons not planned: {e}");
+    }
+    if p.phases.is_empty() && p.findings.is_empty() {
+        o.push_str("\nNo host changes: the hosts match the cluster file.\n");
+        return o;
+    }
+    if p.phases.is_empty() {
+        o.push_str("\nNo file or command changes on the hosts that answered.\n");
+        return o;
+    }
+    for ph in &p.phases {
+        let _ = writeln!(o, "\nPhase {}:", ph.name);
+        for h in &ph.hosts {
+            let _ = writeln!(o, "  {}", h.host);
+            for f in &h.files {
+                match &f.change {
+                    FileChange::Create => {
+                        let _ = writeln!(o, "    create {}", f.path);
+                    }
+                    FileChange::Update { diff } if diff.is_empty() => {
+                        let _ = writeln!(o, "    update {} (holds secrets: no diff shown)", f.path);
+                    }
+                    FileChange::Update { diff } => {
+                        let _ = writeln!(o, "    update {}", f.path);
+                        for line in diff.lines() {
+                            let _ = writeln!(o, "      {line}");
+                        }
+                    }
+                }
+            }
+            for cmd in &h.commands {
+                let _ = writeln!(o, "    run    {cmd}");
+            }
+        }
+    }
+    o
+}
