@@ -1,6 +1,10 @@
 //! Addons against a real kube-apiserver v1.20.2 + etcd (tests/common_api): every addon
 //! in every mode, idempotent re-apply, conflicts, unserved kinds, checksum mismatch,
 //! webhook and readiness timeouts, removal of what kubeforge applied and only that.
+//! A v1.20 cluster file gets the releases the compatibility matrix matches to 1.20
+//! (MetalLB v0.13.12, Contour v1.19.1, ingress-nginx controller-v1.3.1, Rook-Ceph
+//! v1.10.13): they apply without any CRD fitting; a pinned release outside its range
+//! is refused before anything is applied.
 //!
 //! Needs scripts/testbed/50-k8s-mirror.sh (kube-apiserver, kubectl) and
 //! scripts/testbed/60-addons.sh (etcd, the addons mirror).
@@ -8,7 +12,7 @@
 mod common_api;
 mod support;
 
-use common_api::{cluster_file, install_csi_operator_crds, ApiServer};
+use common_api::{cluster_file, cluster_file_for, ApiServer};
 use predicates::prelude::*;
 use std::path::Path;
 
@@ -87,7 +91,6 @@ fn json_out(a: &assert_cmd::assert::Assert) -> serde_json::Value {
 #[test]
 fn every_addon_applies_with_the_expected_fields_and_a_second_apply_changes_nothing() {
     let api = ApiServer::start(&[NO_WEBHOOKS]);
-    install_csi_operator_crds(&api);
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     cluster_file(d, "t", L2_CONTOUR_ROOK);
@@ -117,6 +120,14 @@ fn every_addon_applies_with_the_expected_fields_and_a_second_apply_changes_nothi
             .map(|o| o["addon"].as_str().unwrap())
             .collect::<Vec<_>>(),
         ["metallb", "contour", "rook-ceph"]
+    );
+    // The releases matched to Kubernetes 1.20.
+    assert_eq!(
+        outcomes
+            .iter()
+            .map(|o| o["version"].as_str().unwrap_or_default())
+            .collect::<Vec<_>>(),
+        ["v0.13.12", "v1.19.1", "v1.10.13"]
     );
     for o in outcomes {
         assert!(o["created"].as_u64().unwrap() > 0, "{o}");
@@ -205,10 +216,11 @@ fn every_addon_applies_with_the_expected_fields_and_a_second_apply_changes_nothi
             {"name": "t-worker-2", "deviceFilter": "^vd[b-c]"}
         ])
     );
-    assert_eq!(ceph["spec"]["storage"]["store"]["type"], "bluestore");
+    // Rook v1.10 takes the OSD store type as a config setting (no `store` in its CRD).
+    assert_eq!(ceph["spec"]["storage"]["config"]["storeType"], "bluestore");
     assert_eq!(
         ceph["spec"]["cephVersion"]["image"],
-        "quay.io/ceph/ceph:v20.2.4"
+        "quay.io/ceph/ceph:v17.2.5"
     );
 
     let rv_before = pool["metadata"]["resourceVersion"].clone();
@@ -275,11 +287,23 @@ fn every_addon_applies_with_the_expected_fields_and_a_second_apply_changes_nothi
 #[test]
 fn switching_modes_prunes_and_removing_an_addon_deletes_only_what_kubeforge_applied() {
     let api = ApiServer::start(&[NO_WEBHOOKS]);
-    install_csi_operator_crds(&api);
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     cluster_file(d, "t", L2_CONTOUR_ROOK);
-    addons(d, &api, &["apply", "--yes"]).success();
+    // The 1.20-matched releases need no CRD fitting (no CEL rules, no selectableFields
+    // left out), except one: Contour v1.19.1's ContourConfiguration CRD defaults an
+    // object holding `connectionBalancer: ""` (in two CRDs), which this v1.20.2 server
+    // rejects even on a plain `kubectl create`; those defaults are left out, and the
+    // note says so.
+    addons(d, &api, &["apply", "--yes"])
+        .success()
+        .stderr(predicate::str::contains("predates CEL").not())
+        .stderr(predicate::str::contains("selectableFields").not())
+        .stderr(predicate::str::contains("left out of MetalLB").not())
+        .stderr(predicate::str::contains("left out of Rook-Ceph").not())
+        .stderr(predicate::str::contains(
+            "2 empty-string default(s) left out of Contour v1.19.1's CRDs",
+        ));
     // Someone else's pool in MetalLB's namespace: never touched.
     api.kubectl_file(
         &["apply"],
@@ -306,6 +330,7 @@ fn switching_modes_prunes_and_removing_an_addon_deletes_only_what_kubeforge_appl
 
     addons(d, &api, &["apply", "--yes"])
         .success()
+        .stderr(predicate::str::contains("left out of").not())
         .stderr(predicate::str::contains("retired upstream in March 2026"))
         .stdout(predicate::str::contains("contour removed"))
         .stdout(predicate::str::contains("rook-ceph removed"));
@@ -392,7 +417,6 @@ fn switching_modes_prunes_and_removing_an_addon_deletes_only_what_kubeforge_appl
 #[test]
 fn a_field_owned_by_another_manager_is_reported_and_only_forced_on_request() {
     let api = ApiServer::start(&[NO_WEBHOOKS]);
-    install_csi_operator_crds(&api);
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     cluster_file(d, "t", L2_CONTOUR_ROOK);
@@ -443,11 +467,13 @@ fn a_field_owned_by_another_manager_is_reported_and_only_forced_on_request() {
 
 #[test]
 fn unserved_kinds_are_reported_before_anything_is_applied() {
-    // A server without batch/v1: Contour's certgen Job cannot be created there.
+    // A server without batch/v1: Contour's certgen Job cannot be created there. The
+    // cluster file claims Kubernetes 1.33 (so the matrix picks the newest releases) while
+    // the server is 1.20: what the server lacks is found before anything is applied.
     let api = ApiServer::start(&[NO_WEBHOOKS, "--runtime-config=batch/v1=false"]);
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    cluster_file(d, "t", L2_CONTOUR_ROOK);
+    cluster_file_for(d, "t", "v1.33.2", L2_CONTOUR_ROOK);
     addons(d, &api, &["apply", "--yes"])
         .failure()
         .code(2)
@@ -455,17 +481,77 @@ fn unserved_kinds_are_reported_before_anything_is_applied() {
             "does not serve what these addons need; nothing of them was applied",
         ))
         .stderr(predicate::str::contains("Contour v1.33.6: batch/v1 Job"))
-        // Rook v1.20's operator.yaml needs ceph-csi-operator's CRDs, which its pinned
-        // files do not carry: reported the same way.
-        .stderr(predicate::str::contains(
-            "Rook-Ceph v1.20.6: csi.ceph.io/v1 Driver",
-        ))
         .stderr(predicate::str::contains(
             "is not served by Kubernetes v1.20.2",
-        ));
+        ))
+        // Rook v1.20.6's csi-operator.yaml brings the csi.ceph.io CRDs its operator.yaml
+        // uses (Driver, OperatorConfig): nothing of Rook is missing.
+        .stderr(predicate::str::contains("csi.ceph.io").not())
+        .stderr(predicate::str::contains("Rook-Ceph v1.20.6:").not());
     for ns in ["metallb-system", "projectcontour", "rook-ceph"] {
         assert!(api.get(&["namespace", ns]).is_none(), "{ns} was created");
     }
+}
+
+#[test]
+fn the_newest_releases_apply_to_an_older_server_only_with_their_crds_fitted() {
+    // The contrast to the 1.20-matched releases: MetalLB v0.16.1, Contour v1.33.6 and
+    // Rook-Ceph v1.20.6 (with its csi-operator.yaml before operator.yaml) load into a
+    // 1.20 server only with CEL rules and empty-string defaults left out, and say so.
+    let api = ApiServer::start(&[NO_WEBHOOKS]);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    cluster_file_for(d, "t", "v1.33.2", L2_CONTOUR_ROOK);
+    addons(d, &api, &["apply", "--yes"])
+        .success()
+        .stderr(predicate::str::contains(
+            "left out of MetalLB v0.16.1's CRDs",
+        ))
+        .stderr(predicate::str::contains(
+            "left out of Contour v1.33.6's CRDs",
+        ))
+        .stderr(predicate::str::contains(
+            "left out of Rook-Ceph v1.20.6's CRDs",
+        ));
+    assert!(api.get(&["crd", "drivers.csi.ceph.io"]).is_some());
+    assert!(api.get(&["crd", "operatorconfigs.csi.ceph.io"]).is_some());
+    assert!(api
+        .get(&["deployment", "-n", "rook-ceph", "rook-ceph-operator"])
+        .is_some());
+}
+
+#[test]
+fn the_matrix_refuses_a_release_pinned_outside_its_range() {
+    let api = ApiServer::start(&[NO_WEBHOOKS]);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    cluster_file(
+        d,
+        "t",
+        "    metallb:\n      version: v0.16.1\n      pools: [{name: a, addresses: [10.0.0.0/30]}]\n",
+    );
+    addons(d, &api, &["apply", "--yes"])
+        .failure()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "spec.addons.metallb.version: MetalLB v0.16.1 supports Kubernetes >= 1.21, not 1.20; v0.13.12 supports it",
+        ))
+        .stderr(predicate::str::contains("cluster.yaml:"));
+    assert!(api.get(&["namespace", "metallb-system"]).is_none());
+    // `addons versions` shows the matrix for this cluster file.
+    let out = kubeforge(d)
+        .args(["addons", "versions", "-o", "json"])
+        .assert()
+        .success();
+    let m = json_out(&out);
+    let metallb = m["addons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["addon"] == "metallb")
+        .unwrap();
+    assert_eq!(metallb["releases"][0]["version"], "v0.13.12");
+    assert_eq!(metallb["releases"][1]["kubernetes"], ">= 1.21");
 }
 
 #[test]
@@ -482,8 +568,8 @@ fn a_tampered_mirror_file_aborts_before_anything_is_applied() {
         std::fs::copy(src.join(rel), &to).unwrap();
         to
     };
-    let m = copy("addons/metallb/v0.16.1/metallb-native.yaml");
-    copy("addons/contour/v1.33.6/contour.yaml");
+    let m = copy("addons/metallb/v0.13.12/metallb-native.yaml");
+    copy("addons/contour/v1.19.1/contour.yaml");
     let mut text = std::fs::read_to_string(&m).unwrap();
     text.push_str("# one more line\n");
     std::fs::write(&m, text).unwrap();
@@ -503,7 +589,7 @@ fn a_tampered_mirror_file_aborts_before_anything_is_applied() {
         .stderr(predicate::str::contains("metallb manifests"))
         .stderr(predicate::str::contains("metallb-native.yaml"))
         .stderr(predicate::str::contains(
-            "bf25feebb7582ca7df845efd52ffbc2960d6cbf4cfc972f47fded9f788b67f0b",
+            "a5e3b65e073ba8236cc36c283fb33260e764977c7e460d6a462347ccaa91683d",
         ));
     assert!(api.get(&["namespace", "metallb-system"]).is_none());
     assert!(api.get(&["namespace", "projectcontour"]).is_none());
@@ -525,12 +611,12 @@ fn waits_end_with_a_clear_timeout_and_leave_a_consistent_state() {
         .failure()
         .code(5)
         .stderr(predicate::str::contains(
-            "timed out after 6s waiting for the admission webhook of MetalLB v0.16.1 to answer",
+            "timed out after 6s waiting for the admission webhook of MetalLB v0.13.12 to answer",
         ))
         .stderr(predicate::str::contains(
             "IPAddressPool metallb-system/a was not admitted",
         ))
-        .stderr(predicate::str::contains("metallb-webhook-service"));
+        .stderr(predicate::str::contains("webhook-service"));
     assert!(started.elapsed() < std::time::Duration::from_secs(60));
     // The upstream part is there, the pool is not; the state tracks all of it.
     assert!(api
@@ -568,6 +654,54 @@ fn waits_end_with_a_clear_timeout_and_leave_a_consistent_state() {
         ));
     addons(d, &api, &["status"])
         .success()
-        .stdout(predicate::str::contains("metallb v0.16.1: not ready"))
+        .stdout(predicate::str::contains("metallb v0.13.12: not ready"))
         .stdout(predicate::str::contains("DaemonSet metallb-system/speaker"));
+}
+
+#[test]
+fn flannel_renders_the_pod_subnet_and_applies_calico_is_refused_on_1_20() {
+    let api = ApiServer::start(&[NO_WEBHOOKS]);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // networking.cni: flannel with a pod subnet of its own.
+    let f = cluster_file(d, "t", "    rookCeph: {deviceFilter: ^vdb}\n");
+    let text = std::fs::read_to_string(&f).unwrap().replace(
+        "  artifacts:",
+        "  networking:\n    podSubnet: 10.200.0.0/16\n    cni: flannel\n  artifacts:",
+    );
+    std::fs::write(&f, &text).unwrap();
+    let report = json_out(&addons(d, &api, &["apply", "--yes", "-o", "json"]).success());
+    let outcomes = report["outcomes"].as_array().unwrap();
+    assert_eq!(
+        outcomes[0]["addon"], "flannel",
+        "the pod network first: {report}"
+    );
+    assert_eq!(outcomes[0]["version"], "v0.28.9");
+    let cm = api
+        .get(&["configmap", "-n", "kube-flannel", "kube-flannel-cfg"])
+        .unwrap();
+    let net: serde_json::Value =
+        serde_json::from_str(cm["data"]["net-conf.json"].as_str().unwrap()).unwrap();
+    assert_eq!(net["Network"], "10.200.0.0/16");
+    assert_eq!(net["Backend"]["Type"], "vxlan");
+    assert_eq!(cm["metadata"]["labels"]["kubeforge.dev/addon"], "flannel");
+    assert!(api
+        .get(&["daemonset", "-n", "kube-flannel", "kube-flannel-ds"])
+        .is_some());
+    // Re-applying changes nothing.
+    let again = json_out(&addons(d, &api, &["apply", "--yes", "-o", "json"]).success());
+    assert_eq!(again["outcomes"][0]["changed"], 0, "{again}");
+
+    // Calico v3.32.1 supports Kubernetes 1.34-1.36 only: refused on this 1.20 file.
+    std::fs::write(&f, text.replace("cni: flannel", "cni: calico")).unwrap();
+    addons(d, &api, &["apply", "--yes"])
+        .failure()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "spec.networking.cni: no release of Calico that kubeforge knows supports Kubernetes 1.20 (known: v3.32.1 (1.34-1.36))",
+        ));
+    assert!(api.get(&["namespace", "calico-system"]).is_none());
+    assert!(api
+        .get(&["daemonset", "-n", "kube-system", "calico-node"])
+        .is_none());
 }

@@ -153,7 +153,8 @@ fn plan_shows_machines_files_and_commands_by_phase() {
         "    write /etc/kubeforge/kubeadm-init.yaml (0600,",
         "holds secrets",
         "    run   /usr/local/bin/kubeadm init --config /etc/kubeforge/kubeadm-init.yaml --upload-certs --experimental-patches /etc/kubeforge/patches --skip-phases=preflight,addon/coredns (detached: survives a lost connection; log in /var/log/kubeforge/kubeforge-kubeadm-init.log)  (skip if kubeadm init finished here before",
-        "    write /etc/systemd/system/kubeforge-routes.service (0644,",
+        "    write /etc/systemd/system/kubeforge-podnet.service (0644,",
+        "    write /usr/local/lib/kubeforge/podnet.sh (0755,",
         "Phase 11/11 addons:",
     ] {
         assert!(text.contains(want), "missing {want:?} in:\n{text}");
@@ -313,7 +314,10 @@ fn render_writes_every_file_under_host_and_remote_path() {
         ("local-cp-1", "etc/kubeforge/kubeadm-init.yaml"),
         ("local-cp-2", "etc/kubeforge/kubeadm-join.yaml"),
         ("local-worker-2", "etc/containerd/config.toml"),
-        ("local-worker-1", "etc/cni/net.d/10-kubeforge.conflist"),
+        (
+            "local-worker-1",
+            "etc/kubeforge/podnet/10-kubeforge.conflist.in",
+        ),
         (
             "local-cp-3",
             "etc/systemd/system/kubelet.service.d/10-kubeadm.conf",

@@ -200,7 +200,9 @@ fn kubeadm_init_from_the_mirror_gives_a_ready_single_control_plane() {
                 "/etc/systemd/system/kubelet.service",
                 "/etc/systemd/system/kubelet.service.d/10-kubeadm.conf",
                 "/etc/kubeforge/kubeadm-init.yaml",
-                "/etc/cni/net.d/10-kubeforge.conflist",
+                "/etc/kubeforge/podnet/10-kubeforge.conflist.in",
+                "/usr/local/lib/kubeforge/podnet.sh",
+                "/etc/systemd/system/kubeforge-podnet.service",
             ] {
                 assert!(uploaded.iter().any(|p| p == want), "{want} not rendered: {uploaded:?}");
             }
@@ -236,7 +238,9 @@ fn kubeadm_init_from_the_mirror_gives_a_ready_single_control_plane() {
             )
             .await
             .unwrap();
-            sh(&s, "systemctl daemon-reload && systemctl enable containerd kubelet && systemctl restart containerd").await;
+            // The pod network unit writes the CNI config (with the MTU of this machine's
+            // interface) as the cni phase has it do.
+            sh(&s, "systemctl daemon-reload && systemctl enable containerd kubelet kubeforge-podnet && systemctl restart containerd kubeforge-podnet").await;
             let files_time = t.elapsed();
 
             // --- hosts download binaries themselves (installOn: hosts) -----------------

@@ -130,6 +130,25 @@ async fn ensure_twice_makes_each_machine_once() {
     ] {
         assert!(kinds.contains(&k), "{k} missing from {resources:?}");
     }
+    // The nodes reach each other's pods over VXLAN (UDP 8472 within the group).
+    let xml = raw(&m.endpoint())
+        .call(
+            "DescribeSecurityGroups",
+            "test",
+            &[
+                ("Filter.1.Name".to_string(), "group-name".to_string()),
+                ("Filter.1.Value.1".to_string(), "ens-nodes".to_string()),
+            ],
+        )
+        .await
+        .unwrap();
+    assert!(
+        xml.split("<item>")
+            .any(|r| r.contains("<ipProtocol>udp</ipProtocol>")
+                && r.contains("<fromPort>8472</fromPort>")
+                && r.contains("<toPort>8472</toPort>")),
+        "{xml}"
+    );
     // The worker's extra disk is there, with the machine's tags.
     assert!(resources
         .iter()

@@ -288,13 +288,15 @@ fn cases() -> Vec<(&'static str, String, Option<&'static str>, &'static str)> {
         ),
         (
             "ingress pool without MetalLB",
-            docker("  addons:\n    ingress: {controller: contour, pool: p}\n"),
+            // (Kubernetes 1.33: no known Contour release supports 1.30.)
+            docker("  addons:\n    ingress: {controller: contour, pool: p}\n").replace("v1.30.2", "v1.33.2"),
             None,
             "cluster.yaml:10:36: spec.addons.ingress.pool: refers to MetalLB, but spec.addons.metallb is not configured",
         ),
         (
             "ingress pool that does not exist",
-            docker("  addons:\n    metallb: {pools: [{name: p, addresses: [192.168.50.0/28]}]}\n    ingress: {pool: q}\n"),
+            docker("  addons:\n    metallb: {pools: [{name: p, addresses: [192.168.50.0/28]}]}\n    ingress: {pool: q}\n")
+                .replace("v1.30.2", "v1.33.2"),
             None,
             "cluster.yaml:11:15: spec.addons.ingress.pool: no MetalLB pool named `q`",
         ),
@@ -411,6 +413,24 @@ fn cases() -> Vec<(&'static str, String, Option<&'static str>, &'static str)> {
             static_("  loadBalancer: {placement: control-plane, vip: 10.0.0.10}\n"),
             Some("apiVersion: kubeforge.dev/v1alpha1\nkind: Inventory\nhosts:\n  - {name: m1, address: 10.0.0.11, roles: []}\n"),
             "hosts.yaml:4:36: hosts[0].roles: a host needs at least one role (controlPlane, worker, loadBalancer)",
+        ),
+        (
+            "addon release pinned outside its Kubernetes range",
+            docker("  addons:\n    ingress:\n      controller: contour\n      version: v1.33.6\n").replace("v1.30.2", "v1.20.2"),
+            None,
+            "cluster.yaml:12:7: spec.addons.ingress.version: Contour v1.33.6 supports Kubernetes 1.32-1.34, not 1.20; v1.19.1 supports it",
+        ),
+        (
+            "addon release kubeforge does not know",
+            docker("  addons:\n    metallb:\n      version: v0.9.7\n      pools: [{name: p, addresses: [192.168.50.0/28]}]\n"),
+            None,
+            "cluster.yaml:11:7: spec.addons.metallb.version: MetalLB v0.9.7 is not a release kubeforge knows (known: v0.13.12 (>= 1.13), v0.16.1 (>= 1.21))",
+        ),
+        (
+            "no known addon release supports the cluster's Kubernetes",
+            docker("  addons:\n    ingress: {controller: contour}\n").replace("v1.30.2", "v1.27.3"),
+            None,
+            "cluster.yaml:10:5: spec.addons.ingress: no release of Contour that kubeforge knows supports Kubernetes 1.27 (known: v1.19.1 (1.20-1.22), v1.33.6 (1.32-1.34))",
         ),
         (
             "static: inventory host address is not an IP",

@@ -586,11 +586,20 @@ fn cni_config_gives_each_node_its_own_pod_cidr() {
     for h in c.topology.kubernetes_nodes() {
         let f = &files
             .iter()
-            .find(|(_, f)| f.host == h.name && f.path == "/etc/cni/net.d/10-kubeforge.conflist")
+            .find(|(_, f)| {
+                f.host == h.name && f.path == "/etc/kubeforge/podnet/10-kubeforge.conflist.in"
+            })
             .unwrap()
             .1;
-        let v: serde_json::Value = serde_json::from_str(&f.content).unwrap();
+        // The pod network script fills in the MTU it derives from the node's interface.
+        assert!(f.content.contains(r#""mtu": @MTU@,"#), "{}", f.content);
+        let v: serde_json::Value =
+            serde_json::from_str(&f.content.replace("@MTU@", "1450")).unwrap();
         assert_eq!(v["plugins"][0]["type"], "bridge");
+        assert_eq!(v["plugins"][0]["mtu"], 1450);
+        // Pod addresses stay visible to other nodes' pods: the script masquerades only
+        // traffic leaving the pod subnet.
+        assert_eq!(v["plugins"][0]["ipMasq"], false);
         let subnet = v["plugins"][0]["ipam"]["ranges"][0][0]["subnet"]
             .as_str()
             .unwrap()
@@ -607,6 +616,61 @@ fn cni_config_gives_each_node_its_own_pod_cidr() {
             "10.244.4.0/24"
         ]
     );
+    // Every node's overlay script knows every other node: its address, its /24, and its
+    // VTEP address and MAC (distinct per node), and not itself.
+    let nodes = c.topology.kubernetes_nodes();
+    for h in &nodes {
+        let script = &files
+            .iter()
+            .find(|(_, f)| f.host == h.name && f.path == "/usr/local/lib/kubeforge/podnet.sh")
+            .unwrap()
+            .1;
+        assert_eq!(script.mode, 0o755);
+        let own = cidrs[nodes.iter().position(|n| n.name == h.name).unwrap()].clone();
+        assert!(script
+            .content
+            .contains(&format!("NODE_IP={}\n", h.internal_address)));
+        assert!(script
+            .content
+            .contains(&format!("VTEP={}\n", own.trim_end_matches("/24"))));
+        let peers: Vec<&str> = script
+            .content
+            .split("PEERS='\n")
+            .nth(1)
+            .unwrap()
+            .split("\n'")
+            .next()
+            .unwrap()
+            .lines()
+            .collect();
+        assert_eq!(peers.len(), nodes.len() - 1, "{peers:?}");
+        for (o, cidr) in nodes.iter().zip(&cidrs) {
+            if o.name == h.name {
+                assert!(peers
+                    .iter()
+                    .all(|p| !p.starts_with(&format!("{} ", o.name))));
+                continue;
+            }
+            let net = cidr.trim_end_matches("/24");
+            let octets: Vec<u8> = net.split('.').map(|x| x.parse().unwrap()).collect();
+            let mac = format!(
+                "0e:6b:{:02x}:{:02x}:{:02x}:{:02x}",
+                octets[0], octets[1], octets[2], octets[3]
+            );
+            let want = format!("{} {} {cidr} {net} {mac}", o.name, o.internal_address);
+            assert!(peers.contains(&want.as_str()), "{want} not in {peers:?}");
+        }
+        let unit = &files
+            .iter()
+            .find(|(_, f)| {
+                f.host == h.name && f.path == "/etc/systemd/system/kubeforge-podnet.service"
+            })
+            .unwrap()
+            .1;
+        assert!(unit
+            .content
+            .contains("ExecStart=/usr/local/lib/kubeforge/podnet.sh\n"));
+    }
     // Load-balancer nodes run no kubelet and get no node files.
     for h in c.topology.lb_hosts() {
         assert!(files

@@ -55,10 +55,10 @@ fi
 }
 rm -rf "$out.part"
 mkdir -p "$out.part/addons"
-( cd "$src" && find . -name '*.yaml' -print0 | while IFS= read -r -d '' f; do
+( cd "$src" && find . \( -name '*.yaml' -o -name '*.yml' \) -print0 | while IFS= read -r -d '' f; do
     mkdir -p "$out.part/addons/$(dirname "$f")"
     cp "$f" "$out.part/addons/$f"
   done )
 rm -rf "$out"
 mv "$out.part" "$out"
-echo "addons mirror: $out ($(find "$out" -name '*.yaml' | wc -l) manifests from $src)"
+echo "addons mirror: $out ($(find "$out" -name '*.yaml' -o -name '*.yml' | wc -l) manifests from $src)"

@@ -194,6 +194,24 @@ fn strip(v: &mut Value, key: &str, unwanted: &dyn Fn(&Value) -> bool) -> usize {
     }
 }
 
+/// Remove object-valued `default`s below `v` that hold an empty string somewhere
+/// (Contour v1.19's ContourConfiguration defaults `envoy` with
+/// `listener.connectionBalancer: ""`, a required member): the test bed's v1.20.2 server
+/// reads that string back as null and rejects the CRD, on create as on server-side
+/// apply, and dropping only the member leaves the default without a required field.
+/// Returns how many were removed.
+fn strip_defaults_holding_empty_strings(v: &mut Value) -> usize {
+    fn holds_empty(d: &Value) -> bool {
+        match d {
+            Value::String(s) => s.is_empty(),
+            Value::Object(m) => m.values().any(holds_empty),
+            Value::Array(a) => a.iter().any(holds_empty),
+            _ => false,
+        }
+    }
+    strip(v, "default", &|d| !d.is_string() && holds_empty(d))
+}
+
 /// Remove what the server adds or bumps on every write, for diffs.
 fn comparable(mut v: Value) -> Value {
     if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {
@@ -317,6 +335,7 @@ impl Engine {
                         if let Some(schema) = v.get_mut("schema") {
                             cel += strip(schema, "x-kubernetes-validations", &|_| true);
                             empty_defaults += strip(schema, "default", &|d| d.as_str() == Some(""));
+                            empty_defaults += strip_defaults_holding_empty_strings(schema);
                         }
                     }
                     if self.server_minor < 30 {
@@ -335,7 +354,7 @@ impl Engine {
             }
             if empty_defaults > 0 {
                 b.notes.push(format!(
-                    "Kubernetes {}'s server-side apply turns empty-string defaults in CRD schemas into null and rejects them: {empty_defaults} `default: \"\"` left out of {}'s CRDs",
+                    "Kubernetes {}'s server-side apply turns empty-string defaults in CRD schemas into null and rejects them: {empty_defaults} empty-string default(s) left out of {}'s CRDs",
                     self.server_version,
                     b.title()
                 ));
@@ -1056,6 +1075,28 @@ mod tests {
             readiness("CephCluster", &ceph),
             (false, "phase Progressing".into())
         );
+    }
+
+    #[test]
+    fn object_defaults_holding_empty_strings_are_left_out() {
+        let mut schema = serde_json::json!({"properties": {
+            "envoy": {"type": "object", "default": {"listener": {"connectionBalancer": "", "x": 1}}},
+            "mode": {"type": "string", "default": ""},
+            "port": {"type": "integer", "default": 8080},
+            "tls": {"type": "object", "default": {"min": "1.2"}},
+        }});
+        assert_eq!(strip_defaults_holding_empty_strings(&mut schema), 1);
+        assert!(schema.pointer("/properties/envoy/default").is_none());
+        // Plain empty-string defaults are the other fitting's; the rest stay.
+        assert_eq!(
+            schema.pointer("/properties/mode/default"),
+            Some(&serde_json::json!(""))
+        );
+        assert_eq!(
+            schema.pointer("/properties/port/default"),
+            Some(&serde_json::json!(8080))
+        );
+        assert!(schema.pointer("/properties/tls/default/min").is_some());
     }
 
     #[test]

@@ -5,7 +5,7 @@ use super::catalogue::{self, AddonId, MetallbFlavour, Release};
 use super::{AddonsError, LABEL_ADDON};
 use crate::artifacts::fetch::{fetch_pinned, Cache, Fetcher};
 use crate::artifacts::{Location, Source};
-use crate::spec::{IngressController, LoadedCluster, MetalLbMode};
+use crate::spec::{Cni, IngressController, LoadedCluster, MetalLbMode};
 use crate::state::ObjectRef;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
@@ -95,22 +95,30 @@ impl Bundle {
 pub fn wanted(c: &LoadedCluster) -> Result<Vec<Release>, AddonsError> {
     let a = &c.cluster.spec.addons;
     let mut out = Vec::new();
+    let k8s = c.version();
     let mut add = |addon: AddonId, version: &Option<String>, flavour: MetallbFlavour| {
-        let version = version
-            .clone()
-            .unwrap_or_else(|| addon.default_version().to_string());
-        match catalogue::release(addon, &version, flavour) {
+        // The cluster file was validated against the same matrix; this only fails for
+        // a cluster built by hand.
+        let chosen = catalogue::select(addon, version.as_deref(), &k8s)
+            .map_err(AddonsError::Incompatible)?;
+        match catalogue::release(addon, chosen.version, flavour) {
             Some(r) => {
                 out.push(r);
                 Ok(())
             }
             None => Err(AddonsError::UnknownVersion {
                 addon,
-                version,
+                version: chosen.version.to_string(),
                 known: catalogue::known_versions(addon).join(", "),
             }),
         }
     };
+    // The pod network first: nodes are not Ready without it.
+    match c.cluster.spec.networking.cni {
+        Cni::Flannel => add(AddonId::Flannel, &None, MetallbFlavour::Native)?,
+        Cni::Calico => add(AddonId::Calico, &None, MetallbFlavour::Native)?,
+        Cni::Bridge | Cni::None => {}
+    }
     if let Some(m) = &a.metallb {
         let flavour = match m.mode {
             MetalLbMode::L2 => MetallbFlavour::Native,
@@ -206,6 +214,12 @@ pub fn parse(addon: AddonId, file: &str, text: &str) -> Result<Vec<Object>, Addo
             }
             label(&mut v, addon);
             fill_protocols(&mut v);
+            // Status is the server's: older generated CRDs ship an empty one
+            // (`acceptedNames`, `conditions`, `storedVersions`), which, applied, would
+            // conflict with kube-apiserver's own on every re-apply.
+            if let Some(m) = v.as_object_mut() {
+                m.remove("status");
+            }
             let kind = str_at(&v, &["kind"]).unwrap_or_default();
             let stage = match kind {
                 "Namespace" | "CustomResourceDefinition" => Stage::Foundation,
@@ -278,7 +292,10 @@ pub fn complete(
 ) -> Result<Bundle, AddonsError> {
     let a = &c.cluster.spec.addons;
     let mut notes = Vec::new();
+    let pod_subnet = c.cluster.spec.networking.pod_subnet.as_str();
     match r.addon {
+        AddonId::Flannel => flannel_network(&mut objects, pod_subnet)?,
+        AddonId::Calico => calico_pool(&mut objects, pod_subnet)?,
         AddonId::Metallb => {
             if let Some(m) = &a.metallb {
                 objects.extend(metallb_objects(m));
@@ -325,7 +342,7 @@ pub fn complete(
                 let image = r.ceph_image.unwrap_or("quay.io/ceph/ceph:v20.2.4");
                 objects.push(rendered(
                     AddonId::RookCeph,
-                    ceph_cluster(rc, &workers, image),
+                    ceph_cluster(rc, &workers, image, &r.version),
                 ));
             }
         }
@@ -338,6 +355,60 @@ pub fn complete(
         objects,
         notes,
     })
+}
+
+/// Flannel's network is `net-conf.json`'s `Network` in the kube-flannel-cfg ConfigMap:
+/// the cluster's pod subnet (kube-controller-manager hands each node a /24 of it).
+fn flannel_network(objects: &mut [Object], pod_subnet: &str) -> Result<(), AddonsError> {
+    let bad = |message: String| AddonsError::Manifest {
+        addon: AddonId::Flannel,
+        message,
+    };
+    let cm = objects
+        .iter_mut()
+        .find(|o| o.kind() == "ConfigMap" && o.name() == "kube-flannel-cfg")
+        .ok_or_else(|| bad("the manifest has no ConfigMap kube-flannel-cfg".into()))?;
+    let text = cm
+        .value
+        .pointer("/data/net-conf.json")
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad("kube-flannel-cfg has no data.net-conf.json".into()))?;
+    let mut conf: Value = serde_json::from_str(text)
+        .map_err(|e| bad(format!("kube-flannel-cfg data.net-conf.json: {e}")))?;
+    conf["Network"] = json!(pod_subnet);
+    let text = serde_json::to_string_pretty(&conf).unwrap_or_default() + "\n";
+    cm.value["data"]["net-conf.json"] = Value::String(text);
+    Ok(())
+}
+
+/// Calico's IPv4 pool is the calico-node container's `CALICO_IPV4POOL_CIDR` (commented
+/// out upstream): the cluster's pod subnet.
+fn calico_pool(objects: &mut [Object], pod_subnet: &str) -> Result<(), AddonsError> {
+    let ds = objects
+        .iter_mut()
+        .find(|o| o.kind() == "DaemonSet" && o.name() == "calico-node")
+        .ok_or_else(|| AddonsError::Manifest {
+            addon: AddonId::Calico,
+            message: "the manifest has no DaemonSet calico-node".into(),
+        })?;
+    let containers = ds
+        .value
+        .pointer_mut("/spec/template/spec/containers")
+        .and_then(Value::as_array_mut);
+    let node = containers
+        .and_then(|cs| cs.iter_mut().find(|c| c["name"] == "calico-node"))
+        .ok_or_else(|| AddonsError::Manifest {
+            addon: AddonId::Calico,
+            message: "DaemonSet calico-node has no calico-node container".into(),
+        })?;
+    let env = node
+        .as_object_mut()
+        .map(|m| m.entry("env").or_insert_with(|| json!([])));
+    if let Some(list) = env.and_then(Value::as_array_mut) {
+        list.retain(|e| e["name"] != "CALICO_IPV4POOL_CIDR");
+        list.push(json!({"name": "CALICO_IPV4POOL_CIDR", "value": pod_subnet}));
+    }
+    Ok(())
 }
 
 /// Order inside a stage: identities and RBAC before what runs with them, admission
@@ -487,7 +558,12 @@ fn peer_name(address: &str) -> String {
     format!("peer-{}", s.trim_matches('-'))
 }
 
-fn ceph_cluster(r: &crate::spec::RookCeph, workers: &[String], image: &str) -> Value {
+fn ceph_cluster(
+    r: &crate::spec::RookCeph,
+    workers: &[String],
+    image: &str,
+    rook_version: &str,
+) -> Value {
     let nodes: Vec<Value> = if r.nodes.is_empty() {
         workers.iter().map(|w| json!({"name": w})).collect()
     } else {
@@ -514,8 +590,14 @@ fn ceph_cluster(r: &crate::spec::RookCeph, workers: &[String], image: &str) -> V
         "useAllNodes": false,
         "useAllDevices": false,
         "nodes": nodes,
-        "store": {"type": "bluestore"},
     });
+    // The OSD store type: `storage.store.type` from Rook v1.11; before, the
+    // `storeType` OSD config setting (v1.10's CRD has no `store` and would prune it).
+    if rook_version.starts_with("v1.10.") {
+        storage["config"] = json!({"storeType": "bluestore"});
+    } else {
+        storage["store"] = json!({"type": "bluestore"});
+    }
     if let Some(f) = &r.device_filter {
         storage["deviceFilter"] = json!(f);
     }
@@ -537,6 +619,37 @@ fn ceph_cluster(r: &crate::spec::RookCeph, workers: &[String], image: &str) -> V
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cni_manifests_get_the_pod_subnet() {
+        let flannel = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: kube-flannel-cfg, namespace: kube-flannel}\ndata:\n  net-conf.json: |\n    {\n      \"Network\": \"10.244.0.0/16\",\n      \"Backend\": {\"Type\": \"vxlan\"}\n    }\n";
+        let mut objs = parse(AddonId::Flannel, "/m/kube-flannel.yml", flannel).unwrap();
+        flannel_network(&mut objs, "10.200.0.0/16").unwrap();
+        let net: Value =
+            serde_json::from_str(objs[0].value["data"]["net-conf.json"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            net,
+            json!({"Network": "10.200.0.0/16", "Backend": {"Type": "vxlan"}})
+        );
+
+        let calico = "apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {name: calico-node, namespace: kube-system}\nspec:\n  template:\n    spec:\n      containers:\n      - name: calico-node\n        env:\n        - {name: CALICO_DISABLE_FILE_LOGGING, value: \"true\"}\n";
+        let mut objs = parse(AddonId::Calico, "/m/calico.yaml", calico).unwrap();
+        calico_pool(&mut objs, "10.200.0.0/16").unwrap();
+        let env = &objs[0].value["spec"]["template"]["spec"]["containers"][0]["env"];
+        assert_eq!(
+            env[1],
+            json!({"name": "CALICO_IPV4POOL_CIDR", "value": "10.200.0.0/16"})
+        );
+        assert!(calico_pool(&mut [], "10.200.0.0/16").is_err());
+    }
+
+    #[test]
+    fn upstream_status_is_left_to_the_server() {
+        let text = "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata: {name: a.b.c}\nspec: {group: b.c}\nstatus:\n  acceptedNames: {kind: \"\", plural: \"\"}\n  conditions: []\n  storedVersions: []\n";
+        let objs = parse(AddonId::Contour, "/m/contour.yaml", text).unwrap();
+        assert!(objs[0].value.get("status").is_none(), "{}", objs[0].value);
+        assert!(objs[0].value.get("spec").is_some());
+    }
 
     #[test]
     fn parse_labels_flattens_lists_and_fills_protocols() {

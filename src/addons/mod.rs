@@ -100,6 +100,9 @@ pub enum AddonsError {
         version: String,
         known: String,
     },
+    /// The compatibility matrix refuses the release for the cluster's Kubernetes.
+    #[error("{0}")]
+    Incompatible(String),
     #[error("{file}: document {doc}: {message}")]
     Parse {
         file: String,
@@ -162,6 +165,7 @@ impl AddonsError {
         match self {
             AddonsError::Fetch { source, .. } => source.exit_kind(),
             AddonsError::UnknownVersion { .. }
+            | AddonsError::Incompatible(_)
             | AddonsError::Unserved(_)
             | AddonsError::Kubeconfig(_) => ExitKind::Input,
             AddonsError::Parse { .. } | AddonsError::Manifest { .. } => ExitKind::Input,

@@ -203,6 +203,15 @@ pub enum AddonsCommand {
         #[command(flatten)]
         addons: AddonArgs,
     },
+    /// The compatibility matrix: every release kubeforge knows of each addon and the
+    /// Kubernetes versions it supports; with -f, which release the cluster file gets.
+    /// Offline: reads no state and contacts nothing.
+    Versions {
+        /// A cluster file: mark the default for its Kubernetes version and the release
+        /// each configured addon uses.
+        #[arg(short = 'f', long = "file")]
+        file: Option<std::path::PathBuf>,
+    },
     /// Rollout status of every addon (Deployments/DaemonSets available, Ceph health).
     Status {
         #[command(flatten)]

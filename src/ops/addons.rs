@@ -8,7 +8,7 @@ use crate::cli::{AddonsArgs, AddonsCommand};
 use crate::error::Error;
 use crate::ops::session::{with_session, Session, SessionOptions};
 use crate::output::{print_json, OutputFormat};
-use crate::spec::LoadedCluster;
+use crate::spec::{self, LoadedCluster};
 use crate::state::StateDocument;
 use serde::Serialize;
 use std::path::PathBuf;
@@ -92,6 +92,7 @@ pub fn plan_text(changes: &[addons::engine::ObjectChange]) -> String {
 
 pub async fn run(args: AddonsArgs, output: OutputFormat) -> Result<(), Error> {
     match args.command {
+        AddonsCommand::Versions { file } => versions(file.as_deref(), output),
         AddonsCommand::Plan(t) => {
             let opts = SessionOptions::read_only(output);
             with_session(&t.spec.file.clone(), opts, |s| {
@@ -240,4 +241,135 @@ async fn apply_locked(
         outcomes,
         status,
     })
+}
+
+#[derive(Debug, Serialize)]
+struct VersionsReport {
+    /// The cluster file's Kubernetes version (with -f).
+    kubernetes: Option<String>,
+    addons: Vec<AddonVersions>,
+}
+
+#[derive(Debug, Serialize)]
+struct AddonVersions {
+    addon: addons::AddonId,
+    releases: Vec<ReleaseRow>,
+}
+
+#[derive(Debug, Serialize)]
+struct ReleaseRow {
+    version: &'static str,
+    /// `1.20-1.22`, `>= 1.21`.
+    kubernetes: String,
+    min_minor: u64,
+    max_minor: Option<u64>,
+    source: &'static str,
+    /// With -f: whether it supports the cluster's Kubernetes version.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    supported: Option<bool>,
+    /// With -f: the newest release supporting it (used unless the file pins another).
+    default: bool,
+    /// With -f: the release the cluster file's addon uses.
+    selected: bool,
+}
+
+/// `kubeforge addons versions`: the matrix, and with a cluster file what it selects.
+fn versions(file: Option<&std::path::Path>, output: OutputFormat) -> Result<(), Error> {
+    use addons::catalogue::{self, AddonId};
+    let c = file.map(spec::load_file).transpose()?;
+    let k8s = c.as_ref().map(|c| c.version());
+    // What each configured addon uses (validated on load: select succeeds).
+    let mut selected: Vec<(AddonId, &'static str)> = Vec::new();
+    if let (Some(c), Some(k)) = (&c, &k8s) {
+        let a = &c.cluster.spec.addons;
+        let mut pick = |id: AddonId, pinned: Option<&str>| {
+            if let Ok(r) = catalogue::select(id, pinned, k) {
+                selected.push((id, r.version));
+            }
+        };
+        match c.cluster.spec.networking.cni {
+            spec::Cni::Flannel => pick(AddonId::Flannel, None),
+            spec::Cni::Calico => pick(AddonId::Calico, None),
+            spec::Cni::Bridge | spec::Cni::None => {}
+        }
+        if let Some(m) = &a.metallb {
+            pick(AddonId::Metallb, m.version.as_deref());
+        }
+        if let Some(i) = &a.ingress {
+            let id = match i.controller {
+                spec::IngressController::Contour => AddonId::Contour,
+                spec::IngressController::IngressNginx => AddonId::IngressNginx,
+            };
+            pick(id, i.version.as_deref());
+        }
+        if let Some(r) = &a.rook_ceph {
+            pick(AddonId::RookCeph, r.version.as_deref());
+        }
+    }
+    let report = VersionsReport {
+        kubernetes: k8s.as_ref().map(|k| k.to_string()),
+        addons: AddonId::ALL
+            .into_iter()
+            .map(|id| {
+                let default = k8s.as_ref().and_then(|k| id.default_for(k));
+                AddonVersions {
+                    addon: id,
+                    releases: catalogue::matrix(id)
+                        .iter()
+                        .map(|r| ReleaseRow {
+                            version: r.version,
+                            kubernetes: r.range(),
+                            min_minor: r.min_minor,
+                            max_minor: r.max_minor,
+                            source: r.source,
+                            supported: k8s.as_ref().map(|k| r.supports(k)),
+                            default: default.is_some_and(|d| d.version == r.version),
+                            selected: selected.contains(&(id, r.version)),
+                        })
+                        .collect(),
+                }
+            })
+            .collect(),
+    };
+    match output {
+        OutputFormat::Json => print_json(&report)?,
+        OutputFormat::Text => print!("{}", versions_text(&report)),
+    }
+    Ok(())
+}
+
+fn versions_text(r: &VersionsReport) -> String {
+    let mut out = String::new();
+    if let Some(k) = &r.kubernetes {
+        out.push_str(&format!("Kubernetes v{k} (the cluster file)\n"));
+    }
+    out.push_str(&format!(
+        "{:<14} {:<20} {:<12} {}\n",
+        "ADDON", "RELEASE", "KUBERNETES", "NOTE"
+    ));
+    for a in &r.addons {
+        for (i, rel) in a.releases.iter().enumerate() {
+            let mut note = Vec::new();
+            if rel.selected {
+                note.push("used by the cluster file");
+            } else if rel.default {
+                note.push("default for this Kubernetes");
+            }
+            if rel.supported == Some(false) {
+                note.push("does not support this Kubernetes");
+            }
+            let name = if i == 0 { a.addon.as_str() } else { "" };
+            out.push_str(
+                format!(
+                    "{name:<14} {:<20} {:<12} {}",
+                    rel.version,
+                    rel.kubernetes,
+                    note.join("; ")
+                )
+                .trim_end(),
+            );
+            out.push('\n');
+        }
+    }
+    out
 }

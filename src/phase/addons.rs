@@ -1,5 +1,5 @@
 use super::{new_plan, ApplyContext, Phase, PhaseError, PhasePlan, PlanContext, Step};
-use crate::addons::manifest;
+use crate::addons::{catalogue, manifest, AddonId};
 use crate::artifacts::Cache;
 use crate::spec::{IngressController, MetalLbMode};
 
@@ -16,6 +16,13 @@ impl Phase for Addons {
     fn plan(&self, ctx: &PlanContext<'_>) -> PhasePlan {
         let mut p = new_plan(self);
         let a = &ctx.cluster.cluster.spec.addons;
+        let k8s = ctx.cluster.version();
+        // The release the compatibility matrix gives (validated on load).
+        let release = |id: AddonId, pinned: &Option<String>| {
+            catalogue::select(id, pinned.as_deref(), &k8s)
+                .map(|c| c.version.to_string())
+                .unwrap_or_else(|why| why)
+        };
         if let Some(m) = &a.metallb {
             let mode = match m.mode {
                 MetalLbMode::L2 => "L2",
@@ -23,7 +30,7 @@ impl Phase for Addons {
             };
             p.operator.push(Step::new(format!(
                 "apply MetalLB {} in {mode} mode; wait for its CRDs and webhook",
-                m.version.as_deref().unwrap_or("v0.16.1")
+                release(AddonId::Metallb, &m.version)
             )));
             for pool in &m.pools {
                 p.operator.push(Step::new(format!(
@@ -47,13 +54,15 @@ impl Phase for Addons {
             }
         }
         if let Some(i) = &a.ingress {
-            let (name, version) = match i.controller {
-                IngressController::Contour => ("Contour", "v1.33.6"),
-                IngressController::IngressNginx => ("ingress-nginx (legacy)", "controller-v1.15.1"),
+            let (name, id) = match i.controller {
+                IngressController::Contour => ("Contour", AddonId::Contour),
+                IngressController::IngressNginx => {
+                    ("ingress-nginx (legacy)", AddonId::IngressNginx)
+                }
             };
             p.operator.push(Step::new(format!(
                 "apply {name} {} exposed by a LoadBalancer Service{}",
-                i.version.as_deref().unwrap_or(version),
+                release(id, &i.version),
                 i.pool
                     .as_ref()
                     .map(|pool| format!(" from pool `{pool}`"))
@@ -74,8 +83,22 @@ impl Phase for Addons {
                     .join(", ")
             };
             p.operator.push(Step::new(format!(
-                "apply Rook-Ceph {} (CRDs, common, operator) and a CephCluster with {} mons on {nodes}",
-                r.version.as_deref().unwrap_or("v1.20.6"),
+                "apply Rook-Ceph {} ({}) and a CephCluster with {} mons on {nodes}",
+                release(AddonId::RookCeph, &r.version),
+                catalogue::select(AddonId::RookCeph, r.version.as_deref(), &k8s)
+                    .ok()
+                    .and_then(|c| catalogue::release(
+                        AddonId::RookCeph,
+                        c.version,
+                        catalogue::MetallbFlavour::Native
+                    ))
+                    .map(|rel| rel
+                        .files
+                        .iter()
+                        .map(|f| f.name)
+                        .collect::<Vec<_>>()
+                        .join(", "))
+                    .unwrap_or_default(),
                 r.mon_count
             )));
         }

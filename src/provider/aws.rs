@@ -1060,8 +1060,8 @@ impl AwsProvider {
     }
 
     /// The security group: SSH, the apiserver and load-balancer ports from the allowed
-    /// sources; VRRP (IP protocol 112), kubelet (10250) and etcd (2379-2380) from the
-    /// group itself. Rules that exist are left alone.
+    /// sources; VRRP (IP protocol 112), kubelet (10250), etcd (2379-2380) and the pod
+    /// network's VXLAN (UDP 8472) from the group itself. Rules that exist are left alone.
     async fn ensure_group(&self, vpc_id: &str) -> Result<String, ProviderError> {
         let name = self.group_name();
         let group_id = match self.find_group(Some(vpc_id)).await? {
@@ -1126,7 +1126,13 @@ impl AwsProvider {
             out.push(r);
         }
         // VRRP is IP protocol 112 without ports (-1 = all, as EC2 writes it).
-        for (proto, from, to) in [("112", -1, -1), ("tcp", 10250, 10250), ("tcp", 2379, 2380)] {
+        let vxlan = i32::from(crate::render::views::VXLAN_PORT);
+        for (proto, from, to) in [
+            ("112", -1, -1),
+            ("tcp", 10250, 10250),
+            ("tcp", 2379, 2380),
+            ("udp", vxlan, vxlan),
+        ] {
             let r = vec![
                 p("IpPermissions.1.IpProtocol", proto),
                 p("IpPermissions.1.FromPort", i32::to_string(&from)),

@@ -76,8 +76,12 @@ pub const TEMPLATES: &[(&str, &str)] = &[
         include_str!("../../templates/cni/10-kubeforge.conflist.tera"),
     ),
     (
-        "cni/kubeforge-routes.service",
-        include_str!("../../templates/cni/kubeforge-routes.service.tera"),
+        "cni/kubeforge-podnet.service",
+        include_str!("../../templates/cni/kubeforge-podnet.service.tera"),
+    ),
+    (
+        "cni/podnet.sh",
+        include_str!("../../templates/cni/podnet.sh.tera"),
     ),
     (
         "kubeadm/etcd+json.yaml",
@@ -319,17 +323,25 @@ pub fn render_all_with_init(
                 add(
                     FileGroup::Cni,
                     "cni/10-kubeforge.conflist",
-                    "/etc/cni/net.d/10-kubeforge.conflist",
+                    views::CONFLIST_TEMPLATE,
                     0o644,
                     render("cni/10-kubeforge.conflist", &cni)?,
                     false,
                 );
                 add(
                     FileGroup::Cni,
-                    "cni/kubeforge-routes.service",
-                    "/etc/systemd/system/kubeforge-routes.service",
+                    "cni/podnet.sh",
+                    views::PODNET_SCRIPT,
+                    0o755,
+                    render("cni/podnet.sh", &cni)?,
+                    false,
+                );
+                add(
+                    FileGroup::Cni,
+                    "cni/kubeforge-podnet.service",
+                    &format!("/etc/systemd/system/{}.service", views::PODNET_UNIT),
                     0o644,
-                    render("cni/kubeforge-routes.service", &cni)?,
+                    render("cni/kubeforge-podnet.service", &cni)?,
                     false,
                 );
             }

@@ -280,20 +280,59 @@ pub fn kubeadm(c: &LoadedCluster, h: &Host, p: &Profile, s: &Secrets) -> Kubeadm
     }
 }
 
+/// The built-in pod network (`networking.cni: bridge`): each Kubernetes node bridges its
+/// own pods (`cni0`, one /24 of the pod subnet) and reaches the other nodes' pods through
+/// a VXLAN overlay between node addresses, as flannel's vxlan backend does, so the node
+/// network only ever carries node addresses (UDP 8472 between nodes).
 #[derive(Debug, Serialize)]
 pub struct CniView {
+    /// This node's pod /24 (host-local IPAM on cni0).
     pub pod_cidr: String,
-    /// Routes to every other node's pod /24 through that node.
-    pub routes: Vec<Route>,
+    /// The whole pod subnet: pod traffic leaving it is masqueraded.
+    pub pod_subnet: String,
+    /// Its VXLAN endpoint: the node's internal address, the VTEP address (the /24's
+    /// network address, as flannel does) and the VXLAN device's fixed MAC address.
+    pub vtep: Vtep,
+    /// Every other Kubernetes node: a route to its /24 via its VTEP, a neighbour entry
+    /// (VTEP address -> MAC) and a forwarding entry (MAC -> node address).
+    pub peers: Vec<Vtep>,
+    pub device: &'static str,
+    pub vni: u32,
+    pub port: u16,
+    /// Bytes VXLAN adds to each packet (outer IPv4 + UDP + VXLAN + inner Ethernet): the
+    /// device's and the pods' MTU is the underlying interface's minus this.
+    pub overhead: u32,
+    /// Where the script writes the CNI config once it knows the MTU.
+    pub conflist_path: &'static str,
+    pub conflist_template: &'static str,
+    pub script: &'static str,
 }
 
 #[derive(Debug, Serialize)]
-pub struct Route {
-    pub cidr: String,
-    pub via: String,
+pub struct Vtep {
+    pub node: String,
+    pub node_ip: String,
+    pub pod_cidr: String,
+    pub address: String,
+    pub mac: String,
 }
 
-/// The /24 of pod addresses of the n-th Kubernetes node, in host order.
+/// VXLAN device of the built-in pod network (at most 15 characters, IFNAMSIZ).
+pub const VXLAN_DEVICE: &str = "kubeforge.vxlan";
+/// VXLAN network identifier: not flannel's default 1, so flannel.1 can share the port.
+pub const VXLAN_VNI: u32 = 4242;
+/// The Linux kernel's (and flannel's) VXLAN UDP port.
+pub const VXLAN_PORT: u16 = 8472;
+pub const PODNET_SCRIPT: &str = "/usr/local/lib/kubeforge/podnet.sh";
+pub const PODNET_UNIT: &str = "kubeforge-podnet";
+pub const CONFLIST_PATH: &str = "/etc/cni/net.d/10-kubeforge.conflist";
+/// The CNI config as rendered, with `@MTU@` for the script to fill in.
+pub const CONFLIST_TEMPLATE: &str = "/etc/kubeforge/podnet/10-kubeforge.conflist.in";
+
+/// The /24 of pod addresses of the n-th Kubernetes node, in host order (control-plane
+/// nodes, then workers, as the topology lists them). Known at plan time, so every node's
+/// routes can be written before any node exists; kube-controller-manager does not
+/// allocate node CIDRs with this network (`allocate-node-cidrs: false`).
 pub fn pod_cidr(c: &LoadedCluster, h: &Host) -> Option<IpNet> {
     let net: IpNet = c.cluster.spec.networking.pod_subnet.parse().ok()?;
     let idx = c
@@ -319,20 +358,43 @@ fn pod_cidrs(c: &LoadedCluster) -> Vec<(&Host, IpNet)> {
         .collect()
 }
 
+/// A node's VXLAN endpoint: VTEP address = its /24's network address; MAC = 0e:6b (a
+/// locally administered unicast prefix) followed by the four bytes of that address, so
+/// every node can write every other node's neighbour and forwarding entries itself.
+fn vtep(h: &Host, cidr: &IpNet) -> Option<Vtep> {
+    let std::net::IpAddr::V4(addr) = cidr.network() else {
+        return None;
+    };
+    let [a, b, cc, d] = addr.octets();
+    Some(Vtep {
+        node: h.name.clone(),
+        node_ip: h.internal_address.to_string(),
+        pod_cidr: cidr.to_string(),
+        address: addr.to_string(),
+        mac: format!("0e:6b:{a:02x}:{b:02x}:{cc:02x}:{d:02x}"),
+    })
+}
+
 pub fn cni(c: &LoadedCluster, h: &Host) -> Option<CniView> {
     (c.cluster.spec.networking.cni == Cni::Bridge).then_some(())?;
     let all = pod_cidrs(c);
-    let own = all.iter().find(|(n, _)| n.name == h.name)?.1;
-    let routes = all
+    let (own_host, own) = all.iter().find(|(n, _)| n.name == h.name)?;
+    let peers = all
         .iter()
         .filter(|(o, _)| o.name != h.name)
-        .map(|(o, cidr)| Route {
-            cidr: cidr.to_string(),
-            via: o.internal_address.to_string(),
-        })
+        .filter_map(|(o, cidr)| vtep(o, cidr))
         .collect();
     Some(CniView {
         pod_cidr: own.to_string(),
-        routes,
+        pod_subnet: c.cluster.spec.networking.pod_subnet.clone(),
+        vtep: vtep(own_host, own)?,
+        peers,
+        device: VXLAN_DEVICE,
+        vni: VXLAN_VNI,
+        port: VXLAN_PORT,
+        overhead: 50,
+        conflist_path: CONFLIST_PATH,
+        conflist_template: CONFLIST_TEMPLATE,
+        script: PODNET_SCRIPT,
     })
 }

@@ -403,10 +403,18 @@ impl Default for Networking {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum Cni {
-    /// kubeforge's own bridge CNI with one pod /24 per node and host routes between
-    /// nodes on the same L2 segment (works offline, no images needed).
+    /// kubeforge's own pod network: one pod /24 per node on a bridge (the CNI bridge
+    /// plugin) and a VXLAN overlay between the node addresses (UDP 8472), set up by a
+    /// script and a systemd unit on each node (works offline, no images needed; see
+    /// docs/networking.md).
     #[default]
     Bridge,
+    /// Flannel (vxlan backend) from its pinned upstream manifest, applied through the
+    /// API with `podSubnet` as its network (its images must be pullable).
+    Flannel,
+    /// Calico from its pinned upstream manifest (Kubernetes 1.34-1.36 only), with
+    /// `podSubnet` as its IPv4 pool.
+    Calico,
     /// No CNI: the operator installs one.
     None,
 }

@@ -7,6 +7,7 @@ use super::inventory::{InventoryHost, Role};
 use super::syntax;
 use super::topology::{docker_layout, Endpoint, Host, Topology};
 use super::types::*;
+use crate::addons::AddonId;
 use ipnet::IpNet;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -1240,8 +1241,20 @@ fn check_addons(
 ) {
     let mut pool_ranges: Vec<(String, String, AddrRange)> = Vec::new();
     let host_names: BTreeSet<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
+    // A CNI from an upstream manifest follows the same compatibility matrix.
+    match s.networking.cni {
+        Cni::Flannel => check_addon_version(s, AddonId::Flannel, "spec.networking.cni", None, rep),
+        Cni::Calico => check_addon_version(s, AddonId::Calico, "spec.networking.cni", None, rep),
+        Cni::Bridge | Cni::None => {}
+    }
     if let Some(m) = &s.addons.metallb {
-        check_semver_opt("spec.addons.metallb.version", m.version.as_deref(), rep);
+        check_addon_version(
+            s,
+            AddonId::Metallb,
+            "spec.addons.metallb",
+            m.version.as_deref(),
+            rep,
+        );
         if m.pools.is_empty() {
             rep.error(
                 "spec.addons.metallb.pools",
@@ -1368,7 +1381,11 @@ fn check_addons(
         }
     }
     if let Some(ing) = &s.addons.ingress {
-        check_semver_opt("spec.addons.ingress.version", ing.version.as_deref(), rep);
+        let id = match ing.controller {
+            IngressController::Contour => AddonId::Contour,
+            IngressController::IngressNginx => AddonId::IngressNginx,
+        };
+        check_addon_version(s, id, "spec.addons.ingress", ing.version.as_deref(), rep);
         if ing.controller == IngressController::IngressNginx {
             rep.warn(
                 "spec.addons.ingress.controller",
@@ -1421,7 +1438,13 @@ fn check_addons(
         }
     }
     if let Some(r) = &s.addons.rook_ceph {
-        check_semver_opt("spec.addons.rookCeph.version", r.version.as_deref(), rep);
+        check_addon_version(
+            s,
+            AddonId::RookCeph,
+            "spec.addons.rookCeph",
+            r.version.as_deref(),
+            rep,
+        );
         if r.mon_count == 0 || r.mon_count % 2 == 0 || r.mon_count > 9 {
             rep.error(
                 "spec.addons.rookCeph.monCount",
@@ -1481,10 +1504,23 @@ fn check_addons(
     }
 }
 
-fn check_semver_opt(field: &str, v: Option<&str>, rep: &mut Reporter<'_>) {
-    if let Some(v) = v {
-        if semver::Version::parse(v.strip_prefix('v').unwrap_or(v)).is_err() {
-            rep.error(field, format!("`{v}` is not a version like v1.2.3"));
+/// The addon compatibility matrix: a pinned release must be known and support the
+/// cluster's Kubernetes (error on `<addon>.version`); without a pin some known release
+/// must (error on the addon).
+fn check_addon_version(
+    s: &ClusterSpec,
+    addon: AddonId,
+    field: &str,
+    pinned: Option<&str>,
+    rep: &mut Reporter<'_>,
+) {
+    let Some(k8s) = parse_kubernetes_version(&s.kubernetes_version) else {
+        return; // reported on kubernetesVersion
+    };
+    if let Err(why) = crate::addons::catalogue::select(addon, pinned, &k8s) {
+        match pinned {
+            Some(_) => rep.error(&format!("{field}.version"), why),
+            None => rep.error(field, why),
         }
     }
 }

@@ -267,6 +267,12 @@ impl ApiServer {
 
 /// Write a cluster file in `dir` that takes its addons from the test bed's mirror.
 pub fn cluster_file(dir: &Path, name: &str, addons: &str) -> PathBuf {
+    cluster_file_for(dir, name, "v1.20.2", addons)
+}
+
+/// `cluster_file` claiming Kubernetes `version` (the addon releases follow it; the
+/// server stays v1.20.2).
+pub fn cluster_file_for(dir: &Path, name: &str, version: &str, addons: &str) -> PathBuf {
     let path = dir.join("cluster.yaml");
     let text = format!(
         "apiVersion: kubeforge.dev/v1alpha1
@@ -274,7 +280,7 @@ kind: Cluster
 metadata:
   name: {name}
 spec:
-  kubernetesVersion: v1.20.2
+  kubernetesVersion: {version}
   provider:
     docker:
       subnet: 172.31.250.0/24
@@ -291,31 +297,4 @@ spec:
     );
     std::fs::write(&path, text).unwrap();
     path
-}
-
-/// The CRDs of ceph-csi-operator (`csi.ceph.io/v1` Driver and OperatorConfig), which
-/// Rook v1.20's operator.yaml uses but whose upstream file (csi-operator.yaml) is not in
-/// the pinned set: a cluster that already runs ceph-csi-operator has them. Stand-ins
-/// with an open schema, created the way an operator would have installed them.
-pub fn install_csi_operator_crds(api: &ApiServer) {
-    let mut text = String::new();
-    for (kind, plural) in [("Driver", "drivers"), ("OperatorConfig", "operatorconfigs")] {
-        text.push_str(&format!(
-            "---\napiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata: {{name: {plural}.csi.ceph.io}}\nspec:\n  group: csi.ceph.io\n  scope: Namespaced\n  names: {{kind: {kind}, plural: {plural}, singular: {}, listKind: {kind}List}}\n  versions:\n  - name: v1\n    served: true\n    storage: true\n    schema:\n      openAPIV3Schema: {{type: object, x-kubernetes-preserve-unknown-fields: true}}\n",
-            kind.to_lowercase()
-        ));
-    }
-    api.kubectl_file(&["create"], "csi-operator-crds.yaml", &text);
-    let out = api.kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "crd/drivers.csi.ceph.io",
-        "crd/operatorconfigs.csi.ceph.io",
-        "--timeout=30s",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
