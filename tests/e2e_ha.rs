@@ -130,6 +130,25 @@ fn apply_bootstraps_a_three_master_cluster_behind_a_vip() {
     assert_eq!(all.len(), 5, "{all:?}");
     assert_eq!(ready.len(), 5, "ready: {ready:?} of {all:?}");
 
+    // The workers pool's labels reached the nodes (kubelet --node-labels), and only them.
+    let out = kubectl(
+        dir.path(),
+        &[
+            "get",
+            "nodes",
+            "-l",
+            "kubeforge.dev/pool=workers",
+            "-o",
+            "jsonpath={.items[*].metadata.name}",
+        ],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("{NAME}-worker-1 {NAME}-worker-2"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // Pods on different nodes reach each other (the built-in VXLAN pod network).
     common_podnet::check_pod_network(
         dir.path(),
@@ -187,6 +206,12 @@ fn apply_bootstraps_a_three_master_cluster_behind_a_vip() {
         assert_eq!(p["files_sent"], 0, "nothing to send on a re-run: {p}");
         assert_eq!(p["steps_run"], 0, "nothing to run on a re-run: {p}");
     }
+    // A no-op run writes at most one state generation (its journal).
+    assert!(
+        report["state_writes"].as_u64().unwrap() <= 1,
+        "a no-op apply wrote {} state generations",
+        report["state_writes"]
+    );
     let notes = addons_phase(&report);
     assert!(
         notes

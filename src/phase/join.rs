@@ -77,6 +77,34 @@ async fn refresh_join_credentials(
     Ok(())
 }
 
+/// Plan the deletion of the Node objects of hosts that are not joined (`joined` says
+/// what joined means for the phase) but whose Node the API server still has: their
+/// machine was replaced.
+fn push_stale_node_deletions(
+    ctx: &PlanContext<'_>,
+    p: &mut PhasePlan,
+    joined: impl Fn(&crate::facts::HostFacts) -> bool,
+) {
+    let Some(f) = ctx.facts else {
+        return;
+    };
+    for h in &ctx.hosts {
+        let is_joined = f.host(&h.name).is_some_and(&joined);
+        let reachable = f.host(&h.name).is_some();
+        if reachable && !is_joined && f.node(&h.name).is_some() {
+            p.operator.push(Step::special(
+                Special::DeleteNode {
+                    name: h.name.clone(),
+                },
+                format!(
+                    "delete the Node {} left by its previous machine (it joins again)",
+                    h.name
+                ),
+            ));
+        }
+    }
+}
+
 /// Carry out the plan's repairs before the joins: stale etcd members removed (checked
 /// again now: still there, still not healthy, quorum holding) and stale Node objects
 /// deleted.
@@ -97,20 +125,11 @@ async fn repair_before_joins(
         phase: phase.to_string(),
         message,
     };
-    let facts = ctx.rt.facts();
-    let asked = facts
-        .as_ref()
-        .and_then(|f| f.etcd.as_ref())
-        .map(|e| e.asked.clone())
-        .ok_or_else(|| gate("no control-plane node answered for etcd".into()))?;
-    let host = ctx
-        .cluster
-        .topology
-        .host(&asked)
-        .ok_or_else(|| gate(format!("{asked} is not in the topology")))?;
-    let s = exec::session(ctx.rt, host)
-        .await
-        .map_err(|e| PhaseError::host(phase, e))?;
+    // Through the node that holds the init configuration (a running control plane).
+    let (host, s) = ctx
+        .first_control_plane(phase)
+        .await?
+        .ok_or_else(|| gate("no control-plane node to repair through".into()))?;
     for r in repairs {
         match r {
             Special::RemoveEtcdMember { id, name } => {
@@ -224,21 +243,8 @@ impl Phase for JoinControlPlane {
                     ));
                 }
             }
-            for h in &ctx.hosts {
-                let joined = f.host(&h.name).is_some_and(|hf| hf.control_plane_manifests);
-                if !joined && f.node(&h.name).is_some() {
-                    p.operator.push(Step::special(
-                        Special::DeleteNode {
-                            name: h.name.clone(),
-                        },
-                        format!(
-                            "delete the Node {} left by its previous machine (it joins again)",
-                            h.name
-                        ),
-                    ));
-                }
-            }
         }
+        push_stale_node_deletions(ctx, &mut p, |f| f.control_plane_manifests);
         let mut members = 1;
         for h in &ctx.hosts {
             members += 1;
@@ -323,6 +329,9 @@ impl Phase for JoinWorkers {
                 Kubeadm::of(ctx.cluster).ensure_token(token_id(ctx.secrets))
             )));
         }
+        // A worker that joins again (its machine was replaced): its old Node object goes
+        // first (kubeadm refuses to join over a Node that still shows Ready).
+        push_stale_node_deletions(ctx, &mut p, |f| f.kubelet_conf);
         for h in &ctx.hosts {
             p.hosts.push(host_plan(
                 ctx,
@@ -338,6 +347,7 @@ impl Phase for JoinWorkers {
         if plan.hosts.is_empty() {
             return Ok(());
         }
+        repair_before_joins(ctx, self.name(), plan).await?;
         refresh_join_credentials(ctx, self.name(), false).await?;
         ctx.hosts(plan, &exec::NoSpecial).await.map(|_| ())
     }
