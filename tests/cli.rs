@@ -156,6 +156,9 @@ fn plan_shows_machines_files_and_commands_by_phase() {
         "    write /etc/systemd/system/kubeforge-podnet.service (0644,",
         "    write /usr/local/lib/kubeforge/podnet.sh (0755,",
         "Phase 11/11 addons:",
+        // A changed kubelet unit restarts a running kubelet (a fresh node's is started
+        // by kubeadm).
+        "systemctl enable kubelet && systemctl try-restart kubelet",
     ] {
         assert!(text.contains(want), "missing {want:?} in:\n{text}");
     }

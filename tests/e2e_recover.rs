@@ -25,11 +25,38 @@ fn machine(role: &str) -> String {
     format!("{NAME}-{role}")
 }
 
-/// GET https://VIP:6443/readyz once a second until stopped; the seconds at which a
-/// request failed (no `ok` within 3 s).
+/// Once a second until stopped, through the VIP: GET /version (does the API answer at
+/// all) and GET /readyz (is the answering apiserver ready, etcd included). Records the
+/// seconds and the answer of every request that failed.
 struct Prober {
     stop: Arc<AtomicBool>,
-    handle: Option<std::thread::JoinHandle<(u32, Vec<f64>)>>,
+    handle: Option<std::thread::JoinHandle<Probed>>,
+}
+
+#[derive(Debug, Default)]
+struct Probed {
+    requests: u32,
+    /// /version did not answer (the API was unreachable through the VIP).
+    failed: Vec<(f64, String)>,
+    /// /readyz answered something else than ok (e.g. etcd electing a leader).
+    not_ready: Vec<(f64, String)>,
+}
+
+fn get(path: &str) -> Result<String, String> {
+    let out = Std::new("curl")
+        .args(["-sSk", "--max-time", "3"])
+        .arg(format!("https://{SUBNET}.254:6443{path}"))
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(format!(
+            "curl exit {:?}: {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
 }
 
 impl Prober {
@@ -38,20 +65,23 @@ impl Prober {
         let flag = stop.clone();
         let handle = std::thread::spawn(move || {
             let t0 = Instant::now();
-            let (mut total, mut failed) = (0u32, Vec::new());
+            let mut p = Probed::default();
             while !flag.load(Ordering::Relaxed) {
-                total += 1;
-                let out = Std::new("curl")
-                    .args(["-sk", "--max-time", "3"])
-                    .arg(format!("https://{SUBNET}.254:6443/readyz"))
-                    .output();
-                let ok = out.map(|o| String::from_utf8_lossy(&o.stdout).trim() == "ok");
-                if !ok.unwrap_or(false) {
-                    failed.push(t0.elapsed().as_secs_f64());
+                p.requests += 1;
+                let at = t0.elapsed().as_secs_f64();
+                match get("/version") {
+                    Ok(body) if body.contains("gitVersion") => {}
+                    Ok(body) => p.failed.push((at, body)),
+                    Err(e) => p.failed.push((at, e)),
+                }
+                match get("/readyz") {
+                    Ok(body) if body == "ok" => {}
+                    Ok(body) => p.not_ready.push((at, body)),
+                    Err(e) => p.not_ready.push((at, e)),
                 }
                 std::thread::sleep(Duration::from_secs(1));
             }
-            (total, failed)
+            p
         });
         Prober {
             stop,
@@ -59,7 +89,7 @@ impl Prober {
         }
     }
 
-    fn finish(mut self) -> (u32, Vec<f64>) {
+    fn finish(mut self) -> Probed {
         self.stop.store(true, Ordering::Relaxed);
         self.handle.take().unwrap().join().unwrap()
     }
@@ -326,11 +356,16 @@ spec:
     assert_eq!((ready.len(), started.len(), members), (4, 3, 3));
 
     std::thread::sleep(Duration::from_secs(3));
-    let (requests, failed) = prober.finish();
+    let probed = prober.finish();
+    let requests = probed.requests;
     eprintln!(
-        "prober through the VIP from the first loss to the end: {requests} requests, {} failed (at {failed:?} s)",
-        failed.len()
+        "prober through the VIP from the first loss to the end: {requests} requests, {} failed {:?}; /readyz not ok {} times {:?}",
+        probed.failed.len(),
+        probed.failed,
+        probed.not_ready.len(),
+        probed.not_ready
     );
+    let failed = probed.failed;
     for (what, took) in &figures {
         eprintln!(
             "recovery figure: {what}: {:.0} s from loss to healthy",

@@ -16,7 +16,7 @@ apiVersion: kubeforge.dev/v1alpha1
 kind: Cluster
 metadata: {name: fz}
 spec:
-  kubernetesVersion: v1.30.2
+  kubernetesVersion: v1.32.4
   provider: {docker: {subnet: 172.29.20.0/24, image: "kubeforge/node:1", network: fz}}
   nodePools:
     controlPlane: {count: 3, labels: {example.com/cp: "yes"}}

@@ -124,6 +124,42 @@ pub async fn wait_readyz(t: &dyn Transport, endpoint: &str, limit: Duration) -> 
     }
 }
 
+/// Name of the probe Pod and Service the Endpoints gate creates (kube-system).
+pub const PROBE: &str = "kubeforge-endpoints-probe";
+
+/// A Pod running the sandbox (pause) image every node has, and a Service selecting it:
+/// kube-controller-manager must fill the Service's Endpoints with the Pod's address.
+pub fn endpoints_probe_manifest(sandbox_image: &str) -> String {
+    format!(
+        r#"{{"apiVersion":"v1","kind":"List","items":[
+{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"{PROBE}","namespace":"kube-system","labels":{{"app.kubernetes.io/name":"{PROBE}"}}}},
+ "spec":{{"containers":[{{"name":"pause","image":"{sandbox_image}","imagePullPolicy":"Never"}}],
+  "tolerations":[{{"operator":"Exists"}}],"terminationGracePeriodSeconds":0}}}},
+{{"apiVersion":"v1","kind":"Service","metadata":{{"name":"{PROBE}","namespace":"kube-system"}},
+ "spec":{{"selector":{{"app.kubernetes.io/name":"{PROBE}"}},"ports":[{{"port":80,"protocol":"TCP"}}]}}}}]}}"#
+    )
+}
+
+/// The addresses in the probe Service's Endpoints (empty: not filled in).
+pub async fn probe_endpoints(
+    t: &dyn Transport,
+    host: &str,
+    secrets: &dyn Redact,
+) -> Result<String, HostError> {
+    remote::run(
+        t,
+        host,
+        &format!(
+            "{} -n kube-system get endpoints {PROBE} -o jsonpath='{{.subsets[*].addresses[*].ip}}' 2>/dev/null || true",
+            kubectl()
+        ),
+        secrets,
+        false,
+    )
+    .await
+    .map(|o| o.trim().to_string())
+}
+
 /// Delete a Node object (a machine that is gone for good). Absent is fine.
 pub async fn delete_node(
     t: &dyn Transport,

@@ -9,6 +9,44 @@ use crate::ops::session::{with_session, SessionOptions};
 use crate::output::{print_json, OutputFormat};
 use crate::{phase, playbook};
 
+/// A cluster whose whole control plane is gone (every control-plane machine missing or
+/// fresh, while the state holds its CA) is not bootstrapped again over its state: that
+/// would make a new, empty cluster under the old name. Refused before anything changes,
+/// with the two ways on.
+async fn control_plane_lost_guard(s: &crate::ops::session::Session) -> Result<(), Error> {
+    let doc = s.state.get().await;
+    if doc.machines.is_empty() || !doc.secrets.pki.contains_key("ca.crt") {
+        return Ok(());
+    }
+    let facts = crate::ops::preview::gather_facts(s).await?;
+    let cps = s.cluster.topology.control_planes();
+    let any_running = cps.iter().any(|h| {
+        facts
+            .host(&h.name)
+            .is_some_and(|f| f.control_plane_manifests)
+    });
+    // A control plane that does not answer may come back: not decided here.
+    let any_unreachable = cps.iter().any(|h| {
+        matches!(
+            facts.absent.get(&h.name),
+            Some(crate::facts::Absence::Unreachable(_))
+        )
+    });
+    if any_running || any_unreachable {
+        return Ok(());
+    }
+    Err(Error::Phase(Box::new(crate::phase::PhaseError::Gate {
+        phase: "apply".into(),
+        message: format!(
+            "every control-plane machine of cluster `{}` is gone (missing at the provider or fresh), \
+but the state holds its CA: nothing was changed. Restore the cluster from an etcd snapshot, \
+or, to start over with a new empty cluster, `kubeforge destroy -f {}` and apply again",
+            s.cluster.name(),
+            s.cluster.path.display()
+        ),
+    })))
+}
+
 pub async fn run(args: ApplyArgs, output: OutputFormat, verbose: bool) -> Result<(), Error> {
     let mut pb = playbook::load(args.playbook.as_deref(), &phase::names())?;
     playbook::select_phases(&mut pb, &args.phases)?;
@@ -26,7 +64,10 @@ pub async fn run(args: ApplyArgs, output: OutputFormat, verbose: bool) -> Result
         addons: args.addons.options(),
     };
     let report = with_session(&args.spec.file, opts, |s| {
-        Box::pin(async move { run_playbook(s, &pb, &run).await })
+        Box::pin(async move {
+            control_plane_lost_guard(s).await?;
+            run_playbook(s, &pb, &run).await
+        })
     })
     .await?;
     match output {

@@ -88,6 +88,12 @@ async fn run_locked(s: &Session, yes: bool, output: OutputFormat) -> Result<Dest
             .update(|doc| {
                 doc.machines.clear();
                 doc.host_keys.clear();
+                // The cluster is gone on purpose: its CA, kubeconfig and addons with it
+                // (the next apply makes a new cluster).
+                doc.secrets.pki.clear();
+                doc.secrets.admin_kubeconfig = None;
+                doc.secrets.extra.remove(crate::phase::CA_HASH_KEY);
+                doc.addons.clear();
             })
             .await?;
         Some(s.state.get().await.generation)
