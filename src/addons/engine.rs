@@ -663,14 +663,21 @@ impl Engine {
                 let addon = addon.clone();
                 let version = b.version.clone();
                 rec.record(Box::new(move |m| {
-                    m.insert(
-                        addon,
-                        AddonRecord {
-                            version,
-                            objects: desired,
-                            applied: Some(chrono::Utc::now()),
-                        },
-                    );
+                    // Unchanged (same release, same objects): the record and its time stay
+                    // as they are, so a no-op run writes nothing for it.
+                    let unchanged = m
+                        .get(&addon)
+                        .is_some_and(|old| old.version == version && old.objects == desired);
+                    if !unchanged {
+                        m.insert(
+                            addon,
+                            AddonRecord {
+                                version,
+                                objects: desired,
+                                applied: Some(chrono::Utc::now()),
+                            },
+                        );
+                    }
                 }))
                 .await?;
             }
