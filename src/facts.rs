@@ -161,6 +161,18 @@ impl ClusterFacts {
     }
 }
 
+/// The node that holds the init configuration: from the facts when there are any
+/// ([`ClusterFacts::init_node`]), else the first control-plane node of the inventory.
+pub fn init_node<'a>(
+    t: &'a crate::spec::Topology,
+    facts: Option<&ClusterFacts>,
+) -> Option<&'a Host> {
+    match facts {
+        Some(f) => f.init_node(t),
+        None => t.first_control_plane(),
+    }
+}
+
 /// One round trip per host: `key=value` lines.
 pub fn host_command() -> String {
     format!(
@@ -332,14 +344,7 @@ async fn cluster_facts(
         }
         if facts.etcd.is_none() {
             if let Ok(members) = etcd::members(s.as_ref(), &h.name, secrets).await {
-                let mut healthy = Vec::new();
-                for m in &members {
-                    if let Some(url) = m.client_urls.first() {
-                        if etcd::health(s.as_ref(), url).await.is_ok() {
-                            healthy.push(m.id);
-                        }
-                    }
-                }
+                let healthy = etcd::healthy(s.as_ref(), &members).await;
                 let stale = etcd::stale(&members, |peer| {
                     machine_gone(c, &facts.hosts, &facts.absent, peer)
                 })

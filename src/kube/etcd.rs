@@ -107,6 +107,19 @@ pub async fn health(t: &dyn Transport, client_url: &str) -> Result<(), String> {
     }
 }
 
+/// Ids of the members whose health endpoint answers true, asked from `t`.
+pub async fn healthy(t: &dyn Transport, members: &[Member]) -> Vec<u64> {
+    let mut ids = Vec::new();
+    for m in members {
+        if let Some(url) = m.client_urls.first() {
+            if health(t, url).await.is_ok() {
+                ids.push(m.id);
+            }
+        }
+    }
+    ids
+}
+
 /// Remove member `id`, asked of the etcd on `host` (a healthy member).
 pub async fn remove_member(
     t: &dyn Transport,

@@ -200,7 +200,11 @@ pub async fn against_hosts(
         .secrets()
         .await
         .ok_or_else(|| Error::Usage("the state has no join secrets yet: run apply".into()))?;
-    let facts = gather_facts(s).await?;
+    // Gathered moments ago by the command's own preflight (recover, apply), or now.
+    let facts = match rt.facts() {
+        Some(f) => f,
+        None => gather_facts(s).await?,
+    };
     let registry = phase::registry();
     let init = phase::init_node_name(c, Some(&facts));
     let files = render::render_all_with_init(c, &secrets, init.as_deref())?;
@@ -300,13 +304,8 @@ async fn addon_changes(
     let Some(kc) = doc.secrets.admin_kubeconfig.as_deref() else {
         return Err("the cluster has no admin kubeconfig yet (apply installs the addons after the control plane)".into());
     };
-    let init = rt
-        .facts()
-        .and_then(|f| f.init_node(&c.topology).map(|h| h.name.clone()));
-    let Some(first) = init
-        .and_then(|n| c.topology.host(&n))
-        .or_else(|| c.topology.first_control_plane())
-    else {
+    let facts = rt.facts();
+    let Some(first) = crate::facts::init_node(&c.topology, facts.as_deref()) else {
         return Ok(Vec::new());
     };
     let session = rt

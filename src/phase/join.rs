@@ -139,19 +139,9 @@ async fn repair_before_joins(
                 let Some(m) = members.iter().find(|m| m.id == *id) else {
                     continue;
                 };
-                let mut healthy = 0;
-                for other in &members {
-                    if let Some(url) = other.client_urls.first() {
-                        if etcd::health(s.as_ref(), url).await.is_ok() {
-                            healthy += 1;
-                        }
-                    }
-                }
-                let this_healthy = match m.client_urls.first() {
-                    Some(url) => etcd::health(s.as_ref(), url).await.is_ok(),
-                    None => false,
-                };
-                if this_healthy {
+                let healthy_ids = etcd::healthy(s.as_ref(), &members).await;
+                let healthy = healthy_ids.len();
+                if healthy_ids.contains(&m.id) {
                     return Err(gate(format!(
                         "etcd member {} ({name}) answers as healthy now: not removed; plan again",
                         m.hex_id()

@@ -82,12 +82,8 @@ impl ApplyContext<'_> {
         &self,
         phase: &str,
     ) -> Result<Option<(&Host, std::sync::Arc<crate::transport::SshSession>)>, PhaseError> {
-        let t = &self.cluster.topology;
-        let first = match self.rt.facts() {
-            Some(f) => f.init_node(t),
-            None => t.first_control_plane(),
-        };
-        let Some(first) = first else {
+        let facts = self.rt.facts();
+        let Some(first) = crate::facts::init_node(&self.cluster.topology, facts.as_deref()) else {
             return Ok(None);
         };
         let s = exec::session(self.rt, first)
@@ -416,12 +412,7 @@ pub fn init_node_name(
     cluster: &LoadedCluster,
     facts: Option<&crate::facts::ClusterFacts>,
 ) -> Option<String> {
-    let t = &cluster.topology;
-    match facts {
-        Some(f) => f.init_node(t),
-        None => t.first_control_plane(),
-    }
-    .map(|h| h.name.clone())
+    crate::facts::init_node(&cluster.topology, facts).map(|h| h.name.clone())
 }
 
 /// Plan one phase of a playbook.
@@ -434,10 +425,7 @@ pub fn plan_phase(
     facts: Option<&crate::facts::ClusterFacts>,
 ) -> PhasePlan {
     let t = &cluster.topology;
-    let init = match facts {
-        Some(f) => f.init_node(t),
-        None => t.first_control_plane(),
-    };
+    let init = crate::facts::init_node(t, facts);
     let ctx = PlanContext {
         cluster,
         files,
