@@ -30,6 +30,9 @@ pub struct HostFacts {
     pub kubelet_conf: bool,
     /// The node runs a control plane (etcd and apiserver manifests).
     pub control_plane_manifests: bool,
+    /// The image tag of the kube-apiserver static pod (`v1.20.2`; `+` is `_` in tags).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub apiserver_tag: Option<String>,
 }
 
 /// Why a host gave no facts.
@@ -182,7 +185,8 @@ v=$(containerd --version 2>/dev/null) && echo \"containerd=$(echo $v | awk '{{pr
 v=$({BIN_DIR}/kubelet --version 2>/dev/null) && echo \"kubelet=$(echo $v | awk '{{print $2}}')\"; \
 v=$({BIN_DIR}/kubeadm version -o short 2>/dev/null) && echo \"kubeadm=$v\"; \
 test -f {init} && echo init=yes; test -f {kc} && echo kubelet_conf=yes; \
-test -f {m}/etcd.yaml && test -f {m}/kube-apiserver.yaml && echo cp=yes; true",
+test -f {m}/etcd.yaml && test -f {m}/kube-apiserver.yaml && echo cp=yes; \
+v=$(sed -n 's/^ *image: *//p' {m}/kube-apiserver.yaml 2>/dev/null) && [ -n \"$v\" ] && echo \"apiserver_image=$v\"; true",
         init = kube::kubeadm::INIT_DONE,
         kc = kube::KUBELET_CONF,
         m = kube::MANIFESTS,
@@ -206,6 +210,14 @@ pub fn parse_host(out: &str) -> HostFacts {
             "init" => f.kubeadm_init_done = true,
             "kubelet_conf" => f.kubelet_conf = true,
             "cp" => f.control_plane_manifests = true,
+            "apiserver_image" => {
+                f.apiserver_tag = v
+                    .lines()
+                    .next()
+                    .and_then(|i| i.trim_matches('"').rsplit_once(':'))
+                    .map(|(_, t)| t.to_string())
+                    .filter(|t| !t.contains('/'))
+            }
             _ => {}
         }
     }

@@ -10,9 +10,14 @@ use std::path::Path;
 
 pub const BOOTSTRAP: &str = include_str!("../playbooks/bootstrap.yaml");
 pub const RECOVER: &str = include_str!("../playbooks/recover.yaml");
+pub const UPGRADE: &str = include_str!("../playbooks/upgrade.yaml");
 
 /// The playbooks embedded in the binary, by name.
-pub const NAMED: &[(&str, &str)] = &[("bootstrap", BOOTSTRAP), ("recover", RECOVER)];
+pub const NAMED: &[(&str, &str)] = &[
+    ("bootstrap", BOOTSTRAP),
+    ("recover", RECOVER),
+    ("upgrade", UPGRADE),
+];
 
 /// An embedded playbook by name.
 pub fn named(name: &str, known: &[&str]) -> Result<Playbook, SpecErrors> {

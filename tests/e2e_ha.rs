@@ -76,6 +76,11 @@ fn apply_bootstraps_a_three_master_cluster_behind_a_vip() {
             p["phase"].as_str().unwrap(),
             p["seconds"].as_f64().unwrap()
         );
+        if p["phase"] != "addons" {
+            for n in p["notes"].as_array().into_iter().flatten() {
+                eprintln!("      note: {}", n.as_str().unwrap_or_default());
+            }
+        }
     }
     eprintln!("bootstrap: {bootstrap:?}");
     let addons_phase = |report: &serde_json::Value| -> Vec<String> {

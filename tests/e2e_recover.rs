@@ -13,86 +13,14 @@ mod support;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command as Std, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::{docker, kubeforge, mirror, require_testbed, ClusterGuard};
+use support::{docker, kubeforge, mirror, require_testbed, ClusterGuard, Prober};
 
 const NAME: &str = "kf-recover";
 const SUBNET: &str = "10.252.40";
 
 fn machine(role: &str) -> String {
     format!("{NAME}-{role}")
-}
-
-/// Once a second until stopped, through the VIP: GET /version (does the API answer at
-/// all) and GET /readyz (is the answering apiserver ready, etcd included). Records the
-/// seconds and the answer of every request that failed.
-struct Prober {
-    stop: Arc<AtomicBool>,
-    handle: Option<std::thread::JoinHandle<Probed>>,
-}
-
-#[derive(Debug, Default)]
-struct Probed {
-    requests: u32,
-    /// /version did not answer (the API was unreachable through the VIP).
-    failed: Vec<(f64, String)>,
-    /// /readyz answered something else than ok (e.g. etcd electing a leader).
-    not_ready: Vec<(f64, String)>,
-}
-
-fn get(path: &str) -> Result<String, String> {
-    let out = Std::new("curl")
-        .args(["-sSk", "--max-time", "3"])
-        .arg(format!("https://{SUBNET}.254:6443{path}"))
-        .output()
-        .map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    } else {
-        Err(format!(
-            "curl exit {:?}: {}",
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-impl Prober {
-    fn start() -> Prober {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let handle = std::thread::spawn(move || {
-            let t0 = Instant::now();
-            let mut p = Probed::default();
-            while !flag.load(Ordering::Relaxed) {
-                p.requests += 1;
-                let at = t0.elapsed().as_secs_f64();
-                match get("/version") {
-                    Ok(body) if body.contains("gitVersion") => {}
-                    Ok(body) => p.failed.push((at, body)),
-                    Err(e) => p.failed.push((at, e)),
-                }
-                match get("/readyz") {
-                    Ok(body) if body == "ok" => {}
-                    Ok(body) => p.not_ready.push((at, body)),
-                    Err(e) => p.not_ready.push((at, e)),
-                }
-                std::thread::sleep(Duration::from_secs(1));
-            }
-            p
-        });
-        Prober {
-            stop,
-            handle: Some(handle),
-        }
-    }
-
-    fn finish(mut self) -> Probed {
-        self.stop.store(true, Ordering::Relaxed);
-        self.handle.take().unwrap().join().unwrap()
-    }
 }
 
 fn kubectl(args: &[&str]) -> std::process::Output {
@@ -243,7 +171,7 @@ spec:
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("nothing to recover"));
 
-    let prober = Prober::start();
+    let prober = Prober::start(&format!("{SUBNET}.254:6443"));
     let mut figures = Vec::new();
 
     // 1. A control-plane machine is gone.

@@ -252,6 +252,22 @@ pub fn version_tag(v: &semver::Version) -> String {
     format!("v{v}")
 }
 
+/// The image tag kubeadm gives the control-plane images of `v`: the version with every
+/// character outside `[-a-zA-Z0-9_.]` made `_` (kubeadm's KubernetesVersionToImageTag:
+/// `v1.20.2+kf.1` is tagged `v1.20.2_kf.1`).
+pub fn image_tag(v: &semver::Version) -> String {
+    version_tag(v)
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 impl Catalogue {
     /// The catalogue for `v` on amd64 hosts.
     pub fn for_version(v: &semver::Version) -> Result<Catalogue, ArtifactsError> {
@@ -269,6 +285,7 @@ impl Catalogue {
                 version: version_tag(v),
             })?;
         let tag = version_tag(v);
+        let kube_tag = image_tag(v);
         let registry = default_registry(v.minor).to_string();
         let binaries = NODE_BINARIES
             .iter()
@@ -294,9 +311,9 @@ impl Catalogue {
             "kube-controller-manager",
             "kube-scheduler",
         ] {
-            images.push(image(c, ImageRole::ControlPlane, c, &tag));
+            images.push(image(c, ImageRole::ControlPlane, c, &kube_tag));
         }
-        images.push(image("kube-proxy", ImageRole::Proxy, "kube-proxy", &tag));
+        images.push(image("kube-proxy", ImageRole::Proxy, "kube-proxy", &kube_tag));
         images.push(image("pause", ImageRole::Sandbox, "pause", pinned.pause));
         images.push(image("etcd", ImageRole::Etcd, "etcd", pinned.etcd));
         images.push(image(

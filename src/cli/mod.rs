@@ -35,6 +35,10 @@ pub enum Command {
     /// Bring lost control-plane and worker machines back (etcd quorum intact): re-create,
     /// remove stale etcd members and Nodes, join again; plan first, confirm (--yes skips).
     Recover(RecoverArgs),
+    /// Rolling upgrade to the cluster file's kubernetesVersion (or --to): etcd snapshot
+    /// first, control-plane nodes one at a time out of the load balancers and gated, then
+    /// the workers; plan first, confirm (--yes skips). A killed run resumes.
+    Upgrade(UpgradeArgs),
     /// Plan, apply or check the cluster's addons (MetalLB, ingress, Rook-Ceph) on their own.
     Addons(AddonsArgs),
     /// Delete every machine and cloud resource of the cluster (asks first; --yes skips).
@@ -338,6 +342,28 @@ pub struct RecoverArgs {
     /// reinstalled by hand (machines the provider re-creates are re-pinned without it).
     #[arg(long = "accept-new-host-key", value_name = "HOST")]
     pub accept_new_host_key: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct UpgradeArgs {
+    #[command(flatten)]
+    pub spec: SpecArgs,
+    /// The version to upgrade to (default: the cluster file's spec.kubernetesVersion).
+    #[arg(long, value_name = "VERSION")]
+    pub to: Option<String>,
+    /// Upgrade without asking for confirmation.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// Workers upgraded at once.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_unavailable: u16,
+    /// How long draining one node may wait for its pods to be evicted (PodDisruptionBudgets
+    /// are respected), e.g. 5m, 90s.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub drain_timeout: std::time::Duration,
+    /// Hosts worked on at once in parallel phases.
+    #[arg(long, default_value_t = 10)]
+    pub concurrency: usize,
 }
 
 #[derive(Debug, Args)]

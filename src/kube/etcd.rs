@@ -120,6 +120,78 @@ pub async fn healthy(t: &dyn Transport, members: &[Member]) -> Vec<u64> {
     ids
 }
 
+/// Where a snapshot stream is written on the control-plane node while it is taken.
+pub const SNAPSHOT_STREAM: &str = "/var/lib/kubeforge/etcd-snapshot.stream";
+
+/// A verified etcd snapshot: the bbolt database and what it is.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub db: Vec<u8>,
+    /// sha256 of `db` (hex), as etcd sent it after the database.
+    pub sha256: String,
+}
+
+/// The database in an etcd `Maintenance/Snapshot` answer from the v3 JSON gateway: one
+/// JSON object per chunk (`{"result":{"blob":"<base64>",...}}`), the last chunk being
+/// the sha256 of everything before it. Checked here; an error names what is wrong.
+pub fn parse_snapshot_stream(stream: &[u8]) -> Result<Snapshot, String> {
+    use base64::Engine;
+    use sha2::{Digest, Sha256};
+    let mut all = Vec::new();
+    let mut chunks = 0usize;
+    for v in serde_json::Deserializer::from_slice(stream).into_iter::<serde_json::Value>() {
+        let v = v.map_err(|e| format!("the snapshot stream is not JSON after {chunks} chunks ({e})"))?;
+        if let Some(err) = v.get("error") {
+            return Err(format!("etcd refused the snapshot: {err}"));
+        }
+        let blob = v["result"]["blob"].as_str().unwrap_or_default();
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(blob)
+            .map_err(|e| format!("snapshot chunk {chunks} is not base64 ({e})"))?;
+        all.extend_from_slice(&bytes);
+        chunks += 1;
+    }
+    if all.len() <= 32 {
+        return Err(format!(
+            "the snapshot stream holds {} bytes in {chunks} chunks: no database",
+            all.len()
+        ));
+    }
+    let (db, sum) = all.split_at(all.len() - 32);
+    let actual = Sha256::digest(db);
+    if actual.as_slice() != sum {
+        return Err(format!(
+            "the snapshot's checksum does not match its {} bytes (truncated or corrupted in transit)",
+            db.len()
+        ));
+    }
+    Ok(Snapshot {
+        sha256: hex::encode(actual),
+        db: db.to_vec(),
+    })
+}
+
+/// Take a snapshot from the etcd on `host` (one member, through its local client port:
+/// a snapshot is asked of exactly one member), bring it to the operator's machine and
+/// check it. The stream file on the host is removed afterwards.
+pub async fn snapshot(
+    t: &dyn Transport,
+    host: &str,
+    secrets: &dyn Redact,
+) -> Result<Snapshot, HostError> {
+    let cmd = format!(
+        "mkdir -p /var/lib/kubeforge && umask 077 && {CURL} --max-time 600 --fail -X POST -d '{{}}' \
+https://127.0.0.1:2379/v3/maintenance/snapshot -o {SNAPSHOT_STREAM}.part && mv {SNAPSHOT_STREAM}.part {SNAPSHOT_STREAM}"
+    );
+    remote::run(t, host, &cmd, secrets, false).await?;
+    let stream = remote::download(t, host, SNAPSHOT_STREAM).await;
+    let _ = t.exec(&format!("rm -f {SNAPSHOT_STREAM}")).await;
+    parse_snapshot_stream(&stream?).map_err(|message| HostError::Other {
+        host: host.to_string(),
+        message,
+    })
+}
+
 /// Remove member `id`, asked of the etcd on `host` (a healthy member).
 pub async fn remove_member(
     t: &dyn Transport,
@@ -191,5 +263,38 @@ mod tests {
         assert!(quorum_holds(3, 2));
         assert!(!quorum_holds(3, 1));
         assert!(!quorum_holds(4, 2));
+    }
+
+    #[test]
+    fn a_snapshot_stream_is_joined_and_checked() {
+        use base64::Engine;
+        use sha2::{Digest, Sha256};
+        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+        let db = b"bbolt database bytes".repeat(10);
+        let sum = Sha256::digest(&db);
+        let stream = format!(
+            "{{\"result\":{{\"remaining_bytes\":\"100\",\"blob\":\"{}\"}}}}\n{{\"result\":{{\"blob\":\"{}\"}}}}\n{{\"result\":{{\"blob\":\"{}\"}}}}\n",
+            b64(&db[..50]),
+            b64(&db[50..]),
+            b64(&sum)
+        );
+        let s = super::parse_snapshot_stream(stream.as_bytes()).unwrap();
+        assert_eq!(s.db, db);
+        assert_eq!(s.sha256, hex::encode(sum));
+        // One byte changed: refused.
+        let mut bad = db.clone();
+        bad[3] ^= 1;
+        let stream = format!(
+            "{{\"result\":{{\"blob\":\"{}\"}}}}{{\"result\":{{\"blob\":\"{}\"}}}}",
+            b64(&bad),
+            b64(&sum)
+        );
+        assert!(super::parse_snapshot_stream(stream.as_bytes())
+            .unwrap_err()
+            .contains("checksum"));
+        assert!(super::parse_snapshot_stream(b"").unwrap_err().contains("no database"));
+        assert!(super::parse_snapshot_stream(b"{\"error\":{\"grpc_code\":14}}")
+            .unwrap_err()
+            .contains("refused"));
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod etcd;
 pub mod kubeadm;
+pub mod lb;
 
 use crate::render::views::BIN_DIR;
 use crate::transport::remote::{self, HostError, Redact};
@@ -160,6 +161,112 @@ pub async fn probe_endpoints(
     .map(|o| o.trim().to_string())
 }
 
+/// The addresses in a JSON Endpoints object (`subsets[*].addresses[*].ip`); anything
+/// that is not one (a 404, an error text) has none.
+pub fn endpoints_addresses(json: &str) -> Vec<String> {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else {
+        return Vec::new();
+    };
+    v["subsets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|s| s["addresses"].as_array().into_iter().flatten())
+        .filter_map(|a| a["ip"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// The probe Service's Endpoints as the kube-apiserver at `apiserver` (`ip:port`, asked
+/// from `host`) serves them from its watch cache (`resourceVersion=0`). A cache that
+/// misses what etcd holds means that apiserver's etcd watch is stuck, and every client
+/// watching through it (kube-proxy, kubelet, controllers) stays blind to changes
+/// (kubernetes/kubernetes#97294: the first apiserver after etcd member adds).
+pub async fn cached_probe_endpoints(
+    t: &dyn Transport,
+    host: &str,
+    apiserver: &str,
+    secrets: &dyn Redact,
+) -> Result<Vec<String>, HostError> {
+    let out = remote::run(
+        t,
+        host,
+        &format!(
+            "{} --server={} --request-timeout=5s get --raw {} 2>/dev/null || true",
+            kubectl(),
+            crate::transport::shell::quote(&format!("https://{apiserver}")),
+            crate::transport::shell::quote(&format!(
+                "/api/v1/namespaces/kube-system/endpoints/{PROBE}?resourceVersion=0"
+            ))
+        ),
+        secrets,
+        false,
+    )
+    .await?;
+    Ok(endpoints_addresses(&out))
+}
+
+/// The probe Service's ClusterIP (empty when it has none yet).
+pub async fn probe_cluster_ip(
+    t: &dyn Transport,
+    host: &str,
+    secrets: &dyn Redact,
+) -> Result<String, HostError> {
+    remote::run(
+        t,
+        host,
+        &format!(
+            "{} -n kube-system get service {PROBE} -o jsonpath='{{.spec.clusterIP}}' 2>/dev/null || true",
+            kubectl()
+        ),
+        secrets,
+        false,
+    )
+    .await
+    .map(|o| o.trim().to_string())
+}
+
+/// Whether kube-proxy (iptables mode) on the machine behind `t` has programmed a rule
+/// for the Service at `cluster_ip`.
+pub async fn service_programmed(
+    t: &dyn Transport,
+    host: &str,
+    cluster_ip: &std::net::IpAddr,
+    secrets: &dyn Redact,
+) -> Result<bool, HostError> {
+    let out = remote::run(
+        t,
+        host,
+        &format!(
+            "if iptables-save -t nat | grep -q -- '-d {cluster_ip}/32'; then echo yes; else echo no; fi"
+        ),
+        secrets,
+        false,
+    )
+    .await?;
+    Ok(out.trim() == "yes")
+}
+
+/// Stop the kube-apiserver of the machine behind `t` (SIGTERM: it shuts down
+/// gracefully) and wait until the process is gone; kubelet starts the static pod's
+/// container again. Callers wait for its /readyz.
+pub async fn restart_apiserver(
+    t: &dyn Transport,
+    host: &str,
+    secrets: &dyn Redact,
+) -> Result<(), HostError> {
+    remote::run(
+        t,
+        host,
+        "pid=$(pgrep -o -f '^kube-apiserver ') || exit 0; kill \"$pid\"; \
+         for i in $(seq 90); do kill -0 \"$pid\" 2>/dev/null || exit 0; sleep 1; done; \
+         echo \"kube-apiserver (pid $pid) did not stop within 90s\" >&2; exit 1",
+        secrets,
+        false,
+    )
+    .await
+    .map(|_| ())
+}
+
 /// Delete a Node object (a machine that is gone for good). Absent is fine.
 pub async fn delete_node(
     t: &dyn Transport,
@@ -215,5 +322,17 @@ mod tests {
         assert_eq!(n[0].kubelet_version, "v1.20.2");
         assert!(n[0].unschedulable && !n[1].unschedulable);
         assert!(super::ready_nodes("nope").is_err());
+    }
+
+    #[test]
+    fn endpoints_addresses_are_read_and_anything_else_has_none() {
+        let json = r#"{"kind":"Endpoints","subsets":[{"addresses":[{"ip":"10.244.1.5"},{"ip":"10.244.2.7"}]},{"notReadyAddresses":[{"ip":"10.244.3.1"}]}]}"#;
+        assert_eq!(
+            super::endpoints_addresses(json),
+            ["10.244.1.5", "10.244.2.7"]
+        );
+        assert!(super::endpoints_addresses(r#"{"kind":"Endpoints"}"#).is_empty());
+        assert!(super::endpoints_addresses("Error from server (NotFound)").is_empty());
+        assert!(super::endpoints_addresses("").is_empty());
     }
 }

@@ -8,6 +8,7 @@ pub mod kubeconfig;
 pub mod plan;
 pub mod preview;
 pub mod recover;
+pub mod upgrade;
 pub mod render;
 pub mod runner;
 pub mod session;
@@ -48,6 +49,7 @@ pub async fn run(cli: crate::cli::Cli) -> Result<(), crate::error::Error> {
         Command::Apply(args) => crate::ops::apply::run(args, output, cli.verbose > 0).await,
         Command::Addons(args) => crate::ops::addons::run(args, output).await,
         Command::Recover(args) => crate::ops::recover::run(args, output, cli.verbose > 0).await,
+        Command::Upgrade(args) => crate::ops::upgrade::run(args, output, cli.verbose > 0).await,
         Command::Destroy(args) => crate::ops::destroy::run(args, output).await,
         Command::Kubeconfig(args) => crate::ops::kubeconfig::run(&args.file, output).await,
         Command::Artifacts(args) => crate::ops::artifacts::run(args, output).await,

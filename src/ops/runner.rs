@@ -21,6 +21,8 @@ pub struct RunOptions {
     pub question: String,
     /// How addons are applied (the `addons` phase).
     pub addons: crate::addons::AddonOptions,
+    /// How an upgrade rolls (the upgrade phases).
+    pub upgrade: crate::phase::upgrade::UpgradeOptions,
 }
 
 #[derive(Debug, Serialize)]
@@ -127,6 +129,7 @@ pub async fn run_playbook(
             provider: s.provider.as_deref(),
             done: Default::default(),
             addons: &opts.addons,
+            upgrade: &opts.upgrade,
             notes: Default::default(),
         };
         let result = tracing::Instrument::instrument(ph.apply(&ctx, &plan), span).await;

@@ -38,6 +38,8 @@ pub struct SessionOptions {
     pub concurrency: usize,
     pub output: OutputFormat,
     pub verbose: bool,
+    /// Work with this Kubernetes version instead of the cluster file's (`upgrade --to`).
+    pub kubernetes_version: Option<String>,
 }
 
 impl SessionOptions {
@@ -52,6 +54,7 @@ impl SessionOptions {
             concurrency: 10,
             output,
             verbose: false,
+            kubernetes_version: None,
         }
     }
 
@@ -86,7 +89,10 @@ pub async fn with_session<T>(
     opts: SessionOptions,
     body: impl for<'s> FnOnce(&'s Session) -> BodyFuture<'s, T>,
 ) -> Result<T, Error> {
-    let cluster = spec::load_file(file)?;
+    let mut cluster = spec::load_file(file)?;
+    if let Some(v) = &opts.kubernetes_version {
+        cluster.cluster.spec.kubernetes_version = v.clone();
+    }
     crate::ops::validate::print_warnings(&cluster.warnings, opts.output);
     let store = open_store(&cluster)?;
     // The lock stays owned here (the session holds a reference), so that it is released

@@ -15,6 +15,7 @@ mod kubeconfig;
 mod load_balancer;
 mod prepare;
 pub mod provision;
+pub mod upgrade;
 mod wait_ready;
 
 pub use crate::kube::ready_nodes;
@@ -64,6 +65,8 @@ pub struct ApplyContext<'a> {
     pub done: std::sync::Mutex<exec::HostReport>,
     /// How addons are applied (`--force-conflicts`, `--wait`, `--timeout`).
     pub addons: &'a crate::addons::AddonOptions,
+    /// How an upgrade rolls (`--max-unavailable`, `--drain-timeout`).
+    pub upgrade: &'a upgrade::UpgradeOptions,
     /// Lines for the operator, printed after the phase (addon outcomes, readiness).
     pub notes: std::sync::Mutex<Vec<String>>,
 }
@@ -399,6 +402,10 @@ pub fn registry() -> Vec<Box<dyn Phase>> {
         Box::new(cni::Cni),
         Box::new(wait_ready::WaitReady),
         Box::new(addons::Addons),
+        Box::new(upgrade::EtcdSnapshot),
+        Box::new(upgrade::UpgradePrepare),
+        Box::new(upgrade::UpgradeControlPlane),
+        Box::new(upgrade::UpgradeWorkers),
     ]
 }
 

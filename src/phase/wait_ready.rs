@@ -85,6 +85,17 @@ async fn endpoints_gate(ctx: &ApplyContext<'_>, phase: &str) -> Result<(), Phase
             .await
             .map_err(err)?;
     }
+    let result = if ok {
+        watchers_gate(ctx, phase, &first.name, s.as_ref()).await
+    } else {
+        Err(PhaseError::Gate {
+            phase: phase.to_string(),
+            message: format!(
+                "every node is Ready, but a new Service gets no Endpoints even after kube-controller-manager was restarted: Services will not route (see `kubectl -n kube-system logs` of kube-controller-manager on {})",
+                first.name
+            ),
+        })
+    };
     exec::run(
         s.as_ref(),
         &first.name,
@@ -98,18 +109,163 @@ async fn endpoints_gate(ctx: &ApplyContext<'_>, phase: &str) -> Result<(), Phase
     )
     .await
     .map_err(err)?;
-    if ok {
-        Ok(())
-    } else {
-        Err(PhaseError::Gate {
-            phase: phase.to_string(),
-            message: format!(
-                "every node is Ready, but a new Service gets no Endpoints even after kube-controller-manager was restarted: Services will not route (see `kubectl -n kube-system logs` of kube-controller-manager on {})",
-                first.name
-            ),
-        })
+    result
+}
+
+/// How long a kube-apiserver's watch cache may lag behind etcd before it counts as stuck.
+const CACHE_WAIT: Duration = Duration::from_secs(15);
+/// How long kube-proxy may take to program a new Service.
+const PROXY_WAIT: Duration = Duration::from_secs(30);
+/// How long a restarted kube-apiserver may take to answer /readyz.
+const RESTART_WAIT: Duration = Duration::from_secs(180);
+
+/// Poll `check` every 2 s until it says yes or `limit` passes.
+async fn within<F, Fut>(limit: Duration, mut check: F) -> Result<bool, HostError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool, HostError>>,
+{
+    let start = Instant::now();
+    loop {
+        if check().await? {
+            return Ok(true);
+        }
+        if start.elapsed() > limit {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
     }
 }
+
+/// Gate: every kube-apiserver's watch cache and every node's kube-proxy see the probe
+/// Service whose Endpoints etcd holds. After etcd member adds the first apiserver's
+/// watch on etcd can stay stuck (kubernetes/kubernetes#97294, seen on this test bed):
+/// every client watching through it — kube-proxy, kubelets, controllers — then misses
+/// new objects, and a Service does not route on the nodes it serves. A stale apiserver
+/// is restarted (one at a time, /readyz before the next); a kube-proxy that still has
+/// no rule gets its Pod replaced.
+async fn watchers_gate(
+    ctx: &ApplyContext<'_>,
+    phase: &str,
+    first: &str,
+    s: &dyn crate::transport::Transport,
+) -> Result<(), PhaseError> {
+    let gate = |message: String| PhaseError::Gate {
+        phase: phase.to_string(),
+        message,
+    };
+    let port = ctx.cluster.cluster.spec.networking.api_server_port;
+    for h in ctx.cluster.topology.control_planes() {
+        let err = |e: HostError| PhaseError::host(phase, e);
+        let hs = exec::session(ctx.rt, h).await.map_err(err)?;
+        let api = std::net::SocketAddr::new(h.internal_address, port).to_string();
+        let sees = || async {
+            crate::kube::cached_probe_endpoints(hs.as_ref(), &h.name, &api, ctx.secrets)
+                .await
+                .map(|a| !a.is_empty())
+        };
+        if within(CACHE_WAIT, sees).await.map_err(err)? {
+            continue;
+        }
+        ctx.note(format!(
+            "kube-apiserver on {} serves a stale watch cache (a Service etcd has held for {}s is missing from it; kubernetes/kubernetes#97294): restarting it",
+            h.name,
+            CACHE_WAIT.as_secs()
+        ));
+        crate::kube::restart_apiserver(hs.as_ref(), &h.name, ctx.secrets)
+            .await
+            .map_err(err)?;
+        crate::kube::wait_readyz(hs.as_ref(), &api, RESTART_WAIT)
+            .await
+            .map_err(|m| gate(format!("kube-apiserver on {} after its restart: {m}", h.name)))?;
+        if !within(Duration::from_secs(60), sees).await.map_err(err)? {
+            return Err(gate(format!(
+                "kube-apiserver on {} still serves a stale watch cache after a restart: clients watching through it miss changes (see its log and its etcd member's health)",
+                h.name
+            )));
+        }
+    }
+
+    let err = |e: HostError| PhaseError::host(phase, e);
+    let ip = crate::kube::probe_cluster_ip(s, first, ctx.secrets)
+        .await
+        .map_err(err)?;
+    let ip: std::net::IpAddr = ip.parse().map_err(|_| {
+        gate(format!(
+            "the probe Service kube-system/{} has no ClusterIP (`{ip}`)",
+            crate::kube::PROBE
+        ))
+    })?;
+    let checks = ctx.cluster.topology.kubernetes_nodes().into_iter().map(|h| {
+        let ip = &ip;
+        async move {
+            let err = |e: HostError| PhaseError::host(phase, e);
+            let hs = exec::session(ctx.rt, h).await.map_err(err)?;
+            let programmed = || crate::kube::service_programmed(hs.as_ref(), &h.name, ip, ctx.secrets);
+            if within(PROXY_WAIT, programmed).await.map_err(err)? {
+                return Ok(None);
+            }
+            Ok::<_, PhaseError>(Some(h))
+        }
+    });
+    let late: Vec<_> = futures::future::try_join_all(checks)
+        .await?
+        .into_iter()
+        .flatten()
+        .collect();
+    if late.is_empty() {
+        return Ok(());
+    }
+    for h in &late {
+        // What the Pod looked like, for the note (restarts, state): the evidence of why.
+        let seen = exec::run(
+            s,
+            first,
+            &format!(
+                "{} -n kube-system get pod -l k8s-app=kube-proxy --field-selector {} -o jsonpath='{{range .items[*]}}{{.metadata.name}} restarts={{.status.containerStatuses[0].restartCount}} state={{.status.containerStatuses[0].state}}{{end}}' 2>&1 || true",
+                kubectl(),
+                crate::transport::shell::quote(&format!("spec.nodeName={}", h.name))
+            ),
+            ctx.secrets,
+            false,
+        )
+        .await
+        .unwrap_or_default();
+        ctx.note(format!(
+            "kube-proxy did not program a new Service within {}s on {} ({}): replacing its Pod there",
+            PROXY_WAIT.as_secs(),
+            h.name,
+            seen.trim()
+        ));
+    }
+    for h in &late {
+        exec::run(
+            s,
+            first,
+            &format!(
+                "{} -n kube-system delete pod -l k8s-app=kube-proxy --field-selector {} --wait=false",
+                kubectl(),
+                crate::transport::shell::quote(&format!("spec.nodeName={}", h.name))
+            ),
+            ctx.secrets,
+            false,
+        )
+        .await
+        .map_err(err)?;
+    }
+    for h in late {
+        let hs = exec::session(ctx.rt, h).await.map_err(err)?;
+        let programmed = || crate::kube::service_programmed(hs.as_ref(), &h.name, &ip, ctx.secrets);
+        if !within(Duration::from_secs(90), programmed).await.map_err(err)? {
+            return Err(gate(format!(
+                "kube-proxy on {} does not program Services even after its Pod was replaced: Services will not route there (see `kubectl -n kube-system logs` of its kube-proxy Pod)",
+                h.name
+            )));
+        }
+    }
+    Ok(())
+}
+
 #[async_trait::async_trait]
 impl Phase for WaitReady {
     fn name(&self) -> &'static str {
@@ -126,10 +282,14 @@ impl Phase for WaitReady {
             ctx.cluster.topology.endpoint.address()
         )));
         p.operator.push(Step::new(format!(
-            "gate: a probe Service (kube-system/{}) gets the Endpoints of its Pod within {}s; \
-otherwise kube-controller-manager is restarted on each control-plane node, one at a time, and checked again; the probe is deleted",
+            "gate: a probe Service (kube-system/{}) gets the Endpoints of its Pod within {}s \
+(otherwise kube-controller-manager is restarted on each control-plane node, one at a time); every kube-apiserver's watch cache \
+serves them within {}s (a stale one is restarted, /readyz before the next); kube-proxy on every node programs the Service within {}s \
+(otherwise its Pod is replaced); the probe is deleted",
             crate::kube::PROBE,
-            ENDPOINTS_WAIT.as_secs()
+            ENDPOINTS_WAIT.as_secs(),
+            CACHE_WAIT.as_secs(),
+            PROXY_WAIT.as_secs()
         )));
         p
     }

@@ -95,9 +95,9 @@ const REMOTE_GRACE_SECS: u64 = 1;
 
 /// Commands that may legitimately take minutes: kubeadm (init, join, upgrade pull
 /// images and wait for the control plane), container image imports, package
-/// installs, etcd snapshots, kubectl waits.
+/// installs, etcd snapshots, kubectl waits and drains.
 pub fn is_long_command(command: &str) -> bool {
-    const LONG: [&str; 9] = [
+    const LONG: [&str; 11] = [
         "kubeadm ",
         "images import",
         "images pull",
@@ -105,6 +105,8 @@ pub fn is_long_command(command: &str) -> bool {
         "dnf ",
         "yum ",
         "etcdctl snapshot",
+        "/v3/maintenance/snapshot",
+        "admin.conf drain ",
         "kubectl wait",
         "kubectl rollout",
     ];

@@ -3,6 +3,9 @@
 
 use std::path::Path;
 use std::process::Command as Std;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 pub fn docker(args: &[&str]) -> std::process::Output {
     Std::new("docker")
@@ -154,3 +157,76 @@ pub fn etcd_member_list(machine: &str) -> serde_json::Value {
         )
     })
 }
+
+/// Once a second until stopped, through the VIP: GET /version (does the API answer at
+/// all) and GET /readyz (is the answering apiserver ready, etcd included). Records the
+/// seconds and the answer of every request that failed.
+pub struct Prober {
+    stop: Arc<AtomicBool>,
+    handle: Option<std::thread::JoinHandle<Probed>>,
+}
+
+#[derive(Debug, Default)]
+pub struct Probed {
+    pub requests: u32,
+    /// /version did not answer (the API was unreachable through the VIP).
+    pub failed: Vec<(f64, String)>,
+    /// /readyz answered something else than ok (e.g. etcd electing a leader).
+    pub not_ready: Vec<(f64, String)>,
+}
+
+fn probe_get(endpoint: &str, path: &str) -> Result<String, String> {
+    let out = Std::new("curl")
+        .args(["-sSk", "--max-time", "3"])
+        .arg(format!("https://{endpoint}{path}"))
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(format!(
+            "curl exit {:?}: {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+impl Prober {
+    /// Start probing `endpoint` (`host:port`, the VIP).
+    pub fn start(endpoint: &str) -> Prober {
+        let endpoint = endpoint.to_string();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let t0 = Instant::now();
+            let mut p = Probed::default();
+            while !flag.load(Ordering::Relaxed) {
+                p.requests += 1;
+                let at = t0.elapsed().as_secs_f64();
+                match probe_get(&endpoint, "/version") {
+                    Ok(body) if body.contains("gitVersion") => {}
+                    Ok(body) => p.failed.push((at, body)),
+                    Err(e) => p.failed.push((at, e)),
+                }
+                match probe_get(&endpoint, "/readyz") {
+                    Ok(body) if body == "ok" => {}
+                    Ok(body) => p.not_ready.push((at, body)),
+                    Err(e) => p.not_ready.push((at, e)),
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            p
+        });
+        Prober {
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    pub fn finish(mut self) -> Probed {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.take().unwrap().join().unwrap()
+    }
+}
+
