@@ -4,7 +4,9 @@
 //! built from Debian's source package. Then: 5 Ready nodes through the VIP, 3 etcd
 //! members, pods on the two workers reaching each other over the built-in pod network
 //! (VXLAN between nodes: pod to pod, node to pod, node and pod to a ClusterIP Service
-//! whose endpoints are on other nodes), a fast no-op re-run, and the API still
+//! whose endpoints are on other nodes), a fast no-op re-run, the rolling upgrade to the
+//! mirror's second version (tests/common_upgrade: killed and resumed, a blocking
+//! PodDisruptionBudget, 0 failed requests through the VIP), and the API still
 //! answering through the VIP with the first control-plane node stopped.
 //!
 //! Needs the Docker engine, the node image and the mirror (scripts/testbed/30, 40, 50);
@@ -12,6 +14,7 @@
 //! machines share this kernel); they are restored at the end.
 
 mod common_podnet;
+mod common_upgrade;
 mod support;
 use common_podnet::kubectl;
 use std::path::Path;
@@ -26,8 +29,13 @@ fn cluster_file(dir: &Path) {
     // (scripts/testbed/50-k8s-mirror.sh and 60-addons.sh).
     let m = dir.join("mirror");
     std::fs::create_dir_all(&m).unwrap();
-    for entry in ["v1.20.2", "images"] {
-        std::os::unix::fs::symlink(Path::new(&mirror()).join(entry), m.join(entry)).unwrap();
+    // Every version the mirror carries (the second one is the upgrade's target), the
+    // images and cri-tools.
+    for entry in std::fs::read_dir(mirror()).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_dir() {
+            std::os::unix::fs::symlink(entry.path(), m.join(entry.file_name())).unwrap();
+        }
     }
     std::os::unix::fs::symlink(support::addons_mirror().join("addons"), m.join("addons")).unwrap();
     // examples/local.yaml, renamed onto a subnet of its own, with the test mirror, plus
@@ -225,6 +233,9 @@ fn apply_bootstraps_a_three_master_cluster_behind_a_vip() {
         "the addons are applied again without change: {notes:?}"
     );
     eprintln!("re-run: {rerun:?}");
+
+    // The rolling upgrade on this live cluster (tests/common_upgrade).
+    common_upgrade::upgrade_scenarios(dir.path(), NAME, &format!("{SUBNET}.254"));
 
     // Stopping the load balancer that holds the VIP moves it; the API stays up.
     let holder = ["lb-1", "lb-2"]

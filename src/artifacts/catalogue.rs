@@ -313,7 +313,12 @@ impl Catalogue {
         ] {
             images.push(image(c, ImageRole::ControlPlane, c, &kube_tag));
         }
-        images.push(image("kube-proxy", ImageRole::Proxy, "kube-proxy", &kube_tag));
+        images.push(image(
+            "kube-proxy",
+            ImageRole::Proxy,
+            "kube-proxy",
+            &kube_tag,
+        ));
         images.push(image("pause", ImageRole::Sandbox, "pause", pinned.pause));
         images.push(image("etcd", ImageRole::Etcd, "etcd", pinned.etcd));
         images.push(image(

@@ -140,7 +140,8 @@ pub fn parse_snapshot_stream(stream: &[u8]) -> Result<Snapshot, String> {
     let mut all = Vec::new();
     let mut chunks = 0usize;
     for v in serde_json::Deserializer::from_slice(stream).into_iter::<serde_json::Value>() {
-        let v = v.map_err(|e| format!("the snapshot stream is not JSON after {chunks} chunks ({e})"))?;
+        let v =
+            v.map_err(|e| format!("the snapshot stream is not JSON after {chunks} chunks ({e})"))?;
         if let Some(err) = v.get("error") {
             return Err(format!("etcd refused the snapshot: {err}"));
         }
@@ -292,9 +293,13 @@ mod tests {
         assert!(super::parse_snapshot_stream(stream.as_bytes())
             .unwrap_err()
             .contains("checksum"));
-        assert!(super::parse_snapshot_stream(b"").unwrap_err().contains("no database"));
-        assert!(super::parse_snapshot_stream(b"{\"error\":{\"grpc_code\":14}}")
+        assert!(super::parse_snapshot_stream(b"")
             .unwrap_err()
-            .contains("refused"));
+            .contains("no database"));
+        assert!(
+            super::parse_snapshot_stream(b"{\"error\":{\"grpc_code\":14}}")
+                .unwrap_err()
+                .contains("refused")
+        );
     }
 }

@@ -127,7 +127,7 @@ kube-apiserver,BACKEND,0,0,0,1,200,3,0,0,0,0,,0,0,0,0,UP,300\n";
         let c = admin("set server kube-apiserver/cp-1 state drain");
         assert_eq!(
             c,
-            "echo 'set server kube-apiserver/cp-1 state drain' | socat -t 5 stdio 'unix-connect:/run/haproxy/admin.sock'"
+            "echo 'set server kube-apiserver/cp-1 state drain' | socat -t 5 stdio unix-connect:/run/haproxy/admin.sock"
         );
     }
 }

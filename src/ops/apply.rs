@@ -63,7 +63,8 @@ pub async fn run(args: ApplyArgs, output: OutputFormat, verbose: bool) -> Result
         question: "Apply this plan?".into(),
         addons: args.addons.options(),
 
-        upgrade: Default::default(),    };
+        upgrade: Default::default(),
+    };
     let report = with_session(&args.spec.file, opts, |s| {
         Box::pin(async move {
             control_plane_lost_guard(s).await?;

@@ -8,11 +8,11 @@ pub mod kubeconfig;
 pub mod plan;
 pub mod preview;
 pub mod recover;
-pub mod upgrade;
 pub mod render;
 pub mod runner;
 pub mod session;
 pub mod state;
+pub mod upgrade;
 pub mod validate;
 
 /// Ask `question [y/N]` on the terminal; anything but yes is `refused` (a usage error,

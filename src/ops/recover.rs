@@ -80,7 +80,8 @@ pub async fn run(args: RecoverArgs, output: OutputFormat, verbose: bool) -> Resu
         question: "Recover the cluster with this plan?".into(),
         addons: Default::default(),
 
-        upgrade: Default::default(),    };
+        upgrade: Default::default(),
+    };
     let report = with_session(&args.spec.file, opts, |s| {
         Box::pin(async move {
             let findings = preflight(s).await?;

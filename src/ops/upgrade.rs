@@ -104,7 +104,11 @@ pub fn policy(
             ));
         }
     }
-    if control_planes.iter().chain(kubelets).all(|(_, v)| v == target) {
+    if control_planes
+        .iter()
+        .chain(kubelets)
+        .all(|(_, v)| v == target)
+    {
         return Ok(Verdict::Nothing);
     }
     Ok(Verdict::Upgrade)
@@ -134,9 +138,10 @@ fn versions(
         })?;
         cps.push((h.name.clone(), v));
     }
-    let nodes = facts.nodes.as_ref().ok_or_else(|| {
-        refuse("no API server answered: the cluster is down or not built".into())
-    })?;
+    let nodes = facts
+        .nodes
+        .as_ref()
+        .ok_or_else(|| refuse("no API server answered: the cluster is down or not built".into()))?;
     let mut kubelets = Vec::new();
     for n in nodes {
         let v = parse_kubernetes_version(&n.kubelet_version).ok_or_else(|| {

@@ -54,10 +54,7 @@ impl Default for UpgradeOptions {
 /// The version upgraded to, as Kubernetes writes it (`v1.20.2`), and its image tag.
 pub fn target(c: &LoadedCluster) -> (String, String) {
     let v = c.version();
-    (
-        format!("v{v}"),
-        crate::artifacts::catalogue::image_tag(&v),
-    )
+    (format!("v{v}"), crate::artifacts::catalogue::image_tag(&v))
 }
 
 /// The marker the detached kubeadm upgrade of this version leaves on a node.
@@ -256,13 +253,17 @@ impl Phase for UpgradePrepare {
             return Ok(());
         }
         let fetched = fetch(ctx, phase).await?;
-        let runs = plan.hosts.iter().filter_map(|hp| ctx.cluster.topology.host(&hp.host)).map(|h| {
-            let files = prepare_artifacts(&fetched, h.has(crate::spec::Role::ControlPlane));
-            async move {
-                let t = exec::session(ctx.rt, h).await?;
-                super::binaries::install(t.as_ref(), h, &files).await
-            }
-        });
+        let runs = plan
+            .hosts
+            .iter()
+            .filter_map(|hp| ctx.cluster.topology.host(&hp.host))
+            .map(|h| {
+                let files = prepare_artifacts(&fetched, h.has(crate::spec::Role::ControlPlane));
+                async move {
+                    let t = exec::session(ctx.rt, h).await?;
+                    super::binaries::install(t.as_ref(), h, &files).await
+                }
+            });
         let results = futures::future::join_all(runs).await;
         let errors: Vec<HostError> = results.into_iter().filter_map(Result::err).collect();
         if errors.is_empty() {
@@ -303,8 +304,7 @@ fn node_steps(ctx: &PlanContext<'_>, h: &Host, first: bool, control_plane: bool)
         kubeadm.upgrade_node(control_plane)
     };
     steps.push(
-        Step::new(format!("{cmd} (detached)"))
-            .unless(format!("{} exists", upgrade_marker(&tag))),
+        Step::new(format!("{cmd} (detached)")).unless(format!("{} exists", upgrade_marker(&tag))),
     );
     steps.push(Step::new(format!(
         "install kubelet and kubectl {version}, restart kubelet"
@@ -353,7 +353,10 @@ fn plan_nodes(ctx: &PlanContext<'_>, p: &mut PhasePlan, control_plane: bool) {
     });
     for h in &ctx.hosts {
         let steps = if planned_done(ctx, h) {
-            vec![Step::new(format!("nothing: the Node is at {version} and schedulable")).unless("done")]
+            vec![
+                Step::new(format!("nothing: the Node is at {version} and schedulable"))
+                    .unless("done"),
+            ]
         } else {
             node_steps(
                 ctx,
@@ -373,8 +376,8 @@ fn plan_nodes(ctx: &PlanContext<'_>, p: &mut PhasePlan, control_plane: bool) {
 /// The nodes of this phase in the order they are upgraded: the init node first.
 fn ordered<'a>(ctx: &ApplyContext<'a>, plan: &PhasePlan) -> Vec<&'a Host> {
     let facts = ctx.rt.facts();
-    let first = crate::facts::init_node(&ctx.cluster.topology, facts.as_deref())
-        .map(|h| h.name.clone());
+    let first =
+        crate::facts::init_node(&ctx.cluster.topology, facts.as_deref()).map(|h| h.name.clone());
     let mut hosts: Vec<&Host> = plan
         .hosts
         .iter()
@@ -507,7 +510,9 @@ async fn upgrade_node(
         return Ok(());
     };
     let t = exec::session(ctx.rt, h).await.map_err(err)?;
-    let now = nodes(ctx, &api_host.name, api.as_ref()).await.map_err(err)?;
+    let now = nodes(ctx, &api_host.name, api.as_ref())
+        .await
+        .map_err(err)?;
     let tags_done = if control_plane {
         control_plane_tags(t.as_ref(), &h.name, ctx)
             .await
@@ -573,13 +578,25 @@ async fn upgrade_steps(
     // Out of the load balancers, then drained.
     for l in &lbs {
         let lt = exec::session(ctx.rt, l).await.map_err(show)?;
-        lb::set_state(lt.as_ref(), &l.name, &h.name, lb::ServerState::Drain, ctx.secrets)
-            .await
-            .map_err(show)?;
+        lb::set_state(
+            lt.as_ref(),
+            &l.name,
+            &h.name,
+            lb::ServerState::Drain,
+            ctx.secrets,
+        )
+        .await
+        .map_err(show)?;
         undone.drained_on.push(l.name.clone());
     }
     undone.cordoned = true;
-    drain(ctx, api.as_ref(), &h.name).await?;
+    if let Err(e) = drain(ctx, api.as_ref(), &h.name).await {
+        // Nothing changed on the node yet: it goes back to how it was.
+        back_in_service(ctx, &lbs, h, api_host, api.as_ref(), undone).await?;
+        return Err(format!(
+            "{e}; the node was uncordoned and left at its version"
+        ));
+    }
     lap("drain", &mut times);
 
     let kubeadm = Kubeadm::of(ctx.cluster);
@@ -637,7 +654,9 @@ async fn upgrade_steps(
     }
     let start = Instant::now();
     loop {
-        let now = nodes(ctx, &api_host.name, api.as_ref()).await.map_err(show)?;
+        let now = nodes(ctx, &api_host.name, api.as_ref())
+            .await
+            .map_err(show)?;
         let n = now.iter().find(|n| n.name == h.name);
         if n.is_some_and(|n| n.ready && n.kubelet_version == version) {
             break;
@@ -671,12 +690,32 @@ async fn upgrade_steps(
         .map_err(show)?;
     }
 
-    // Back into the load balancers (seen UP by each), then schedulable.
-    for l in &lbs {
+    back_in_service(ctx, &lbs, h, api_host, api.as_ref(), undone).await?;
+    lap("back", &mut times);
+    Ok(times.join(", "))
+}
+
+/// Back into every load balancer (each sees it UP), then schedulable.
+async fn back_in_service(
+    ctx: &ApplyContext<'_>,
+    lbs: &[&Host],
+    h: &Host,
+    api_host: &Host,
+    api: &dyn Transport,
+    undone: &mut Undone,
+) -> Result<(), String> {
+    let show = |e: HostError| e.to_string();
+    for l in lbs {
         let lt = exec::session(ctx.rt, l).await.map_err(show)?;
-        lb::set_state(lt.as_ref(), &l.name, &h.name, lb::ServerState::Ready, ctx.secrets)
-            .await
-            .map_err(show)?;
+        lb::set_state(
+            lt.as_ref(),
+            &l.name,
+            &h.name,
+            lb::ServerState::Ready,
+            ctx.secrets,
+        )
+        .await
+        .map_err(show)?;
         let start = Instant::now();
         loop {
             let st = lb::status(lt.as_ref(), &l.name, &h.name, ctx.secrets)
@@ -700,7 +739,7 @@ async fn upgrade_steps(
         undone.drained_on.retain(|n| n != &l.name);
     }
     exec::run(
-        api.as_ref(),
+        api,
         &api_host.name,
         &format!("{} uncordon {}", kubectl(), quote(&h.name)),
         ctx.secrets,
@@ -709,17 +748,12 @@ async fn upgrade_steps(
     .await
     .map_err(show)?;
     undone.cordoned = false;
-    lap("back", &mut times);
-    Ok(times.join(", "))
+    Ok(())
 }
 
 /// `kubectl drain`, bounded; a PodDisruptionBudget that blocks it is named, and the node
 /// is left cordoned for the caller to report.
-async fn drain(
-    ctx: &ApplyContext<'_>,
-    api: &dyn Transport,
-    node: &str,
-) -> Result<(), String> {
+async fn drain(ctx: &ApplyContext<'_>, api: &dyn Transport, node: &str) -> Result<(), String> {
     let secs = ctx.upgrade.drain_timeout.as_secs().max(1);
     let cmd = format!(
         "{} drain {} --ignore-daemonsets --delete-emptydir-data --force --timeout={secs}s 2>&1",
@@ -778,7 +812,10 @@ mod tests {
             manifest_tag("    image: \"registry:5000/kube-apiserver:v1.20.2\"").as_deref(),
             Some("v1.20.2")
         );
-        assert_eq!(manifest_tag("    image: registry:5000/kube-apiserver"), None);
+        assert_eq!(
+            manifest_tag("    image: registry:5000/kube-apiserver"),
+            None
+        );
         assert_eq!(manifest_tag(""), None);
     }
 

@@ -177,7 +177,12 @@ async fn watchers_gate(
             .map_err(err)?;
         crate::kube::wait_readyz(hs.as_ref(), &api, RESTART_WAIT)
             .await
-            .map_err(|m| gate(format!("kube-apiserver on {} after its restart: {m}", h.name)))?;
+            .map_err(|m| {
+                gate(format!(
+                    "kube-apiserver on {} after its restart: {m}",
+                    h.name
+                ))
+            })?;
         if !within(Duration::from_secs(60), sees).await.map_err(err)? {
             return Err(gate(format!(
                 "kube-apiserver on {} still serves a stale watch cache after a restart: clients watching through it miss changes (see its log and its etcd member's health)",
@@ -196,18 +201,24 @@ async fn watchers_gate(
             crate::kube::PROBE
         ))
     })?;
-    let checks = ctx.cluster.topology.kubernetes_nodes().into_iter().map(|h| {
-        let ip = &ip;
-        async move {
-            let err = |e: HostError| PhaseError::host(phase, e);
-            let hs = exec::session(ctx.rt, h).await.map_err(err)?;
-            let programmed = || crate::kube::service_programmed(hs.as_ref(), &h.name, ip, ctx.secrets);
-            if within(PROXY_WAIT, programmed).await.map_err(err)? {
-                return Ok(None);
+    let checks = ctx
+        .cluster
+        .topology
+        .kubernetes_nodes()
+        .into_iter()
+        .map(|h| {
+            let ip = &ip;
+            async move {
+                let err = |e: HostError| PhaseError::host(phase, e);
+                let hs = exec::session(ctx.rt, h).await.map_err(err)?;
+                let programmed =
+                    || crate::kube::service_programmed(hs.as_ref(), &h.name, ip, ctx.secrets);
+                if within(PROXY_WAIT, programmed).await.map_err(err)? {
+                    return Ok(None);
+                }
+                Ok::<_, PhaseError>(Some(h))
             }
-            Ok::<_, PhaseError>(Some(h))
-        }
-    });
+        });
     let late: Vec<_> = futures::future::try_join_all(checks)
         .await?
         .into_iter()
@@ -256,7 +267,10 @@ async fn watchers_gate(
     for h in late {
         let hs = exec::session(ctx.rt, h).await.map_err(err)?;
         let programmed = || crate::kube::service_programmed(hs.as_ref(), &h.name, &ip, ctx.secrets);
-        if !within(Duration::from_secs(90), programmed).await.map_err(err)? {
+        if !within(Duration::from_secs(90), programmed)
+            .await
+            .map_err(err)?
+        {
             return Err(gate(format!(
                 "kube-proxy on {} does not program Services even after its Pod was replaced: Services will not route there (see `kubectl -n kube-system logs` of its kube-proxy Pod)",
                 h.name

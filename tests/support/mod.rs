@@ -229,4 +229,3 @@ impl Prober {
         self.handle.take().unwrap().join().unwrap()
     }
 }
-
