@@ -69,7 +69,9 @@ async fn check_fetched(mirror: &Path, cache: &Cache, source: &Source, expect_cac
     );
     for a in &got {
         let rel = match a.kind {
-            ArtifactKind::Binary => cat.binary(&a.name).unwrap().path.clone(),
+            ArtifactKind::Binary | ArtifactKind::Archive => {
+                cat.binary(&a.name).unwrap().path.clone()
+            }
             ArtifactKind::Image => cat.image(&a.name).unwrap().tarball.clone(),
         };
         assert_eq!(a.sha256, published(mirror, &rel), "{}", a.name);
@@ -83,7 +85,7 @@ async fn check_fetched(mirror: &Path, cache: &Cache, source: &Source, expect_cac
         assert_eq!(size, a.size);
         assert_eq!(a.cached, expect_cached, "{}", a.name);
         match a.kind {
-            ArtifactKind::Binary => {
+            ArtifactKind::Binary | ArtifactKind::Archive => {
                 assert_eq!(a.remote_path, format!("/usr/local/bin/{}", a.name));
                 assert_eq!(a.mode, 0o755);
             }

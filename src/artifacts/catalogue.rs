@@ -55,6 +55,9 @@ pub struct BinaryArtifact {
     /// Where it lands on the host.
     pub remote_path: String,
     pub mode: u32,
+    /// The release ships it inside a `.tar.gz` (at `path`) holding the file `name`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub archive: bool,
 }
 
 /// What a control-plane image is for.
@@ -246,6 +249,8 @@ pub const NODE_BINARIES: [&str; 3] = ["kubeadm", "kubelet", "kubectl"];
 
 /// Where binaries land on hosts (the kubelet unit's `ExecStart` points here).
 pub const BIN_DIR: &str = "/usr/local/bin";
+/// The catalogue path prefix of cri-tools releases (upstream: their GitHub release page).
+pub const CRI_TOOLS: &str = "cri-tools";
 
 /// `v1.20.2` for a version (pre-release and build metadata kept).
 pub fn version_tag(v: &semver::Version) -> String {
@@ -294,6 +299,7 @@ impl Catalogue {
                 path: format!("{tag}/bin/linux/{arch}/{name}"),
                 remote_path: format!("{BIN_DIR}/{name}"),
                 mode: 0o755,
+                archive: false,
             })
             .collect();
         let image =
@@ -386,6 +392,28 @@ impl Catalogue {
             host_packages,
             default_registry: registry,
         })
+    }
+
+    /// With crictl (cri-tools of the same minor release, a `.tar.gz` on its release
+    /// page; a mirror holds it at the same relative path): kubeadm needs it to check and
+    /// pull images, e.g. in `kubeadm upgrade apply`.
+    pub fn with_crictl(mut self) -> Catalogue {
+        let minor = self
+            .version
+            .trim_start_matches('v')
+            .split('.')
+            .nth(1)
+            .unwrap_or("0")
+            .to_string();
+        let v = format!("v1.{minor}.0");
+        self.binaries.push(BinaryArtifact {
+            name: "crictl".into(),
+            path: format!("{CRI_TOOLS}/{v}/crictl-{v}-linux-{}.tar.gz", self.arch),
+            remote_path: format!("{BIN_DIR}/crictl"),
+            mode: 0o755,
+            archive: true,
+        });
+        self
     }
 
     /// Images are pulled from (and tagged for) `registry` instead of kubeadm's default:

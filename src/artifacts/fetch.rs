@@ -25,6 +25,9 @@ pub enum ArtifactKind {
     /// A docker-archive image tarball, uploaded to `remote_path` and imported into
     /// containerd's `k8s.io` namespace.
     Image,
+    /// A release `.tar.gz` holding the executable `name`: uploaded under
+    /// [`REMOTE_ARCHIVE_DIR`], extracted to `remote_path`.
+    Archive,
 }
 
 /// A verified file in the local cache, ready to be pushed to hosts.
@@ -48,6 +51,9 @@ pub struct LocalArtifact {
     /// True when the cache already held a verified copy.
     pub cached: bool,
 }
+
+/// Where release archives are put on hosts before they are extracted.
+pub const REMOTE_ARCHIVE_DIR: &str = "/var/lib/kubeforge/archives";
 
 /// Where image tarballs are put on hosts before `ctr images import`.
 pub const REMOTE_IMAGE_DIR: &str = "/var/lib/kubeforge/images";
@@ -114,7 +120,11 @@ fn wanted(source: &Source, catalogue: &Catalogue) -> Vec<Wanted> {
         .iter()
         .map(|b| Wanted {
             name: b.name.clone(),
-            kind: ArtifactKind::Binary,
+            kind: if b.archive {
+                ArtifactKind::Archive
+            } else {
+                ArtifactKind::Binary
+            },
             rel: b.path.clone(),
             remote_path: b.remote_path.clone(),
             mode: b.mode,
@@ -342,7 +352,7 @@ async fn fetch_one(
     let (blob, size, cached) = fetch_pinned(fetcher, &loc, &expected, cache, &w.name).await?;
     let archive_ref = match w.kind {
         ArtifactKind::Image => Some(archive_reference(&blob).await?),
-        ArtifactKind::Binary => None,
+        ArtifactKind::Binary | ArtifactKind::Archive => None,
     };
     Ok(LocalArtifact {
         name: w.name,

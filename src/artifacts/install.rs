@@ -8,7 +8,7 @@
 //!   checksums the operator read from the source; all files are downloaded and checked
 //!   before any is moved into place.
 
-use super::fetch::{ArtifactKind, LocalArtifact};
+use super::fetch::{ArtifactKind, LocalArtifact, REMOTE_ARCHIVE_DIR};
 use super::source::Source;
 use super::ArtifactsError;
 use crate::transport::shell::quote;
@@ -68,10 +68,15 @@ pub async fn install_on(
     };
     let mut sent_images = Vec::new();
     for a in artifacts {
+        // An archive goes next to the others of its kind, and its file is taken out.
+        let (upload_to, mode) = match a.kind {
+            ArtifactKind::Archive => (format!("{REMOTE_ARCHIVE_DIR}/{}.tar.gz", a.name), 0o644),
+            _ => (a.remote_path.clone(), a.mode),
+        };
         let outcome = t
             .upload(
                 UploadSource::File(a.path.clone()),
-                &UploadTarget::new(a.remote_path.clone(), a.mode),
+                &UploadTarget::new(upload_to.clone(), mode),
             )
             .await
             .map_err(|e| ArtifactsError::Transport(Box::new(e)))?;
@@ -91,6 +96,26 @@ pub async fn install_on(
         }
         if a.kind == ArtifactKind::Image && outcome.sent {
             sent_images.push(a.remote_path.clone());
+        }
+        if a.kind == ArtifactKind::Archive {
+            let dest = std::path::Path::new(&a.remote_path);
+            let (dir, file) = (
+                dest.parent()
+                    .map(|d| d.display().to_string())
+                    .unwrap_or_else(|| "/".into()),
+                dest.file_name()
+                    .map(|f| f.to_string_lossy().to_string())
+                    .unwrap_or_default(),
+            );
+            let extract = format!(
+                "{{ [ -x {dest} ] && [ {up}.extracted -nt {up} ]; }} || {{ tar -xzf {up} -C {dir} {file} && chmod {mode:o} {dest} && touch {up}.extracted; }}",
+                dest = quote(&a.remote_path),
+                up = quote(&upload_to),
+                dir = quote(&dir),
+                file = quote(&file),
+                mode = a.mode,
+            );
+            run(t, &extract).await?;
         }
     }
     for a in artifacts.iter().filter(|a| a.kind == ArtifactKind::Image) {
@@ -341,7 +366,7 @@ mod tests {
             path,
             origin: "test".into(),
             remote_path: match kind {
-                ArtifactKind::Binary => format!("/usr/local/bin/{name}"),
+                ArtifactKind::Binary | ArtifactKind::Archive => format!("/usr/local/bin/{name}"),
                 ArtifactKind::Image => format!("/var/lib/kubeforge/images/{name}.tar"),
             },
             mode: 0o755,

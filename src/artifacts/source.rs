@@ -111,6 +111,13 @@ impl Source {
     pub fn location(&self, rel: &str) -> Location {
         let rel = rel.trim_start_matches('/');
         match self {
+            // cri-tools publishes on its GitHub release page, not under dl.k8s.io.
+            Source::Upstream { .. } if rel.starts_with("cri-tools/") => {
+                let rest = &rel["cri-tools/".len()..];
+                Location::Url(format!(
+                    "https://github.com/kubernetes-sigs/cri-tools/releases/download/{rest}"
+                ))
+            }
             Source::Upstream { base } | Source::Http { base } => {
                 Location::Url(format!("{}/{rel}", base.trim_end_matches('/')))
             }

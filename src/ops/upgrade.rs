@@ -114,11 +114,14 @@ pub fn policy(
     Ok(Verdict::Upgrade)
 }
 
+/// Versions by node or host name.
+type Versions = Vec<(String, Version)>;
+
 /// Control-plane apiserver versions and kubelet versions from the facts, or why not.
 fn versions(
     s: &Session,
     facts: &crate::facts::ClusterFacts,
-) -> Result<(Vec<(String, Version)>, Vec<(String, Version)>), Error> {
+) -> Result<(Versions, Versions), Error> {
     let mut cps = Vec::new();
     for h in s.cluster.topology.control_planes() {
         let tag = facts

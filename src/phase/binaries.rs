@@ -33,6 +33,19 @@ pub async fn fetch(c: &LoadedCluster) -> Result<Vec<LocalArtifact>, artifacts::A
     artifacts::fetch_all(&source, &catalogue(c)?, &Cache::default_location()).await
 }
 
+/// The same, with crictl (kubeadm's `upgrade apply` checks and pulls images with it).
+pub async fn fetch_with_crictl(
+    c: &LoadedCluster,
+) -> Result<Vec<LocalArtifact>, artifacts::ArtifactsError> {
+    let source = Source::from_spec(c.cluster.spec.artifacts.mirror.as_deref(), &c.base_dir)?;
+    artifacts::fetch_all(
+        &source,
+        &catalogue(c)?.with_crictl(),
+        &Cache::default_location(),
+    )
+    .await
+}
+
 /// Push the verified artifacts to `host` (unchanged files are skipped by sha256) and
 /// import the images into containerd.
 pub async fn install(

@@ -457,7 +457,7 @@ impl Phase for UpgradeWorkers {
 // one node
 
 async fn fetch(ctx: &ApplyContext<'_>, phase: &str) -> Result<Vec<LocalArtifact>, PhaseError> {
-    super::binaries::fetch(ctx.cluster)
+    super::binaries::fetch_with_crictl(ctx.cluster)
         .await
         .map_err(|source| PhaseError::Artifacts {
             phase: phase.to_string(),

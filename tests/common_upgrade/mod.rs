@@ -120,10 +120,13 @@ fn wait_ready_replicas(dir: &Path, deployment: &str, want: &str) {
     }
 }
 
+/// Requests made, and the failed ones (seconds since the start, what was answered).
+type Served = (u32, Vec<(f64, String)>);
+
 /// Once a second, from a control-plane machine: GET the workload's Service.
 struct ServiceProber {
     stop: Arc<AtomicBool>,
-    handle: Option<std::thread::JoinHandle<(u32, Vec<(f64, String)>)>>,
+    handle: Option<std::thread::JoinHandle<Served>>,
 }
 
 impl ServiceProber {
@@ -161,7 +164,7 @@ impl ServiceProber {
         }
     }
 
-    fn finish(mut self) -> (u32, Vec<(f64, String)>) {
+    fn finish(mut self) -> Served {
         self.stop.store(true, Ordering::Relaxed);
         self.handle.take().unwrap().join().unwrap()
     }
