@@ -144,12 +144,38 @@ impl<'a> Kubeadm<'a> {
         )
     }
 
-    /// `kubeadm upgrade apply` on the first control-plane node.
+    /// `kubeadm upgrade apply` on the first control-plane node (the target's kubeadm).
+    /// A pre-release target needs kubeadm's experimental (or release-candidate) flag;
+    /// without CoreDNS (addon/coredns skipped) its image is absent on purpose, so the
+    /// image check is not an error for it.
     pub fn upgrade_apply(&self, version: &str) -> String {
+        let mut flags = self.patches_flag();
+        if let Some(v) = crate::spec::validate::parse_kubernetes_version(version) {
+            if !v.pre.is_empty() {
+                flags.push_str(if v.pre.as_str().starts_with("rc") {
+                    " --allow-release-candidate-upgrades"
+                } else {
+                    " --allow-experimental-upgrades"
+                });
+            }
+        }
+        let k = &self.cluster.cluster.spec.kubeadm;
+        let mut ignore = k.ignore_preflight_errors.clone();
+        if k.skip_phases.iter().any(|p| p == "addon/coredns" || p == "addon")
+            && !ignore.iter().any(|i| i == "ImagePull" || i == "all")
+        {
+            ignore.push("ImagePull".into());
+        }
+        if !ignore.is_empty() {
+            flags.push_str(&format!(
+                " --ignore-preflight-errors={}",
+                quote(&ignore.join(","))
+            ));
+        }
         format!(
-            "{} upgrade apply {version} --yes --certificate-renewal=true{}",
+            "{} upgrade apply {} --yes --certificate-renewal=true{flags}",
             self.bin(),
-            self.patches_flag()
+            quote(version)
         )
     }
 
@@ -217,5 +243,18 @@ mod tests {
         assert!(k
             .upgrade_apply("v1.20.3")
             .starts_with("/usr/local/bin/kubeadm upgrade apply v1.20.3 --yes"));
+        assert!(!k.upgrade_apply("v1.20.3").contains("--allow-"));
+        assert!(k
+            .upgrade_apply("v1.20.3-kf.0")
+            .contains(" --allow-experimental-upgrades"));
+        assert!(k
+            .upgrade_apply("v1.21.0-rc.1")
+            .contains(" --allow-release-candidate-upgrades"));
+        // A build label is quoted (`+` is not special to the shell, but stays one word).
+        assert!(k
+            .upgrade_apply("v1.20.2+kf.1")
+            .contains("upgrade apply 'v1.20.2+kf.1' --yes")
+            || k.upgrade_apply("v1.20.2+kf.1")
+                .contains("upgrade apply v1.20.2+kf.1 --yes"));
     }
 }

@@ -47,6 +47,42 @@ or, to start over with a new empty cluster, `kubeforge destroy -f {}` and apply 
     })))
 }
 
+fn version_refusal(message: String) -> Error {
+    Error::Phase(Box::new(crate::phase::PhaseError::Gate {
+        phase: "apply".into(),
+        message,
+    }))
+}
+
+/// The version the control planes run when it differs from the file's (an upgrade, as
+/// `Some(running)`); a file version lower than what runs is refused (a downgrade).
+/// Control planes without an apiserver yet (a cluster being built) are not counted.
+async fn version_change(s: &crate::ops::session::Session) -> Result<Option<String>, Error> {
+    let Some(facts) = s.rt().ok().and_then(|rt| rt.facts()) else {
+        return Ok(None);
+    };
+    let want = s.cluster.version();
+    let mut older = None;
+    for h in s.cluster.topology.control_planes() {
+        let Some(tag) = facts.host(&h.name).and_then(|f| f.apiserver_tag.clone()) else {
+            continue;
+        };
+        let Some(v) = crate::ops::upgrade::tag_version(&tag) else {
+            continue;
+        };
+        if v > want {
+            return Err(version_refusal(format!(
+                "{} runs v{v} and the file says v{want}: lowering spec.kubernetesVersion is refused (a downgrade is a restore from the snapshot taken before the upgrade)",
+                h.name
+            )));
+        }
+        if v < want {
+            older = Some(format!("v{v}"));
+        }
+    }
+    Ok(older)
+}
+
 pub async fn run(args: ApplyArgs, output: OutputFormat, verbose: bool) -> Result<(), Error> {
     let mut pb = playbook::load(args.playbook.as_deref(), &phase::names())?;
     playbook::select_phases(&mut pb, &args.phases)?;
@@ -62,12 +98,30 @@ pub async fn run(args: ApplyArgs, output: OutputFormat, verbose: bool) -> Result
         yes: args.yes,
         question: "Apply this plan?".into(),
         addons: args.addons.options(),
-
         upgrade: Default::default(),
     };
+    let whole = args.phases.is_empty() && args.playbook.is_none();
     let report = with_session(&args.spec.file, opts, |s| {
         Box::pin(async move {
             control_plane_lost_guard(s).await?;
+            if let Some(from) = version_change(s).await? {
+                if !whole {
+                    return Err(version_refusal(format!(
+                        "the cluster runs {from} and the file says v{}: that is an upgrade; run `kubeforge upgrade` (or `apply` without --phases/--playbook)",
+                        s.cluster.version()
+                    )));
+                }
+                if output == OutputFormat::Text {
+                    eprintln!(
+                        "spec.kubernetesVersion was raised from {from} to v{}: apply runs the rolling upgrade (the same plan as `kubeforge upgrade`).",
+                        s.cluster.version()
+                    );
+                }
+                let up = crate::ops::upgrade::upgrade_session(s, &run, output).await?;
+                return up
+                    .run
+                    .ok_or_else(|| Error::Internal("the upgrade found nothing to do".into()));
+            }
             run_playbook(s, &pb, &run).await
         })
     })

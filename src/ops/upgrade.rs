@@ -20,17 +20,17 @@ use serde::Serialize;
 
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-struct UpgradeReport {
-    cluster: String,
+pub(crate) struct UpgradeReport {
+    pub cluster: String,
     /// The version upgraded to.
-    target: String,
+    pub target: String,
     /// Versions found before the run: control planes (their apiserver) and kubelets.
     control_planes: Vec<(String, String)>,
     kubelets: Vec<(String, String)>,
     /// Preflight lines (certificate expiry, disk room).
     preflight: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    run: Option<RunReport>,
+    pub run: Option<RunReport>,
 }
 
 fn refuse(message: String) -> Error {
@@ -210,6 +210,62 @@ echo expiry=$(openssl x509 -enddate -noout -in /etc/kubernetes/pki/apiserver.crt
     Ok(lines)
 }
 
+/// The upgrade inside an open session: preflight, then the upgrade playbook (None in
+/// `run`: nothing to upgrade). `apply` calls it too when the file's version was raised.
+pub(crate) async fn upgrade_session(
+    s: &Session,
+    run: &RunOptions,
+    output: OutputFormat,
+) -> Result<UpgradeReport, Error> {
+    let pb = playbook::named("upgrade", &phase::names())?;
+    let target = s.cluster.version();
+    let facts = crate::ops::preview::gather_facts(s).await?;
+    let findings = facts.findings(&s.cluster);
+    if !findings.is_empty() {
+        return Err(refuse(format!(
+            "the cluster is not healthy; nothing was changed:\n  - {}\nRepair it first (`kubeforge recover`).",
+            findings.join("\n  - ")
+        )));
+    }
+    let (cps, kubelets) = versions(s, &facts)?;
+    let verdict = policy(&cps, &kubelets, &target).map_err(refuse)?;
+    let shown = |v: &[(String, Version)]| {
+        v.iter()
+            .map(|(n, v)| (n.clone(), format!("v{v}")))
+            .collect::<Vec<_>>()
+    };
+    let mut report = UpgradeReport {
+        cluster: s.cluster.name().to_string(),
+        target: format!("v{target}"),
+        control_planes: shown(&cps),
+        kubelets: shown(&kubelets),
+        preflight: Vec::new(),
+        run: None,
+    };
+    if verdict == Verdict::Nothing {
+        return Ok(report);
+    }
+    report.preflight = host_checks(s).await?;
+    if output == OutputFormat::Text {
+        eprintln!("Upgrade to v{target}:");
+        for (n, v) in &report.control_planes {
+            eprintln!("  control plane {n}: {v}");
+        }
+        for (n, v) in &report.kubelets {
+            eprintln!("  kubelet {n}: {v}");
+        }
+        for l in &report.preflight {
+            eprintln!("  {l}");
+        }
+        eprintln!(
+            "Risk: one control-plane node at a time is out of the load balancers and drained; \
+an etcd snapshot is stored first (a downgrade is a restore from it).\n"
+        );
+    }
+    report.run = Some(run_playbook(s, &pb, run).await?);
+    Ok(report)
+}
+
 pub async fn run(args: UpgradeArgs, output: OutputFormat, verbose: bool) -> Result<(), Error> {
     if let Some(v) = &args.to {
         if parse_kubernetes_version(v).is_none() {
@@ -218,7 +274,6 @@ pub async fn run(args: UpgradeArgs, output: OutputFormat, verbose: bool) -> Resu
             )));
         }
     }
-    let pb = playbook::named("upgrade", &phase::names())?;
     let opts = SessionOptions {
         provider: true,
         concurrency: args.concurrency,
@@ -236,54 +291,7 @@ pub async fn run(args: UpgradeArgs, output: OutputFormat, verbose: bool) -> Resu
         },
     };
     let report = with_session(&args.spec.file, opts, |s| {
-        Box::pin(async move {
-            let target = s.cluster.version();
-            let facts = crate::ops::preview::gather_facts(s).await?;
-            let findings = facts.findings(&s.cluster);
-            if !findings.is_empty() {
-                return Err(refuse(format!(
-                    "the cluster is not healthy; nothing was changed:\n  - {}\nRepair it first (`kubeforge recover`).",
-                    findings.join("\n  - ")
-                )));
-            }
-            let (cps, kubelets) = versions(s, &facts)?;
-            let verdict = policy(&cps, &kubelets, &target).map_err(refuse)?;
-            let shown = |v: &[(String, Version)]| {
-                v.iter()
-                    .map(|(n, v)| (n.clone(), format!("v{v}")))
-                    .collect::<Vec<_>>()
-            };
-            let mut report = UpgradeReport {
-                cluster: s.cluster.name().to_string(),
-                target: format!("v{target}"),
-                control_planes: shown(&cps),
-                kubelets: shown(&kubelets),
-                preflight: Vec::new(),
-                run: None,
-            };
-            if verdict == Verdict::Nothing {
-                return Ok(report);
-            }
-            report.preflight = host_checks(s).await?;
-            if output == OutputFormat::Text {
-                eprintln!("Upgrade to v{target}:");
-                for (n, v) in &report.control_planes {
-                    eprintln!("  control plane {n}: {v}");
-                }
-                for (n, v) in &report.kubelets {
-                    eprintln!("  kubelet {n}: {v}");
-                }
-                for l in &report.preflight {
-                    eprintln!("  {l}");
-                }
-                eprintln!(
-                    "Risk: one control-plane node at a time is out of the load balancers and drained; \
-an etcd snapshot is stored first (a downgrade is a restore from it).\n"
-                );
-            }
-            report.run = Some(run_playbook(s, &pb, &run).await?);
-            Ok(report)
-        })
+        Box::pin(async move { upgrade_session(s, &run, output).await })
     })
     .await?;
     match output {

@@ -20,9 +20,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The second version the test mirror carries (scripts/k8s-mirror/build.sh).
-pub const TARGET: &str = "v1.20.2+kf.1";
-/// Its image tag (kubeadm turns `+` into `_`).
-pub const TARGET_TAG: &str = "v1.20.2_kf.1";
+pub const TARGET: &str = "v1.20.3-kf.0";
+/// Its image tag (the same: no `+` in it).
+pub const TARGET_TAG: &str = "v1.20.3-kf.0";
 
 const WORKLOAD: &str = "apiVersion: apps/v1
 kind: Deployment
@@ -367,7 +367,7 @@ pub fn upgrade_scenarios(dir: &Path, name: &str, vip: &str) {
         .unwrap();
     let listed = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
-        listed.contains("pre-upgrade-v1.20.2_kf.1-"),
+        listed.contains(&format!("pre-upgrade-{TARGET_TAG}-")),
         "the snapshot taken before the upgrade is in the state: {listed}{}",
         String::from_utf8_lossy(&out.stderr)
     );
