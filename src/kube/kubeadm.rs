@@ -161,10 +161,18 @@ impl<'a> Kubeadm<'a> {
         }
         let k = &self.cluster.cluster.spec.kubeadm;
         let mut ignore = k.ignore_preflight_errors.clone();
-        if k.skip_phases.iter().any(|p| p == "addon/coredns" || p == "addon")
-            && !ignore.iter().any(|i| i == "ImagePull" || i == "all")
+        // Without CoreDNS its image is absent on purpose, and kubeadm's CoreDNS checks
+        // fail on a Deployment that does not exist ("start version '' not supported").
+        if k.skip_phases
+            .iter()
+            .any(|p| p == "addon/coredns" || p == "addon")
+            && !ignore.iter().any(|i| i == "all")
         {
-            ignore.push("ImagePull".into());
+            for check in ["ImagePull", "CoreDNSUnsupportedPlugins", "CoreDNSMigration"] {
+                if !ignore.iter().any(|i| i == check) {
+                    ignore.push(check.into());
+                }
+            }
         }
         if !ignore.is_empty() {
             flags.push_str(&format!(
@@ -251,10 +259,11 @@ mod tests {
             .upgrade_apply("v1.21.0-rc.1")
             .contains(" --allow-release-candidate-upgrades"));
         // A build label is quoted (`+` is not special to the shell, but stays one word).
-        assert!(k
-            .upgrade_apply("v1.20.2+kf.1")
-            .contains("upgrade apply 'v1.20.2+kf.1' --yes")
-            || k.upgrade_apply("v1.20.2+kf.1")
-                .contains("upgrade apply v1.20.2+kf.1 --yes"));
+        assert!(
+            k.upgrade_apply("v1.20.2+kf.1")
+                .contains("upgrade apply 'v1.20.2+kf.1' --yes")
+                || k.upgrade_apply("v1.20.2+kf.1")
+                    .contains("upgrade apply v1.20.2+kf.1 --yes")
+        );
     }
 }

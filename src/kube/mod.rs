@@ -267,6 +267,86 @@ pub async fn restart_apiserver(
     .map(|_| ())
 }
 
+/// The `ClusterStatus` of kubeadm before 1.22 (in the kubeadm-config ConfigMap) without
+/// the control planes not in `keep`; None when nothing is to be removed. kubeadm adds an
+/// entry per control-plane join and removes it only in `kubeadm reset` on that node, so
+/// a machine that is gone for good leaves its entry behind (kubeadm#1300).
+pub fn prune_cluster_status(
+    configmap_json: &str,
+    keep: &[String],
+) -> Result<Option<(String, Vec<String>)>, String> {
+    let v: serde_json::Value = serde_json::from_str(configmap_json)
+        .map_err(|e| format!("kubeadm-config is not JSON ({e})"))?;
+    let Some(text) = v["data"]["ClusterStatus"].as_str() else {
+        return Ok(None);
+    };
+    let mut doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(text)
+        .map_err(|e| format!("kubeadm-config ClusterStatus is not YAML ({e})"))?;
+    let Some(endpoints) = doc
+        .get_mut("apiEndpoints")
+        .and_then(serde_yaml_ng::Value::as_mapping_mut)
+    else {
+        return Ok(None);
+    };
+    let stale: Vec<String> = endpoints
+        .keys()
+        .filter_map(|k| k.as_str())
+        .filter(|k| !keep.iter().any(|n| n == k))
+        .map(str::to_string)
+        .collect();
+    if stale.is_empty() {
+        return Ok(None);
+    }
+    for k in &stale {
+        endpoints.remove(k.as_str());
+    }
+    let text = serde_yaml_ng::to_string(&doc).map_err(|e| e.to_string())?;
+    Ok(Some((text, stale)))
+}
+
+/// Remove the `ClusterStatus` entries of control planes not in `keep` (kubeadm before
+/// 1.22; later versions have none). Returns the names removed.
+pub async fn remove_stale_api_endpoints(
+    t: &dyn Transport,
+    host: &str,
+    keep: &[String],
+    secrets: &dyn Redact,
+) -> Result<Vec<String>, HostError> {
+    let out = remote::run(
+        t,
+        host,
+        &format!(
+            "{} -n kube-system get configmap kubeadm-config -o json",
+            kubectl()
+        ),
+        secrets,
+        false,
+    )
+    .await?;
+    let Some((text, stale)) =
+        prune_cluster_status(&out, keep).map_err(|message| HostError::Other {
+            host: host.to_string(),
+            message,
+        })?
+    else {
+        return Ok(Vec::new());
+    };
+    let patch = serde_json::json!({ "data": { "ClusterStatus": text } }).to_string();
+    remote::run(
+        t,
+        host,
+        &format!(
+            "{} -n kube-system patch configmap kubeadm-config --type merge -p {}",
+            kubectl(),
+            crate::transport::shell::quote(&patch)
+        ),
+        secrets,
+        false,
+    )
+    .await?;
+    Ok(stale)
+}
+
 /// Delete a Node object (a machine that is gone for good). Absent is fine.
 pub async fn delete_node(
     t: &dyn Transport,
@@ -322,6 +402,29 @@ mod tests {
         assert_eq!(n[0].kubelet_version, "v1.20.2");
         assert!(n[0].unschedulable && !n[1].unschedulable);
         assert!(super::ready_nodes("nope").is_err());
+    }
+
+    #[test]
+    fn stale_api_endpoints_are_pruned_from_cluster_status() {
+        let cm = serde_json::json!({"data": {"ClusterStatus":
+            "apiEndpoints:\n  cp-1:\n    advertiseAddress: 10.0.0.10\n    bindPort: 6443\n  old-cp:\n    advertiseAddress: 10.0.0.99\n    bindPort: 6443\napiVersion: kubeadm.k8s.io/v1beta2\nkind: ClusterStatus\n"}}).to_string();
+        let keep = vec!["cp-1".to_string(), "cp-2".to_string()];
+        let (text, stale) = super::prune_cluster_status(&cm, &keep).unwrap().unwrap();
+        assert_eq!(stale, ["old-cp"]);
+        assert!(text.contains("cp-1") && !text.contains("old-cp") && !text.contains("10.0.0.99"));
+        assert!(text.contains("kind: ClusterStatus"));
+        assert!(
+            super::prune_cluster_status(&cm, &["cp-1".into(), "old-cp".into()])
+                .unwrap()
+                .is_none()
+        );
+        // kubeadm 1.22+: no ClusterStatus at all.
+        assert!(
+            super::prune_cluster_status(r#"{"data":{"ClusterConfiguration":"x"}}"#, &keep)
+                .unwrap()
+                .is_none()
+        );
+        assert!(super::prune_cluster_status("nope", &keep).is_err());
     }
 
     #[test]

@@ -175,6 +175,27 @@ async fn repair_before_joins(
             Special::InstallArtifacts => {}
         }
     }
+    // kubeadm before 1.22 lists every control plane it joined in ClusterStatus and
+    // drops an entry only when that node runs `kubeadm reset`.
+    if ctx.cluster.version().minor < 22 {
+        let keep: Vec<String> = ctx
+            .cluster
+            .topology
+            .control_planes()
+            .iter()
+            .map(|h| h.name.clone())
+            .collect();
+        let removed =
+            crate::kube::remove_stale_api_endpoints(s.as_ref(), &host.name, &keep, ctx.secrets)
+                .await
+                .map_err(|e| PhaseError::host(phase, e))?;
+        if !removed.is_empty() {
+            ctx.note(format!(
+                "removed kubeadm ClusterStatus entries of control planes no longer in the inventory: {}",
+                removed.join(", ")
+            ));
+        }
+    }
     Ok(())
 }
 
