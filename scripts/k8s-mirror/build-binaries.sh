@@ -5,7 +5,12 @@
 # upstream v1.20.2 tree with vendor/), with the three fixes the build needs here
 # (see ../shared/TESTBED.md) and upstream's version stamping.
 #
-#   build-binaries.sh OUT_DIR     build into OUT_DIR (skipped when OUT_DIR/.complete exists)
+#   build-binaries.sh OUT_DIR [LABEL]
+#       build into OUT_DIR (skipped when OUT_DIR/.complete exists). LABEL (default
+#       v1.20.2) is the version stamped into the binaries (gitVersion): the test bed's
+#       second version is the SAME v1.20.2 code under a test label such as v1.20.3-kf.0
+#       (docs/testbed-versions.md); gitCommit stays v1.20.2's commit, so `kubectl
+#       version` shows where the code comes from. pause is built for v1.20.2 only.
 #
 # Caches (outside the repo): the extracted source tree under
 # $KUBEFORGE_CACHE_DIR/k8s-src-<package version>, the Go build cache under
@@ -18,14 +23,21 @@ K8S_COMMIT=faecb196815e248d3ecfb03c680a4507229c2a56   # upstream tag v1.20.2
 BUILD_DATE=2021-01-13T13:20:00Z                       # fixed: reproducible binaries
 COMMANDS=(kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubelet kubeadm kubectl)
 
-out=${1:?usage: build-binaries.sh OUT_DIR}
+out=${1:?usage: build-binaries.sh OUT_DIR [LABEL]}
+label=${2:-$K8S_VERSION}
 cache=${KUBEFORGE_CACHE_DIR:-/var/cache/kubeforge}
 log() { echo "k8s-binaries: $*" >&2; }
 now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'; }
 
+# Only 1.20 labels: the code is 1.20.2's, and gitMinor must say so.
+if ! [[ "$label" =~ ^v1\.20\.(0|[1-9][0-9]*)(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?$ ]]; then
+    log "label $label is not a v1.20.x semantic version"
+    exit 2
+fi
+
 if [ -f "$out/.complete" ]; then
-    log "binaries already built in $out"
+    log "binaries ($label) already built in $out"
     exit 0
 fi
 
@@ -75,7 +87,7 @@ fi
 # Version stamping as upstream's hack/lib/version.sh does it.
 ldflags="-s -w"
 for pkg in k8s.io/kubernetes/vendor/k8s.io/component-base/version k8s.io/kubernetes/vendor/k8s.io/client-go/pkg/version; do
-    ldflags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=20"
+    ldflags+=" -X $pkg.gitVersion=$label -X $pkg.gitMajor=1 -X $pkg.gitMinor=20"
     ldflags+=" -X $pkg.gitCommit=$K8S_COMMIT -X $pkg.gitTreeState=clean -X $pkg.buildDate=$BUILD_DATE"
 done
 
@@ -84,22 +96,27 @@ rm -rf "$out.part"
 mkdir -p "$out.part"
 pkgs=()
 for c in "${COMMANDS[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$c"); done
-log "go build ${COMMANDS[*]} ($(go version | cut -d' ' -f3), GOCACHE=$GOCACHE)"
+log "go build ${COMMANDS[*]} as $label ($(go version | cut -d' ' -f3), GOCACHE=$GOCACHE)"
 go build -trimpath -ldflags "$ldflags" -o "$out.part/" "${pkgs[@]}" >"$cache/k8s-go-build.log" 2>&1 \
     || { tail -n 40 "$cache/k8s-go-build.log" >&2; exit 1; }
 for c in "${COMMANDS[@]}"; do [ -x "$out.part/$c" ] || { log "missing $c after the build"; exit 1; }; done
 log "go build done in $(elapsed "$t") s"
-# The sandbox image's only binary, from the same tree (pause.c of v1.20.2 is pause 3.2).
-t=$(now)
-gcc -Os -Wall -Werror -static -DVERSION=v3.2-kubeforge -o "$out.part/pause" build/pause/linux/pause.c
-strip "$out.part/pause"
-case "$("$out.part/pause" -v 2>&1)" in
-  *v3.2*) ;;
-  *) log "pause -v does not report v3.2"; exit 1 ;;
-esac
-log "pause built in $(elapsed "$t") s"
+# The sandbox image's only binary, from the same tree (pause.c of v1.20.2 is pause 3.2);
+# kubeadm pins pause by minor, so a second label of 1.20 shares it.
+if [ "$label" = "$K8S_VERSION" ]; then
+    t=$(now)
+    gcc -Os -Wall -Werror -static -DVERSION=v3.2-kubeforge -o "$out.part/pause" build/pause/linux/pause.c
+    strip "$out.part/pause"
+    case "$("$out.part/pause" -v 2>&1)" in
+      *v3.2*) ;;
+      *) log "pause -v does not report v3.2"; exit 1 ;;
+    esac
+    log "pause built in $(elapsed "$t") s"
+fi
 got=$("$out.part/kubeadm" version -o short)
-[ "$got" = "$K8S_VERSION" ] || { log "kubeadm reports $got, expected $K8S_VERSION"; exit 1; }
+[ "$got" = "$label" ] || { log "kubeadm reports $got, expected $label"; exit 1; }
+got=$("$out.part/kubelet" --version)
+[ "$got" = "Kubernetes $label" ] || { log "kubelet reports $got, expected Kubernetes $label"; exit 1; }
 rm -rf "$out"
 mv "$out.part" "$out"
 touch "$out/.complete"
