@@ -187,17 +187,29 @@ impl<'a> Kubeadm<'a> {
         )
     }
 
-    /// `kubeadm upgrade node` on the other nodes.
+    /// Whether the cluster runs without CoreDNS (addon/coredns skipped).
+    fn without_coredns(&self) -> bool {
+        self.cluster
+            .cluster
+            .spec
+            .kubeadm
+            .skip_phases
+            .iter()
+            .any(|p| p == "addon/coredns" || p == "addon")
+    }
+
+    /// `kubeadm upgrade node` on the other nodes. On a control plane of a cluster
+    /// without CoreDNS its preflight (an image pre-pull through crictl) would fail on the
+    /// CoreDNS image that is absent on purpose; the images are in place already.
     pub fn upgrade_node(&self, control_plane: bool) -> String {
-        format!(
-            "{} upgrade node{}",
-            self.bin(),
-            if control_plane {
-                self.patches_flag()
-            } else {
-                String::new()
+        let mut flags = String::new();
+        if control_plane {
+            flags.push_str(&self.patches_flag());
+            if self.without_coredns() {
+                flags.push_str(" --skip-phases=preflight");
             }
-        )
+        }
+        format!("{} upgrade node{flags}", self.bin())
     }
 
     /// `kubeadm reset` of a node that is to be joined again (kubeforge's markers of a

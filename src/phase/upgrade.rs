@@ -150,7 +150,7 @@ impl Phase for EtcdSnapshot {
         if let Some(h) = ctx.hosts.first() {
             p.operator.push(Step::new(format!(
                 "take an etcd snapshot from the member on {} (one member, its local client port), check its sha256, \
-store it encrypted in the state store as snapshots/{}.age",
+store it encrypted in the state store as snapshots/{}.age (a resumed upgrade keeps the one taken when it began)",
                 h.name,
                 snapshot_name(&tag, chrono::Utc::now())
             )));
@@ -167,21 +167,33 @@ store it encrypted in the state store as snapshots/{}.age",
         let Some((first, s)) = ctx.first_control_plane(phase).await? else {
             return Ok(());
         };
+        let (_, tag) = target(ctx.cluster);
+        // A resumed upgrade keeps the snapshot taken when it began: that one holds the
+        // cluster as it was before anything changed.
+        let prefix = format!("pre-upgrade-{tag}-");
+        let state_err = |source| PhaseError::State {
+            phase: phase.to_string(),
+            source,
+        };
+        let taken = ctx.state.store.snapshots().await.map_err(state_err)?;
+        if let Some(earlier) = taken.iter().find(|i| i.name.starts_with(&prefix)) {
+            ctx.note(format!(
+                "etcd snapshot {} (taken when this upgrade began) is kept; no new one",
+                earlier.name
+            ));
+            return Ok(());
+        }
         let started = Instant::now();
         let snap = etcd::snapshot(s.as_ref(), &first.name, ctx.secrets)
             .await
             .map_err(err)?;
-        let (_, tag) = target(ctx.cluster);
         let name = snapshot_name(&tag, chrono::Utc::now());
         let info = ctx
             .state
             .store
             .put_snapshot(&name, &snap.db)
             .await
-            .map_err(|source| PhaseError::State {
-                phase: phase.to_string(),
-                source,
-            })?;
+            .map_err(state_err)?;
         ctx.note(format!(
             "etcd snapshot {name}: {} bytes from {} (sha256 {}), {} bytes encrypted in the state store, {:.1}s",
             snap.db.len(),

@@ -7,7 +7,7 @@ pub struct WaitReady;
 
 const READY_WAIT: Duration = Duration::from_secs(300);
 /// How long kube-controller-manager may take to fill a new Service's Endpoints.
-const ENDPOINTS_WAIT: Duration = Duration::from_secs(60);
+const ENDPOINTS_WAIT: Duration = Duration::from_secs(30);
 
 /// Whether the probe Service's Endpoints get an address within `limit`.
 async fn endpoints_filled(
@@ -115,7 +115,7 @@ async fn endpoints_gate(ctx: &ApplyContext<'_>, phase: &str) -> Result<(), Phase
 /// How long a kube-apiserver's watch cache may lag behind etcd before it counts as stuck.
 const CACHE_WAIT: Duration = Duration::from_secs(15);
 /// How long kube-proxy may take to program a new Service.
-const PROXY_WAIT: Duration = Duration::from_secs(30);
+const PROXY_WAIT: Duration = Duration::from_secs(20);
 /// How long a restarted kube-apiserver may take to answer /readyz.
 const RESTART_WAIT: Duration = Duration::from_secs(180);
 

@@ -8,7 +8,9 @@
 //!    worker whose drain a PodDisruptionBudget blocks: named, the node schedulable;
 //! 3. with the budget gone, the next run finishes: every static pod on the new tag,
 //!    every kubelet at the new version, 3 etcd members, the snapshot in the state;
-//! 4. a further run plans nothing.
+//! 4. a further run plans nothing;
+//! 5. going back (`upgrade --to v1.20.2`, or `apply` of the file that still says
+//!    v1.20.2) is refused.
 
 use crate::common_podnet::kubectl;
 use crate::support::{docker, kubeforge, Prober};
@@ -383,6 +385,30 @@ pub fn upgrade_scenarios(dir: &Path, name: &str, vip: &str) {
         String::from_utf8_lossy(&out.stdout).contains("nothing to upgrade"),
         "{}",
         String::from_utf8_lossy(&out.stdout)
+    );
+
+    // 5. Going back is refused, by `upgrade` and by `apply` (the file still says
+    //    v1.20.2), with nothing changed.
+    let out = kubeforge(dir)
+        .args(["upgrade", "-f", "cluster.yaml", "--to", "v1.20.2", "--yes"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("downgrade is refused"), "{stderr}");
+    let out = kubeforge(dir)
+        .args(["apply", "-f", "cluster.yaml", "--yes"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("lowering spec.kubernetesVersion is refused"),
+        "{stderr}"
+    );
+    assert_eq!(
+        node_field(dir, &m("cp-1"), "{.status.nodeInfo.kubeletVersion}"),
+        TARGET
     );
 
     std::thread::sleep(Duration::from_secs(2));
