@@ -176,33 +176,88 @@ pub fn endpoints_addresses(json: &str) -> Vec<String> {
         .collect()
 }
 
-/// The probe Service's Endpoints as the kube-apiserver at `apiserver` (`ip:port`, asked
-/// from `host`) serves them from its watch cache (`resourceVersion=0`). A cache that
-/// misses what etcd holds means that apiserver's etcd watch is stuck, and every client
-/// watching through it (kube-proxy, kubelet, controllers) stays blind to changes
-/// (kubernetes/kubernetes#97294: the first apiserver after etcd member adds).
-pub async fn cached_probe_endpoints(
+/// What the probe looks like through each watch cache an apiserver keeps: the Service,
+/// its Pod, its Endpoints and its EndpointSlices (`discovery.k8s.io/v1beta1` before 1.21),
+/// as `(kind, path)` asked with `resourceVersion=0` (served from the cache).
+fn probe_views(minor: u64) -> [(&'static str, String); 4] {
+    let ns = "/api/v1/namespaces/kube-system";
+    let discovery = if minor < 21 { "v1beta1" } else { "v1" };
+    [
+        ("services", format!("{ns}/services/{PROBE}?resourceVersion=0")),
+        ("pods", format!("{ns}/pods/{PROBE}?resourceVersion=0")),
+        ("endpoints", format!("{ns}/endpoints/{PROBE}?resourceVersion=0")),
+        (
+            "endpointslices",
+            format!(
+                "/apis/discovery.k8s.io/{discovery}/namespaces/kube-system/endpointslices?labelSelector=kubernetes.io%2Fservice-name%3D{PROBE}&resourceVersion=0"
+            ),
+        ),
+    ]
+}
+
+/// Whether one cached view (see [`probe_views`]) shows the probe as etcd holds it.
+pub fn view_current(kind: &str, json: &str) -> bool {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else {
+        return false;
+    };
+    match kind {
+        "services" | "pods" => v["metadata"]["name"] == PROBE,
+        "endpoints" => !endpoints_addresses(json).is_empty(),
+        "endpointslices" => v["items"].as_array().into_iter().flatten().any(|i| {
+            i["endpoints"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|e| e["addresses"].as_array().is_some_and(|a| !a.is_empty()))
+        }),
+        _ => false,
+    }
+}
+
+/// The watch caches of the kube-apiserver at `apiserver` (`ip:port`, asked from `host`)
+/// that miss the probe etcd holds. A stale cache means that apiserver's watch on etcd
+/// for that resource is stuck, and every client watching the resource through it
+/// (kube-proxy: Services and EndpointSlices; kubelets; controllers) stays blind to
+/// changes (kubernetes/kubernetes#97294: the first apiserver after etcd member adds).
+pub async fn stale_caches(
     t: &dyn Transport,
     host: &str,
     apiserver: &str,
+    minor: u64,
     secrets: &dyn Redact,
-) -> Result<Vec<String>, HostError> {
+) -> Result<Vec<&'static str>, HostError> {
+    let views = probe_views(minor);
+    let server = crate::transport::shell::quote(&format!("https://{apiserver}"));
+    let script: Vec<String> = views
+        .iter()
+        .map(|(kind, path)| {
+            format!(
+                "echo '=={kind}'; {} --server={server} --request-timeout=5s get --raw {} 2>/dev/null; echo",
+                kubectl(),
+                crate::transport::shell::quote(path)
+            )
+        })
+        .collect();
     let out = remote::run(
         t,
         host,
-        &format!(
-            "{} --server={} --request-timeout=5s get --raw {} 2>/dev/null || true",
-            kubectl(),
-            crate::transport::shell::quote(&format!("https://{apiserver}")),
-            crate::transport::shell::quote(&format!(
-                "/api/v1/namespaces/kube-system/endpoints/{PROBE}?resourceVersion=0"
-            ))
-        ),
+        &format!("{}; true", script.join("; ")),
         secrets,
         false,
     )
     .await?;
-    Ok(endpoints_addresses(&out))
+    let mut stale = Vec::new();
+    for (kind, _) in &views {
+        let marker = format!("=={kind}\n");
+        let body = out
+            .split_once(&marker)
+            .map(|(_, rest)| rest.split("\n==").next().unwrap_or_default())
+            .unwrap_or_default();
+        if !view_current(kind, body) {
+            stale.push(*kind);
+        }
+    }
+    Ok(stale)
 }
 
 /// The probe Service's ClusterIP (empty when it has none yet).
@@ -425,6 +480,25 @@ mod tests {
                 .is_none()
         );
         assert!(super::prune_cluster_status("nope", &keep).is_err());
+    }
+
+    #[test]
+    fn cached_views_of_the_probe_are_judged() {
+        use super::{view_current, PROBE};
+        let svc = format!(r#"{{"kind":"Service","metadata":{{"name":"{PROBE}"}}}}"#);
+        assert!(view_current("services", &svc));
+        assert!(!view_current("services", r#"{"kind":"Status","code":404}"#));
+        assert!(!view_current("pods", ""));
+        let eps = r#"{"subsets":[{"addresses":[{"ip":"10.244.1.5"}]}]}"#;
+        assert!(view_current("endpoints", eps));
+        assert!(!view_current("endpoints", r#"{"subsets":[]}"#));
+        let slices = r#"{"items":[{"endpoints":[{"addresses":["10.244.1.5"]}]}]}"#;
+        assert!(view_current("endpointslices", slices));
+        assert!(!view_current("endpointslices", r#"{"items":[]}"#));
+        assert!(!view_current(
+            "endpointslices",
+            r#"{"items":[{"endpoints":null}]}"#
+        ));
     }
 
     #[test]

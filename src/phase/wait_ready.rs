@@ -159,17 +159,23 @@ async fn watchers_gate(
         let err = |e: HostError| PhaseError::host(phase, e);
         let hs = exec::session(ctx.rt, h).await.map_err(err)?;
         let api = std::net::SocketAddr::new(h.internal_address, port).to_string();
-        let sees = || async {
-            crate::kube::cached_probe_endpoints(hs.as_ref(), &h.name, &api, ctx.secrets)
-                .await
-                .map(|a| !a.is_empty())
+        let minor = ctx.cluster.version().minor;
+        let sees = || crate::kube::stale_caches(hs.as_ref(), &h.name, &api, minor, ctx.secrets);
+        let start = Instant::now();
+        let stale = loop {
+            let stale = sees().await.map_err(err)?;
+            if stale.is_empty() || start.elapsed() > CACHE_WAIT {
+                break stale;
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
         };
-        if within(CACHE_WAIT, sees).await.map_err(err)? {
+        if stale.is_empty() {
             continue;
         }
         ctx.note(format!(
-            "kube-apiserver on {} serves a stale watch cache (a Service etcd has held for {}s is missing from it; kubernetes/kubernetes#97294): restarting it",
+            "kube-apiserver on {} serves stale watch caches ({}: a Service etcd has held for {}s is missing from them; kubernetes/kubernetes#97294): restarting it",
             h.name,
+            stale.join(", "),
             CACHE_WAIT.as_secs()
         ));
         crate::kube::restart_apiserver(hs.as_ref(), &h.name, ctx.secrets)
@@ -183,7 +189,8 @@ async fn watchers_gate(
                     h.name
                 ))
             })?;
-        if !within(Duration::from_secs(60), sees).await.map_err(err)? {
+        let fresh = || async { sees().await.map(|s| s.is_empty()) };
+        if !within(Duration::from_secs(60), fresh).await.map_err(err)? {
             return Err(gate(format!(
                 "kube-apiserver on {} still serves a stale watch cache after a restart: clients watching through it miss changes (see its log and its etcd member's health)",
                 h.name

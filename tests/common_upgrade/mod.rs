@@ -273,6 +273,12 @@ pub fn upgrade_scenarios(dir: &Path, name: &str, vip: &str) {
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(!out.status.success(), "{stdout}\n{stderr}");
+    for l in stderr
+        .lines()
+        .filter(|l| l.contains(": upgraded to ") || l.contains("already at"))
+    {
+        eprintln!("  upgrade (resumed run): {}", l.trim());
+    }
     assert!(
         stderr.contains("PodDisruptionBudget") && stderr.contains("default/kf-solo-"),
         "the blocking budget's pod is named:\n{stderr}"
