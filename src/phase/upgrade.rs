@@ -325,6 +325,10 @@ fn node_steps(ctx: &PlanContext<'_>, h: &Host, first: bool, control_plane: bool)
     if control_plane {
         gates.insert(0, "its apiserver's /readyz answers ok".to_string());
         gates.insert(1, "its etcd member is healthy".to_string());
+        gates.push(
+            "a probe Service gets Endpoints, every apiserver's watch caches and every kube-proxy see it"
+                .to_string(),
+        );
     }
     steps.push(Step::new(format!("gates: {}", gates.join(", "))));
     if control_plane {
@@ -685,6 +689,13 @@ async fn upgrade_steps(
             });
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    if control_plane {
+        // A Service gets Endpoints, every apiserver's watch caches see it and every
+        // kube-proxy programs it (the bootstrap's gate), with this node upgraded.
+        super::wait_ready::endpoints_gate(ctx, phase)
+            .await
+            .map_err(|e| e.to_string())?;
     }
     lap("gates", &mut times);
 

@@ -32,7 +32,7 @@ async fn endpoints_filled(
 /// Gate: kube-controller-manager fills a new Service's Endpoints. After etcd members are
 /// added, its watches can stay dead (seen on this test bed): Services then never get
 /// Endpoints although every node is Ready. Caught here, and repaired by restarting it.
-async fn endpoints_gate(ctx: &ApplyContext<'_>, phase: &str) -> Result<(), PhaseError> {
+pub(super) async fn endpoints_gate(ctx: &ApplyContext<'_>, phase: &str) -> Result<(), PhaseError> {
     let Some((first, s)) = ctx.first_control_plane(phase).await? else {
         return Ok(());
     };

@@ -4,12 +4,14 @@
 //! through the VIP runs for the whole sequence, and a Deployment with a
 //! PodDisruptionBudget is probed through its Service from a node:
 //! 1. `upgrade` killed (SIGKILL) while the second control-plane node is out;
-//! 2. the next run resumes there (the first node is not done again) and stops at a
-//!    worker whose drain a PodDisruptionBudget blocks: named, the node schedulable;
-//! 3. with the budget gone, the next run finishes: every static pod on the new tag,
+//! 2. the next run resumes there (the first node is not done again); the third control
+//!    plane is stopped (docker stop) while it runs: it halts naming it, the API up;
+//! 3. with the machine back, the next run stops at a worker whose drain a
+//!    PodDisruptionBudget blocks: named, the node schedulable;
+//! 4. with the budget gone, the next run finishes: every static pod on the new tag,
 //!    every kubelet at the new version, 3 etcd members, the snapshot in the state;
-//! 4. a further run plans nothing;
-//! 5. going back (`upgrade --to v1.20.2`, or `apply` of the file that still says
+//! 5. a further run plans nothing;
+//! 6. going back (`upgrade --to v1.20.2`, or `apply` of the file that still says
 //!    v1.20.2) is refused.
 
 use crate::common_podnet::kubectl;
@@ -266,7 +268,99 @@ pub fn upgrade_scenarios(dir: &Path, name: &str, vip: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    // 2. Resumed at cp-2; stopped by a budget that forbids draining a worker.
+    // 1b. Resumed at cp-2; a control plane (cp-3) stops while the run goes on: the run
+    //     halts with cp-3 named, the API stays up. cp-3 is started again.
+    let mut child = Std::new(assert_cmd::cargo::cargo_bin("kubeforge"))
+        .current_dir(dir)
+        .env("KUBEFORGE_STATE_KEY_FILE", dir.join("state.agekey"))
+        .args([
+            "upgrade",
+            "-f",
+            "cluster.yaml",
+            "--to",
+            TARGET,
+            "--yes",
+            "--drain-timeout",
+            "20s",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let log = std::thread::spawn(move || {
+        BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<_>>()
+    });
+    let deadline = Instant::now() + Duration::from_secs(900);
+    loop {
+        if node_field(dir, &m("cp-2"), "{.status.nodeInfo.kubeletVersion}") == TARGET
+            && node_field(dir, &m("cp-2"), "{.spec.unschedulable}") != "true"
+        {
+            docker(&["stop", "-t", "2", &m("cp-3")]);
+            break;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "upgrade ended ({status}) before cp-2 was done:\n{}",
+                log.join().unwrap().join("\n")
+            );
+        }
+        assert!(Instant::now() < deadline, "cp-2 was never upgraded");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let status = child.wait().unwrap();
+    let halted = log.join().unwrap().join("\n");
+    assert!(!status.success(), "{halted}");
+    assert!(
+        halted.contains(&format!("{}: upgraded to {TARGET}", m("cp-2")))
+            && halted.contains("error: ")
+            && halted.contains(&m("cp-3")),
+        "the run halts at cp-3 and names it:\n{halted}"
+    );
+    for l in halted
+        .lines()
+        .filter(|l| l.contains(": upgraded to ") || l.starts_with("error"))
+    {
+        eprintln!("  upgrade (cp-3 stopped): {}", l.trim());
+    }
+    docker(&["start", &m("cp-3")]);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let etcd_healthy = |machine: &str| {
+        let out = docker(&[
+            "exec",
+            machine,
+            "curl",
+            "-sS",
+            "--max-time",
+            "3",
+            "--cacert",
+            "/etc/kubernetes/pki/etcd/ca.crt",
+            "--cert",
+            "/etc/kubernetes/pki/etcd/healthcheck-client.crt",
+            "--key",
+            "/etc/kubernetes/pki/etcd/healthcheck-client.key",
+            "https://127.0.0.1:2379/health",
+        ]);
+        String::from_utf8_lossy(&out.stdout)
+            .replace(' ', "")
+            .contains("\"health\":\"true\"")
+    };
+    while !(node_field(
+        dir,
+        &m("cp-3"),
+        "{.status.conditions[?(@.type=='Ready')].status}",
+    ) == "True"
+        && etcd_healthy(&m("cp-3")))
+    {
+        assert!(Instant::now() < deadline, "cp-3 did not come back");
+        std::thread::sleep(Duration::from_secs(3));
+    }
+
+    // 2. Resumed at cp-3; stopped by a budget that forbids draining a worker.
     apply_manifest(dir, "kf-solo.yaml", BLOCKER);
     wait_ready_replicas(dir, "kf-solo", "1");
     let out = upgrade(dir, &["--drain-timeout", "20s"]);
