@@ -53,6 +53,25 @@ pub enum Command {
     Image(ImageArgs),
     /// Measure fan-out performance against peers (parallel ssh/scp, Ansible).
     Bench(BenchArgs),
+    /// Print a shell completion script (bash, zsh, fish, powershell, elvish).
+    Completion(CompletionArgs),
+    /// Write the man pages of kubeforge and every subcommand (roff); without --out,
+    /// print kubeforge(1) on stdout.
+    Man(ManArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionArgs {
+    /// The shell the script is for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Directory to write kubeforge.1 and kubeforge-<command>.1 into (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -2,6 +2,7 @@ pub mod addons;
 pub mod apply;
 pub mod artifacts;
 pub mod bench;
+pub mod completion;
 pub mod destroy;
 pub mod image;
 pub mod kubeconfig;
@@ -56,5 +57,7 @@ pub async fn run(cli: crate::cli::Cli) -> Result<(), crate::error::Error> {
         Command::State(args) => crate::ops::state::run(args, output).await,
         Command::Image(args) => crate::ops::image::run(args, output).await,
         Command::Bench(args) => crate::ops::bench::run(args, output).await,
+        Command::Completion(args) => crate::ops::completion::completion(args.shell),
+        Command::Man(args) => crate::ops::completion::man(args.out.as_deref(), output),
     }
 }

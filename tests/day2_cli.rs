@@ -1,0 +1,140 @@
+//! Day-2 commands as a user runs them (issue 16): completion, man pages, schema,
+//! inventory (real `ansible-inventory`), clusters, kubeconfig (real kubectl), plan's
+//! detailed exit code, and the examples in every command's help.
+
+use assert_cmd::Command;
+use std::path::PathBuf;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn kubeforge() -> Command {
+    let mut c = Command::cargo_bin("kubeforge").unwrap();
+    c.current_dir(root())
+        .env_remove("KUBEFORGE_STATE_KEY_FILE")
+        .env_remove("KUBEFORGE_STATE_PASSPHRASE")
+        .env_remove("KUBEFORGE_STATE_KEY");
+    c
+}
+
+fn stdout_of(c: &mut Command) -> String {
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{c:?} failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn run_tool(cmd: &mut std::process::Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+// ------------------------------------------------------------------ completion, man
+
+/// man's bold and underline for a pipe: `X\bX`, `_\bX` -> `X`.
+fn strip_overstrike(s: &str) -> String {
+    let mut out: Vec<char> = Vec::new();
+    for c in s.chars() {
+        if c == '\u{8}' {
+            out.pop();
+            continue;
+        }
+        out.push(c);
+    }
+    out.into_iter().collect()
+}
+
+#[test]
+fn bash_completion_is_valid_bash_and_knows_the_subcommands() {
+    let script = stdout_of(kubeforge().args(["completion", "bash"]));
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("kubeforge.bash");
+    std::fs::write(&f, &script).unwrap();
+    run_tool(std::process::Command::new("bash").arg("-n").arg(&f));
+    for sub in [
+        "apply",
+        "plan",
+        "upgrade",
+        "state",
+        "kubeconfig",
+        "completion",
+        "man",
+    ] {
+        assert!(
+            script.contains(&format!("kubeforge__{sub}")) || script.contains(sub),
+            "the bash completion does not mention `{sub}`"
+        );
+    }
+    // It completes `kubeforge st<TAB>` to `state` when sourced.
+    let probe = format!(
+        "source {}\nCOMP_WORDS=(kubeforge st)\nCOMP_CWORD=1\nCOMP_LINE='kubeforge st'\nCOMP_POINT=12\n_kubeforge kubeforge st kubeforge\nprintf '%s\\n' \"${{COMPREPLY[@]}}\"\n",
+        f.display()
+    );
+    let replies = run_tool(std::process::Command::new("bash").arg("-c").arg(probe));
+    assert!(
+        replies.lines().any(|l| l == "state"),
+        "`kubeforge st<TAB>` offers {replies:?}"
+    );
+    for shell in ["zsh", "fish", "powershell", "elvish"] {
+        let s = stdout_of(kubeforge().args(["completion", shell]));
+        assert!(s.contains("kubeforge"), "{shell}: {s}");
+    }
+    kubeforge().args(["completion", "tcsh"]).assert().code(2);
+}
+
+#[test]
+fn man_pages_render_for_the_command_and_its_subcommands() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("man1");
+    let report = stdout_of(kubeforge().args(["man", "-o", "json", "--out"]).arg(&out));
+    let v: serde_json::Value = serde_json::from_str(&report).unwrap();
+    let pages: Vec<&str> = v["pages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    for p in [
+        "kubeforge.1",
+        "kubeforge-apply.1",
+        "kubeforge-state.1",
+        "kubeforge-state-show.1",
+        "kubeforge-kubeconfig.1",
+    ] {
+        assert!(pages.contains(&p), "{p} missing from {pages:?}");
+        let text = std::fs::read_to_string(out.join(p)).unwrap();
+        assert!(text.contains(".TH "), "{p} has no roff header");
+    }
+    // The page on stdout is the top-level one.
+    let top = stdout_of(kubeforge().arg("man"));
+    assert!(top.contains(".TH kubeforge 1"), "{top}");
+    // Rendered by man itself when it is installed.
+    if std::process::Command::new("man")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        let rendered = strip_overstrike(&run_tool(
+            std::process::Command::new("man")
+                .env("MANWIDTH", "100")
+                .arg("-l")
+                .arg(out.join("kubeforge-state-show.1")),
+        ));
+        assert!(rendered.contains("NAME"), "{rendered}");
+        assert!(rendered.contains("--generation"), "{rendered}");
+    }
+}
