@@ -138,3 +138,53 @@ fn man_pages_render_for_the_command_and_its_subcommands() {
         assert!(rendered.contains("--generation"), "{rendered}");
     }
 }
+
+// ------------------------------------------------------------------ plan --detailed-exitcode
+
+#[test]
+fn plan_detailed_exitcode_tells_changes_from_errors() {
+    // A plan for fresh hosts has changes: 2 with the flag, 0 without.
+    kubeforge()
+        .args([
+            "plan",
+            "--offline",
+            "--detailed-exitcode",
+            "-f",
+            "examples/baremetal.yaml",
+        ])
+        .assert()
+        .code(2);
+    kubeforge()
+        .args(["plan", "--offline", "-f", "examples/baremetal.yaml"])
+        .assert()
+        .code(0);
+    let out = kubeforge()
+        .args([
+            "plan",
+            "--offline",
+            "--detailed-exitcode",
+            "-o",
+            "json",
+            "-f",
+            "examples/local.yaml",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["phases"].as_array().is_some_and(|p| !p.is_empty()));
+    // Bad input is exit 2 normally, 1 with the flag (2 would read as "changes").
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "apiVersion: kubeforge.dev/v1alpha1\nkind: Cluster\n").unwrap();
+    kubeforge()
+        .args(["plan", "--offline", "-f"])
+        .arg(&bad)
+        .assert()
+        .code(2);
+    kubeforge()
+        .args(["plan", "--offline", "--detailed-exitcode", "-f"])
+        .arg(&bad)
+        .assert()
+        .code(1);
+}

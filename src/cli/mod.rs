@@ -96,6 +96,11 @@ pub struct PlanArgs {
     /// A playbook file replacing the embedded bootstrap playbook.
     #[arg(long)]
     pub playbook: Option<PathBuf>,
+    /// Exit 0 when there are no changes, 2 when changes are pending (terraform's
+    /// convention); errors keep their exit codes, except bad input, which exits 1 so
+    /// that 2 only ever means "changes".
+    #[arg(long)]
+    pub detailed_exitcode: bool,
 }
 
 #[derive(Debug, Args)]

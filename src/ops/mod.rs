@@ -40,12 +40,22 @@ pub fn confirm(question: &str, verb: &str, refused: &str) -> Result<(), crate::e
 
 /// Run the command `cli` names: one match arm per command, each calling one ops
 /// function (argument types live in `cli/`, which depends on nothing above it).
-pub async fn run(cli: crate::cli::Cli) -> Result<(), crate::error::Error> {
+///
+/// `Ok` carries the exit status of a success: 0, or 2 for `plan --detailed-exitcode`
+/// with changes pending.
+pub async fn run(cli: crate::cli::Cli) -> Result<u8, crate::error::Error> {
     use crate::cli::Command;
     let output = cli.output;
-    match cli.command {
+    let status = match cli.command {
+        Command::Plan(args) => {
+            let detailed = args.detailed_exitcode;
+            let changes = crate::ops::plan::run(args, output).await?;
+            return Ok(match (detailed, changes) {
+                (true, crate::ops::plan::Changes::Pending) => PLAN_CHANGES_PENDING,
+                _ => 0,
+            });
+        }
         Command::Validate(args) => crate::ops::validate::run(&args.file, output),
-        Command::Plan(args) => crate::ops::plan::run(args, output).await,
         Command::Render(args) => crate::ops::render::run(&args.spec.file, &args.out, output),
         Command::Apply(args) => crate::ops::apply::run(args, output, cli.verbose > 0).await,
         Command::Addons(args) => crate::ops::addons::run(args, output).await,
@@ -59,5 +69,20 @@ pub async fn run(cli: crate::cli::Cli) -> Result<(), crate::error::Error> {
         Command::Bench(args) => crate::ops::bench::run(args, output).await,
         Command::Completion(args) => crate::ops::completion::completion(args.shell),
         Command::Man(args) => crate::ops::completion::man(args.out.as_deref(), output),
+    };
+    status.map(|()| 0)
+}
+
+/// `plan --detailed-exitcode`: changes pending (terraform's 2).
+pub const PLAN_CHANGES_PENDING: u8 = 2;
+
+/// The exit code of a failed command: its kind's, except that `plan
+/// --detailed-exitcode` reports bad input as 1, so that its 2 only means "changes".
+pub fn failure_exit_code(cli_detailed_exitcode: bool, err: &crate::error::Error) -> u8 {
+    let code = err.exit_code();
+    if cli_detailed_exitcode && code == PLAN_CHANGES_PENDING {
+        crate::error::ExitKind::Internal as u8
+    } else {
+        code
     }
 }
