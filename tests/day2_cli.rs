@@ -188,3 +188,107 @@ fn plan_detailed_exitcode_tells_changes_from_errors() {
         .assert()
         .code(1);
 }
+
+// ------------------------------------------------------------------ schema
+
+fn schema() -> serde_json::Value {
+    serde_json::from_str(&stdout_of(kubeforge().arg("schema"))).unwrap()
+}
+
+fn yaml_to_json(text: &str) -> serde_json::Value {
+    let v: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).unwrap();
+    serde_json::to_value(v).unwrap()
+}
+
+/// The schema's complaints about `instance` (`path: message`), none when it is valid.
+fn schema_errors(validator: &jsonschema::Validator, instance: &serde_json::Value) -> Vec<String> {
+    validator
+        .iter_errors(instance)
+        .map(|e| format!("{}: {e}", e.instance_path()))
+        .collect()
+}
+
+#[test]
+fn schema_is_checked_in_as_docs_cluster_schema_json() {
+    let generated = serde_json::to_string_pretty(&schema()).unwrap() + "\n";
+    let path = root().join("docs/cluster.schema.json");
+    if std::env::var_os("KUBEFORGE_UPDATE_SCHEMA").is_some() {
+        std::fs::write(&path, &generated).unwrap();
+    }
+    let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        checked_in == generated,
+        "docs/cluster.schema.json differs from `kubeforge schema` (the spec types changed): \
+         KUBEFORGE_UPDATE_SCHEMA=1 cargo test --test day2_cli schema rewrites it; review the diff"
+    );
+}
+
+#[test]
+fn every_example_validates_against_the_schema_and_unknown_fields_do_not() {
+    let schema = schema();
+    assert_eq!(schema["additionalProperties"], false);
+    let validator = jsonschema::validator_for(&schema).expect("the schema is a valid JSON Schema");
+    let mut examples: Vec<PathBuf> = std::fs::read_dir(root().join("examples"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    examples.sort();
+    assert!(examples.len() >= 5, "{examples:?}");
+    for ex in &examples {
+        let doc = yaml_to_json(&std::fs::read_to_string(ex).unwrap());
+        let errors = schema_errors(&validator, &doc);
+        assert!(errors.is_empty(), "{}: {errors:#?}", ex.display());
+    }
+    // What kubeforge refuses, the schema refuses too (and the other way round is
+    // checked by the examples): unknown fields at every depth, no provider, two
+    // providers, a wrong kind.
+    let base = std::fs::read_to_string(root().join("examples/baremetal.yaml")).unwrap();
+    let cases: [(&str, &str, &str); 5] = [
+        ("spec:\n", "spec:\n  colour: blue\n", "/spec"),
+        (
+            "    pathStyle: true\n",
+            "    pathStyle: true\n    bucket: x\n",
+            "/spec/state",
+        ),
+        (
+            "          - {address: 10.10.0.1, asn: 64513}\n",
+            "          - {address: 10.10.0.1, asn: 64513, password: x}\n",
+            "/spec/addons/metallb/bgp/peers/0",
+        ),
+        (
+            "    static:\n",
+            "    docker: {}\n    static:\n",
+            "/spec/provider",
+        ),
+        ("kind: Cluster\n", "kind: Inventory\n", "/kind"),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    for (from, to, at) in cases {
+        assert!(base.contains(from), "{from:?}");
+        let text = base.replacen(from, to, 1);
+        // The base file validates, so any error comes from the change; under an
+        // optional section (`anyOf: [{$ref}, null]`) it is reported at that section.
+        let errors: Vec<(String, String)> = validator
+            .iter_errors(&yaml_to_json(&text))
+            .map(|e| (e.instance_path().to_string(), e.to_string()))
+            .collect();
+        assert!(
+            errors
+                .iter()
+                .any(|(path, _)| !path.is_empty() && at.starts_with(path.as_str())),
+            "{to:?}: expected a schema error at {at} (or a section above it), got {errors:#?}"
+        );
+        let f = dir.path().join("bad.yaml");
+        std::fs::write(
+            &f,
+            text.replace("../inventory/", &format!("{}/inventory/", root().display())),
+        )
+        .unwrap();
+        kubeforge()
+            .args(["validate", "-f"])
+            .arg(&f)
+            .assert()
+            .code(2);
+    }
+}

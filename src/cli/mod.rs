@@ -58,6 +58,9 @@ pub enum Command {
     /// Write the man pages of kubeforge and every subcommand (roff); without --out,
     /// print kubeforge(1) on stdout.
     Man(ManArgs),
+    /// Print the JSON Schema of the cluster file (for editors and CI; unknown fields are
+    /// refused, as kubeforge refuses them).
+    Schema,
 }
 
 #[derive(Debug, Args)]

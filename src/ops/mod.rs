@@ -11,6 +11,7 @@ pub mod preview;
 pub mod recover;
 pub mod render;
 pub mod runner;
+pub mod schema;
 pub mod session;
 pub mod state;
 pub mod upgrade;
@@ -69,6 +70,7 @@ pub async fn run(cli: crate::cli::Cli) -> Result<u8, crate::error::Error> {
         Command::Bench(args) => crate::ops::bench::run(args, output).await,
         Command::Completion(args) => crate::ops::completion::completion(args.shell),
         Command::Man(args) => crate::ops::completion::man(args.out.as_deref(), output),
+        Command::Schema => crate::ops::schema::run(),
     };
     status.map(|()| 0)
 }
