@@ -292,3 +292,215 @@ fn every_example_validates_against_the_schema_and_unknown_fields_do_not() {
             .code(2);
     }
 }
+
+// ------------------------------------------------------------------ inventory
+
+/// `ansible-inventory` from ansible-core (scripts/testbed/10-packages.sh installs it).
+fn ansible_inventory() -> std::process::Command {
+    let found = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|d| d.join("ansible-inventory"))
+            .find(|p| p.is_file())
+    });
+    let Some(bin) = found else {
+        panic!("ansible-inventory is not on PATH: run scripts/testbed/10-packages.sh (pip install ansible-core)");
+    };
+    std::process::Command::new(bin)
+}
+
+/// An inventory script calling the built binary, as a user would write it.
+fn inventory_script(dir: &std::path::Path, cluster: &std::path::Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let script = dir.join("kubeforge-inventory.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nexec '{}' inventory -f '{}' \"$@\"\n",
+            assert_cmd::cargo::cargo_bin("kubeforge").display(),
+            cluster.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    script
+}
+
+fn run_ansible_inventory(dir: &std::path::Path, args: &[&str]) -> serde_json::Value {
+    let mut cmd = ansible_inventory();
+    cmd.current_dir(root())
+        .env("ANSIBLE_HOME", dir.join("ansible-home"))
+        .env("ANSIBLE_LOCAL_TEMP", dir.join("ansible-tmp"))
+        // Only the script plugin, and a script that fails fails the command (Ansible
+        // would otherwise warn and go on with an empty inventory).
+        .env("ANSIBLE_INVENTORY_ENABLED", "script")
+        .env("ANSIBLE_INVENTORY_UNPARSED_FAILED", "true")
+        .args(args);
+    serde_json::from_str(&run_tool(&mut cmd)).unwrap()
+}
+
+fn hosts_of(inv: &serde_json::Value, group: &str) -> Vec<String> {
+    let mut v: Vec<String> = inv[group]["hosts"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no group {group} in {inv:#}"))
+        .iter()
+        .map(|h| h.as_str().unwrap().to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn ansible_reads_the_static_inventory_with_kubespray_groups() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = inventory_script(dir.path(), &root().join("examples/baremetal.yaml"));
+    let s = script.to_str().unwrap();
+    let inv = run_ansible_inventory(dir.path(), &["-i", s, "--list"]);
+    let masters = ["master-1", "master-2", "master-3"];
+    assert_eq!(hosts_of(&inv, "kube_control_plane"), masters);
+    assert_eq!(hosts_of(&inv, "etcd"), masters);
+    assert_eq!(
+        hosts_of(&inv, "kube_node"),
+        ["worker-1", "worker-2", "worker-3"]
+    );
+    assert_eq!(hosts_of(&inv, "lb"), ["lb-1", "lb-2", "lb-3"]);
+    let children: Vec<&str> = inv["k8s_cluster"]["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert!(
+        children.contains(&"kube_control_plane") && children.contains(&"kube_node"),
+        "{children:?}"
+    );
+    let m2 = &inv["_meta"]["hostvars"]["master-2"];
+    assert_eq!(m2["ansible_host"], "10.10.0.12", "{m2:#}");
+    assert_eq!(m2["ansible_user"], "debian");
+    assert_eq!(m2["ansible_port"], 22);
+    assert_eq!(m2["ip"], "10.10.0.12");
+    assert_eq!(m2["access_ip"], "10.10.0.12");
+    assert_eq!(
+        m2["ansible_ssh_common_args"],
+        "-o ProxyJump=jump@10.10.0.5:22"
+    );
+    // --host: that host's variables, through Ansible.
+    let w3 = run_ansible_inventory(dir.path(), &["-i", s, "--host", "worker-3"]);
+    assert_eq!(w3["ansible_host"], "10.10.0.23", "{w3:#}");
+    assert_eq!(w3["ansible_user"], "debian");
+    // Round trip: Ansible writes the inventory as YAML, kubeforge's static provider
+    // reads it back (the `lb` group is one of the names it reads) with the same
+    // hosts, roles and addresses.
+    let yaml = dir.path().join("exported.yaml");
+    let mut export = ansible_inventory();
+    export
+        .current_dir(root())
+        .env("ANSIBLE_HOME", dir.path().join("ansible-home"))
+        .env("ANSIBLE_INVENTORY_ENABLED", "script")
+        .env("ANSIBLE_INVENTORY_UNPARSED_FAILED", "true")
+        .args(["-i", s, "--list", "--yaml", "--output"])
+        .arg(&yaml);
+    run_tool(&mut export);
+    let original = std::fs::read_to_string(root().join("examples/baremetal.yaml")).unwrap();
+    let copy = dir.path().join("cluster.yaml");
+    std::fs::write(
+        &copy,
+        original.replace("../inventory/baremetal.ini", "exported.yaml"),
+    )
+    .unwrap();
+    let again: serde_json::Value = serde_json::from_str(&stdout_of(
+        kubeforge()
+            .args(["inventory", "-f"])
+            .arg(&copy)
+            .arg("--list"),
+    ))
+    .unwrap();
+    let direct: serde_json::Value = serde_json::from_str(&stdout_of(kubeforge().args([
+        "inventory",
+        "-f",
+        "examples/baremetal.yaml",
+        "--list",
+    ])))
+    .unwrap();
+    assert_eq!(again, direct);
+    // An unknown host is an input error naming the hosts there are.
+    kubeforge()
+        .args([
+            "inventory",
+            "-f",
+            "examples/baremetal.yaml",
+            "--host",
+            "nope",
+        ])
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("no host `nope`"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inventory_takes_provider_made_machines_from_the_state_without_its_key() {
+    use kubeforge::state::{Machine, StateDocument, StateStore, StoreOptions, Version};
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = dir.path().join("cluster.yaml");
+    std::fs::write(
+        &cluster,
+        "apiVersion: kubeforge.dev/v1alpha1\nkind: Cluster\nmetadata: {name: inv}\nspec:\n  kubernetesVersion: v1.20.2\n  provider: {docker: {subnet: 10.77.0.0/24}}\n  state: {url: file://store}\n  ssh: {user: ops, port: 2222}\n",
+    )
+    .unwrap();
+    // The state as `apply` leaves it: machines with provider ids and addresses; the
+    // secrets encrypted with a key this command is not given.
+    let store = StateStore::open_url(
+        &format!("file://{}", dir.path().join("store").display()),
+        &StoreOptions::default(),
+        dir.path(),
+    )
+    .unwrap()
+    .with_cluster(Some("inv".into()))
+    .with_seen_dir(None);
+    let mut doc = StateDocument::new("inv");
+    doc.machines.insert(
+        "inv-cp-1".into(),
+        Machine {
+            name: "inv-cp-1".into(),
+            provider_id: Some("c0ffee".into()),
+            addresses: vec!["10.77.0.10".into(), "203.0.113.7".into()],
+            roles: vec!["control-plane".into()],
+            ..Default::default()
+        },
+    );
+    store.save(&mut doc, &Version::absent()).await.unwrap();
+
+    let out = stdout_of(kubeforge().current_dir(dir.path()).args([
+        "inventory",
+        "-f",
+        "cluster.yaml",
+        "--list",
+    ]));
+    let inv: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(hosts_of(&inv, "kube_control_plane").len(), 3, "{inv:#}");
+    // No dedicated load balancers: HAProxy runs on the control-plane nodes.
+    assert_eq!(
+        hosts_of(&inv, "lb"),
+        hosts_of(&inv, "kube_control_plane"),
+        "{inv:#}"
+    );
+    assert!(hosts_of(&inv, "kube_node").is_empty());
+    let cp1 = &inv["_meta"]["hostvars"]["inv-cp-1"];
+    assert_eq!(cp1["ansible_host"], "10.77.0.10", "{cp1:#}");
+    assert_eq!(cp1["ansible_user"], "ops");
+    assert_eq!(cp1["ansible_port"], 2222);
+    assert_eq!(cp1["public_ip"], "203.0.113.7");
+    assert_eq!(cp1["kubeforge_provider_id"], "c0ffee");
+    // A machine not made yet has its planned address and no provider id.
+    let cp2 = &inv["_meta"]["hostvars"]["inv-cp-2"];
+    assert_eq!(cp2["ansible_host"], "10.77.0.11", "{cp2:#}");
+    assert!(cp2.get("kubeforge_provider_id").is_none());
+    let host = stdout_of(kubeforge().current_dir(dir.path()).args([
+        "inventory",
+        "-f",
+        "cluster.yaml",
+        "--host",
+        "inv-cp-1",
+    ]));
+    let host: serde_json::Value = serde_json::from_str(&host).unwrap();
+    assert_eq!(&host, cp1);
+}

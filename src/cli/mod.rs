@@ -61,6 +61,22 @@ pub enum Command {
     /// Print the JSON Schema of the cluster file (for editors and CI; unknown fields are
     /// refused, as kubeforge refuses them).
     Schema,
+    /// The hosts as an Ansible dynamic inventory (JSON, the inventory-script contract;
+    /// Kubespray's group names). Reads the cluster file and, for providers that make
+    /// their machines, the state's machine records; no lock, no SSH.
+    Inventory(InventoryArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InventoryArgs {
+    #[command(flatten)]
+    pub spec: SpecArgs,
+    /// Every group and host with `_meta.hostvars` (the default).
+    #[arg(long, conflicts_with = "host")]
+    pub list: bool,
+    /// One host's variables.
+    #[arg(long, value_name = "HOST")]
+    pub host: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod completion;
 pub mod destroy;
 pub mod image;
+pub mod inventory;
 pub mod kubeconfig;
 pub mod plan;
 pub mod preview;
@@ -71,6 +72,13 @@ pub async fn run(cli: crate::cli::Cli) -> Result<u8, crate::error::Error> {
         Command::Completion(args) => crate::ops::completion::completion(args.shell),
         Command::Man(args) => crate::ops::completion::man(args.out.as_deref(), output),
         Command::Schema => crate::ops::schema::run(),
+        Command::Inventory(args) => {
+            let query = match args.host {
+                Some(h) => crate::ops::inventory::Query::Host(h),
+                None => crate::ops::inventory::Query::List,
+            };
+            crate::ops::inventory::run(&args.spec.file, query).await
+        }
     };
     status.map(|()| 0)
 }
