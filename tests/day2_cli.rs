@@ -504,3 +504,99 @@ async fn the_inventory_takes_provider_made_machines_from_the_state_without_its_k
     let host: serde_json::Value = serde_json::from_str(&host).unwrap();
     assert_eq!(&host, cp1);
 }
+
+// ------------------------------------------------------------------ clusters
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clusters_lists_every_state_under_a_prefix_with_its_lock() {
+    use kubeforge::state::{StateDocument, StateStore, StoreOptions, Version};
+    let dir = tempfile::tempdir().unwrap();
+    let root_url = format!("file://{}", dir.path().join("bucket").display());
+    let open = |prefix: &str, name: &str| {
+        StateStore::open_url(
+            &format!("{root_url}/{prefix}"),
+            &StoreOptions::default(),
+            dir.path(),
+        )
+        .unwrap()
+        .with_cluster(Some(name.to_string()))
+        .with_seen_dir(None)
+    };
+    // prd saved three times, dev once, wsp one level deeper.
+    let prd = open("prd", "prd");
+    let mut doc = StateDocument::new("prd");
+    let mut v = Version::absent();
+    for _ in 0..3 {
+        v = prd.save(&mut doc, &v).await.unwrap();
+    }
+    let dev = open("dev", "dev");
+    dev.save(&mut StateDocument::new("dev"), &Version::absent())
+        .await
+        .unwrap();
+    let wsp = open("teams/wsp", "wsp");
+    wsp.save(&mut StateDocument::new("wsp"), &Version::absent())
+        .await
+        .unwrap();
+    // Someone is applying to dev right now.
+    let guard = dev.lock("kubeforge apply -f dev.yaml").await.unwrap();
+
+    let out = stdout_of(kubeforge().args(["clusters", "-o", "json", "--state-url", &root_url]));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let clusters = v["clusters"].as_array().unwrap();
+    let names: Vec<&str> = clusters
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["dev", "prd", "wsp"], "{v:#}");
+    let by = |n: &str| clusters.iter().find(|c| c["name"] == n).unwrap();
+    assert_eq!(by("prd")["generation"], 3, "{v:#}");
+    assert_eq!(by("dev")["generation"], 1);
+    assert_eq!(by("wsp")["prefix"], "teams/wsp");
+    assert_eq!(by("wsp")["url"], format!("{root_url}/teams/wsp"));
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    assert!(
+        by("prd")["updatedBy"]
+            .as_str()
+            .is_some_and(|w| w.starts_with(&format!("{user}@"))),
+        "{v:#}"
+    );
+    assert!(by("prd")["updated"].is_string());
+    assert!(by("prd").get("lock").is_none(), "{v:#}");
+    let lock = &by("dev")["lock"];
+    assert_eq!(lock["command"], "kubeforge apply -f dev.yaml", "{v:#}");
+    assert_eq!(lock["pid"], std::process::id());
+    assert_eq!(by("dev")["lockExpired"], false);
+    // The text table names the holder; listing took no lock of its own.
+    let text = stdout_of(kubeforge().args(["clusters", "--state-url", &root_url]));
+    assert!(text.contains("NAME"), "{text}");
+    let dev_line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("dev"))
+        .unwrap();
+    assert!(dev_line.contains("kubeforge apply -f dev.yaml"), "{text}");
+    assert!(prd.lock_status().await.unwrap().is_none());
+    guard.release().await.unwrap();
+    // The URL of one cluster lists that cluster; an empty prefix lists none.
+    let one = stdout_of(kubeforge().args([
+        "clusters",
+        "-o",
+        "json",
+        "--state-url",
+        &format!("{root_url}/prd"),
+    ]));
+    let one: serde_json::Value = serde_json::from_str(&one).unwrap();
+    assert_eq!(one["clusters"][0]["name"], "prd");
+    assert_eq!(one["clusters"][0]["prefix"], "");
+    let empty = dir.path().join("empty");
+    let none = stdout_of(
+        kubeforge()
+            .args(["clusters", "--state-url"])
+            .arg(format!("file://{}", empty.display())),
+    );
+    assert!(none.starts_with("No clusters under"), "{none}");
+    kubeforge()
+        .args(["clusters", "--state-url", "ftp://x/y"])
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("unknown scheme"));
+}

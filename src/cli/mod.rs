@@ -65,6 +65,28 @@ pub enum Command {
     /// Kubespray's group names). Reads the cluster file and, for providers that make
     /// their machines, the state's machine records; no lock, no SSH.
     Inventory(InventoryArgs),
+    /// The clusters whose states are kept under one store prefix, with generation, last
+    /// change, last writer and lock holder (read-only; no state key needed).
+    Clusters(ClustersArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ClustersArgs {
+    /// The prefix holding the clusters' stores (file://DIR, s3://bucket/prefix, gs://,
+    /// az://); every prefix below it with a state or a lock is a cluster.
+    #[arg(long, value_name = "URL")]
+    pub state_url: String,
+    /// S3 endpoint (MinIO, any S3-compatible store).
+    #[arg(long, value_name = "URL")]
+    pub endpoint: Option<String>,
+    #[arg(long)]
+    pub region: Option<String>,
+    /// Path-style S3 requests (needed by MinIO and most emulators).
+    #[arg(long)]
+    pub path_style: bool,
+    /// Allow a plain http:// endpoint.
+    #[arg(long)]
+    pub allow_http: bool,
 }
 
 #[derive(Debug, Args)]

@@ -2,6 +2,7 @@ pub mod addons;
 pub mod apply;
 pub mod artifacts;
 pub mod bench;
+pub mod clusters;
 pub mod completion;
 pub mod destroy;
 pub mod image;
@@ -72,6 +73,7 @@ pub async fn run(cli: crate::cli::Cli) -> Result<u8, crate::error::Error> {
         Command::Completion(args) => crate::ops::completion::completion(args.shell),
         Command::Man(args) => crate::ops::completion::man(args.out.as_deref(), output),
         Command::Schema => crate::ops::schema::run(),
+        Command::Clusters(args) => crate::ops::clusters::run(args, output).await,
         Command::Inventory(args) => {
             let query = match args.host {
                 Some(h) => crate::ops::inventory::Query::Host(h),
