@@ -2,6 +2,8 @@
 //! inventory (real `ansible-inventory`), clusters, kubeconfig (real kubectl), plan's
 //! detailed exit code, and the examples in every command's help.
 
+mod support;
+
 use assert_cmd::Command;
 use std::path::PathBuf;
 
@@ -599,4 +601,257 @@ async fn clusters_lists_every_state_under_a_prefix_with_its_lock() {
         .assert()
         .code(2)
         .stderr(predicates::str::contains("unknown scheme"));
+}
+
+// ------------------------------------------------------------------ kubeconfig
+
+/// kubeadm's admin.conf shape.
+const ADMIN_CONF: &str = "apiVersion: v1
+clusters:
+- cluster:
+    certificate-authority-data: Q0EtREFUQQ==
+    server: https://10.77.0.254:8443
+  name: kubernetes
+contexts:
+- context:
+    cluster: kubernetes
+    user: kubernetes-admin
+  name: kubernetes-admin@kubernetes
+current-context: kubernetes-admin@kubernetes
+kind: Config
+preferences: {}
+users:
+- name: kubernetes-admin
+  user:
+    client-certificate-data: Q0VSVA==
+    client-key-data: S0VZ
+";
+
+/// A cluster `demo` whose encrypted state holds ADMIN_CONF; returns the key file.
+async fn cluster_with_admin_conf(dir: &std::path::Path) -> PathBuf {
+    use kubeforge::state::{Keyring, StateStore, StoreOptions};
+    std::fs::write(
+        dir.join("cluster.yaml"),
+        "apiVersion: kubeforge.dev/v1alpha1\nkind: Cluster\nmetadata: {name: demo}\nspec:\n  kubernetesVersion: v1.20.2\n  provider: {docker: {subnet: 10.77.0.0/24}}\n  state: {url: file://store}\n",
+    )
+    .unwrap();
+    let (keyring, text) = Keyring::generate();
+    let key = dir.join("state.agekey");
+    std::fs::write(&key, text + "\n").unwrap();
+    let store = StateStore::open_url(
+        &format!("file://{}", dir.join("store").display()),
+        &StoreOptions::default(),
+        dir,
+    )
+    .unwrap()
+    .with_cluster(Some("demo".into()))
+    .with_keyring(Some(keyring))
+    .with_seen_dir(None);
+    let (mut doc, v) = store.load_or_new().await.unwrap();
+    doc.secrets.admin_kubeconfig = Some(ADMIN_CONF.into());
+    store.save(&mut doc, &v).await.unwrap();
+    key
+}
+
+fn kubectl(kubeconfig: &std::path::Path, args: &[&str]) -> String {
+    let bin = PathBuf::from(support::mirror()).join("v1.20.2/bin/linux/amd64/kubectl");
+    assert!(bin.is_file(), "no kubectl at {}", bin.display());
+    run_tool(
+        std::process::Command::new(bin)
+            .env_remove("KUBECONFIG")
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(args),
+    )
+}
+
+fn mode(p: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubeconfig_merges_into_the_users_kubeconfig_as_kubectl_reads_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let key = cluster_with_admin_conf(d).await;
+    let kf = |env_kubeconfig: Option<&str>, home: &std::path::Path| {
+        let mut c = kubeforge();
+        c.current_dir(d)
+            .env("KUBEFORGE_STATE_KEY_FILE", &key)
+            .env("HOME", home)
+            .env_remove("KUBECONFIG");
+        if let Some(k) = env_kubeconfig {
+            c.env("KUBECONFIG", k);
+        }
+        c
+    };
+    // The user's kubeconfig: another cluster (current), and a stale `demo`.
+    let first = d.join("kube/main");
+    std::fs::create_dir_all(first.parent().unwrap()).unwrap();
+    std::fs::write(
+        &first,
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: other\n  cluster: {server: 'https://192.0.2.1:6443'}\n- name: demo\n  cluster: {server: 'https://198.51.100.9:6443'}\nusers:\n- name: other\n  user: {token: abc}\n- name: demo\n  user: {token: stale}\ncontexts:\n- name: other\n  context: {cluster: other, user: other}\n- name: demo\n  context: {cluster: demo, user: demo}\ncurrent-context: other\n",
+    )
+    .unwrap();
+    let second = d.join("kube/second");
+    let list = format!("{}:{}", first.display(), second.display());
+    let out = stdout_of(kf(Some(&list), d).args([
+        "kubeconfig",
+        "-f",
+        "cluster.yaml",
+        "--merge",
+        "-o",
+        "json",
+    ]));
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["file"], first.display().to_string(), "{report}");
+    assert_eq!(report["context"], "demo");
+    assert_eq!(report["replaced"], true);
+    assert!(!second.exists(), "only $KUBECONFIG's first file is written");
+    assert_eq!(mode(&first), 0o600);
+    let contexts = kubectl(&first, &["config", "get-contexts", "-o", "name"]);
+    let mut contexts: Vec<&str> = contexts.lines().collect();
+    contexts.sort_unstable();
+    assert_eq!(contexts, ["demo", "other"]);
+    let view: serde_json::Value =
+        serde_json::from_str(&kubectl(&first, &["config", "view", "--raw", "-o", "json"])).unwrap();
+    assert_eq!(
+        view["current-context"], "other",
+        "the current context is kept"
+    );
+    let named = |list: &str, name: &str| {
+        view[list]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["name"] == name)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let demo = named("clusters", "demo");
+    assert_eq!(demo.len(), 1, "{view:#}");
+    assert_eq!(demo[0]["cluster"]["server"], "https://10.77.0.254:8443");
+    assert_eq!(
+        demo[0]["cluster"]["certificate-authority-data"],
+        "Q0EtREFUQQ=="
+    );
+    let user = named("users", "demo");
+    assert_eq!(user[0]["user"]["client-key-data"], "S0VZ", "{view:#}");
+    assert!(
+        user[0]["user"].get("token").is_none(),
+        "the stale user was replaced"
+    );
+    assert_eq!(named("contexts", "demo")[0]["context"]["user"], "demo");
+    assert_eq!(named("users", "other")[0]["user"]["token"], "abc");
+    // The merged context works for kubectl: --minify resolves it.
+    let minified = kubectl(
+        &first,
+        &[
+            "config",
+            "view",
+            "--minify",
+            "--context",
+            "demo",
+            "-o",
+            "jsonpath={.clusters[0].cluster.server}",
+        ],
+    );
+    assert_eq!(minified, "https://10.77.0.254:8443");
+
+    // --context and --server: a second entry next to the first.
+    stdout_of(kf(Some(&list), d).args([
+        "kubeconfig",
+        "-f",
+        "cluster.yaml",
+        "--merge",
+        "--context",
+        "demo-dns",
+        "--server",
+        "https://api.demo.example:6443",
+    ]));
+    let server = kubectl(
+        &first,
+        &[
+            "config",
+            "view",
+            "--minify",
+            "--context",
+            "demo-dns",
+            "-o",
+            "jsonpath={.clusters[0].cluster.server}",
+        ],
+    );
+    assert_eq!(server, "https://api.demo.example:6443");
+    let contexts = kubectl(&first, &["config", "get-contexts", "-o", "name"]);
+    assert_eq!(contexts.lines().count(), 3, "{contexts}");
+
+    // No $KUBECONFIG, no ~/.kube/config: created 0600 with the context current.
+    let home = d.join("home");
+    std::fs::create_dir(&home).unwrap();
+    stdout_of(kf(None, &home).args(["kubeconfig", "-f", "cluster.yaml", "--merge"]));
+    let created = home.join(".kube/config");
+    assert_eq!(mode(&created), 0o600);
+    assert_eq!(
+        kubectl(&created, &["config", "current-context"]).trim(),
+        "demo"
+    );
+
+    // --out: 0600, never overwritten without --force.
+    let out_file = d.join("admin.conf");
+    stdout_of(
+        kf(None, &home)
+            .args(["kubeconfig", "-f", "cluster.yaml", "--out"])
+            .arg(&out_file),
+    );
+    assert_eq!(mode(&out_file), 0o600);
+    assert_eq!(std::fs::read_to_string(&out_file).unwrap(), ADMIN_CONF);
+    assert_eq!(
+        kubectl(&out_file, &["config", "current-context"]).trim(),
+        "kubernetes-admin@kubernetes"
+    );
+    std::fs::write(&out_file, "mine").unwrap();
+    kf(None, &home)
+        .args(["kubeconfig", "-f", "cluster.yaml", "--out"])
+        .arg(&out_file)
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("pass --force"));
+    assert_eq!(std::fs::read_to_string(&out_file).unwrap(), "mine");
+    stdout_of(
+        kf(None, &home)
+            .args([
+                "kubeconfig",
+                "-f",
+                "cluster.yaml",
+                "--force",
+                "--server",
+                "https://203.0.113.5:6443",
+                "--out",
+            ])
+            .arg(&out_file),
+    );
+    assert_eq!(
+        kubectl(
+            &out_file,
+            &[
+                "config",
+                "view",
+                "--minify",
+                "-o",
+                "jsonpath={.clusters[0].cluster.server}"
+            ]
+        ),
+        "https://203.0.113.5:6443"
+    );
+    kf(None, &home)
+        .args([
+            "kubeconfig",
+            "-f",
+            "cluster.yaml",
+            "--server",
+            "api.example:6443",
+        ])
+        .assert()
+        .code(2);
 }

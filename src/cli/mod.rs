@@ -43,8 +43,9 @@ pub enum Command {
     Addons(AddonsArgs),
     /// Delete every machine and cloud resource of the cluster (asks first; --yes skips).
     Destroy(DestroyArgs),
-    /// Print the admin kubeconfig kept (encrypted) in the state.
-    Kubeconfig(SpecArgs),
+    /// Print the admin kubeconfig kept (encrypted) in the state, write it to a file, or
+    /// merge it into your kubeconfig.
+    Kubeconfig(KubeconfigArgs),
     /// What a Kubernetes version needs (binaries, images, host packages) and fetching it.
     Artifacts(ArtifactsArgs),
     /// Inspect and manage the remote state: show, history, unlock, pull, push.
@@ -87,6 +88,31 @@ pub struct ClustersArgs {
     /// Allow a plain http:// endpoint.
     #[arg(long)]
     pub allow_http: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct KubeconfigArgs {
+    #[command(flatten)]
+    pub spec: SpecArgs,
+    /// Write it to FILE (mode 0600) instead of printing it; an existing file is refused
+    /// unless --force.
+    #[arg(long, value_name = "FILE", conflicts_with = "merge")]
+    pub out: Option<PathBuf>,
+    /// Replace an existing --out file.
+    #[arg(long, requires = "out")]
+    pub force: bool,
+    /// Merge it into $KUBECONFIG's first file or ~/.kube/config (created 0600 when
+    /// missing): its cluster, user and context are named after the cluster (or
+    /// --context) and replace entries of that name; all other entries are kept.
+    #[arg(long)]
+    pub merge: bool,
+    /// Name of the cluster, user and context (default with --merge: the cluster's name).
+    #[arg(long, value_name = "NAME")]
+    pub context: Option<String>,
+    /// API server URL to use instead of the control-plane endpoint recorded (e.g. a DNS
+    /// name listed in certSans).
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
 }
 
 #[derive(Debug, Args)]

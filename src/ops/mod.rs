@@ -65,7 +65,16 @@ pub async fn run(cli: crate::cli::Cli) -> Result<u8, crate::error::Error> {
         Command::Recover(args) => crate::ops::recover::run(args, output, cli.verbose > 0).await,
         Command::Upgrade(args) => crate::ops::upgrade::run(args, output, cli.verbose > 0).await,
         Command::Destroy(args) => crate::ops::destroy::run(args, output).await,
-        Command::Kubeconfig(args) => crate::ops::kubeconfig::run(&args.file, output).await,
+        Command::Kubeconfig(args) => {
+            let opts = crate::ops::kubeconfig::Options {
+                out: args.out,
+                force: args.force,
+                merge: args.merge,
+                context: args.context,
+                server: args.server,
+            };
+            crate::ops::kubeconfig::run(&args.spec.file, opts, output).await
+        }
         Command::Artifacts(args) => crate::ops::artifacts::run(args, output).await,
         Command::State(args) => crate::ops::state::run(args, output).await,
         Command::Image(args) => crate::ops::image::run(args, output).await,
