@@ -5,6 +5,7 @@
 mod support;
 
 use assert_cmd::Command;
+use clap::Parser as _;
 use std::path::PathBuf;
 
 fn root() -> PathBuf {
@@ -854,4 +855,90 @@ async fn kubeconfig_merges_into_the_users_kubeconfig_as_kubectl_reads_it() {
         ])
         .assert()
         .code(2);
+}
+
+// ------------------------------------------------------------------ examples in --help
+
+/// The subcommands `--help` lists (the `Commands:` section), `help` itself left out.
+fn subcommands(help: &str) -> Vec<String> {
+    help.lines()
+        .skip_while(|l| l.trim_end() != "Commands:")
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .map(String::from)
+        .collect()
+}
+
+/// The example lines under `Examples:`.
+fn examples_in(help: &str) -> Vec<String> {
+    help.lines()
+        .skip_while(|l| l.trim_end() != "Examples:")
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .map(|l| l.trim().to_string())
+        .collect()
+}
+
+/// The kubeforge invocations in an example line (`a && b | c > f # note`).
+fn invocations(line: &str) -> Vec<Vec<String>> {
+    let line = line.split(" #").next().unwrap_or_default();
+    line.split("&&")
+        .flat_map(|part| part.split('|'))
+        .filter_map(|part| {
+            let part = part.split('>').next().unwrap_or_default();
+            let words: Vec<String> = part
+                .split_whitespace()
+                .map(|w| w.trim_matches('"').to_string())
+                .collect();
+            (words.first().map(String::as_str) == Some("kubeforge")).then_some(words)
+        })
+        .collect()
+}
+
+#[test]
+fn every_command_help_carries_examples_that_parse() {
+    let mut queue: Vec<Vec<String>> = vec![Vec::new()];
+    let mut checked = Vec::new();
+    let mut problems = Vec::new();
+    while let Some(path) = queue.pop() {
+        let help = stdout_of(kubeforge().args(&path).arg("--help"));
+        for sub in subcommands(&help) {
+            let mut p = path.clone();
+            p.push(sub);
+            queue.push(p);
+        }
+        let name = format!("kubeforge {}", path.join(" "));
+        let examples = examples_in(&help);
+        if examples.is_empty() {
+            problems.push(format!("`{name} --help` has no Examples: section"));
+        }
+        let mut runs = 0;
+        for ex in &examples {
+            for words in invocations(ex) {
+                runs += 1;
+                if let Err(e) = kubeforge::cli::Cli::try_parse_from(&words) {
+                    problems.push(format!("`{name} --help`: `{ex}` does not parse: {e}"));
+                }
+            }
+        }
+        if !examples.is_empty() && runs == 0 {
+            problems.push(format!("`{name} --help`: no example runs kubeforge"));
+        }
+        checked.push(name);
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    // Nested commands were reached (state show, addons plan, ...).
+    for c in [
+        "kubeforge state show",
+        "kubeforge addons plan",
+        "kubeforge inventory",
+    ] {
+        assert!(
+            checked.iter().any(|n| n.trim() == c),
+            "{c} not checked: {checked:?}"
+        );
+    }
+    assert!(checked.len() >= 30, "{checked:?}");
 }
