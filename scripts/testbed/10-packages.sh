@@ -2,6 +2,8 @@
 # Debian packages the tests run for real: haproxy (`haproxy -c`) and keepalived
 # (`keepalived -t`) check every rendered config; BIRD 2 is the BGP router MetalLB's
 # rendered peers are checked against (tests/bgp_peer.rs, in namespaces of its own).
+# ansible-core from PyPI: `ansible-inventory` reads `kubeforge inventory` as a dynamic
+# inventory script (tests/day2_cli.rs).
 set -euo pipefail
 need=()
 for pkg in haproxy keepalived bird2; do
@@ -21,8 +23,26 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
+if ! command -v ansible-inventory >/dev/null 2>&1; then
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends python3-pip >/dev/null
+  fi
+  # A Debian system python refuses pip installs (PEP 668) unless told otherwise.
+  python3 -m pip install -q ansible-core \
+    || python3 -m pip install -q --break-system-packages ansible-core
+  if command -v pyenv >/dev/null 2>&1; then
+    pyenv rehash
+  fi
+  command -v ansible-inventory >/dev/null 2>&1 || {
+    echo "ansible-inventory is not on PATH after installing ansible-core" >&2
+    exit 1
+  }
+fi
 # Print the first line of each version banner; sed reads all input, so no
 # SIGPIPE under pipefail (head exiting early killed CI with exit 141).
 haproxy -v | sed -n 1p
 keepalived --version 2>&1 | sed -n 1p
 bird --version 2>&1 | sed -n 1p
+ansible-inventory --version | sed -n 1p

@@ -9,7 +9,8 @@ use std::path::PathBuf;
     name = "kubeforge",
     version,
     about = "Build and operate highly-available Kubernetes clusters",
-    propagate_version = true
+    propagate_version = true,
+    after_help = "Examples:\n  kubeforge validate -f cluster.yaml && kubeforge plan -f cluster.yaml\n  kubeforge apply -f cluster.yaml --yes && kubeforge kubeconfig -f cluster.yaml --merge\n\nExit codes: 1 internal, 2 bad input, 3 lock held, 4 SSH, 5 remote command, 6 provider, 7 state store."
 )]
 pub struct Cli {
     /// More log output (-v info, -vv debug, -vvv trace). RUST_LOG overrides.
@@ -25,34 +26,171 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Validate a cluster file (and its inventory) and report every problem found.
+    #[command(
+        after_help = "Examples:\n  kubeforge validate -f cluster.yaml\n  kubeforge validate -f examples/baremetal.yaml -o json"
+    )]
     Validate(SpecArgs),
     /// Show what a bootstrap would do, without touching anything (works offline).
+    #[command(
+        after_help = "Examples:\n  kubeforge plan -f cluster.yaml\n  kubeforge plan -f cluster.yaml --offline --show-content\n  kubeforge plan -f cluster.yaml --detailed-exitcode   # 0 no changes, 2 changes pending"
+    )]
     Plan(PlanArgs),
     /// Write every rendered file to DIR/<host>/<remote path>.
+    #[command(
+        after_help = "Examples:\n  kubeforge render -f examples/baremetal.yaml --out /tmp/rendered"
+    )]
     Render(RenderArgs),
     /// Bootstrap or converge the cluster: plan, confirm, then apply phase by phase.
+    #[command(
+        after_help = "Examples:\n  kubeforge apply -f cluster.yaml --yes\n  kubeforge apply -f examples/aws.yaml --phases machines"
+    )]
     Apply(ApplyArgs),
     /// Bring lost control-plane and worker machines back (etcd quorum intact): re-create,
     /// remove stale etcd members and Nodes, join again; plan first, confirm (--yes skips).
+    #[command(
+        after_help = "Examples:\n  kubeforge recover -f cluster.yaml\n  kubeforge recover -f cluster.yaml --yes --accept-new-host-key 10.10.0.12"
+    )]
     Recover(RecoverArgs),
     /// Rolling upgrade to the cluster file's kubernetesVersion (or --to): etcd snapshot
     /// first, control-plane nodes one at a time out of the load balancers and gated, then
     /// the workers; plan first, confirm (--yes skips). A killed run resumes.
+    #[command(
+        after_help = "Examples:\n  kubeforge upgrade -f cluster.yaml --to v1.20.3 --yes\n  kubeforge upgrade -f cluster.yaml --max-unavailable 2 --drain-timeout 10m"
+    )]
     Upgrade(UpgradeArgs),
     /// Plan, apply or check the cluster's addons (MetalLB, ingress, Rook-Ceph) on their own.
+    #[command(
+        after_help = "Examples:\n  kubeforge addons plan -f cluster.yaml\n  kubeforge addons apply -f cluster.yaml --yes --wait"
+    )]
     Addons(AddonsArgs),
     /// Delete every machine and cloud resource of the cluster (asks first; --yes skips).
+    #[command(
+        after_help = "Examples:\n  kubeforge destroy -f examples/aws.yaml\n  kubeforge destroy -f cluster.yaml --yes"
+    )]
     Destroy(DestroyArgs),
-    /// Print the admin kubeconfig kept (encrypted) in the state.
-    Kubeconfig(SpecArgs),
+    /// Print the admin kubeconfig kept (encrypted) in the state, write it to a file, or
+    /// merge it into your kubeconfig.
+    #[command(
+        after_help = "Examples:\n  kubeforge kubeconfig -f cluster.yaml --merge && kubectl config use-context <cluster>\n  kubeforge kubeconfig -f cluster.yaml --out admin.conf --server https://api.example.com:6443"
+    )]
+    Kubeconfig(KubeconfigArgs),
     /// What a Kubernetes version needs (binaries, images, host packages) and fetching it.
+    #[command(
+        after_help = "Examples:\n  kubeforge artifacts list --version v1.20.2\n  kubeforge artifacts fetch -f cluster.yaml"
+    )]
     Artifacts(ArtifactsArgs),
     /// Inspect and manage the remote state: show, history, unlock, pull, push.
+    #[command(
+        after_help = "Examples:\n  kubeforge state show -f cluster.yaml\n  kubeforge state history --state-url s3://bucket/prd --endpoint https://minio:9000 --path-style"
+    )]
     State(StateArgs),
     /// Build or inspect the local node image used by the docker provider.
+    #[command(after_help = "Examples:\n  kubeforge image build\n  kubeforge image tag")]
     Image(ImageArgs),
     /// Measure fan-out performance against peers (parallel ssh/scp, Ansible).
+    #[command(after_help = "Examples:\n  kubeforge bench fanout --machines 10 --file-mib 100")]
     Bench(BenchArgs),
+    /// Print a shell completion script (bash, zsh, fish, powershell, elvish).
+    #[command(
+        after_help = "Examples:\n  kubeforge completion bash > /etc/bash_completion.d/kubeforge\n  kubeforge completion zsh > \"${fpath[1]}/_kubeforge\""
+    )]
+    Completion(CompletionArgs),
+    /// Write the man pages of kubeforge and every subcommand (roff); without --out,
+    /// print kubeforge(1) on stdout.
+    #[command(
+        after_help = "Examples:\n  kubeforge man --out /usr/local/share/man/man1 && man kubeforge-apply\n  kubeforge man | man -l -"
+    )]
+    Man(ManArgs),
+    /// Print the JSON Schema of the cluster file (for editors and CI; unknown fields are
+    /// refused, as kubeforge refuses them).
+    #[command(
+        after_help = "Examples:\n  kubeforge schema > cluster.schema.json\n  # first line of cluster.yaml, for yaml-language-server:
+  # yaml-language-server: $schema=cluster.schema.json"
+    )]
+    Schema,
+    /// The hosts as an Ansible dynamic inventory (JSON, the inventory-script contract;
+    /// Kubespray's group names). Reads the cluster file and, for providers that make
+    /// their machines, the state's machine records; no lock, no SSH.
+    #[command(
+        after_help = "Examples:\n  kubeforge inventory -f cluster.yaml --list\n  ansible-inventory -i ./inventory.sh --graph   # inventory.sh: exec kubeforge inventory -f cluster.yaml \"$@\""
+    )]
+    Inventory(InventoryArgs),
+    /// The clusters whose states are kept under one store prefix, with generation, last
+    /// change, last writer and lock holder (read-only; no state key needed).
+    #[command(
+        after_help = "Examples:\n  kubeforge clusters --state-url file://.kubeforge\n  kubeforge clusters --state-url s3://kubeforge-state --endpoint https://minio:9000 --path-style -o json"
+    )]
+    Clusters(ClustersArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ClustersArgs {
+    /// The prefix holding the clusters' stores (file://DIR, s3://bucket/prefix, gs://,
+    /// az://); every prefix below it with a state or a lock is a cluster.
+    #[arg(long, value_name = "URL")]
+    pub state_url: String,
+    /// S3 endpoint (MinIO, any S3-compatible store).
+    #[arg(long, value_name = "URL")]
+    pub endpoint: Option<String>,
+    #[arg(long)]
+    pub region: Option<String>,
+    /// Path-style S3 requests (needed by MinIO and most emulators).
+    #[arg(long)]
+    pub path_style: bool,
+    /// Allow a plain http:// endpoint.
+    #[arg(long)]
+    pub allow_http: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct KubeconfigArgs {
+    #[command(flatten)]
+    pub spec: SpecArgs,
+    /// Write it to FILE (mode 0600) instead of printing it; an existing file is refused
+    /// unless --force.
+    #[arg(long, value_name = "FILE", conflicts_with = "merge")]
+    pub out: Option<PathBuf>,
+    /// Replace an existing --out file.
+    #[arg(long, requires = "out")]
+    pub force: bool,
+    /// Merge it into $KUBECONFIG's first file or ~/.kube/config (created 0600 when
+    /// missing): its cluster, user and context are named after the cluster (or
+    /// --context) and replace entries of that name; all other entries are kept.
+    #[arg(long)]
+    pub merge: bool,
+    /// Name of the cluster, user and context (default with --merge: the cluster's name).
+    #[arg(long, value_name = "NAME")]
+    pub context: Option<String>,
+    /// API server URL to use instead of the control-plane endpoint recorded (e.g. a DNS
+    /// name listed in certSans).
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct InventoryArgs {
+    #[command(flatten)]
+    pub spec: SpecArgs,
+    /// Every group and host with `_meta.hostvars` (the default).
+    #[arg(long, conflicts_with = "host")]
+    pub list: bool,
+    /// One host's variables.
+    #[arg(long, value_name = "HOST")]
+    pub host: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionArgs {
+    /// The shell the script is for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Directory to write kubeforge.1 and kubeforge-<command>.1 into (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -77,6 +215,11 @@ pub struct PlanArgs {
     /// A playbook file replacing the embedded bootstrap playbook.
     #[arg(long)]
     pub playbook: Option<PathBuf>,
+    /// Exit 0 when there are no changes, 2 when changes are pending (terraform's
+    /// convention); errors keep their exit codes, except bad input, which exits 1 so
+    /// that 2 only ever means "changes".
+    #[arg(long)]
+    pub detailed_exitcode: bool,
 }
 
 #[derive(Debug, Args)]
@@ -97,12 +240,16 @@ pub struct ImageArgs {
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
     /// Build the node image (debootstrap + docker import) unless it already exists.
+    #[command(after_help = "Examples:\n  kubeforge image build\n  kubeforge image build --force")]
     Build {
         /// Rebuild the root filesystem and re-import even if the image exists.
         #[arg(long)]
         force: bool,
     },
     /// Print the tag the current recipe builds (`kubeforge/node:<recipe-hash>`).
+    #[command(
+        after_help = "Examples:\n  kubeforge image tag\n  docker image inspect \"$(kubeforge image tag)\""
+    )]
     Tag,
 }
 
@@ -195,9 +342,15 @@ pub struct Target {
 pub enum AddonsCommand {
     /// Show what applying the addons would change, object by object (server-side dry
     /// run; diffs for updates). Changes nothing.
+    #[command(
+        after_help = "Examples:\n  kubeforge addons plan -f examples/ingress-contour.yaml\n  kubeforge addons plan -f cluster.yaml --kubeconfig admin.conf -o json"
+    )]
     Plan(Target),
     /// Apply the addons of the cluster file; addons removed from it are deleted (only
     /// objects kubeforge applied and labelled).
+    #[command(
+        after_help = "Examples:\n  kubeforge addons apply -f cluster.yaml --wait --timeout 10m\n  kubeforge addons apply -f cluster.yaml --yes --force-conflicts"
+    )]
     Apply {
         #[command(flatten)]
         target: Target,
@@ -210,6 +363,9 @@ pub enum AddonsCommand {
     /// The compatibility matrix: every release kubeforge knows of each addon and the
     /// Kubernetes versions it supports; with -f, which release the cluster file gets.
     /// Offline: reads no state and contacts nothing.
+    #[command(
+        after_help = "Examples:\n  kubeforge addons versions\n  kubeforge addons versions -f cluster.yaml -o json"
+    )]
     Versions {
         /// A cluster file: mark the default for its Kubernetes version and the release
         /// each configured addon uses.
@@ -217,6 +373,9 @@ pub enum AddonsCommand {
         file: Option<std::path::PathBuf>,
     },
     /// Rollout status of every addon (Deployments/DaemonSets available, Ceph health).
+    #[command(
+        after_help = "Examples:\n  kubeforge addons status -f cluster.yaml\n  kubeforge addons status -f cluster.yaml --wait --timeout 5m"
+    )]
     Status {
         #[command(flatten)]
         target: Target,
@@ -247,6 +406,9 @@ pub struct BenchArgs {
 pub enum BenchCommand {
     /// Push a file and run small commands on N local machines; compare with scp/ssh
     /// and Ansible.
+    #[command(
+        after_help = "Examples:\n  kubeforge bench fanout --machines 10\n  kubeforge bench fanout --machines 30 --file-mib 10 --no-ansible -o json"
+    )]
     Fanout(FanoutArgs),
 }
 
@@ -289,9 +451,15 @@ pub enum ArtifactsCommand {
     /// Print exactly what a Kubernetes version needs: binaries, images, host packages,
     /// each with its source (upstream URL, mirror path or registry).
     #[command(disable_version_flag = true)]
+    #[command(
+        after_help = "Examples:\n  kubeforge artifacts list --version v1.20.2\n  kubeforge artifacts list -f cluster.yaml --skip-image coredns -o json"
+    )]
     List(SelectArgs),
     /// Download everything into the local cache, verifying every sha256.
     #[command(disable_version_flag = true)]
+    #[command(
+        after_help = "Examples:\n  kubeforge artifacts fetch -f cluster.yaml\n  kubeforge artifacts fetch --version v1.20.2 --mirror https://mirror.example/k8s --cache /var/cache/kf"
+    )]
     Fetch(FetchArgs),
 }
 
@@ -400,22 +568,33 @@ pub struct TargetArgs {
 #[derive(Debug, Subcommand)]
 pub enum StateCommand {
     /// Show the state (secrets are listed by name, never shown) and the lock.
+    #[command(
+        after_help = "Examples:\n  kubeforge state show -f cluster.yaml\n  kubeforge state show -f cluster.yaml --generation 12 -o json"
+    )]
     Show {
         /// Show a generation from history instead of the current state.
         #[arg(long)]
         generation: Option<u64>,
     },
     /// List the saved generations.
+    #[command(after_help = "Examples:\n  kubeforge state history -f cluster.yaml")]
     History,
     /// List the stored (encrypted) snapshots.
+    #[command(after_help = "Examples:\n  kubeforge state snapshots -f cluster.yaml -o json")]
     Snapshots,
     /// Remove the lock: an expired one, or with --force any one (prints what it breaks).
+    #[command(
+        after_help = "Examples:\n  kubeforge state unlock -f cluster.yaml\n  kubeforge state unlock -f cluster.yaml --force"
+    )]
     Unlock {
         /// Break the lock even if its lease is live.
         #[arg(long)]
         force: bool,
     },
     /// Write a local copy of the state (mode 0600; secrets stay encrypted).
+    #[command(
+        after_help = "Examples:\n  kubeforge state pull -f cluster.yaml --out prd.state.json\n  kubeforge state pull -f cluster.yaml --generation 11 --out -"
+    )]
     Pull {
         /// Output file (`-` for stdout). Default: <cluster>.state.json.
         #[arg(long)]
@@ -425,6 +604,9 @@ pub enum StateCommand {
         generation: Option<u64>,
     },
     /// Replace the state with a (pulled and edited) copy; saved as a new generation.
+    #[command(
+        after_help = "Examples:\n  kubeforge state push prd.state.json -f cluster.yaml --generation 12"
+    )]
     Push {
         /// The edited copy (from `state pull`).
         #[arg(value_name = "FILE")]
@@ -439,6 +621,9 @@ pub enum StateCommand {
     },
     /// Adopt a state written before state authentication: check it with `state show`,
     /// then save it as a new generation authenticated with the state key.
+    #[command(
+        after_help = "Examples:\n  kubeforge state show -f cluster.yaml && kubeforge state migrate -f cluster.yaml --generation 12"
+    )]
     Migrate {
         /// The generation you checked (as `state show` prints it); refused if the
         /// state moved since.
@@ -446,6 +631,9 @@ pub enum StateCommand {
         generation: u64,
     },
     /// Write a new age X25519 key file (mode 0600) for encrypting the state's secrets.
+    #[command(
+        after_help = "Examples:\n  kubeforge state keygen --out ~/.config/kubeforge/prd.agekey"
+    )]
     Keygen {
         #[arg(long)]
         out: PathBuf,

@@ -2,14 +2,18 @@ pub mod addons;
 pub mod apply;
 pub mod artifacts;
 pub mod bench;
+pub mod clusters;
+pub mod completion;
 pub mod destroy;
 pub mod image;
+pub mod inventory;
 pub mod kubeconfig;
 pub mod plan;
 pub mod preview;
 pub mod recover;
 pub mod render;
 pub mod runner;
+pub mod schema;
 pub mod session;
 pub mod state;
 pub mod upgrade;
@@ -39,22 +43,67 @@ pub fn confirm(question: &str, verb: &str, refused: &str) -> Result<(), crate::e
 
 /// Run the command `cli` names: one match arm per command, each calling one ops
 /// function (argument types live in `cli/`, which depends on nothing above it).
-pub async fn run(cli: crate::cli::Cli) -> Result<(), crate::error::Error> {
+///
+/// `Ok` carries the exit status of a success: 0, or 2 for `plan --detailed-exitcode`
+/// with changes pending.
+pub async fn run(cli: crate::cli::Cli) -> Result<u8, crate::error::Error> {
     use crate::cli::Command;
     let output = cli.output;
-    match cli.command {
+    let status = match cli.command {
+        Command::Plan(args) => {
+            let detailed = args.detailed_exitcode;
+            let changes = crate::ops::plan::run(args, output).await?;
+            return Ok(match (detailed, changes) {
+                (true, crate::ops::plan::Changes::Pending) => PLAN_CHANGES_PENDING,
+                _ => 0,
+            });
+        }
         Command::Validate(args) => crate::ops::validate::run(&args.file, output),
-        Command::Plan(args) => crate::ops::plan::run(args, output).await,
         Command::Render(args) => crate::ops::render::run(&args.spec.file, &args.out, output),
         Command::Apply(args) => crate::ops::apply::run(args, output, cli.verbose > 0).await,
         Command::Addons(args) => crate::ops::addons::run(args, output).await,
         Command::Recover(args) => crate::ops::recover::run(args, output, cli.verbose > 0).await,
         Command::Upgrade(args) => crate::ops::upgrade::run(args, output, cli.verbose > 0).await,
         Command::Destroy(args) => crate::ops::destroy::run(args, output).await,
-        Command::Kubeconfig(args) => crate::ops::kubeconfig::run(&args.file, output).await,
+        Command::Kubeconfig(args) => {
+            let opts = crate::ops::kubeconfig::Options {
+                out: args.out,
+                force: args.force,
+                merge: args.merge,
+                context: args.context,
+                server: args.server,
+            };
+            crate::ops::kubeconfig::run(&args.spec.file, opts, output).await
+        }
         Command::Artifacts(args) => crate::ops::artifacts::run(args, output).await,
         Command::State(args) => crate::ops::state::run(args, output).await,
         Command::Image(args) => crate::ops::image::run(args, output).await,
         Command::Bench(args) => crate::ops::bench::run(args, output).await,
+        Command::Completion(args) => crate::ops::completion::completion(args.shell),
+        Command::Man(args) => crate::ops::completion::man(args.out.as_deref(), output),
+        Command::Schema => crate::ops::schema::run(),
+        Command::Clusters(args) => crate::ops::clusters::run(args, output).await,
+        Command::Inventory(args) => {
+            let query = match args.host {
+                Some(h) => crate::ops::inventory::Query::Host(h),
+                None => crate::ops::inventory::Query::List,
+            };
+            crate::ops::inventory::run(&args.spec.file, query).await
+        }
+    };
+    status.map(|()| 0)
+}
+
+/// `plan --detailed-exitcode`: changes pending (terraform's 2).
+pub const PLAN_CHANGES_PENDING: u8 = 2;
+
+/// The exit code of a failed command: its kind's, except that `plan
+/// --detailed-exitcode` reports bad input as 1, so that its 2 only means "changes".
+pub fn failure_exit_code(cli_detailed_exitcode: bool, err: &crate::error::Error) -> u8 {
+    let code = err.exit_code();
+    if cli_detailed_exitcode && code == PLAN_CHANGES_PENDING {
+        crate::error::ExitKind::Internal as u8
+    } else {
+        code
     }
 }

@@ -97,7 +97,18 @@ pub fn build_for(
     })
 }
 
-pub async fn run(args: crate::cli::PlanArgs, output: OutputFormat) -> Result<(), Error> {
+/// Whether a plan found something to do (`plan --detailed-exitcode` exits 2 then).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Changes {
+    None,
+    Pending,
+}
+
+/// Print the plan; tell whether it has changes. Offline and fresh-host plans always
+/// have (the whole bootstrap); against live hosts, see [`OnlinePlan::has_changes`].
+///
+/// [`OnlinePlan::has_changes`]: crate::ops::preview::OnlinePlan::has_changes
+pub async fn run(args: crate::cli::PlanArgs, output: OutputFormat) -> Result<Changes, Error> {
     let file = &args.spec.file;
     let loaded = spec::load_file(file)?;
     if !args.offline {
@@ -170,7 +181,7 @@ pub async fn run(args: crate::cli::PlanArgs, output: OutputFormat) -> Result<(),
         OutputFormat::Json => print_json(&plan)?,
         OutputFormat::Text => print!("{}", text(&plan, &loaded, args.show_content)),
     }
-    Ok(())
+    Ok(Changes::Pending)
 }
 
 /// The plan against live hosts; hosts that could not be asked fail the command after
@@ -179,7 +190,7 @@ async fn online(
     s: &crate::ops::session::Session,
     pb: &playbook::Playbook,
     output: OutputFormat,
-) -> Result<(), Error> {
+) -> Result<Changes, Error> {
     use crate::ops::preview::{self, Preview};
     let p = preview::build(s, pb).await?;
     match (&p, output) {
@@ -194,7 +205,8 @@ async fn online(
                 errors: failures,
             })))
         }
-        _ => Ok(()),
+        Preview::Online { plan, .. } if !plan.has_changes() => Ok(Changes::None),
+        _ => Ok(Changes::Pending),
     }
 }
 

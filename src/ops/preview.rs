@@ -290,6 +290,18 @@ pub struct OnlinePlan {
     pub addons_error: Option<String>,
 }
 
+impl OnlinePlan {
+    /// Whether a run would do anything: the opposite of the text's "No changes" (files,
+    /// commands, addon objects; a finding such as a missing host; addons that could not
+    /// be planned, since then no change can be ruled out).
+    pub fn has_changes(&self) -> bool {
+        !(self.phases.is_empty()
+            && self.findings.is_empty()
+            && self.addons_error.is_none()
+            && self.addons.iter().all(|a| a.action == "unchanged"))
+    }
+}
+
 /// The addons part of an online plan: through the first control-plane node's SSH
 /// connection to the API, with the admin kubeconfig from the state.
 async fn addon_changes(
@@ -355,7 +367,7 @@ pub fn online_text(p: &OnlinePlan) -> String {
         }
     }
     let addons_change = p.addons.iter().any(|a| a.action != "unchanged");
-    if p.phases.is_empty() && !addons_change && p.addons_error.is_none() && p.findings.is_empty() {
+    if !p.has_changes() {
         o.push_str("No changes: the hosts and addons match the cluster file.\n");
         return o;
     }
@@ -400,4 +412,48 @@ pub fn online_text(p: &OnlinePlan) -> String {
         }
     }
     o
+}
+
+#[cfg(test)]
+mod detailed_exitcode_tests {
+    use super::*;
+
+    fn plan() -> OnlinePlan {
+        OnlinePlan {
+            cluster: "c".into(),
+            state_generation: 3,
+            findings: Vec::new(),
+            facts: Default::default(),
+            phases: Vec::new(),
+            addons: vec![crate::addons::engine::ObjectChange {
+                addon: "metallb".into(),
+                object: "Deployment/controller".into(),
+                action: "unchanged",
+                detail: None,
+            }],
+            addons_error: None,
+        }
+    }
+
+    #[test]
+    fn no_changes_only_when_the_text_says_so() {
+        let p = plan();
+        assert!(!p.has_changes());
+        assert!(online_text(&p).contains("No changes"));
+        let mut addon = plan();
+        addon.addons[0].action = "update";
+        let mut finding = plan();
+        finding.findings.push("host cp-2 is missing".into());
+        let mut unplanned = plan();
+        unplanned.addons_error = Some("API unreachable".into());
+        let mut phase = plan();
+        phase.phases.push(OnlinePhase {
+            name: "prepare-hosts".into(),
+            hosts: Vec::new(),
+        });
+        for p in [addon, finding, unplanned, phase] {
+            assert!(p.has_changes(), "{p:?}");
+            assert!(!online_text(&p).contains("No changes:"), "{p:?}");
+        }
+    }
 }

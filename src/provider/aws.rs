@@ -18,7 +18,7 @@ const P: &str = "aws";
 const API_VERSION: &str = "2016-11-15";
 
 /// `spec.provider.aws` in the cluster file.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AwsSpec {
     /// AMI id of the machines' image (any image with cloud-init and sshd).

@@ -23,7 +23,7 @@ pub const LABEL_CLUSTER: &str = "kubeforge.dev/cluster";
 pub const LABEL_ROLE: &str = "kubeforge.dev/role";
 
 /// `spec.provider.hetzner` in the cluster file.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HetznerSpec {
     /// Environment variable holding the API token (default HCLOUD_TOKEN).

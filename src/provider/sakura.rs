@@ -31,7 +31,7 @@ pub const TAG_ROLE_PREFIX: &str = "kubeforge-role=";
 pub const TAG_IP_PREFIX: &str = "kubeforge-ip=";
 
 /// `spec.provider.sakura` in the cluster file.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct SakuraSpec {
     /// ID of the archive the boot disks are copied from (e.g. a Debian public archive).
@@ -65,7 +65,9 @@ pub struct SakuraSpec {
     pub allow_http: bool,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum DiskPlan {
     #[default]

@@ -11,22 +11,24 @@ pub const API_VERSION: &str = "kubeforge.dev/v1alpha1";
 pub const KIND_CLUSTER: &str = "Cluster";
 pub const KIND_INVENTORY: &str = "Inventory";
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Cluster {
+    #[schemars(extend("const" = API_VERSION))]
     pub api_version: String,
+    #[schemars(extend("const" = KIND_CLUSTER))]
     pub kind: String,
     pub metadata: Metadata,
     pub spec: ClusterSpec,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Metadata {
     pub name: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ClusterSpec {
     pub kubernetes_version: String,
@@ -50,7 +52,7 @@ pub struct ClusterSpec {
 }
 
 /// Extra kubeadm knobs for `init` and `join`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct KubeadmSpec {
     /// `--skip-phases` for init and join, e.g. `[preflight, addon/coredns]` where
@@ -63,9 +65,10 @@ pub struct KubeadmSpec {
 }
 
 /// Where machines come from, written `provider: {docker: {...}}` (exactly one key).
-/// Clouds are further variants.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Clouds are further variants. Its schema is `ProviderSpec`'s with exactly one key.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(try_from = "ProviderSpec", into = "ProviderSpec")]
+#[schemars(extend("minProperties" = 1, "maxProperties" = 1))]
 pub enum Provider {
     /// Local machines: systemd containers with sshd on an internal docker network.
     Docker(DockerProvider),
@@ -80,7 +83,7 @@ pub enum Provider {
 }
 
 /// The YAML form of `Provider`: one optional field per provider.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ProviderSpec {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -190,7 +193,7 @@ impl Provider {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct DockerProvider {
     /// Subnet of the cluster's internal docker network (default 172.29.10.0/24).
@@ -201,7 +204,7 @@ pub struct DockerProvider {
     pub network: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct StaticProvider {
     /// Inventory file, relative to the cluster file: kubeforge YAML, or an Ansible
@@ -215,7 +218,7 @@ pub struct StaticProvider {
 
 /// Which Ansible inventory groups hold which role. Defaults cover Kubespray, KubeOne-style
 /// and common hand-written inventories.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct GroupNames {
     #[serde(default = "GroupNames::default_control_plane")]
@@ -268,7 +271,7 @@ impl Default for GroupNames {
 
 /// Where the remote state lives. `url` defaults to a local directory next to the
 /// cluster file (`file://.kubeforge/<cluster>`); see `docs/state.md`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct StateSpec {
     pub url: Option<String>,
@@ -293,7 +296,7 @@ pub struct StateSpec {
 /// Where the age key for the state's secrets comes from. Unset:
 /// $KUBEFORGE_STATE_KEY_FILE, $KUBEFORGE_STATE_KEY, $KUBEFORGE_STATE_PASSPHRASE, in
 /// that order.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct EncryptionSpec {
     /// File holding an age X25519 identity (relative to the cluster file; `~/` is the
@@ -305,7 +308,7 @@ pub struct EncryptionSpec {
     pub passphrase_env: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct NodePools {
     #[serde(default = "Pool::control_plane_default")]
@@ -326,7 +329,7 @@ impl Default for NodePools {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Pool {
     /// Number of machines. For the static provider it may be left out: the inventory
@@ -353,7 +356,7 @@ impl Pool {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Networking {
     #[serde(default = "Networking::default_pod_subnet")]
@@ -400,7 +403,9 @@ impl Default for Networking {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "camelCase")]
 pub enum Cni {
     /// kubeforge's own pod network: one pod /24 per node on a bridge (the CNI bridge
@@ -419,7 +424,7 @@ pub enum Cni {
     None,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct LoadBalancer {
     #[serde(rename = "type", default)]
@@ -471,7 +476,9 @@ impl Default for LoadBalancer {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum LoadBalancerType {
     /// HAProxy in front of the apiservers, a keepalived VRRP VIP in front of HAProxy.
@@ -481,14 +488,16 @@ pub enum LoadBalancerType {
     External,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Placement {
     Dedicated,
     ControlPlane,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum HealthCheck {
     /// `GET /readyz` over TLS (certificate not verified: the check is for liveness).
@@ -498,7 +507,7 @@ pub enum HealthCheck {
     Tcp,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Addons {
     pub metallb: Option<MetalLb>,
@@ -506,7 +515,7 @@ pub struct Addons {
     pub rook_ceph: Option<RookCeph>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct MetalLb {
     pub version: Option<String>,
@@ -520,7 +529,9 @@ pub struct MetalLb {
     pub interfaces: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum MetalLbMode {
     #[default]
@@ -528,7 +539,7 @@ pub enum MetalLbMode {
     Bgp,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AddressPool {
     pub name: String,
@@ -544,7 +555,7 @@ fn default_true() -> bool {
     true
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Bgp {
     #[serde(rename = "myASN")]
@@ -556,7 +567,7 @@ pub struct Bgp {
     pub communities: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct BgpPeer {
     pub address: String,
@@ -571,7 +582,7 @@ pub struct BgpPeer {
     pub hold_time: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Ingress {
     #[serde(default)]
@@ -583,7 +594,9 @@ pub struct Ingress {
     pub load_balancer_ip: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum IngressController {
     /// Contour with Envoy: Ingress, HTTPProxy and Gateway API.
@@ -593,7 +606,7 @@ pub enum IngressController {
     IngressNginx,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RookCeph {
     pub version: Option<String>,
@@ -619,7 +632,7 @@ impl RookCeph {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct CephNode {
     pub name: String,
@@ -628,14 +641,16 @@ pub struct CephNode {
     pub device_filter: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum CephStoreType {
     #[default]
     Bluestore,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct SshSpec {
     #[serde(default = "SshSpec::default_user")]
@@ -702,7 +717,7 @@ impl Default for SshSpec {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Bastion {
     pub host: String,
@@ -712,7 +727,7 @@ pub struct Bastion {
     pub key_file: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Artifacts {
     /// http(s) URL or local directory replacing the upstream download sites.

@@ -75,6 +75,11 @@ pub trait StateBackend: Send + Sync + fmt::Debug {
     async fn delete(&self, key: &str) -> Result<(), BackendError>;
     /// Objects whose key starts with `dir/` (one level, no recursion needed).
     async fn list(&self, dir: &str) -> Result<Vec<Listed>, BackendError>;
+    /// Every object under the store's prefix, at any depth (`kubeforge clusters` finds
+    /// the clusters kept under one prefix with it). Object stores list recursively.
+    async fn list_tree(&self) -> Result<Vec<Listed>, BackendError> {
+        self.list("").await
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -467,6 +472,54 @@ impl StateBackend for FileBackend {
         }
         Ok(out)
     }
+
+    async fn list_tree(&self) -> Result<Vec<Listed>, BackendError> {
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || walk_files(&root))
+            .await
+            .map_err(|e| BackendError::Unavailable(Box::new(e)))?
+    }
+}
+
+/// Every file under `root` (dot files and directories skipped), keys relative to it.
+fn walk_files(root: &Path) -> Result<Vec<Listed>, BackendError> {
+    let mut out = Vec::new();
+    let mut dirs = vec![(root.to_path_buf(), String::new())];
+    while let Some((dir, prefix)) = dirs.pop() {
+        let rd = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io_unavailable(format!("cannot list {}", dir.display()), e)),
+        };
+        for entry in rd {
+            let entry =
+                entry.map_err(|e| io_unavailable(format!("cannot list {}", dir.display()), e))?;
+            let name = entry.file_name().to_string_lossy().to_string();
+            if name.starts_with('.') {
+                continue;
+            }
+            let key = if prefix.is_empty() {
+                name
+            } else {
+                format!("{prefix}/{name}")
+            };
+            // Not following symlinks: a link loop cannot make this run forever.
+            let Ok(meta) = std::fs::symlink_metadata(entry.path()) else {
+                continue;
+            };
+            if meta.is_dir() {
+                dirs.push((entry.path(), key));
+            } else if meta.is_file() {
+                out.push(Listed {
+                    key,
+                    size: meta.len(),
+                    last_modified: meta.modified().ok().map(chrono::DateTime::from),
+                });
+            }
+        }
+    }
+    out.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(out)
 }
 
 // ---------------------------------------------------------------------------------------
