@@ -363,7 +363,9 @@ pub fn upgrade_scenarios(dir: &Path, name: &str, vip: &str) {
     // 2. Resumed at cp-3; stopped by a budget that forbids draining a worker.
     apply_manifest(dir, "kf-solo.yaml", BLOCKER);
     wait_ready_replicas(dir, "kf-solo", "1");
-    let out = upgrade(dir, &["--drain-timeout", "20s"]);
+    // Long enough for ordinary pods to terminate (30 s grace periods), not for a pod
+    // whose budget forbids any eviction.
+    let out = upgrade(dir, &["--drain-timeout", "45s"]);
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(!out.status.success(), "{stdout}\n{stderr}");
