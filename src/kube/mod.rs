@@ -195,11 +195,19 @@ fn probe_views(minor: u64) -> [(&'static str, String); 4] {
     ]
 }
 
+/// The JSON document in kubectl's output (warnings may come first, with stderr merged).
+fn json_in(out: &str) -> Option<serde_json::Value> {
+    let start = out.find('{')?;
+    serde_json::from_str(out[start..].trim()).ok()
+}
+
 /// Whether one cached view (see [`probe_views`]) shows the probe as etcd holds it.
-pub fn view_current(kind: &str, json: &str) -> bool {
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else {
+pub fn view_current(kind: &str, out: &str) -> bool {
+    let Some(v) = json_in(out) else {
         return false;
     };
+    let json = v.to_string();
+    let json = json.as_str();
     match kind {
         "services" | "pods" => v["metadata"]["name"] == PROBE,
         "endpoints" => !endpoints_addresses(json).is_empty(),
@@ -232,7 +240,7 @@ pub async fn stale_caches(
         .iter()
         .map(|(kind, path)| {
             format!(
-                "echo '=={kind}'; {} --server={server} --request-timeout=5s get --raw {} 2>/dev/null; echo",
+                "echo '=={kind}'; {} --server={server} --request-timeout=5s get --raw {} 2>&1; echo",
                 kubectl(),
                 crate::transport::shell::quote(path)
             )
@@ -253,6 +261,19 @@ pub async fn stale_caches(
             .split_once(&marker)
             .map(|(_, rest)| rest.split("\n==").next().unwrap_or_default())
             .unwrap_or_default();
+        // An answer is JSON, or kubectl's NotFound for an object the cache lacks. Anything
+        // else (connection refused, a certificate that does not name the address) is no
+        // answer: not a stale cache, and no reason to restart anything.
+        let answered = json_in(body).is_some() || body.contains("NotFound");
+        if !answered {
+            return Err(HostError::Other {
+                host: host.to_string(),
+                message: format!(
+                    "the kube-apiserver at {apiserver} did not answer a read of its {kind} cache: {}",
+                    body.trim()
+                ),
+            });
+        }
         if !view_current(kind, body) {
             stale.push(*kind);
         }
