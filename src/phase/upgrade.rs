@@ -463,7 +463,27 @@ impl Phase for UpgradeWorkers {
             let runs = chunk
                 .iter()
                 .map(|h| upgrade_node(ctx, phase, h, false, false, &fetched));
-            futures::future::try_join_all(runs).await?;
+            // Every node of the batch runs to its end (none is left cordoned and
+            // unreported because another one failed); then the failures stop the run.
+            let mut errors: Vec<PhaseError> = futures::future::join_all(runs)
+                .await
+                .into_iter()
+                .filter_map(Result::err)
+                .collect();
+            match errors.len() {
+                0 => {}
+                1 => return Err(errors.remove(0)),
+                _ => {
+                    return Err(PhaseError::Gate {
+                        phase: phase.to_string(),
+                        message: errors
+                            .iter()
+                            .map(|e| e.to_string())
+                            .collect::<Vec<_>>()
+                            .join("\n"),
+                    })
+                }
+            }
         }
         Ok(())
     }
