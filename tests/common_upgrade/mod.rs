@@ -365,9 +365,10 @@ pub fn upgrade_scenarios(dir: &Path, name: &str, vip: &str) {
     // 2. Resumed at cp-3; stopped by a budget that forbids draining a worker.
     apply_manifest(dir, "kf-solo.yaml", BLOCKER);
     wait_ready_replicas(dir, "kf-solo", "1");
-    // Long enough for ordinary pods to terminate (30 s grace periods), not for a pod
-    // whose budget forbids any eviction.
-    let out = upgrade(dir, &["--drain-timeout", "45s"]);
+    // Long enough for ordinary pods to terminate (Contour's certgen Job pod, which cannot
+    // pull its image here, takes ~50 s), never enough for a pod whose budget forbids any
+    // eviction.
+    let out = upgrade(dir, &["--drain-timeout", "90s"]);
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(!out.status.success(), "{stdout}\n{stderr}");
