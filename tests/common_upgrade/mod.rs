@@ -127,7 +127,8 @@ fn wait_ready_replicas(dir: &Path, deployment: &str, want: &str) {
 /// Requests made, and the failed ones (seconds since the start, what was answered).
 type Served = (u32, Vec<(f64, String)>);
 
-/// Once a second, from a control-plane machine: GET the workload's Service.
+/// Once a second, from a control-plane machine: GET the workload's Service (a failed
+/// connection is tried twice more, as a client would).
 struct ServiceProber {
     stop: Arc<AtomicBool>,
     handle: Option<std::thread::JoinHandle<Served>>,
@@ -147,8 +148,17 @@ impl ServiceProber {
                     &machine,
                     "curl",
                     "-sS",
+                    // A client retries a connection that does not open, as clients do:
+                    // a request sent to a replica in the moment it is evicted (this
+                    // workload has no preStop delay) is lost before kube-proxy drops its
+                    // endpoint. An outage of the Service is not: it fails every try.
+                    "--connect-timeout",
+                    "2",
+                    "--retry",
+                    "2",
+                    "--retry-connrefused",
                     "--max-time",
-                    "3",
+                    "9",
                     &format!("{url}/version"),
                 ]);
                 let body = String::from_utf8_lossy(&out.stdout).to_string();
