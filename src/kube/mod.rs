@@ -141,17 +141,20 @@ pub fn endpoints_probe_manifest(sandbox_image: &str) -> String {
     )
 }
 
-/// The addresses in the probe Service's Endpoints (empty: not filled in).
-pub async fn probe_endpoints(
+/// One field of a probe object (`kind` `endpoints` or `service`) by jsonpath, trimmed;
+/// empty when the object or the field is not there (yet).
+async fn probe_field(
     t: &dyn Transport,
     host: &str,
+    kind: &str,
+    jsonpath: &str,
     secrets: &dyn Redact,
 ) -> Result<String, HostError> {
     remote::run(
         t,
         host,
         &format!(
-            "{} -n kube-system get endpoints {PROBE} -o jsonpath='{{.subsets[*].addresses[*].ip}}' 2>/dev/null || true",
+            "{} -n kube-system get {kind} {PROBE} -o jsonpath='{{{jsonpath}}}' 2>/dev/null || true",
             kubectl()
         ),
         secrets,
@@ -159,6 +162,15 @@ pub async fn probe_endpoints(
     )
     .await
     .map(|o| o.trim().to_string())
+}
+
+/// The addresses in the probe Service's Endpoints (empty: not filled in).
+pub async fn probe_endpoints(
+    t: &dyn Transport,
+    host: &str,
+    secrets: &dyn Redact,
+) -> Result<String, HostError> {
+    probe_field(t, host, "endpoints", ".subsets[*].addresses[*].ip", secrets).await
 }
 
 /// The addresses in a JSON Endpoints object (`subsets[*].addresses[*].ip`); anything
@@ -287,18 +299,7 @@ pub async fn probe_cluster_ip(
     host: &str,
     secrets: &dyn Redact,
 ) -> Result<String, HostError> {
-    remote::run(
-        t,
-        host,
-        &format!(
-            "{} -n kube-system get service {PROBE} -o jsonpath='{{.spec.clusterIP}}' 2>/dev/null || true",
-            kubectl()
-        ),
-        secrets,
-        false,
-    )
-    .await
-    .map(|o| o.trim().to_string())
+    probe_field(t, host, "service", ".spec.clusterIP", secrets).await
 }
 
 /// Whether kube-proxy (iptables mode) on the machine behind `t` has programmed a rule

@@ -194,6 +194,31 @@ fn upgrade(dir: &Path, extra: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// `upgrade` run in the background, its stderr collected by a thread.
+fn spawn_upgrade(
+    dir: &Path,
+    extra: &[&str],
+) -> (std::process::Child, std::thread::JoinHandle<Vec<String>>) {
+    let mut child = Std::new(assert_cmd::cargo::cargo_bin("kubeforge"))
+        .current_dir(dir)
+        .env("KUBEFORGE_STATE_KEY_FILE", dir.join("state.agekey"))
+        .args(["upgrade", "-f", "cluster.yaml", "--to", TARGET, "--yes"])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let log = std::thread::spawn(move || {
+        BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<_>>()
+    });
+    (child, log)
+}
+
 fn node_field(dir: &Path, node: &str, path: &str) -> String {
     let out = kubectl(
         dir,
@@ -229,23 +254,7 @@ pub fn upgrade_scenarios(dir: &Path, name: &str, vip: &str) {
     let t0 = Instant::now();
 
     // 1. Killed while the second control-plane node is out of service.
-    let bin = assert_cmd::cargo::cargo_bin("kubeforge");
-    let mut child = Std::new(bin)
-        .current_dir(dir)
-        .env("KUBEFORGE_STATE_KEY_FILE", dir.join("state.agekey"))
-        .args(["upgrade", "-f", "cluster.yaml", "--to", TARGET, "--yes"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let log = std::thread::spawn(move || {
-        BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-            .collect::<Vec<_>>()
-    });
+    let (mut child, log) = spawn_upgrade(dir, &[]);
     let deadline = Instant::now() + Duration::from_secs(900);
     loop {
         if node_field(dir, &m("cp-2"), "{.spec.unschedulable}") == "true" {
@@ -282,31 +291,7 @@ pub fn upgrade_scenarios(dir: &Path, name: &str, vip: &str) {
 
     // 1b. Resumed at cp-2; a control plane (cp-3) stops while the run goes on: the run
     //     halts with cp-3 named, the API stays up. cp-3 is started again.
-    let mut child = Std::new(assert_cmd::cargo::cargo_bin("kubeforge"))
-        .current_dir(dir)
-        .env("KUBEFORGE_STATE_KEY_FILE", dir.join("state.agekey"))
-        .args([
-            "upgrade",
-            "-f",
-            "cluster.yaml",
-            "--to",
-            TARGET,
-            "--yes",
-            "--drain-timeout",
-            "20s",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let log = std::thread::spawn(move || {
-        BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-            .collect::<Vec<_>>()
-    });
+    let (mut child, log) = spawn_upgrade(dir, &["--drain-timeout", "20s"]);
     let deadline = Instant::now() + Duration::from_secs(900);
     loop {
         if node_field(dir, &m("cp-2"), "{.status.nodeInfo.kubeletVersion}") == TARGET
