@@ -33,6 +33,10 @@ pub struct HostFacts {
     /// The image tag of the kube-apiserver static pod (`v1.20.2`; `+` is `_` in tags).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub apiserver_tag: Option<String>,
+    /// kubeforge's detached commands still running here (`kubeforge-kubeadm-join`):
+    /// an earlier run lost its connection or was killed while they ran.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub busy: Vec<String>,
 }
 
 /// Why a host gave no facts.
@@ -123,6 +127,14 @@ impl ClusterFacts {
             };
             out.push(format!("host {name} ({}) {what}", h.roles_text()));
         }
+        for (name, f) in &self.hosts {
+            for u in &f.busy {
+                out.push(format!(
+                    "host {name} still runs `{u}` from an earlier run (log in {}/{u}.log): `apply` waits for it to end before it plans",
+                    kube::kubeadm::LOG_DIR
+                ));
+            }
+        }
         if let Some(nodes) = &self.nodes {
             for h in c.topology.kubernetes_nodes() {
                 match nodes.iter().find(|n| n.name == h.name) {
@@ -186,7 +198,8 @@ v=$({BIN_DIR}/kubelet --version 2>/dev/null) && echo \"kubelet=$(echo $v | awk '
 v=$({BIN_DIR}/kubeadm version -o short 2>/dev/null) && echo \"kubeadm=$v\"; \
 test -f {init} && echo init=yes; test -f {kc} && echo kubelet_conf=yes; \
 test -f {m}/etcd.yaml && test -f {m}/kube-apiserver.yaml && echo cp=yes; \
-v=$(sed -n 's/^ *image: *//p' {m}/kube-apiserver.yaml 2>/dev/null) && [ -n \"$v\" ] && echo \"apiserver_image=$v\"; true",
+v=$(sed -n 's/^ *image: *//p' {m}/kube-apiserver.yaml 2>/dev/null) && [ -n \"$v\" ] && echo \"apiserver_image=$v\"; \
+for u in $(systemctl list-units --state=active --plain --no-legend 'kubeforge-kubeadm-*' 2>/dev/null | awk '{{print $1}}'); do echo \"busy=${{u%.service}}\"; done; true",
         init = kube::kubeadm::INIT_DONE,
         kc = kube::KUBELET_CONF,
         m = kube::MANIFESTS,
@@ -210,6 +223,7 @@ pub fn parse_host(out: &str) -> HostFacts {
             "init" => f.kubeadm_init_done = true,
             "kubelet_conf" => f.kubelet_conf = true,
             "cp" => f.control_plane_manifests = true,
+            "busy" if is_unit_name(&v) => f.busy.push(v),
             "apiserver_image" => {
                 f.apiserver_tag = v
                     .lines()
@@ -222,6 +236,27 @@ pub fn parse_host(out: &str) -> HostFacts {
         }
     }
     f
+}
+
+/// A systemd unit name as kubeforge names its detached commands.
+fn is_unit_name(v: &str) -> bool {
+    v.starts_with("kubeforge-")
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+}
+
+/// A shell command that waits, on one host, until kubeforge's detached `units` (from
+/// [`HostFacts::busy`]) have ended.
+pub fn wait_units_command(units: &[String]) -> String {
+    let names: Vec<&str> = units
+        .iter()
+        .map(String::as_str)
+        .filter(|u| is_unit_name(u))
+        .collect();
+    format!(
+        "for u in {}; do while systemctl is-active --quiet \"$u\"; do sleep 2; done; done",
+        names.join(" ")
+    )
 }
 
 /// Gather the facts of `hosts` (one connection attempt each through `pool`) and of the
@@ -326,6 +361,19 @@ fn machine_gone(
     }
 }
 
+/// Whether the control-plane host at etcd peer address `peer` still runs a join.
+fn joining(c: &LoadedCluster, hosts: &BTreeMap<String, HostFacts>, peer: &str) -> bool {
+    c.topology
+        .hosts
+        .iter()
+        .filter(|h| h.has(Role::ControlPlane) && h.internal_address.to_string() == peer)
+        .any(|h| {
+            hosts
+                .get(&h.name)
+                .is_some_and(|f| f.busy.iter().any(|u| u.ends_with("-join")))
+        })
+}
+
 /// Nodes and etcd, from the first control-plane node that answers and runs one.
 async fn cluster_facts(
     pool: &SshPool,
@@ -361,6 +409,10 @@ async fn cluster_facts(
                     machine_gone(c, &facts.hosts, &facts.absent, peer)
                 })
                 .into_iter()
+                // A member added by a join that is still running is not stale.
+                .filter(|m| {
+                    m.started() || !m.peer_host().is_some_and(|p| joining(c, &facts.hosts, &p))
+                })
                 .cloned()
                 .collect();
                 facts.etcd = Some(EtcdFacts {
@@ -388,6 +440,13 @@ mod tests {
         assert_eq!(f.os, "debian 12");
         assert!(f.systemd && f.kubeadm_init_done && f.kubelet_conf && f.control_plane_manifests);
         assert_eq!(f.kubelet.as_deref(), Some("v1.20.2"));
+        assert!(f.busy.is_empty());
+        let busy = super::parse_host("busy=kubeforge-kubeadm-join\nbusy=x; rm -rf /\n");
+        assert_eq!(busy.busy, vec!["kubeforge-kubeadm-join".to_string()]);
+        assert_eq!(
+            super::wait_units_command(&busy.busy),
+            "for u in kubeforge-kubeadm-join; do while systemctl is-active --quiet \"$u\"; do sleep 2; done; done"
+        );
         let fresh = super::parse_host("arch=aarch64\nos=debian 12\n");
         assert!(fresh.kubeadm.is_none() && !fresh.kubelet_conf && !fresh.systemd);
     }

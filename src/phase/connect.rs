@@ -58,26 +58,29 @@ impl Phase for Connect {
                 .host(&name)
                 .ok_or(HostError::Cancelled)?;
             let s = exec::session(ctx.rt, host).await?;
-            let out = exec::run(
-                s.as_ref(),
-                &name,
-                &crate::facts::host_command(),
-                ctx.secrets,
-                ctx.rt.verbose,
-            )
-            .await?;
-            let facts = crate::facts::parse_host(&out);
-            if facts.arch != "x86_64" && facts.arch != "aarch64" {
-                return Err(HostError::Other {
-                    host: name.clone(),
-                    message: format!("unsupported architecture `{}`", facts.arch),
-                });
-            }
-            if !facts.systemd {
-                return Err(HostError::Other {
-                    host: name.clone(),
-                    message: "systemd (systemctl) is required".into(),
-                });
+            let mut facts = host_facts(ctx, s.as_ref(), &name).await?;
+            // A detached kubeadm of an earlier run (killed, or its connection lost) still
+            // runs here: what it is doing would make the facts and the plan wrong (an
+            // etcd member it added looks stale until its etcd starts).
+            if !facts.busy.is_empty() {
+                tracing::info!(
+                    host = %name,
+                    units = ?facts.busy,
+                    "waiting for kubeforge commands of an earlier run to end"
+                );
+                ctx.note(format!(
+                    "{name}: waited for {} of an earlier run to end",
+                    facts.busy.join(", ")
+                ));
+                exec::run(
+                    s.as_ref(),
+                    &name,
+                    &crate::facts::wait_units_command(&facts.busy),
+                    ctx.secrets,
+                    ctx.rt.verbose,
+                )
+                .await?;
+                facts = host_facts(ctx, s.as_ref(), &name).await?;
             }
             Ok::<_, HostError>(facts)
         })
@@ -119,4 +122,34 @@ impl Phase for Connect {
             })
         }
     }
+}
+
+/// The facts of one host, refused when kubeforge cannot run there.
+async fn host_facts(
+    ctx: &ApplyContext<'_>,
+    s: &dyn crate::transport::Transport,
+    name: &str,
+) -> Result<crate::facts::HostFacts, HostError> {
+    let out = exec::run(
+        s,
+        name,
+        &crate::facts::host_command(),
+        ctx.secrets,
+        ctx.rt.verbose,
+    )
+    .await?;
+    let facts = crate::facts::parse_host(&out);
+    if facts.arch != "x86_64" && facts.arch != "aarch64" {
+        return Err(HostError::Other {
+            host: name.to_string(),
+            message: format!("unsupported architecture `{}`", facts.arch),
+        });
+    }
+    if !facts.systemd {
+        return Err(HostError::Other {
+            host: name.to_string(),
+            message: "systemd (systemctl) is required".into(),
+        });
+    }
+    Ok(facts)
 }

@@ -142,10 +142,13 @@ async fn repair_before_joins(
                 let healthy_ids = etcd::healthy(s.as_ref(), &members).await;
                 let healthy = healthy_ids.len();
                 if healthy_ids.contains(&m.id) {
-                    return Err(gate(format!(
-                        "etcd member {} ({name}) answers as healthy now: not removed; plan again",
+                    // Its etcd started since the facts were read: a healthy member is
+                    // never removed (its host's join step checks what is done there).
+                    ctx.note(format!(
+                        "etcd member {} ({name}) answers as healthy now: kept, not removed",
                         m.hex_id()
-                    )));
+                    ));
+                    continue;
                 }
                 if !etcd::quorum_holds(members.len(), healthy) {
                     return Err(gate(format!(

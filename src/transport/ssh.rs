@@ -97,8 +97,9 @@ const REMOTE_GRACE_SECS: u64 = 1;
 /// images and wait for the control plane), container image imports, package
 /// installs, etcd snapshots, kubectl waits and drains.
 pub fn is_long_command(command: &str) -> bool {
-    const LONG: [&str; 11] = [
+    const LONG: [&str; 12] = [
         "kubeadm ",
+        "kubeforge-kubeadm-",
         "images import",
         "images pull",
         "apt-get ",
