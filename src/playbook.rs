@@ -11,11 +11,13 @@ use std::path::Path;
 pub const BOOTSTRAP: &str = include_str!("../playbooks/bootstrap.yaml");
 pub const RECOVER: &str = include_str!("../playbooks/recover.yaml");
 pub const UPGRADE: &str = include_str!("../playbooks/upgrade.yaml");
+pub const RESTORE: &str = include_str!("../playbooks/restore.yaml");
 
 /// The playbooks embedded in the binary, by name.
 pub const NAMED: &[(&str, &str)] = &[
     ("bootstrap", BOOTSTRAP),
     ("recover", RECOVER),
+    ("restore", RESTORE),
     ("upgrade", UPGRADE),
 ];
 

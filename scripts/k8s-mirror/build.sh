@@ -35,7 +35,7 @@ CRICTL_VERSION=v1.20.0
 REPO=k8s.gcr.io
 PAUSE_TAG=3.2
 ETCD_TAG=3.4.13-0
-APT_PACKAGES=(golang-go dpkg-dev rsync make gcc libc6-dev python3 etcd-server
+APT_PACKAGES=(golang-go dpkg-dev rsync make gcc libc6-dev python3 etcd-server etcd-client
     golang-github-modern-go-reflect2-dev conntrack iptables)
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -123,9 +123,11 @@ images2="$out.part/mirror/images/$TEST_VERSION"
 mkdir -p "$images" "$images2"
 mk --ref "$REPO/pause:$PAUSE_TAG" --out "$images/pause-$PAUSE_TAG.tar" \
     --entrypoint /pause --file "$bins/pause:/pause"
-# etcd: Debian's etcd-server (3.4.23, API-compatible with the 3.4.13 kubeadm 1.20 pins).
+# etcd: Debian's etcd-server (3.4.23, API-compatible with the 3.4.13 kubeadm 1.20 pins),
+# and etcdctl where the real image has it (backup verification and restore run it).
 mk --ref "$REPO/etcd:$ETCD_TAG" --out "$images/etcd-$ETCD_TAG.tar" \
     --entrypoint /usr/local/bin/etcd --elf /usr/bin/etcd:/usr/local/bin/etcd \
+    --elf /usr/bin/etcdctl:/usr/local/bin/etcdctl \
     --dir /var/lib/etcd --dir /var/etcd
 # kube-proxy (iptables mode) runs iptables-save/-restore and conntrack: Debian's nft
 # backend (the node image's default alternative) with its extensions and libraries.
@@ -170,6 +172,7 @@ check() { # image-tar, command...
     rm -rf "$dir" "$dir.out"
 }
 check "$images/etcd-$ETCD_TAG.tar" /usr/local/bin/etcd --version
+check "$images/etcd-$ETCD_TAG.tar" /usr/local/bin/etcdctl version
 check "$images/kube-proxy-$K8S_VERSION.tar" /usr/sbin/iptables-save --version
 check "$images/kube-proxy-$K8S_VERSION.tar" /usr/sbin/conntrack --version
 check "$images/kube-proxy-$K8S_VERSION.tar" /usr/local/bin/kube-proxy --version

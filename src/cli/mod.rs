@@ -58,6 +58,18 @@ pub enum Command {
         after_help = "Examples:\n  kubeforge upgrade -f cluster.yaml --to v1.20.3 --yes\n  kubeforge upgrade -f cluster.yaml --max-unavailable 2 --drain-timeout 10m"
     )]
     Upgrade(UpgradeArgs),
+    /// Take an etcd snapshot now (verified, encrypted into the state store), collect the
+    /// control-plane timer's snapshots, list what is stored.
+    #[command(
+        after_help = "Examples:\n  kubeforge backup -f cluster.yaml\n  kubeforge backup list -f cluster.yaml -o json\n  kubeforge backup collect -f cluster.yaml"
+    )]
+    Backup(BackupArgs),
+    /// Rebuild etcd from a stored snapshot after quorum is lost: plan first (which
+    /// snapshot, its age, what is lost), confirm (--yes skips). A killed run resumes.
+    #[command(
+        after_help = "Examples:\n  kubeforge restore -f cluster.yaml\n  kubeforge restore -f cluster.yaml --snapshot backup-20261129T071500Z --yes"
+    )]
+    Restore(RestoreArgs),
     /// Plan, apply or check the cluster's addons (MetalLB, ingress, Rook-Ceph) on their own.
     #[command(
         after_help = "Examples:\n  kubeforge addons plan -f cluster.yaml\n  kubeforge addons apply -f cluster.yaml --yes --wait"
@@ -508,6 +520,48 @@ pub struct RecoverArgs {
     pub concurrency: usize,
     /// Re-pin the SSH host key of this host (address) on purpose, e.g. a bare-metal host
     /// reinstalled by hand (machines the provider re-creates are re-pinned without it).
+    #[arg(long = "accept-new-host-key", value_name = "HOST")]
+    pub accept_new_host_key: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct BackupArgs {
+    #[command(subcommand)]
+    pub command: Option<BackupCommand>,
+    #[command(flatten)]
+    pub spec: SpecArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// Take a snapshot now (the default of `kubeforge backup`), after collecting.
+    #[command(after_help = "Examples:\n  kubeforge backup create -f cluster.yaml -o json")]
+    Create(SpecArgs),
+    /// Bring the timer's snapshots from the control-plane nodes into the state store.
+    #[command(after_help = "Examples:\n  kubeforge backup collect -f cluster.yaml")]
+    Collect(SpecArgs),
+    /// The stored snapshots, oldest first, with their age, source and revision.
+    #[command(
+        after_help = "Examples:\n  kubeforge backup list -f cluster.yaml\n  kubeforge backup list -f cluster.yaml -o json"
+    )]
+    List(SpecArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    #[command(flatten)]
+    pub spec: SpecArgs,
+    /// The snapshot to restore (default: the newest stored; `kubeforge backup list`).
+    #[arg(long, value_name = "NAME")]
+    pub snapshot: Option<String>,
+    /// Restore without asking for confirmation.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// Hosts worked on at once in parallel phases.
+    #[arg(long, default_value_t = 10)]
+    pub concurrency: usize,
+    /// Re-pin the SSH host key of this host (address) on purpose.
     #[arg(long = "accept-new-host-key", value_name = "HOST")]
     pub accept_new_host_key: Vec<String>,
 }

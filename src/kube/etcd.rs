@@ -193,6 +193,52 @@ https://127.0.0.1:2379/v3/maintenance/snapshot -o {SNAPSHOT_STREAM}.part && mv {
     })
 }
 
+/// The etcd server version of the member on `host` (`3.4.13`).
+pub async fn version(
+    t: &dyn Transport,
+    host: &str,
+    secrets: &dyn Redact,
+) -> Result<String, HostError> {
+    let out = remote::run(
+        t,
+        host,
+        &format!("{CURL} https://127.0.0.1:2379/version"),
+        secrets,
+        false,
+    )
+    .await?;
+    serde_json::from_str::<serde_json::Value>(&out)
+        .ok()
+        .and_then(|v| v["etcdserver"].as_str().map(str::to_string))
+        .ok_or_else(|| HostError::Other {
+            host: host.to_string(),
+            message: format!("etcd /version answered {}", out.trim()),
+        })
+}
+
+/// Whether the member on `host` is its cluster's leader now (asked of itself).
+pub async fn is_leader(
+    t: &dyn Transport,
+    host: &str,
+    secrets: &dyn Redact,
+) -> Result<bool, HostError> {
+    let out = remote::run(
+        t,
+        host,
+        &format!("{CURL} -X POST -d '{{}}' https://127.0.0.1:2379/v3/maintenance/status"),
+        secrets,
+        false,
+    )
+    .await?;
+    let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| HostError::Other {
+        host: host.to_string(),
+        message: format!("etcd status is not JSON ({e}): {}", out.trim()),
+    })?;
+    let leader = v["leader"].as_str().map(str::to_string);
+    let me = v["header"]["member_id"].as_str().map(str::to_string);
+    Ok(leader.is_some() && leader == me)
+}
+
 /// Remove member `id`, asked of the etcd on `host` (a healthy member).
 pub async fn remove_member(
     t: &dyn Transport,

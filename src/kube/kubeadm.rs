@@ -41,6 +41,10 @@ systemd-run --unit={unit} --wait --collect --quiet -p StandardOutput=append:{log
     )
 }
 
+/// When a restore put etcd's data in place before `kubeadm init` (every control plane
+/// was lost), init runs over it: its preflight must accept the non-empty data directory.
+pub const RESTORED_ETCD_FLAG: &str = "$(ls /var/lib/kubeforge/applied/etcd-restore-* >/dev/null 2>&1 && echo ' --ignore-preflight-errors=DirAvailable--var-lib-etcd')";
+
 /// The kubeadm of one cluster.
 pub struct Kubeadm<'a> {
     cluster: &'a LoadedCluster,
@@ -105,9 +109,10 @@ impl<'a> Kubeadm<'a> {
     /// control-plane joins.
     pub fn init(&self) -> String {
         format!(
-            "{} init --config {INIT_CONFIG} --upload-certs{}",
+            "{} init --config {INIT_CONFIG} --upload-certs{}{}",
             self.bin(),
-            self.flags(true, false)
+            self.flags(true, false),
+            RESTORED_ETCD_FLAG
         )
     }
 

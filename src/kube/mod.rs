@@ -4,6 +4,7 @@
 //! recovery) call these; nothing here knows about playbooks or the state.
 
 pub mod etcd;
+pub mod etcdctl;
 pub mod kubeadm;
 pub mod lb;
 

@@ -99,6 +99,7 @@ pub async fn run(args: ApplyArgs, output: OutputFormat, verbose: bool) -> Result
         question: "Apply this plan?".into(),
         addons: args.addons.options(),
         upgrade: Default::default(),
+        restore: Default::default(),
     };
     let whole = args.phases.is_empty() && args.playbook.is_none();
     let report = with_session(&args.spec.file, opts, |s| {

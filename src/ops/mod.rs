@@ -1,6 +1,7 @@
 pub mod addons;
 pub mod apply;
 pub mod artifacts;
+pub mod backup;
 pub mod bench;
 pub mod clusters;
 pub mod completion;
@@ -12,6 +13,7 @@ pub mod plan;
 pub mod preview;
 pub mod recover;
 pub mod render;
+pub mod restore;
 pub mod runner;
 pub mod schema;
 pub mod session;
@@ -64,6 +66,8 @@ pub async fn run(cli: crate::cli::Cli) -> Result<u8, crate::error::Error> {
         Command::Addons(args) => crate::ops::addons::run(args, output).await,
         Command::Recover(args) => crate::ops::recover::run(args, output, cli.verbose > 0).await,
         Command::Upgrade(args) => crate::ops::upgrade::run(args, output, cli.verbose > 0).await,
+        Command::Backup(args) => crate::ops::backup::run(args, output).await,
+        Command::Restore(args) => crate::ops::restore::run(args, output, cli.verbose > 0).await,
         Command::Destroy(args) => crate::ops::destroy::run(args, output).await,
         Command::Kubeconfig(args) => {
             let opts = crate::ops::kubeconfig::Options {

@@ -81,6 +81,7 @@ pub async fn run(args: RecoverArgs, output: OutputFormat, verbose: bool) -> Resu
         addons: Default::default(),
 
         upgrade: Default::default(),
+        restore: Default::default(),
     };
     let report = with_session(&args.spec.file, opts, |s| {
         Box::pin(async move {

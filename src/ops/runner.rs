@@ -23,6 +23,8 @@ pub struct RunOptions {
     pub addons: crate::addons::AddonOptions,
     /// How an upgrade rolls (the upgrade phases).
     pub upgrade: crate::phase::upgrade::UpgradeOptions,
+    /// What a restore restores.
+    pub restore: crate::phase::restore::RestoreOptions,
 }
 
 #[derive(Debug, Serialize)]
@@ -130,6 +132,7 @@ pub async fn run_playbook(
             done: Default::default(),
             addons: &opts.addons,
             upgrade: &opts.upgrade,
+            restore: &opts.restore,
             notes: Default::default(),
         };
         let result = tracing::Instrument::instrument(ph.apply(&ctx, &plan), span).await;

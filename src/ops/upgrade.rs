@@ -289,6 +289,7 @@ pub async fn run(args: UpgradeArgs, output: OutputFormat, verbose: bool) -> Resu
             max_unavailable: usize::from(args.max_unavailable),
             drain_timeout: args.drain_timeout,
         },
+        restore: Default::default(),
     };
     let report = with_session(&args.spec.file, opts, |s| {
         Box::pin(async move { upgrade_session(s, &run, output).await })

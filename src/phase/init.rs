@@ -10,6 +10,19 @@ pub use crate::kube::{ADMIN_CONF, CA_CERT};
 /// it belongs with the PKI).
 pub const CA_HASH_KEY: &str = "ca-cert-hash";
 
+/// The PKI every control plane of a cluster shares (what kubeadm's `kubeadm-certs`
+/// Secret carries), relative to /etc/kubernetes/pki.
+pub const SHARED_PKI: [&str; 8] = [
+    "ca.crt",
+    "ca.key",
+    "sa.key",
+    "sa.pub",
+    "front-proxy-ca.crt",
+    "front-proxy-ca.key",
+    "etcd/ca.crt",
+    "etcd/ca.key",
+];
+
 /// `sha256:<hex>` of a PEM certificate's SubjectPublicKeyInfo, as kubeadm's
 /// `--discovery-token-ca-cert-hash` expects.
 pub fn ca_cert_hash(pem: &[u8]) -> Result<String, String> {
@@ -122,8 +135,26 @@ impl Phase for InitControlPlane {
             message: format!("{CA_CERT} on {}: {message}", first.name),
         })?;
         let ca = String::from_utf8_lossy(&pem).to_string();
+        // The shared PKI a rebuild needs (every control plane lost): the same CAs and
+        // service-account key keep workers, kubeconfigs and tokens valid. Encrypted
+        // with the other secrets of the state.
+        let mut shared = std::collections::BTreeMap::new();
+        for name in SHARED_PKI {
+            let bytes = exec::download(
+                s.as_ref(),
+                &first.name,
+                &format!("/etc/kubernetes/pki/{name}"),
+            )
+            .await
+            .map_err(|e| PhaseError::host(&phase, e))?;
+            shared.insert(
+                name.to_string(),
+                String::from_utf8_lossy(&bytes).to_string(),
+            );
+        }
         ctx.state
             .update(|doc| {
+                doc.secrets.pki.extend(shared);
                 doc.secrets.pki.insert("ca.crt".into(), ca);
                 doc.secrets.extra.insert(CA_HASH_KEY.into(), hash);
             })

@@ -5,16 +5,18 @@
 //! hosts: every file is written, every guarded step is listed with its guard.
 
 mod addons;
+mod backup;
 mod binaries;
 mod cni;
 mod connect;
 pub mod exec;
-mod init;
+pub mod init;
 mod join;
 mod kubeconfig;
 mod load_balancer;
 mod prepare;
 pub mod provision;
+pub mod restore;
 pub mod upgrade;
 mod wait_ready;
 
@@ -67,6 +69,8 @@ pub struct ApplyContext<'a> {
     pub addons: &'a crate::addons::AddonOptions,
     /// How an upgrade rolls (`--max-unavailable`, `--drain-timeout`).
     pub upgrade: &'a upgrade::UpgradeOptions,
+    /// What a restore restores (`--snapshot`).
+    pub restore: &'a restore::RestoreOptions,
     /// Lines for the operator, printed after the phase (addon outcomes, readiness).
     pub notes: std::sync::Mutex<Vec<String>>,
 }
@@ -401,6 +405,9 @@ pub fn registry() -> Vec<Box<dyn Phase>> {
         Box::new(kubeconfig::Kubeconfig),
         Box::new(cni::Cni),
         Box::new(wait_ready::WaitReady),
+        Box::new(backup::EtcdBackupTimer),
+        Box::new(restore::EtcdRestore),
+        Box::new(restore::RestoreFinish),
         Box::new(addons::Addons),
         Box::new(upgrade::EtcdSnapshot),
         Box::new(upgrade::UpgradePrepare),

@@ -163,11 +163,16 @@ store it encrypted in the state store as snapshots/{}.age (a resumed upgrade kee
             return Ok(());
         }
         let phase = self.name();
-        let err = |e: HostError| PhaseError::host(phase, e);
         let Some((first, s)) = ctx.first_control_plane(phase).await? else {
             return Ok(());
         };
         let (_, tag) = target(ctx.cluster);
+        // The version it runs now (the cluster's version is the target here).
+        let running = ctx
+            .rt
+            .facts()
+            .and_then(|f| f.host(&first.name).and_then(|h| h.apiserver_tag.clone()))
+            .unwrap_or_default();
         // A resumed upgrade keeps the snapshot taken when it began: that one holds the
         // cluster as it was before anything changed.
         let prefix = format!("pre-upgrade-{tag}-");
@@ -184,22 +189,25 @@ store it encrypted in the state store as snapshots/{}.age (a resumed upgrade kee
             return Ok(());
         }
         let started = Instant::now();
-        let snap = etcd::snapshot(s.as_ref(), &first.name, ctx.secrets)
-            .await
-            .map_err(err)?;
-        let name = snapshot_name(&tag, chrono::Utc::now());
-        let info = ctx
-            .state
-            .store
-            .put_snapshot(&name, &snap.db)
-            .await
-            .map_err(state_err)?;
+        let from = first.name.clone();
+        let meta = crate::backup::take(
+            phase,
+            s.as_ref(),
+            &from,
+            &ctx.state.store,
+            ctx.secrets,
+            &format!("pre-upgrade-{tag}"),
+            "pre-upgrade",
+            &running,
+        )
+        .await?;
         ctx.note(format!(
-            "etcd snapshot {name}: {} bytes from {} (sha256 {}), {} bytes encrypted in the state store, {:.1}s",
-            snap.db.len(),
-            first.name,
-            &snap.sha256[..16],
-            info.size,
+            "etcd snapshot {}: {} bytes from {from} (revision {}, {} keys, sha256 {}), verified and encrypted in the state store, {:.1}s",
+            meta.name,
+            meta.db_bytes,
+            meta.revision,
+            meta.total_keys,
+            &meta.sha256[..16.min(meta.sha256.len())],
             started.elapsed().as_secs_f64()
         ));
         Ok(())

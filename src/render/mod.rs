@@ -88,6 +88,18 @@ pub const TEMPLATES: &[(&str, &str)] = &[
         include_str!("../../templates/kubeadm/etcd+json.yaml.tera"),
     ),
     (
+        "etcd-backup/kubeforge-etcd-snapshot.sh",
+        include_str!("../../templates/etcd-backup/kubeforge-etcd-snapshot.sh.tera"),
+    ),
+    (
+        "etcd-backup/kubeforge-etcd-snapshot.service",
+        include_str!("../../templates/etcd-backup/kubeforge-etcd-snapshot.service.tera"),
+    ),
+    (
+        "etcd-backup/kubeforge-etcd-snapshot.timer",
+        include_str!("../../templates/etcd-backup/kubeforge-etcd-snapshot.timer.tera"),
+    ),
+    (
         "kubeadm/v1beta2/init.yaml",
         include_str!("../../templates/kubeadm/v1beta2/init.yaml.tera"),
     ),
@@ -184,6 +196,8 @@ pub enum FileGroup {
     Kubeadm,
     /// The pod network.
     Cni,
+    /// The etcd snapshot timer of the control-plane nodes.
+    Backup,
 }
 
 /// All files of all hosts, tagged by group.
@@ -342,6 +356,42 @@ pub fn render_all_with_init(
                     &format!("/etc/systemd/system/{}.service", views::PODNET_UNIT),
                     0o644,
                     render("cni/kubeforge-podnet.service", &cni)?,
+                    false,
+                );
+            }
+        }
+        let backup = &c.cluster.spec.backup;
+        if h.has(Role::ControlPlane) && backup.interval_minutes > 0 {
+            let view = serde_json::json!({
+                "host": h.name,
+                "dir": views::SNAPSHOT_TIMER_DIR,
+                "keep": backup.keep,
+                "interval": backup.interval_minutes,
+                "script": views::SNAPSHOT_SCRIPT,
+            });
+            for (template, path, mode) in [
+                (
+                    "etcd-backup/kubeforge-etcd-snapshot.sh",
+                    views::SNAPSHOT_SCRIPT.to_string(),
+                    0o755,
+                ),
+                (
+                    "etcd-backup/kubeforge-etcd-snapshot.service",
+                    format!("/etc/systemd/system/{}.service", views::SNAPSHOT_UNIT),
+                    0o644,
+                ),
+                (
+                    "etcd-backup/kubeforge-etcd-snapshot.timer",
+                    format!("/etc/systemd/system/{}.timer", views::SNAPSHOT_UNIT),
+                    0o644,
+                ),
+            ] {
+                add(
+                    FileGroup::Backup,
+                    template,
+                    &path,
+                    mode,
+                    render(template, &view)?,
                     false,
                 );
             }

@@ -398,3 +398,8 @@ pub fn cni(c: &LoadedCluster, h: &Host) -> Option<CniView> {
         script: PODNET_SCRIPT,
     })
 }
+
+/// The etcd snapshot timer: its unit name, script and where it keeps snapshots.
+pub const SNAPSHOT_UNIT: &str = "kubeforge-etcd-snapshot";
+pub const SNAPSHOT_SCRIPT: &str = "/usr/local/lib/kubeforge/etcd-snapshot.sh";
+pub const SNAPSHOT_TIMER_DIR: &str = "/var/lib/kubeforge/snapshots";

@@ -49,6 +49,41 @@ pub struct ClusterSpec {
     pub artifacts: Artifacts,
     #[serde(default)]
     pub kubeadm: KubeadmSpec,
+    #[serde(default)]
+    pub backup: BackupSpec,
+}
+
+/// etcd snapshots: the timer on the control-plane nodes and how many are kept.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct BackupSpec {
+    /// Minutes between the snapshots the control-plane nodes' timer takes (the etcd
+    /// leader of the moment takes it, so one per interval); 0 turns the timer off.
+    #[serde(default = "BackupSpec::default_interval")]
+    pub interval_minutes: u32,
+    /// Snapshots kept, in the state store (manual and timer ones; those taken before an
+    /// upgrade are kept apart) and on each control-plane node.
+    #[serde(default = "BackupSpec::default_keep")]
+    #[schemars(range(min = 1))]
+    pub keep: u32,
+}
+
+impl BackupSpec {
+    fn default_interval() -> u32 {
+        15
+    }
+    fn default_keep() -> u32 {
+        8
+    }
+}
+
+impl Default for BackupSpec {
+    fn default() -> Self {
+        BackupSpec {
+            interval_minutes: Self::default_interval(),
+            keep: Self::default_keep(),
+        }
+    }
 }
 
 /// Extra kubeadm knobs for `init` and `join`.

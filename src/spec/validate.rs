@@ -537,6 +537,12 @@ fn check_counts(p: &NodePools, rep: &mut Reporter<'_>) {
 }
 
 fn check_ssh(s: &ClusterSpec, rep: &mut Reporter<'_>) {
+    if s.backup.keep == 0 {
+        rep.error(
+            "spec.backup.keep",
+            "keep at least one snapshot (the newest is what a restore needs)",
+        );
+    }
     if s.ssh.port == 0 {
         rep.error("spec.ssh.port", "port 0 is not a valid port");
     }

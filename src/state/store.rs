@@ -1172,6 +1172,35 @@ impl StateStore {
         })
     }
 
+    /// Store what a snapshot is (time, versions, revision, members, source, sha256) next
+    /// to it as `snapshots/<name>.json`: no secret, readable without the key.
+    pub async fn put_snapshot_meta(&self, name: &str, meta: &[u8]) -> Result<(), StateError> {
+        let key = self.snapshot_key(name)?.replace(".age", ".json");
+        self.backend
+            .put(&key, Bytes::copy_from_slice(meta), WriteMode::Overwrite)
+            .await
+            .map(|_| ())
+            .map_err(|e| backend_err(self.backend.as_ref(), e))
+    }
+
+    /// What [`Self::put_snapshot_meta`] stored for `name` (None: nothing stored).
+    pub async fn snapshot_meta(&self, name: &str) -> Result<Option<Vec<u8>>, StateError> {
+        let key = self.snapshot_key(name)?.replace(".age", ".json");
+        Ok(self.get(&key).await?.map(|(b, _)| b.to_vec()))
+    }
+
+    /// Delete a snapshot and what is stored about it.
+    pub async fn delete_snapshot(&self, name: &str) -> Result<(), StateError> {
+        let key = self.snapshot_key(name)?;
+        for k in [key.replace(".age", ".json"), key] {
+            self.backend
+                .delete(&k)
+                .await
+                .map_err(|e| backend_err(self.backend.as_ref(), e))?;
+        }
+        Ok(())
+    }
+
     /// Stored snapshots, oldest name first.
     pub async fn snapshots(&self) -> Result<Vec<SnapshotInfo>, StateError> {
         let listed = self
