@@ -172,6 +172,28 @@ spec:
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("nothing to recover"));
+    // `status`: healthy, exit 0, one etcd leader, one load balancer holding the VIP.
+    let out = kubeforge(dir.path())
+        .args(["status", "-f", "cluster.yaml", "-o", "json"])
+        .output()
+        .unwrap();
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{st}");
+    assert_eq!(st["healthy"], true, "{st}");
+    let members = st["etcd"].as_array().unwrap();
+    assert_eq!(members.len(), 3, "{st}");
+    assert_eq!(
+        members.iter().filter(|m| m["leader"] == true).count(),
+        1,
+        "{st}"
+    );
+    let holders = st["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["holdsVip"] == true)
+        .count();
+    assert_eq!(holders, 1, "{st}");
 
     let prober = Prober::start(&format!("{SUBNET}.254:6443"));
     let mut figures = Vec::new();
@@ -339,6 +361,14 @@ spec:
         "{stderr}"
     );
     assert!(stderr.contains("nothing was changed"), "{stderr}");
+    let out = kubeforge(dir.path())
+        .args(["status", "-f", "cluster.yaml", "-o", "json"])
+        .output()
+        .unwrap();
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(8), "degraded: {st}");
+    assert_eq!(st["healthy"], false, "{st}");
+    assert!(st["problems"].to_string().contains("QUORUM LOST"), "{st}");
     let ps = docker(&["ps", "-a", "--format", "{{.Names}}"]);
     let names = String::from_utf8_lossy(&ps.stdout);
     assert!(

@@ -64,6 +64,13 @@ pub enum Command {
         after_help = "Examples:\n  kubeforge backup -f cluster.yaml\n  kubeforge backup list -f cluster.yaml -o json\n  kubeforge backup collect -f cluster.yaml"
     )]
     Backup(BackupArgs),
+    /// How the cluster is: hosts, nodes, etcd members (health, leader, size), every
+    /// apiserver and the endpoint, the VIP holder, certificate expiry, the newest etcd
+    /// snapshot. Exit 0 healthy, 8 degraded.
+    #[command(
+        after_help = "Examples:\n  kubeforge status -f cluster.yaml\n  kubeforge status -f cluster.yaml -o json\n  kubeforge status -f cluster.yaml --wait --timeout 10m   # until healthy (CI gates)"
+    )]
+    Status(StatusArgs),
     /// Rebuild etcd from a stored snapshot after quorum is lost: plan first (which
     /// snapshot, its age, what is lost), confirm (--yes skips). A killed run resumes.
     #[command(
@@ -546,6 +553,18 @@ pub enum BackupCommand {
         after_help = "Examples:\n  kubeforge backup list -f cluster.yaml\n  kubeforge backup list -f cluster.yaml -o json"
     )]
     List(SpecArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub spec: SpecArgs,
+    /// Check again every 5 s until the cluster is healthy (or --timeout passes).
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits, e.g. 10m, 90s.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
 }
 
 #[derive(Debug, Args)]

@@ -18,6 +18,7 @@ pub mod runner;
 pub mod schema;
 pub mod session;
 pub mod state;
+pub mod status;
 pub mod upgrade;
 pub mod validate;
 
@@ -60,6 +61,7 @@ pub async fn run(cli: crate::cli::Cli) -> Result<u8, crate::error::Error> {
                 _ => 0,
             });
         }
+        Command::Status(args) => return crate::ops::status::run(args, output).await,
         Command::Validate(args) => crate::ops::validate::run(&args.file, output),
         Command::Render(args) => crate::ops::render::run(&args.spec.file, &args.out, output),
         Command::Apply(args) => crate::ops::apply::run(args, output, cli.verbose > 0).await,
