@@ -12,12 +12,14 @@ pub const BOOTSTRAP: &str = include_str!("../playbooks/bootstrap.yaml");
 pub const RECOVER: &str = include_str!("../playbooks/recover.yaml");
 pub const UPGRADE: &str = include_str!("../playbooks/upgrade.yaml");
 pub const RESTORE: &str = include_str!("../playbooks/restore.yaml");
+pub const CERTS_RENEW: &str = include_str!("../playbooks/certs-renew.yaml");
 
 /// The playbooks embedded in the binary, by name.
 pub const NAMED: &[(&str, &str)] = &[
     ("bootstrap", BOOTSTRAP),
     ("recover", RECOVER),
     ("restore", RESTORE),
+    ("certs-renew", CERTS_RENEW),
     ("upgrade", UPGRADE),
 ];
 

@@ -237,6 +237,93 @@ fn apply_bootstraps_a_three_master_cluster_behind_a_vip() {
     // The rolling upgrade on this live cluster (tests/common_upgrade).
     common_upgrade::upgrade_scenarios(dir.path(), NAME, &format!("{SUBNET}.254"));
 
+    // Certificates renewed on the live cluster, one control plane at a time out of the
+    // load balancers: every one of them later than before, the API up throughout.
+    let expiries = |dir: &Path| -> std::collections::BTreeMap<String, String> {
+        let out = kubeforge(dir)
+            .args(["certs", "check", "-f", "cluster.yaml", "-o", "json"])
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["certificates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    format!(
+                        "{}/{}",
+                        c["node"].as_str().unwrap(),
+                        c["name"].as_str().unwrap()
+                    ),
+                    c["expires"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let before = expiries(dir.path());
+    assert!(
+        before.keys().any(|k| k.ends_with("/apiserver.crt")),
+        "{before:?}"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let prober = support::Prober::start(&format!("{SUBNET}.254:6443"));
+    let t0 = Instant::now();
+    let out = kubeforge(dir.path())
+        .args(["certs", "renew", "-f", "cluster.yaml", "--yes"])
+        .timeout(Duration::from_secs(900))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let probed = prober.finish();
+    let after = expiries(dir.path());
+    for (k, v) in &before {
+        let renewable = !k.ends_with("ca.crt") && !k.ends_with("/kubelet-client");
+        if renewable {
+            assert!(
+                after.get(k).is_some_and(|a| a > v),
+                "{k}: {v} -> {:?}",
+                after.get(k)
+            );
+        } else {
+            assert_eq!(
+                after.get(k),
+                Some(v),
+                "{k} (a CA or the kubelet's own) is unchanged"
+            );
+        }
+    }
+    eprintln!(
+        "certs renew: {:.0} s for 3 control planes; prober through the VIP: {} requests, {} failed {:?}",
+        t0.elapsed().as_secs_f64(),
+        probed.requests,
+        probed.failed.len(),
+        probed.failed
+    );
+    assert!(probed.requests > 10, "the prober ran");
+    assert_eq!(
+        probed.failed.len(),
+        0,
+        "API requests through the VIP failed during the renewal"
+    );
+    // The refreshed admin kubeconfig in the state still works.
+    let out = kubectl(dir.path(), &["get", "--raw", "/readyz"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // Stopping the load balancer that holds the VIP moves it; the API stays up.
     let holder = ["lb-1", "lb-2"]
         .iter()

@@ -71,6 +71,11 @@ pub enum Command {
         after_help = "Examples:\n  kubeforge status -f cluster.yaml\n  kubeforge status -f cluster.yaml -o json\n  kubeforge status -f cluster.yaml --wait --timeout 10m   # until healthy (CI gates)"
     )]
     Status(StatusArgs),
+    /// Control-plane certificates: when each expires; renew them with the API up.
+    #[command(
+        after_help = "Examples:\n  kubeforge certs check -f cluster.yaml\n  kubeforge certs renew -f cluster.yaml --yes"
+    )]
+    Certs(CertsArgs),
     /// Rebuild etcd from a stored snapshot after quorum is lost: plan first (which
     /// snapshot, its age, what is lost), confirm (--yes skips). A killed run resumes.
     #[command(
@@ -553,6 +558,37 @@ pub enum BackupCommand {
         after_help = "Examples:\n  kubeforge backup list -f cluster.yaml\n  kubeforge backup list -f cluster.yaml -o json"
     )]
     List(SpecArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CertsArgs {
+    #[command(subcommand)]
+    pub command: CertsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// Every certificate of every control plane and when it expires, read from the
+    /// certificates themselves. Exit 8 when one expires within 30 days.
+    #[command(
+        after_help = "Examples:\n  kubeforge certs check -f cluster.yaml\n  kubeforge certs check -f cluster.yaml -o json"
+    )]
+    Check(SpecArgs),
+    /// `kubeadm certs renew all` on each control plane, one at a time, out of the load
+    /// balancers, its control plane restarted behind health gates (CAs unchanged).
+    #[command(
+        after_help = "Examples:\n  kubeforge certs renew -f cluster.yaml\n  kubeforge certs renew -f cluster.yaml --yes -o json"
+    )]
+    Renew(CertsRenewArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CertsRenewArgs {
+    #[command(flatten)]
+    pub spec: SpecArgs,
+    /// Renew without asking for confirmation.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
 }
 
 #[derive(Debug, Args)]

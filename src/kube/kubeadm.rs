@@ -116,6 +116,11 @@ impl<'a> Kubeadm<'a> {
         )
     }
 
+    /// Renew every certificate kubeadm made on this node (the CAs stay).
+    pub fn certs_renew(&self) -> String {
+        format!("{} certs renew all", self.bin())
+    }
+
     /// `kubeadm join` from the uploaded configuration.
     pub fn join(&self, control_plane: bool) -> String {
         format!(

@@ -3,6 +3,7 @@ pub mod apply;
 pub mod artifacts;
 pub mod backup;
 pub mod bench;
+pub mod certs;
 pub mod clusters;
 pub mod completion;
 pub mod destroy;
@@ -62,6 +63,7 @@ pub async fn run(cli: crate::cli::Cli) -> Result<u8, crate::error::Error> {
             });
         }
         Command::Status(args) => return crate::ops::status::run(args, output).await,
+        Command::Certs(args) => return crate::ops::certs::run(args, output, cli.verbose > 0).await,
         Command::Validate(args) => crate::ops::validate::run(&args.file, output),
         Command::Render(args) => crate::ops::render::run(&args.spec.file, &args.out, output),
         Command::Apply(args) => crate::ops::apply::run(args, output, cli.verbose > 0).await,

@@ -296,8 +296,8 @@ fn print(r: &StatusReport, output: OutputFormat) -> Result<(), Error> {
     );
     println!();
     println!(
-        "{:<24} {:<28} {:<9} {:<7} {:<10} {:<10} {:<6} {}",
-        "HOST", "ROLES", "SSH", "READY", "KUBELET", "APISERVER", "VIP", "CERTS"
+        "{:<24} {:<28} {:<9} {:<7} {:<10} {:<10} {:<6} CERTS",
+        "HOST", "ROLES", "SSH", "READY", "KUBELET", "APISERVER", "VIP"
     );
     for n in &r.nodes {
         let yes_no = |b: Option<bool>| match b {
@@ -329,8 +329,8 @@ fn print(r: &StatusReport, output: OutputFormat) -> Result<(), Error> {
     if !r.etcd.is_empty() {
         println!();
         println!(
-            "{:<18} {:<24} {:<8} {:<7} {}",
-            "ETCD MEMBER", "NAME", "HEALTHY", "LEADER", "DB"
+            "{:<18} {:<24} {:<8} {:<7} DB",
+            "ETCD MEMBER", "NAME", "HEALTHY", "LEADER"
         );
         for m in &r.etcd {
             println!(

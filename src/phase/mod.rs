@@ -7,6 +7,7 @@
 mod addons;
 mod backup;
 mod binaries;
+pub mod certs;
 mod cni;
 mod connect;
 pub mod exec;
@@ -408,6 +409,7 @@ pub fn registry() -> Vec<Box<dyn Phase>> {
         Box::new(backup::EtcdBackupTimer),
         Box::new(restore::EtcdRestore),
         Box::new(restore::RestoreFinish),
+        Box::new(certs::CertsRenew),
         Box::new(addons::Addons),
         Box::new(upgrade::EtcdSnapshot),
         Box::new(upgrade::UpgradePrepare),

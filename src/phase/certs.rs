@@ -1,0 +1,170 @@
+//! `certs-renew`: `kubeadm certs renew all` on each control plane, one at a time, out
+//! of the load balancers meanwhile, and the static Pods restarted so that they use the
+//! new certificates (kubelet does not restart them on a file change): etcd (healthy
+//! again before the next step), kube-apiserver (/readyz), controller-manager and
+//! scheduler. The node goes back into every load balancer (seen UP) before the next.
+
+use super::exec::{self, HostError};
+use super::{host_plan, new_plan, ApplyContext, Phase, PhaseError, PhasePlan, PlanContext, Step};
+use crate::kube::{self, etcd, lb, Kubeadm};
+use crate::spec::Host;
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(180);
+const LB_UP_WAIT: Duration = Duration::from_secs(60);
+
+/// Which certificates a node has and when each expires (`name|openssl enddate` lines):
+/// the PKI files, the client certificates embedded in kubeadm's kubeconfigs, and the
+/// kubelet's rotated client certificate.
+pub const CHECK_COMMAND: &str = "cd /etc/kubernetes/pki 2>/dev/null || exit 0; \
+for f in *.crt etcd/*.crt; do [ -f \"$f\" ] && echo \"$f|$(openssl x509 -enddate -noout -in \"$f\" | cut -d= -f2)\"; done; \
+for k in admin controller-manager scheduler; do c=/etc/kubernetes/$k.conf; \
+d=$(sed -n 's/^ *client-certificate-data: *//p' $c 2>/dev/null | head -n1); \
+[ -n \"$d\" ] && echo \"$k.conf|$(echo \"$d\" | base64 -d | openssl x509 -enddate -noout | cut -d= -f2)\"; done; \
+k=/var/lib/kubelet/pki/kubelet-client-current.pem; \
+[ -f $k ] && echo \"kubelet-client|$(openssl x509 -enddate -noout -in $k | cut -d= -f2)\"; true";
+
+pub struct CertsRenew;
+
+fn kill_and_wait(pattern: &str, what: &str) -> String {
+    format!(
+        "pid=$(pgrep -o -f '{pattern}') || exit 0; kill \"$pid\"; \
+for i in $(seq 60); do kill -0 \"$pid\" 2>/dev/null || exit 0; sleep 1; done; \
+echo '{what} (pid '$pid') did not stop within 60s' >&2; exit 1"
+    )
+}
+
+#[async_trait::async_trait]
+impl Phase for CertsRenew {
+    fn name(&self) -> &'static str {
+        "certs-renew"
+    }
+    fn description(&self) -> &'static str {
+        "renew the control-plane certificates one node at a time, out of the load balancers"
+    }
+    fn plan(&self, ctx: &PlanContext<'_>) -> PhasePlan {
+        let mut p = new_plan(self);
+        for h in &ctx.hosts {
+            p.hosts.push(host_plan(
+                ctx,
+                h,
+                &[],
+                vec![
+                    Step::new("out of the load balancers (HAProxy drain)"),
+                    Step::new(Kubeadm::of(ctx.cluster).certs_renew()),
+                    Step::new("restart etcd (healthy), kube-apiserver (/readyz), kube-controller-manager, kube-scheduler"),
+                    Step::new("back into the load balancers (UP)"),
+                ],
+            ));
+        }
+        p
+    }
+
+    async fn apply(&self, ctx: &ApplyContext<'_>, plan: &PhasePlan) -> Result<(), PhaseError> {
+        let phase = self.name();
+        let topo = &ctx.cluster.topology;
+        let hosts: Vec<&Host> = plan
+            .hosts
+            .iter()
+            .filter_map(|hp| topo.host(&hp.host))
+            .collect();
+        for h in hosts {
+            let start = Instant::now();
+            renew_one(ctx, h)
+                .await
+                .map_err(|message| PhaseError::Gate {
+                    phase: phase.to_string(),
+                    message: format!("{}: {message}", h.name),
+                })?;
+            ctx.note(format!(
+                "{}: certificates renewed, control plane restarted, back in the load balancers in {:.0}s",
+                h.name,
+                start.elapsed().as_secs_f64()
+            ));
+        }
+        Ok(())
+    }
+}
+
+async fn renew_one(ctx: &ApplyContext<'_>, h: &Host) -> Result<(), String> {
+    let show = |e: HostError| e.to_string();
+    let t = exec::session(ctx.rt, h).await.map_err(show)?;
+    let lbs = ctx.cluster.topology.lb_hosts();
+    for l in &lbs {
+        let lt = exec::session(ctx.rt, l).await.map_err(show)?;
+        lb::set_state(
+            lt.as_ref(),
+            &l.name,
+            &h.name,
+            lb::ServerState::Drain,
+            ctx.secrets,
+        )
+        .await
+        .map_err(show)?;
+    }
+    let run = |cmd: String| {
+        let t = t.clone();
+        async move {
+            exec::run(t.as_ref(), &h.name, &cmd, ctx.secrets, ctx.rt.verbose)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+    };
+    run(Kubeadm::of(ctx.cluster).certs_renew()).await?;
+    run(kill_and_wait("^etcd ", "etcd")).await?;
+    let url = format!(
+        "https://{}",
+        std::net::SocketAddr::new(h.internal_address, 2379)
+    );
+    let start = Instant::now();
+    while let Err(e) = etcd::health(t.as_ref(), &url).await {
+        if start.elapsed() > WAIT {
+            return Err(format!("etcd is not healthy after its restart: {e}"));
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    kube::restart_apiserver(t.as_ref(), &h.name, ctx.secrets)
+        .await
+        .map_err(show)?;
+    let port = ctx.cluster.cluster.spec.networking.api_server_port;
+    let own = std::net::SocketAddr::new(h.internal_address, port).to_string();
+    kube::wait_readyz(t.as_ref(), &own, WAIT).await?;
+    run(kill_and_wait(
+        "^kube-controller-manager ",
+        "kube-controller-manager",
+    ))
+    .await?;
+    run(kill_and_wait("^kube-scheduler ", "kube-scheduler")).await?;
+    for l in &lbs {
+        let lt = exec::session(ctx.rt, l).await.map_err(show)?;
+        lb::set_state(
+            lt.as_ref(),
+            &l.name,
+            &h.name,
+            lb::ServerState::Ready,
+            ctx.secrets,
+        )
+        .await
+        .map_err(show)?;
+        let start = Instant::now();
+        loop {
+            let st = lb::status(lt.as_ref(), &l.name, &h.name, ctx.secrets)
+                .await
+                .map_err(show)?;
+            if st.as_deref() == Some("UP") {
+                break;
+            }
+            if start.elapsed() > LB_UP_WAIT {
+                return Err(format!(
+                    "the HAProxy of {} shows it as {} after {}s",
+                    l.name,
+                    st.unwrap_or_else(|| "absent".into()),
+                    LB_UP_WAIT.as_secs()
+                ));
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+    Ok(())
+}
