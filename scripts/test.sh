@@ -16,5 +16,5 @@ cargo fmt --check
 echo "== cargo clippy"
 cargo clippy --all-targets -- -D warnings
 echo "== cargo test"
-cargo test --all-targets
+cargo test --all-targets --no-fail-fast
 echo "== all tests passed in $(( $(date +%s) - started ))s"

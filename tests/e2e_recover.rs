@@ -108,6 +108,7 @@ fn lose_and_recover(dir: &Path, lost: &[&str], what: &str) -> Duration {
         "{what}: recover failed:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    print_notes(what, &out.stdout);
     let (ready, started, members) = health();
     assert_eq!(ready.len(), 4, "{what}: Ready nodes {ready:?}");
     assert_eq!((started.len(), members), (3, 3), "{what}: etcd {started:?}");
@@ -468,6 +469,7 @@ spec:
         String::from_utf8_lossy(&out.stderr)
     );
     let took = t0.elapsed();
+    print_notes("restore", &out.stdout);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["snapshot"]["name"], snapshot.as_str(), "{report}");
     let (ready, started, members) = health();
@@ -612,6 +614,7 @@ spec:
         String::from_utf8_lossy(&out.stderr)
     );
     let took = t0.elapsed();
+    print_notes("rebuild", &out.stdout);
     let (ready, started, members) = health();
     assert_eq!(ready.len(), 4, "Ready nodes after the rebuild {ready:?}");
     assert_eq!(
@@ -731,6 +734,23 @@ fn ca_fingerprint() -> String {
         .next()
         .unwrap_or_default()
         .to_string()
+}
+
+/// The phases' notes of a run's JSON report (for the log: what the gates did).
+fn print_notes(what: &str, json: &[u8]) {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(json) else {
+        return;
+    };
+    let phases = v["run"]["phases"].as_array().cloned().unwrap_or_default();
+    for p in phases {
+        for n in p["notes"].as_array().cloned().unwrap_or_default() {
+            eprintln!(
+                "  [{what}] {}: {}",
+                p["phase"].as_str().unwrap_or("?"),
+                n.as_str().unwrap_or("")
+            );
+        }
+    }
 }
 
 /// Create a ConfigMap in `default`; its UID.

@@ -6,12 +6,11 @@
 
 use super::exec::{self, HostError};
 use super::{host_plan, new_plan, ApplyContext, Phase, PhaseError, PhasePlan, PlanContext, Step};
-use crate::kube::{self, etcd, lb, Kubeadm};
+use crate::kube::{self, etcd, Kubeadm};
 use crate::spec::Host;
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(180);
-const LB_UP_WAIT: Duration = Duration::from_secs(60);
 
 /// Which certificates a node has and when each expires (`name|openssl enddate` lines):
 /// the PKI files, the client certificates embedded in kubeadm's kubeconfigs, and the
@@ -89,19 +88,7 @@ impl Phase for CertsRenew {
 async fn renew_one(ctx: &ApplyContext<'_>, h: &Host) -> Result<(), String> {
     let show = |e: HostError| e.to_string();
     let t = exec::session(ctx.rt, h).await.map_err(show)?;
-    let lbs = ctx.cluster.topology.lb_hosts();
-    for l in &lbs {
-        let lt = exec::session(ctx.rt, l).await.map_err(show)?;
-        lb::set_state(
-            lt.as_ref(),
-            &l.name,
-            &h.name,
-            lb::ServerState::Drain,
-            ctx.secrets,
-        )
-        .await
-        .map_err(show)?;
-    }
+    super::drain_from_lbs(ctx, h).await?;
     let run = |cmd: String| {
         let t = t.clone();
         async move {
@@ -136,35 +123,6 @@ async fn renew_one(ctx: &ApplyContext<'_>, h: &Host) -> Result<(), String> {
     ))
     .await?;
     run(kill_and_wait("^kube-scheduler ", "kube-scheduler")).await?;
-    for l in &lbs {
-        let lt = exec::session(ctx.rt, l).await.map_err(show)?;
-        lb::set_state(
-            lt.as_ref(),
-            &l.name,
-            &h.name,
-            lb::ServerState::Ready,
-            ctx.secrets,
-        )
-        .await
-        .map_err(show)?;
-        let start = Instant::now();
-        loop {
-            let st = lb::status(lt.as_ref(), &l.name, &h.name, ctx.secrets)
-                .await
-                .map_err(show)?;
-            if st.as_deref() == Some("UP") {
-                break;
-            }
-            if start.elapsed() > LB_UP_WAIT {
-                return Err(format!(
-                    "the HAProxy of {} shows it as {} after {}s",
-                    l.name,
-                    st.unwrap_or_else(|| "absent".into()),
-                    LB_UP_WAIT.as_secs()
-                ));
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-    }
+    super::back_into_lbs(ctx, h).await?;
     Ok(())
 }

@@ -482,3 +482,62 @@ pub fn host_plan(
         commands,
     }
 }
+
+/// How long a server put back into HAProxy may take to be seen UP.
+const LB_UP_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Take control plane `h` out of every load balancer (HAProxy runtime API: drain, so no
+/// new connection goes to it) before its apiserver restarts.
+pub(crate) async fn drain_from_lbs(ctx: &ApplyContext<'_>, h: &Host) -> Result<(), String> {
+    for l in ctx.cluster.topology.lb_hosts() {
+        let lt = exec::session(ctx.rt, l).await.map_err(|e| e.to_string())?;
+        crate::kube::lb::set_state(
+            lt.as_ref(),
+            &l.name,
+            &h.name,
+            crate::kube::lb::ServerState::Drain,
+            ctx.secrets,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Put `h` back into every load balancer and wait until each sees it UP.
+pub(crate) async fn back_into_lbs(ctx: &ApplyContext<'_>, h: &Host) -> Result<(), String> {
+    use crate::kube::lb;
+    for l in ctx.cluster.topology.lb_hosts() {
+        let lt = exec::session(ctx.rt, l).await.map_err(|e| e.to_string())?;
+        lb::set_state(
+            lt.as_ref(),
+            &l.name,
+            &h.name,
+            lb::ServerState::Ready,
+            ctx.secrets,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let start = std::time::Instant::now();
+        loop {
+            let st = lb::status(lt.as_ref(), &l.name, &h.name, ctx.secrets)
+                .await
+                .map_err(|e| e.to_string())?;
+            if st.as_deref() == Some("UP") {
+                break;
+            }
+            if start.elapsed() > LB_UP_WAIT {
+                return Err(format!(
+                    "the HAProxy of {} shows {}/{} as {} after {}s",
+                    l.name,
+                    lb::BACKEND,
+                    h.name,
+                    st.unwrap_or_else(|| "absent".into()),
+                    LB_UP_WAIT.as_secs()
+                ));
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+    }
+    Ok(())
+}

@@ -178,6 +178,9 @@ async fn watchers_gate(
             stale.join(", "),
             CACHE_WAIT.as_secs()
         ));
+        // Out of the load balancers first: a restarting apiserver drops the
+        // connections it has.
+        super::drain_from_lbs(ctx, h).await.map_err(gate)?;
         crate::kube::restart_apiserver(hs.as_ref(), &h.name, ctx.secrets)
             .await
             .map_err(err)?;
@@ -189,6 +192,7 @@ async fn watchers_gate(
                     h.name
                 ))
             })?;
+        super::back_into_lbs(ctx, h).await.map_err(gate)?;
         let fresh = || async { sees().await.map(|s| s.is_empty()) };
         if !within(Duration::from_secs(60), fresh).await.map_err(err)? {
             return Err(gate(format!(
