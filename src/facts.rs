@@ -110,6 +110,21 @@ impl ClusterFacts {
         self.nodes.as_ref()?.iter().find(|n| n.name == name)
     }
 
+    /// kubeforge's detached commands of an earlier run still running (not a fault: a
+    /// run that changes the cluster waits for them in `connect`).
+    pub fn in_flight(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (name, f) in &self.hosts {
+            for u in &f.busy {
+                out.push(format!(
+                    "host {name} still runs `{u}` from an earlier run (log in {}/{u}.log): a run that changes the cluster waits for it to end",
+                    kube::kubeadm::LOG_DIR
+                ));
+            }
+        }
+        out
+    }
+
     /// Lines for the operator: what is missing or unhealthy, and what a run does about it.
     pub fn findings(&self, c: &LoadedCluster) -> Vec<String> {
         let mut out = Vec::new();
@@ -126,14 +141,6 @@ impl ClusterFacts {
                 ),
             };
             out.push(format!("host {name} ({}) {what}", h.roles_text()));
-        }
-        for (name, f) in &self.hosts {
-            for u in &f.busy {
-                out.push(format!(
-                    "host {name} still runs `{u}` from an earlier run (log in {}/{u}.log): `apply` waits for it to end before it plans",
-                    kube::kubeadm::LOG_DIR
-                ));
-            }
         }
         if let Some(nodes) = &self.nodes {
             for h in c.topology.kubernetes_nodes() {

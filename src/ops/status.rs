@@ -87,7 +87,7 @@ async fn gather(s: &Session) -> Result<StatusReport, Error> {
     let facts = crate::ops::preview::gather_facts(s).await?;
     let c = &s.cluster;
     let mut problems = facts.findings(c);
-    let mut warnings = Vec::new();
+    let mut warnings = facts.in_flight();
     let port = c.cluster.spec.networking.api_server_port;
     let vip = c.topology.endpoint.address();
     let mut nodes = Vec::new();
