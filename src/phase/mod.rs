@@ -483,7 +483,7 @@ pub fn host_plan(
     }
 }
 
-/// How long a server put back into HAProxy may take to be seen UP.
+/// How long HAProxy may take to see a server back UP (rise 2 x inter 1 s, slow start).
 const LB_UP_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Take control plane `h` out of every load balancer (HAProxy runtime API: drain, so no

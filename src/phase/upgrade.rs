@@ -29,8 +29,6 @@ use std::time::{Duration, Instant};
 const NODE_WAIT: Duration = Duration::from_secs(300);
 /// How long an upgraded apiserver may take to answer /readyz.
 const READYZ_WAIT: Duration = Duration::from_secs(300);
-/// How long HAProxy may take to see a server back UP (rise 2 x inter 1 s, slow start).
-const LB_UP_WAIT: Duration = Duration::from_secs(60);
 
 /// What the upgrade run is told on the command line (`--max-unavailable`,
 /// `--drain-timeout`).
@@ -756,38 +754,10 @@ async fn back_in_service(
     undone: &mut Undone,
 ) -> Result<(), String> {
     let show = |e: HostError| e.to_string();
-    for l in lbs {
-        let lt = exec::session(ctx.rt, l).await.map_err(show)?;
-        lb::set_state(
-            lt.as_ref(),
-            &l.name,
-            &h.name,
-            lb::ServerState::Ready,
-            ctx.secrets,
-        )
-        .await
-        .map_err(show)?;
-        let start = Instant::now();
-        loop {
-            let st = lb::status(lt.as_ref(), &l.name, &h.name, ctx.secrets)
-                .await
-                .map_err(show)?;
-            if st.as_deref() == Some("UP") {
-                break;
-            }
-            if start.elapsed() > LB_UP_WAIT {
-                return Err(format!(
-                    "the HAProxy of {} shows server {}/{} as {} after {}s",
-                    l.name,
-                    lb::BACKEND,
-                    h.name,
-                    st.unwrap_or_else(|| "absent".into()),
-                    LB_UP_WAIT.as_secs()
-                ));
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-        undone.drained_on.retain(|n| n != &l.name);
+    // Control planes only: workers are not in the load balancers.
+    if !lbs.is_empty() {
+        super::back_into_lbs(ctx, h).await?;
+        undone.drained_on.clear();
     }
     exec::run(
         api,
