@@ -62,7 +62,11 @@ control plane gone); nothing was changed. Restore the cluster from an etcd snaps
         }
         Some(_) => {}
     }
-    Ok(facts.findings(c))
+    // A repair of an earlier run still running is finished by this one (connect waits
+    // for it, the gates check what it did).
+    let mut findings = facts.findings(c);
+    findings.extend(facts.in_flight());
+    Ok(findings)
 }
 
 pub async fn run(args: RecoverArgs, output: OutputFormat, verbose: bool) -> Result<(), Error> {
