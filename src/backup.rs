@@ -234,7 +234,7 @@ pub async fn collect(
             let Some(name) = file.strip_suffix(".stream") else {
                 continue;
             };
-            if stored.iter().any(|n| n == name) || !is_snapshot_name(name) {
+            if stored.iter().any(|n| n == name) || !StateStore::valid_snapshot_name(name) {
                 continue;
             }
             match collect_one(phase, s.as_ref(), h, store, secrets, name, c).await {
@@ -244,13 +244,6 @@ pub async fn collect(
         }
     }
     Ok((got, problems))
-}
-
-fn is_snapshot_name(n: &str) -> bool {
-    !n.is_empty()
-        && n.len() <= 200
-        && n.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 async fn collect_one(

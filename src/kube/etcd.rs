@@ -216,12 +216,20 @@ pub async fn version(
         })
 }
 
-/// Whether the member on `host` is its cluster's leader now (asked of itself).
-pub async fn is_leader(
+/// What the member on `host` says of itself (`/v3/maintenance/status`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LocalStatus {
+    /// It is its cluster's leader now.
+    pub leader: bool,
+    pub db_size_bytes: Option<u64>,
+}
+
+/// The status of the member on `host`, asked of itself.
+pub async fn local_status(
     t: &dyn Transport,
     host: &str,
     secrets: &dyn Redact,
-) -> Result<bool, HostError> {
+) -> Result<LocalStatus, HostError> {
     let out = remote::run(
         t,
         host,
@@ -230,13 +238,36 @@ pub async fn is_leader(
         false,
     )
     .await?;
-    let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| HostError::Other {
+    parse_local_status(&out).map_err(|message| HostError::Other {
         host: host.to_string(),
-        message: format!("etcd status is not JSON ({e}): {}", out.trim()),
-    })?;
-    let leader = v["leader"].as_str().map(str::to_string);
-    let me = v["header"]["member_id"].as_str().map(str::to_string);
-    Ok(leader.is_some() && leader == me)
+        message,
+    })
+}
+
+fn parse_local_status(out: &str) -> Result<LocalStatus, String> {
+    let v: serde_json::Value = serde_json::from_str(out)
+        .map_err(|e| format!("etcd status is not JSON ({e}): {}", out.trim()))?;
+    Ok(LocalStatus {
+        leader: v["leader"].is_string() && v["leader"] == v["header"]["member_id"],
+        db_size_bytes: v["dbSize"].as_str().and_then(|d| d.parse().ok()),
+    })
+}
+
+/// Wait until the member serving `client_url` answers healthy, at most `limit`; the
+/// last answer otherwise.
+pub async fn wait_healthy(
+    t: &dyn Transport,
+    client_url: &str,
+    limit: std::time::Duration,
+) -> Result<(), String> {
+    let start = std::time::Instant::now();
+    loop {
+        match health(t, client_url).await {
+            Ok(()) => return Ok(()),
+            Err(e) if start.elapsed() > limit => return Err(e),
+            Err(_) => tokio::time::sleep(std::time::Duration::from_secs(2)).await,
+        }
+    }
 }
 
 /// Remove member `id`, asked of the etcd on `host` (a healthy member).
@@ -285,6 +316,23 @@ mod tests {
         {"ID":"12345678901234567890","name":"cp-1","peerURLs":["https://10.0.0.10:2380"],"clientURLs":["https://10.0.0.10:2379"]},
         {"ID":"42","peerURLs":["https://10.0.0.12:2380"]},
         {"ID":"7","name":"cp-2","peerURLs":["https://[fd00::2]:2380"],"clientURLs":["https://[fd00::2]:2379"]}]}"#;
+
+    #[test]
+    fn local_status_says_leader_and_size() {
+        let s =
+            parse_local_status(r#"{"header":{"member_id":"42"},"leader":"42","dbSize":"1650688"}"#)
+                .unwrap();
+        assert_eq!(
+            s,
+            LocalStatus {
+                leader: true,
+                db_size_bytes: Some(1650688)
+            }
+        );
+        let f = parse_local_status(r#"{"header":{"member_id":"42"},"leader":"7"}"#).unwrap();
+        assert!(!f.leader && f.db_size_bytes.is_none());
+        assert!(parse_local_status("curl: (7)").is_err());
+    }
 
     #[test]
     fn members_are_read_with_ids_names_and_urls() {

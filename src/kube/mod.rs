@@ -324,6 +324,26 @@ pub async fn service_programmed(
     Ok(out.trim() == "yes")
 }
 
+/// Stop the oldest process whose command line matches `pattern` (a static Pod's main
+/// process: `^etcd `, `^kube-scheduler `) on the machine behind `t` with SIGTERM and wait
+/// up to `limit_secs` until it is gone; kubelet starts the container again. Nothing runs:
+/// nothing to do.
+pub async fn restart_static_pod(
+    t: &dyn Transport,
+    host: &str,
+    pattern: &str,
+    limit_secs: u32,
+    secrets: &dyn Redact,
+) -> Result<(), HostError> {
+    let what = pattern.trim_start_matches('^').trim();
+    let cmd = format!(
+        "pid=$(pgrep -o -f '{pattern}') || exit 0; kill \"$pid\"; \
+for i in $(seq {limit_secs}); do kill -0 \"$pid\" 2>/dev/null || exit 0; sleep 1; done; \
+echo \"{what} (pid $pid) did not stop within {limit_secs}s\" >&2; exit 1"
+    );
+    remote::run(t, host, &cmd, secrets, false).await.map(|_| ())
+}
+
 /// Stop the kube-apiserver of the machine behind `t` (SIGTERM: it shuts down
 /// gracefully) and wait until the process is gone; kubelet starts the static pod's
 /// container again. Callers wait for its /readyz.
@@ -332,17 +352,7 @@ pub async fn restart_apiserver(
     host: &str,
     secrets: &dyn Redact,
 ) -> Result<(), HostError> {
-    remote::run(
-        t,
-        host,
-        "pid=$(pgrep -o -f '^kube-apiserver ') || exit 0; kill \"$pid\"; \
-         for i in $(seq 90); do kill -0 \"$pid\" 2>/dev/null || exit 0; sleep 1; done; \
-         echo \"kube-apiserver (pid $pid) did not stop within 90s\" >&2; exit 1",
-        secrets,
-        false,
-    )
-    .await
-    .map(|_| ())
+    restart_static_pod(t, host, "^kube-apiserver ", 90, secrets).await
 }
 
 /// The `ClusterStatus` of kubeadm before 1.22 (in the kubeadm-config ConfigMap) without

@@ -42,9 +42,7 @@ fn parse(node: &str, out: &str, now: chrono::DateTime<chrono::Utc>) -> Vec<Cert>
     out.lines()
         .filter_map(|l| {
             let (name, date) = l.split_once('|')?;
-            let t = chrono::NaiveDateTime::parse_from_str(date.trim(), "%b %e %H:%M:%S %Y GMT")
-                .ok()?
-                .and_utc();
+            let t = phase::certs::parse_enddate(date)?;
             Some(Cert {
                 node: node.to_string(),
                 name: name.trim().to_string(),

@@ -42,10 +42,7 @@ async fn begun(s: &Session, snapshot: &str) -> bool {
     };
     for h in s.cluster.topology.control_planes() {
         if let Ok(t) = crate::phase::exec::session(rt, h).await {
-            let test = format!(
-                "test -f {}/etcd-restore-{snapshot}",
-                crate::phase::APPLIED_DIR
-            );
+            let test = format!("test -f {}", crate::phase::restore::marker(snapshot));
             if t.exec(&test).await.is_ok_and(|o| o.success()) {
                 return true;
             }

@@ -73,9 +73,8 @@ struct StatusReport {
 }
 
 fn days_left(enddate: &str) -> Option<i64> {
-    // `Nov 29 07:00:00 2027 GMT` (openssl x509 -enddate)
-    let t = chrono::NaiveDateTime::parse_from_str(enddate.trim(), "%b %e %H:%M:%S %Y GMT").ok()?;
-    Some((t.and_utc() - chrono::Utc::now()).num_days())
+    let t = crate::phase::certs::parse_enddate(enddate)?;
+    Some((t - chrono::Utc::now()).num_days())
 }
 
 async fn gather(s: &Session) -> Result<StatusReport, Error> {
@@ -197,20 +196,11 @@ openssl x509 -enddate -noout -in $f 2>/dev/null | cut -d= -f2; done";
             };
             if let Some(h) = c.topology.host(&m.name) {
                 if let Ok(t) = crate::phase::exec::session(rt, h).await {
-                    if let Ok(out) = crate::transport::remote::run(
-                        t.as_ref(),
-                        &h.name,
-                        "curl -sS --max-time 5 --cacert /etc/kubernetes/pki/etcd/ca.crt --cert /etc/kubernetes/pki/etcd/healthcheck-client.crt \
---key /etc/kubernetes/pki/etcd/healthcheck-client.key -X POST -d '{}' https://127.0.0.1:2379/v3/maintenance/status",
-                        &secrets,
-                        false,
-                    )
-                    .await
+                    if let Ok(ls) =
+                        crate::kube::etcd::local_status(t.as_ref(), &h.name, &secrets).await
                     {
-                        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&out) {
-                            st.leader = v["leader"].is_string() && v["leader"] == v["header"]["member_id"];
-                            st.db_size_bytes = v["dbSize"].as_str().and_then(|d| d.parse().ok());
-                        }
+                        st.leader = ls.leader;
+                        st.db_size_bytes = ls.db_size_bytes;
                     }
                 }
             }

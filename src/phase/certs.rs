@@ -23,15 +23,14 @@ d=$(sed -n 's/^ *client-certificate-data: *//p' $c 2>/dev/null | head -n1); \
 k=/var/lib/kubelet/pki/kubelet-client-current.pem; \
 [ -f $k ] && echo \"kubelet-client|$(openssl x509 -enddate -noout -in $k | cut -d= -f2)\"; true";
 
-pub struct CertsRenew;
-
-fn kill_and_wait(pattern: &str, what: &str) -> String {
-    format!(
-        "pid=$(pgrep -o -f '{pattern}') || exit 0; kill \"$pid\"; \
-for i in $(seq 60); do kill -0 \"$pid\" 2>/dev/null || exit 0; sleep 1; done; \
-echo '{what} (pid '$pid') did not stop within 60s' >&2; exit 1"
-    )
+/// A date as `openssl x509 -enddate` prints it (`Nov 29 07:14:00 2027 GMT`).
+pub fn parse_enddate(s: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::NaiveDateTime::parse_from_str(s.trim(), "%b %e %H:%M:%S %Y GMT")
+        .ok()
+        .map(|t| t.and_utc())
 }
+
+pub struct CertsRenew;
 
 #[async_trait::async_trait]
 impl Phase for CertsRenew {
@@ -89,40 +88,41 @@ async fn renew_one(ctx: &ApplyContext<'_>, h: &Host) -> Result<(), String> {
     let show = |e: HostError| e.to_string();
     let t = exec::session(ctx.rt, h).await.map_err(show)?;
     super::drain_from_lbs(ctx, h).await?;
-    let run = |cmd: String| {
+    exec::run(
+        t.as_ref(),
+        &h.name,
+        &Kubeadm::of(ctx.cluster).certs_renew(),
+        ctx.secrets,
+        ctx.rt.verbose,
+    )
+    .await
+    .map_err(show)?;
+    // kubelet does not restart static Pods on a file change: their processes are
+    // stopped and it starts them again.
+    let restart = |pattern: &'static str| {
         let t = t.clone();
         async move {
-            exec::run(t.as_ref(), &h.name, &cmd, ctx.secrets, ctx.rt.verbose)
+            kube::restart_static_pod(t.as_ref(), &h.name, pattern, 60, ctx.secrets)
                 .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
+                .map_err(show)
         }
     };
-    run(Kubeadm::of(ctx.cluster).certs_renew()).await?;
-    run(kill_and_wait("^etcd ", "etcd")).await?;
+    restart("^etcd ").await?;
     let url = format!(
         "https://{}",
         std::net::SocketAddr::new(h.internal_address, 2379)
     );
-    let start = Instant::now();
-    while let Err(e) = etcd::health(t.as_ref(), &url).await {
-        if start.elapsed() > WAIT {
-            return Err(format!("etcd is not healthy after its restart: {e}"));
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    }
+    etcd::wait_healthy(t.as_ref(), &url, WAIT)
+        .await
+        .map_err(|e| format!("etcd is not healthy after its restart: {e}"))?;
     kube::restart_apiserver(t.as_ref(), &h.name, ctx.secrets)
         .await
         .map_err(show)?;
     let port = ctx.cluster.cluster.spec.networking.api_server_port;
     let own = std::net::SocketAddr::new(h.internal_address, port).to_string();
     kube::wait_readyz(t.as_ref(), &own, WAIT).await?;
-    run(kill_and_wait(
-        "^kube-controller-manager ",
-        "kube-controller-manager",
-    ))
-    .await?;
-    run(kill_and_wait("^kube-scheduler ", "kube-scheduler")).await?;
+    restart("^kube-controller-manager ").await?;
+    restart("^kube-scheduler ").await?;
     super::back_into_lbs(ctx, h).await?;
     Ok(())
 }

@@ -31,7 +31,9 @@ pub struct RestoreOptions {
 
 pub struct EtcdRestore;
 
-fn marker(snapshot: &str) -> String {
+/// The mark a restore of `snapshot` leaves on the node it restored on (a killed run
+/// resumes after the swap; `restore` lets a begun restore finish).
+pub fn marker(snapshot: &str) -> String {
     format!("{}/etcd-restore-{snapshot}", super::APPLIED_DIR)
 }
 
@@ -282,14 +284,14 @@ mv $h/etcd.yaml {MANIFESTS}/etcd.yaml; fi",
         exec::run(t, &target.name, &back, ctx.secrets, ctx.rt.verbose)
             .await
             .map_err(err)?;
-        let healthy = format!(
-            "for i in $(seq 120); do {curl} https://127.0.0.1:2379/health 2>/dev/null | grep -q '\"health\":\"true\"' && exit 0; sleep 1; done; \
-echo 'etcd did not become healthy within 120s of its restore' >&2; exit 1",
-            curl = "curl -sS --max-time 3 --cacert /etc/kubernetes/pki/etcd/ca.crt --cert /etc/kubernetes/pki/etcd/healthcheck-client.crt --key /etc/kubernetes/pki/etcd/healthcheck-client.key"
-        );
-        exec::run(t, &target.name, &healthy, ctx.secrets, ctx.rt.verbose)
+        kube::etcd::wait_healthy(t, "https://127.0.0.1:2379", Duration::from_secs(120))
             .await
-            .map_err(err)?;
+            .map_err(|e| {
+                gate(format!(
+                    "etcd on {} did not become healthy within 120s of its restore: {e}",
+                    target.name
+                ))
+            })?;
         exec::run(
             t,
             &target.name,

@@ -686,13 +686,9 @@ async fn upgrade_steps(
             "https://{}",
             std::net::SocketAddr::new(h.internal_address, 2379)
         );
-        let start = Instant::now();
-        while let Err(e) = etcd::health(t.as_ref(), &url).await {
-            if start.elapsed() > READYZ_WAIT {
-                return Err(format!("its etcd member ({url}) is not healthy: {e}"));
-            }
-            tokio::time::sleep(Duration::from_secs(2)).await;
-        }
+        etcd::wait_healthy(t.as_ref(), &url, READYZ_WAIT)
+            .await
+            .map_err(|e| format!("its etcd member ({url}) is not healthy: {e}"))?;
     }
     let start = Instant::now();
     loop {

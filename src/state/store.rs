@@ -1116,14 +1116,20 @@ impl StateStore {
         }
     }
 
-    fn snapshot_key(&self, name: &str) -> Result<String, StateError> {
-        let ok = !name.is_empty()
+    /// Whether `name` can name a snapshot: letters, digits, '.', '_' and '-', not
+    /// starting with '.', at most 200 characters (it becomes part of object keys and of
+    /// file paths on the nodes).
+    pub fn valid_snapshot_name(name: &str) -> bool {
+        !name.is_empty()
             && name.len() <= 200
             && !name.starts_with('.')
             && name
                 .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-        if !ok {
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    }
+
+    fn snapshot_key(&self, name: &str) -> Result<String, StateError> {
+        if !Self::valid_snapshot_name(name) {
             return Err(self.snapshot_err(
                 name,
                 "a snapshot name is letters, digits, '.', '_' and '-' (not starting with '.')",
