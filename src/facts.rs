@@ -28,8 +28,12 @@ pub struct HostFacts {
     pub kubeadm_init_done: bool,
     /// The node joined (kubelet.conf exists).
     pub kubelet_conf: bool,
-    /// The node runs a control plane (etcd and apiserver manifests).
+    /// The node runs a control plane (etcd and apiserver manifests), or ran one that a
+    /// restore holds aside (`held_manifests`).
     pub control_plane_manifests: bool,
+    /// The etcd and apiserver manifests are held aside by a restore in progress.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub held_manifests: bool,
     /// The image tag of the kube-apiserver static pod (`v1.20.2`; `+` is `_` in tags).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub apiserver_tag: Option<String>,
@@ -142,6 +146,14 @@ impl ClusterFacts {
             };
             out.push(format!("host {name} ({}) {what}", h.roles_text()));
         }
+        for (name, f) in &self.hosts {
+            if f.held_manifests {
+                out.push(format!(
+                    "host {name}: its etcd and kube-apiserver are held aside in {} by a restore that did not finish: `kubeforge restore` with the same snapshot resumes it",
+                    kube::etcdctl::HELD_DIR
+                ));
+            }
+        }
         if let Some(nodes) = &self.nodes {
             for h in c.topology.kubernetes_nodes() {
                 match nodes.iter().find(|n| n.name == h.name) {
@@ -205,11 +217,13 @@ v=$({BIN_DIR}/kubelet --version 2>/dev/null) && echo \"kubelet=$(echo $v | awk '
 v=$({BIN_DIR}/kubeadm version -o short 2>/dev/null) && echo \"kubeadm=$v\"; \
 test -f {init} && echo init=yes; test -f {kc} && echo kubelet_conf=yes; \
 test -f {m}/etcd.yaml && test -f {m}/kube-apiserver.yaml && echo cp=yes; \
-v=$(sed -n 's/^ *image: *//p' {m}/kube-apiserver.yaml 2>/dev/null) && [ -n \"$v\" ] && echo \"apiserver_image=$v\"; \
+test -f {held}/etcd.yaml && test -f {held}/kube-apiserver.yaml && echo held=yes; \
+v=$(sed -n 's/^ *image: *//p' {m}/kube-apiserver.yaml {held}/kube-apiserver.yaml 2>/dev/null | head -n1) && [ -n \"$v\" ] && echo \"apiserver_image=$v\"; \
 for u in $(systemctl list-units --state=active --plain --no-legend 'kubeforge-kubeadm-*' 2>/dev/null | awk '{{print $1}}'); do echo \"busy=${{u%.service}}\"; done; true",
         init = kube::kubeadm::INIT_DONE,
         kc = kube::KUBELET_CONF,
         m = kube::MANIFESTS,
+        held = kube::etcdctl::HELD_DIR,
     )
 }
 
@@ -230,6 +244,12 @@ pub fn parse_host(out: &str) -> HostFacts {
             "init" => f.kubeadm_init_done = true,
             "kubelet_conf" => f.kubelet_conf = true,
             "cp" => f.control_plane_manifests = true,
+            // Held aside by a restore that has not finished (killed, or failed): the
+            // host still runs a control plane, stopped by kubeforge for the restore.
+            "held" => {
+                f.control_plane_manifests = true;
+                f.held_manifests = true;
+            }
             "busy" if is_unit_name(&v) => f.busy.push(v),
             "apiserver_image" => {
                 f.apiserver_tag = v
@@ -454,6 +474,12 @@ mod tests {
             super::wait_units_command(&busy.busy),
             "for u in kubeforge-kubeadm-join; do while systemctl is-active --quiet \"$u\"; do sleep 2; done; done"
         );
+        // A control plane whose manifests a killed restore holds aside still runs one
+        // (a resumed restore must not take it for a new machine and `kubeadm init` it).
+        let held =
+            super::parse_host("held=yes\napiserver_image=k8s.gcr.io/kube-apiserver:v1.20.2\n");
+        assert!(held.control_plane_manifests && held.held_manifests);
+        assert_eq!(held.apiserver_tag.as_deref(), Some("v1.20.2"));
         let fresh = super::parse_host("arch=aarch64\nos=debian 12\n");
         assert!(fresh.kubeadm.is_none() && !fresh.kubelet_conf && !fresh.systemd);
     }
