@@ -942,3 +942,54 @@ fn every_command_help_carries_examples_that_parse() {
     }
     assert!(checked.len() >= 30, "{checked:?}");
 }
+
+// ------------------------------------------------------------------ proxy
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_refuses_a_public_listener_and_a_cluster_without_kubeconfig() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = cluster_with_admin_conf(dir.path()).await;
+    // Anyone who reaches a non-loopback port reaches the API: only on purpose.
+    let out = kubeforge()
+        .current_dir(dir.path())
+        .env("KUBEFORGE_STATE_KEY_FILE", &key)
+        .args(["proxy", "-f", "cluster.yaml", "--address", "0.0.0.0"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("not a loopback address"), "{stderr}");
+    // An existing kubeconfig file is not overwritten without --force.
+    std::fs::write(dir.path().join("mine.conf"), "keep me").unwrap();
+    let out = kubeforge()
+        .current_dir(dir.path())
+        .env("KUBEFORGE_STATE_KEY_FILE", &key)
+        .args(["proxy", "-f", "cluster.yaml", "--port", "0"])
+        .args(["--kubeconfig-out", "mine.conf"])
+        .timeout(std::time::Duration::from_secs(30))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("not overwritten"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("mine.conf")).unwrap(),
+        "keep me"
+    );
+    // A cluster that was never applied: said plainly.
+    let fresh = tempfile::tempdir().unwrap();
+    std::fs::write(
+        fresh.path().join("cluster.yaml"),
+        "apiVersion: kubeforge.dev/v1alpha1\nkind: Cluster\nmetadata: {name: fresh}\nspec:\n  kubernetesVersion: v1.20.2\n  provider: {docker: {subnet: 10.78.0.0/24}}\n  state: {url: file://store}\n",
+    )
+    .unwrap();
+    let out = kubeforge()
+        .current_dir(fresh.path())
+        .args(["proxy", "-f", "cluster.yaml", "--port", "0"])
+        .timeout(std::time::Duration::from_secs(30))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("no admin kubeconfig yet"), "{stderr}");
+}

@@ -98,6 +98,12 @@ pub enum Command {
         after_help = "Examples:\n  kubeforge kubeconfig -f cluster.yaml --merge && kubectl config use-context <cluster>\n  kubeforge kubeconfig -f cluster.yaml --out admin.conf --server https://api.example.com:6443"
     )]
     Kubeconfig(KubeconfigArgs),
+    /// Serve the cluster's API on a local port through SSH to the control-plane nodes
+    /// (when the VIP cannot be reached from here); runs until Ctrl-C.
+    #[command(
+        after_help = "Examples:\n  kubeforge proxy -f cluster.yaml --kubeconfig-out proxy.conf &\n  KUBECONFIG=proxy.conf kubectl get nodes\n  kubeforge proxy -f cluster.yaml --port 16443 --kubeconfig-out proxy.conf --force"
+    )]
+    Proxy(ProxyArgs),
     /// What a Kubernetes version needs (binaries, images, host packages) and fetching it.
     #[command(
         after_help = "Examples:\n  kubeforge artifacts list --version v1.20.2\n  kubeforge artifacts fetch -f cluster.yaml"
@@ -189,6 +195,29 @@ pub struct KubeconfigArgs {
     /// name listed in certSans).
     #[arg(long, value_name = "URL")]
     pub server: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ProxyArgs {
+    #[command(flatten)]
+    pub spec: SpecArgs,
+    /// Local port to listen on (0: any free port, printed).
+    #[arg(long, default_value_t = 16443)]
+    pub port: u16,
+    /// Local address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub address: std::net::IpAddr,
+    /// Listen on an address other than loopback (anyone who reaches it reaches the API;
+    /// TLS and the cluster's authentication still apply).
+    #[arg(long)]
+    pub allow_non_loopback: bool,
+    /// Write a kubeconfig (mode 0600) that uses the proxy: the admin credentials, the
+    /// local URL, and the certificate checked for the control-plane endpoint's name.
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig_out: Option<PathBuf>,
+    /// Replace an existing --kubeconfig-out file.
+    #[arg(long, requires = "kubeconfig_out")]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]
@@ -601,6 +630,9 @@ pub struct StatusArgs {
     /// How long --wait waits, e.g. 10m, 90s.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     pub timeout: std::time::Duration,
+    /// Skip the drift check (the plan against the hosts, as `kubeforge plan` makes it).
+    #[arg(long)]
+    pub no_drift: bool,
 }
 
 #[derive(Debug, Args)]

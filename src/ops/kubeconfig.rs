@@ -113,7 +113,7 @@ fn report(output: OutputFormat, json: serde_json::Value, text: String) -> Result
     Ok(())
 }
 
-fn parse(text: &str, what: &str) -> Result<Value, Error> {
+pub(crate) fn parse(text: &str, what: &str) -> Result<Value, Error> {
     let v: Value = serde_yaml_ng::from_str(text)
         .map_err(|e| Error::Usage(format!("{what} is not valid YAML: {e}")))?;
     match v {
@@ -126,7 +126,7 @@ fn parse(text: &str, what: &str) -> Result<Value, Error> {
     }
 }
 
-fn to_yaml(v: &Value) -> Result<String, Error> {
+pub(crate) fn to_yaml(v: &Value) -> Result<String, Error> {
     serde_yaml_ng::to_string(v)
         .map_err(|e| Error::Internal(format!("cannot write the kubeconfig as YAML: {e}")))
 }
@@ -138,7 +138,7 @@ fn list<'a>(v: &'a mut Value, key: &str) -> Option<&'a mut Vec<Value>> {
 
 /// Rename the (single) cluster, user and context of a kubeadm admin kubeconfig to
 /// `name` and point its cluster at `server`.
-fn adjust(v: &mut Value, name: Option<&str>, server: Option<&str>) -> Result<(), Error> {
+pub(crate) fn adjust(v: &mut Value, name: Option<&str>, server: Option<&str>) -> Result<(), Error> {
     let bad = |what: &str| {
         Error::Internal(format!(
             "the admin kubeconfig in the state has no {what}: cannot rename or re-point it"
@@ -249,7 +249,7 @@ fn merge_into(target: &Path, conf: &str) -> Result<(bool, bool), Error> {
 
 /// Write a new file with mode 0600; an existing one is refused unless `force` (then it
 /// is truncated and its mode tightened to 0600 first).
-fn write_new_private(path: &Path, bytes: &[u8], force: bool) -> Result<(), Error> {
+pub(crate) fn write_new_private(path: &Path, bytes: &[u8], force: bool) -> Result<(), Error> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let mut o = std::fs::OpenOptions::new();
     o.write(true).mode(0o600);

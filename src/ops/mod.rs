@@ -12,6 +12,7 @@ pub mod inventory;
 pub mod kubeconfig;
 pub mod plan;
 pub mod preview;
+pub mod proxy;
 pub mod recover;
 pub mod render;
 pub mod restore;
@@ -83,6 +84,7 @@ pub async fn run(cli: crate::cli::Cli) -> Result<u8, crate::error::Error> {
             };
             crate::ops::kubeconfig::run(&args.spec.file, opts, output).await
         }
+        Command::Proxy(args) => crate::ops::proxy::run(args, output).await,
         Command::Artifacts(args) => crate::ops::artifacts::run(args, output).await,
         Command::State(args) => crate::ops::state::run(args, output).await,
         Command::Image(args) => crate::ops::image::run(args, output).await,

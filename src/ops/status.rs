@@ -70,6 +70,63 @@ struct StatusReport {
     newest_snapshot: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     newest_snapshot_age_seconds: Option<i64>,
+    /// Does `kubeforge plan` have changes (None: not checked: `--no-drift`, or no plan
+    /// could be made).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    drift: Option<Drift>,
+}
+
+/// What a converge would change: files, commands and addon objects, by phase and host.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Drift {
+    pending: bool,
+    /// One line each: `phase: host: N files, M commands`, `addons: N objects`.
+    changes: Vec<String>,
+}
+
+/// The bootstrap plan against the hosts (what `kubeforge plan` shows), summed up.
+async fn drift(s: &Session) -> Result<Drift, String> {
+    let pb = crate::playbook::load(None, &crate::phase::names()).map_err(|e| e.to_string())?;
+    let (plan, failures) = crate::ops::preview::against_hosts(s, &pb)
+        .await
+        .map_err(|e| {
+            crate::error::render_chain(&e)
+                .trim_start_matches("error: ")
+                .to_string()
+        })?;
+    let mut changes = Vec::new();
+    for ph in &plan.phases {
+        for h in &ph.hosts {
+            changes.push(format!(
+                "{}: {}: {} file(s), {} command(s)",
+                ph.name,
+                h.host,
+                h.files.len(),
+                h.commands.len()
+            ));
+        }
+    }
+    let objects = plan
+        .addons
+        .iter()
+        .filter(|a| a.action != "unchanged")
+        .count();
+    if objects > 0 {
+        changes.push(format!(
+            "addons: {objects} object(s) to create, update or delete"
+        ));
+    }
+    if let Some(e) = &plan.addons_error {
+        changes.push(format!("addons: not planned: {e}"));
+    }
+    for f in &failures {
+        changes.push(format!("not planned: {f}"));
+    }
+    Ok(Drift {
+        pending: plan.has_changes(),
+        changes,
+    })
 }
 
 fn days_left(enddate: &str) -> Option<i64> {
@@ -77,7 +134,7 @@ fn days_left(enddate: &str) -> Option<i64> {
     Some((t - chrono::Utc::now()).num_days())
 }
 
-async fn gather(s: &Session) -> Result<StatusReport, Error> {
+async fn gather(s: &Session, check_drift: bool) -> Result<StatusReport, Error> {
     let rt = s.rt()?;
     let secrets = s
         .secrets()
@@ -232,7 +289,29 @@ openssl x509 -enddate -noout -in $f 2>/dev/null | cut -d= -f2; done";
             _ => {}
         }
     }
+    // Drift: only when a converge has run (there is something to compare with); a
+    // plan that cannot be made is a warning, not a degraded cluster.
+    let drift = if check_drift && s.secrets().await.is_some() {
+        match drift(s).await {
+            Ok(d) => {
+                if d.pending {
+                    warnings.push(format!(
+                        "drift: `kubeforge plan` has {} change(s) pending (`kubeforge apply` converges)",
+                        d.changes.len().max(1)
+                    ));
+                }
+                Some(d)
+            }
+            Err(e) => {
+                warnings.push(format!("drift not checked: {e}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
     Ok(StatusReport {
+        drift,
         cluster: c.name().to_string(),
         healthy: problems.is_empty(),
         problems,
@@ -250,7 +329,9 @@ pub async fn run(args: StatusArgs, output: OutputFormat) -> Result<u8, Error> {
     let deadline = Instant::now() + args.timeout;
     loop {
         let opts = SessionOptions::read_only(output);
-        let report = with_session(&args.spec.file, opts, |s| Box::pin(gather(s))).await?;
+        let check_drift = !args.no_drift;
+        let report =
+            with_session(&args.spec.file, opts, |s| Box::pin(gather(s, check_drift))).await?;
         let done = report.healthy || !args.wait || Instant::now() >= deadline;
         if done {
             print(&report, output)?;
@@ -343,6 +424,19 @@ fn print(r: &StatusReport, output: OutputFormat) -> Result<(), Error> {
     match (&r.newest_snapshot, r.newest_snapshot_age_seconds) {
         (Some(n), Some(a)) => println!("newest etcd snapshot: {n} ({} min old)", a / 60),
         _ => println!("newest etcd snapshot: none"),
+    }
+    match &r.drift {
+        Some(d) if d.pending => {
+            println!("drift: `kubeforge plan` has changes pending:");
+            for c in d.changes.iter().take(20) {
+                println!("  {c}");
+            }
+            if d.changes.len() > 20 {
+                println!("  ... and {} more", d.changes.len() - 20);
+            }
+        }
+        Some(_) => println!("drift: none (the hosts match the cluster file)"),
+        None => {}
     }
     if !r.problems.is_empty() || !r.warnings.is_empty() {
         println!();
