@@ -101,7 +101,7 @@ pub enum Command {
     /// Serve the cluster's API on a local port through SSH to the control-plane nodes
     /// (when the VIP cannot be reached from here); runs until Ctrl-C.
     #[command(
-        after_help = "Examples:\n  kubeforge proxy -f cluster.yaml --kubeconfig-out proxy.conf &\n  KUBECONFIG=proxy.conf kubectl get nodes\n  kubeforge proxy -f cluster.yaml --port 16443 --kubeconfig-out proxy.conf --force"
+        after_help = "Examples:\n  kubeforge proxy -f cluster.yaml --kubeconfig-out proxy.conf   # then, in another shell: KUBECONFIG=proxy.conf kubectl get nodes\n  kubeforge proxy -f cluster.yaml --port 16443 --kubeconfig-out proxy.conf --force"
     )]
     Proxy(ProxyArgs),
     /// What a Kubernetes version needs (binaries, images, host packages) and fetching it.

@@ -23,7 +23,7 @@ pub async fn run(args: DestroyArgs, output: OutputFormat) -> Result<(), Error> {
     if let Provider::Static(s) = &loaded.cluster.spec.provider {
         return Err(Error::Usage(format!(
             "the static provider's hosts (from {}) were not made by kubeforge: nothing to destroy",
-            s.inventory
+            s.source()
         )));
     }
     let yes = args.yes;

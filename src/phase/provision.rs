@@ -70,7 +70,10 @@ impl Phase for Provision {
                         h.name,
                         h.address,
                         h.roles_text(),
-                        s.inventory
+                        match &h.origin {
+                            Some(o) => format!("{o} in {}", s.source()),
+                            None => s.source(),
+                        }
                     )));
                 }
             }

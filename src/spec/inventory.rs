@@ -69,6 +69,8 @@ pub struct InventoryHost {
     pub ssh_port: Option<u16>,
     pub labels: BTreeMap<String, String>,
     pub origin: Origin,
+    /// The Terraform resource address it was read from (hosts from a Terraform state).
+    pub resource: Option<String>,
 }
 
 impl InventoryHost {
@@ -170,6 +172,7 @@ fn parse_kubeforge(
             );
         }
         hosts.push(InventoryHost {
+            resource: None,
             name: h.name,
             address: h.address,
             internal_address: h.internal_address,
@@ -302,6 +305,7 @@ impl AnsibleInventory {
                 },
             };
             out.push(InventoryHost {
+                resource: None,
                 name: name.clone(),
                 address,
                 internal_address: internal,

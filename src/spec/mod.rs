@@ -6,6 +6,7 @@ pub mod error;
 pub mod inventory;
 pub mod position;
 pub mod syntax;
+pub mod terraform;
 pub mod topology;
 pub mod types;
 pub mod validate;
@@ -80,8 +81,15 @@ pub fn load_str(text: &str, path: &Path, base_dir: &Path) -> Result<LoadedCluste
     let mut inv_errors = Vec::new();
     let inventory = match &cluster.spec.provider {
         Provider::Static(st) => {
-            let inv_path = base_dir.join(&st.inventory);
-            match inventory::load(&inv_path, &st.groups) {
+            let hosts = match (&st.inventory, &st.terraform) {
+                (Some(inv), None) => inventory::load(&base_dir.join(inv), &st.groups),
+                (None, Some(tf)) => terraform::load(tf, base_dir, &rep),
+                (Some(_), Some(_)) | (None, None) => Err(vec![rep.make(
+                    "spec.provider.static",
+                    "name where the hosts come from: `inventory: FILE` or `terraform: {state: ...}` (one of them)",
+                )]),
+            };
+            match hosts {
                 Ok(hosts) => Some(hosts),
                 Err(errs) => {
                     inv_errors.extend(errs);

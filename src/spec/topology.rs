@@ -18,6 +18,9 @@ pub struct Host {
     pub ssh_user: String,
     pub ssh_port: u16,
     pub labels: BTreeMap<String, String>,
+    /// Where the host was found, when not in the cluster file or an inventory written
+    /// for it (a Terraform resource address).
+    pub origin: Option<String>,
 }
 
 impl Host {

@@ -243,12 +243,93 @@ pub struct DockerProvider {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct StaticProvider {
     /// Inventory file, relative to the cluster file: kubeforge YAML, or an Ansible
-    /// inventory (INI or YAML).
-    pub inventory: String,
+    /// inventory (INI or YAML). Either this or `terraform`.
+    pub inventory: Option<String>,
+    /// The hosts from a Terraform state (the machines Terraform made): either this or
+    /// `inventory`.
+    pub terraform: Option<Box<TerraformSource>>,
     /// Ansible group names mapped to roles, for inventories whose groups are named
     /// differently from the usual ones.
     #[serde(default)]
     pub groups: GroupNames,
+}
+
+impl StaticProvider {
+    /// Where the hosts come from, for messages and plans.
+    pub fn source(&self) -> String {
+        match (&self.inventory, &self.terraform) {
+            (Some(i), _) => i.clone(),
+            (None, Some(t)) => format!("Terraform state {}", t.state),
+            (None, None) => "(no inventory)".into(),
+        }
+    }
+}
+
+/// A Terraform state (format version 4) to take the hosts from: its instances of the
+/// known resource types, roles chosen by tags, labels, names or resource addresses.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TerraformSource {
+    /// The state: a file (relative to the cluster file) or `s3://bucket/key` as
+    /// Terraform's S3 backend keeps it (MinIO and other S3-compatible stores with
+    /// `endpoint` and `pathStyle`).
+    pub state: String,
+    /// S3 endpoint (MinIO, Sakura Cloud object storage, ...).
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    /// Path-style S3 requests (MinIO and most S3-compatible stores).
+    #[serde(default)]
+    pub path_style: bool,
+    /// Allow a plain http endpoint.
+    #[serde(default)]
+    pub allow_http: bool,
+    /// Environment variable holding the S3 access key id (default: the usual AWS
+    /// variables).
+    pub access_key_id_env: Option<String>,
+    /// Environment variable holding the S3 secret access key.
+    pub secret_access_key_env: Option<String>,
+    /// Resource types whose instances are hosts (default: sakuracloud_server,
+    /// aws_instance, hcloud_server, openstack_compute_instance_v2).
+    #[serde(default)]
+    pub resource_types: Vec<String>,
+    /// Which instances are control-plane nodes (required).
+    pub control_plane: Option<InstanceSelector>,
+    /// Which instances are workers (required).
+    pub workers: Option<InstanceSelector>,
+    /// Which instances are load balancers (HAProxy + keepalived).
+    pub load_balancers: Option<InstanceSelector>,
+    /// The address kubeforge connects to over SSH: `auto` (the public address when the
+    /// instance has one, else the private), `public` or `private`. Nodes talk to each
+    /// other on the private address when there is one.
+    #[serde(default)]
+    pub ssh_address: SshAddress,
+}
+
+/// Conditions on a Terraform instance, all of which must hold (at least one given).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct InstanceSelector {
+    /// A tag in the instance's tag list (sakuracloud_server, openstack tags), or a key of
+    /// its tag map (aws_instance tags, hcloud labels, openstack metadata).
+    pub tag: Option<String>,
+    /// `key=value` in the instance's tag map (aws tags, hcloud labels, openstack
+    /// metadata).
+    pub label: Option<String>,
+    /// Shell-style pattern (`*`, `?`) on the instance's name (aws: the `Name` tag).
+    pub name: Option<String>,
+    /// Pattern on the resource address without index (`module.k8s.aws_instance.cp`).
+    pub resource: Option<String>,
+}
+
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "camelCase")]
+pub enum SshAddress {
+    #[default]
+    Auto,
+    Public,
+    Private,
 }
 
 /// Which Ansible inventory groups hold which role. Defaults cover Kubespray, KubeOne-style

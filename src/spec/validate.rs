@@ -760,6 +760,7 @@ fn made_hosts(c: &Cluster, rep: &mut Reporter<'_>) -> Option<Vec<Host>> {
                     ssh_user: c.spec.ssh.user.clone(),
                     ssh_port: c.spec.ssh.port,
                     labels: pool.labels.clone(),
+                    origin: None,
                 }),
                 None => rep.error(
                     "spec.nodePools",
@@ -976,6 +977,7 @@ fn static_hosts(
             ssh_user: ssh.user.clone(),
             ssh_port: ssh.port,
             labels,
+            origin: h.resource.clone(),
         });
     }
     // Pool counts, when given, must match what the inventory holds.

@@ -126,6 +126,38 @@ fn bucket_and_prefix<'a>(url: &'a str, rest: &'a str) -> Result<(&'a str, &'a st
     Ok((bucket, prefix.trim_matches('/')))
 }
 
+/// An S3 client for `bucket` with the store options (endpoint, region, path style,
+/// http, named credentials; the usual AWS variables otherwise). `url` is for messages.
+pub fn s3_client(
+    url: &str,
+    bucket: &str,
+    options: &StoreOptions,
+) -> Result<object_store::aws::AmazonS3, StateError> {
+    let mut b = object_store::aws::AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .with_retry(retry_config())
+        .with_client_options(client_options(options.allow_http))
+        .with_allow_http(options.allow_http)
+        .with_virtual_hosted_style_request(!options.path_style);
+    if let Some(endpoint) = &options.endpoint {
+        b = b.with_endpoint(endpoint);
+    }
+    if let Some(c) = &options.credentials {
+        b = b
+            .with_access_key_id(&c.access_key_id)
+            .with_secret_access_key(&c.secret_access_key);
+    }
+    let region = options
+        .region
+        .clone()
+        .or_else(|| std::env::var("AWS_REGION").ok())
+        .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
+        .unwrap_or_else(|| "us-east-1".into());
+    b.with_region(region)
+        .build()
+        .map_err(|e| url_err(url, e.to_string()))
+}
+
 impl StateStore {
     /// Open the store of a cluster from its `spec.state` (URL default:
     /// [`super::default_url`]). Relative file URLs and key files resolve against
@@ -226,28 +258,7 @@ impl StateStore {
             }
             "s3" | "s3a" => {
                 let (bucket, prefix) = bucket_and_prefix(url, rest)?;
-                let mut b = object_store::aws::AmazonS3Builder::from_env()
-                    .with_bucket_name(bucket)
-                    .with_retry(retry_config())
-                    .with_client_options(client_options(options.allow_http))
-                    .with_allow_http(options.allow_http)
-                    .with_virtual_hosted_style_request(!options.path_style);
-                if let Some(endpoint) = &options.endpoint {
-                    b = b.with_endpoint(endpoint);
-                }
-                if let Some(c) = &options.credentials {
-                    b = b
-                        .with_access_key_id(&c.access_key_id)
-                        .with_secret_access_key(&c.secret_access_key);
-                }
-                let region = options
-                    .region
-                    .clone()
-                    .or_else(|| std::env::var("AWS_REGION").ok())
-                    .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
-                    .unwrap_or_else(|| "us-east-1".into());
-                b = b.with_region(region);
-                let store = b.build().map_err(|e| url_err(url, e.to_string()))?;
+                let store = s3_client(url, bucket, options)?;
                 let shown = match &options.endpoint {
                     Some(ep) => format!("{url} (endpoint {ep})"),
                     None => url.to_string(),
