@@ -5,6 +5,7 @@
 
 pub mod addons;
 pub mod artifacts;
+pub mod aws_credentials;
 pub mod backup;
 pub mod cli;
 pub mod error;

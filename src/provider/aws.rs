@@ -11,7 +11,6 @@
 use super::cloud::{self, Attempt, CloudContext, Retry, Secret, TAG_CLUSTER, TAG_ROLE};
 use super::{Machine, MachineRole, MachineSpec, MachineState, Provider, ProviderError, Resource};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 const P: &str = "aws";
@@ -91,83 +90,27 @@ impl std::fmt::Debug for AwsCredentials {
 }
 
 impl AwsCredentials {
-    /// AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN, else the profile
-    /// (`profile`, $AWS_PROFILE, `default`) in $AWS_SHARED_CREDENTIALS_FILE or
-    /// ~/.aws/credentials.
+    /// The environment, else the profile (`profile`, $AWS_PROFILE, `default`) in the
+    /// shared credentials or config file: [`crate::aws_credentials::load`].
     pub fn load(profile: Option<&str>) -> Result<AwsCredentials, ProviderError> {
-        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
-        if let Some(id) = env("AWS_ACCESS_KEY_ID") {
-            let secret =
-                env("AWS_SECRET_ACCESS_KEY").ok_or_else(|| ProviderError::Credentials {
-                    provider: P,
-                    message: "AWS_ACCESS_KEY_ID is set but AWS_SECRET_ACCESS_KEY is not".into(),
-                })?;
-            return Ok(AwsCredentials {
-                access_key_id: id,
-                secret_access_key: Secret::new(secret),
-                session_token: env("AWS_SESSION_TOKEN").map(Secret::new),
-            });
-        }
-        let profile = profile
-            .map(str::to_string)
-            .or_else(|| env("AWS_PROFILE"))
-            .unwrap_or_else(|| "default".into());
-        let file = env("AWS_SHARED_CREDENTIALS_FILE")
-            .map(std::path::PathBuf::from)
-            .or_else(|| env("HOME").map(|h| std::path::Path::new(&h).join(".aws/credentials")));
-        let none = || {
-            ProviderError::Credentials {
+        let err = |message: String| ProviderError::Credentials {
             provider: P,
-            message: format!(
-                "no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or profile `{profile}` in {}",
-                file.as_ref()
+            message,
+        };
+        match crate::aws_credentials::load(profile).map_err(err)? {
+            Some(k) => Ok(AwsCredentials {
+                access_key_id: k.access_key_id,
+                secret_access_key: Secret::new(k.secret_access_key),
+                session_token: k.session_token.map(Secret::new),
+            }),
+            None => Err(err(format!(
+                "no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or profile `default` in {} (or name one: spec.provider.aws.profile, $AWS_PROFILE)",
+                crate::aws_credentials::credentials_file()
                     .map(|f| f.display().to_string())
                     .unwrap_or_else(|| "~/.aws/credentials".into())
-            ),
-        }
-        };
-        let Some(path) = &file else {
-            return Err(none());
-        };
-        let Ok(text) = std::fs::read_to_string(path) else {
-            return Err(none());
-        };
-        let section = ini_section(&text, &profile);
-        match (
-            section.get("aws_access_key_id"),
-            section.get("aws_secret_access_key"),
-        ) {
-            (Some(id), Some(secret)) => Ok(AwsCredentials {
-                access_key_id: id.clone(),
-                secret_access_key: Secret::new(secret.clone()),
-                session_token: section.get("aws_session_token").cloned().map(Secret::new),
-            }),
-            _ => Err(none()),
+            ))),
         }
     }
-}
-
-/// The `key = value` pairs of `[name]` in an INI file.
-fn ini_section(text: &str, name: &str) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    let mut inside = false;
-    for line in text.lines() {
-        let l = line.trim();
-        if l.starts_with('#') || l.starts_with(';') || l.is_empty() {
-            continue;
-        }
-        if let Some(h) = l.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-            let h = h.trim();
-            inside = h == name || h.strip_prefix("profile ").map(str::trim) == Some(name);
-            continue;
-        }
-        if inside {
-            if let Some((k, v)) = l.split_once('=') {
-                out.insert(k.trim().to_string(), v.trim().to_string());
-            }
-        }
-    }
-    out
 }
 
 /// A signed EC2 Query API client.
@@ -1841,23 +1784,6 @@ mod tests {
         assert!(
             !d.contains("topsecret") && !d.contains("tok\"") && !d.contains("AKIAEXAMPLE"),
             "{d}"
-        );
-    }
-
-    #[test]
-    fn profiles_from_ini() {
-        let ini = "[default]\naws_access_key_id = A\naws_secret_access_key = B\n[profile dev]\naws_access_key_id=C\naws_secret_access_key=D\n";
-        assert_eq!(
-            ini_section(ini, "default")
-                .get("aws_access_key_id")
-                .map(String::as_str),
-            Some("A")
-        );
-        assert_eq!(
-            ini_section(ini, "dev")
-                .get("aws_secret_access_key")
-                .map(String::as_str),
-            Some("D")
         );
     }
 }

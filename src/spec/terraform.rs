@@ -137,7 +137,7 @@ fn fetch(src: &TerraformSource, base_dir: &Path) -> Result<(String, PathBuf), St
             .ok_or_else(|| {
                 format!("{url:?}: expected s3://BUCKET/KEY (the backend's bucket and key)")
             })?;
-        let options = s3_options(src)?;
+        let options = s3_options(src, base_dir)?;
         let (bucket, key) = (bucket.to_string(), key.to_string());
         let shown = match &src.endpoint {
             Some(ep) => format!("{url} (endpoint {ep})"),
@@ -200,30 +200,26 @@ fn fetch(src: &TerraformSource, base_dir: &Path) -> Result<(String, PathBuf), St
     Ok((text, path))
 }
 
-fn s3_options(src: &TerraformSource) -> Result<crate::state::StoreOptions, String> {
-    let read = |setting: &str, var: &String| {
-        std::env::var(var).map_err(|_| {
-            format!("spec.provider.static.terraform.{setting} names {var}, which is not set")
-        })
-    };
-    let credentials = match (&src.access_key_id_env, &src.secret_access_key_env) {
-        (Some(id), Some(secret)) => Some(crate::state::S3Credentials {
-            access_key_id: read("accessKeyIdEnv", id)?,
-            secret_access_key: read("secretAccessKeyEnv", secret)?,
-        }),
-        (None, None) => None,
-        _ => return Err(
-            "give both accessKeyIdEnv and secretAccessKeyEnv, or neither (the usual AWS variables)"
-                .into(),
-        ),
-    };
-    Ok(crate::state::StoreOptions {
-        endpoint: src.endpoint.clone(),
-        region: src.region.clone(),
-        path_style: src.path_style,
-        allow_http: src.allow_http,
-        credentials,
-    })
+fn s3_options(
+    src: &TerraformSource,
+    base_dir: &Path,
+) -> Result<crate::state::StoreOptions, String> {
+    let ca = src.ca_bundle.as_ref().map(|p| base_dir.join(p));
+    crate::state::s3_options(
+        "spec.provider.static.terraform",
+        crate::state::S3Settings {
+            endpoint: &src.endpoint,
+            region: &src.region,
+            path_style: src.path_style,
+            allow_http: src.allow_http,
+            access_key_id_env: &src.access_key_id_env,
+            secret_access_key_env: &src.secret_access_key_env,
+            profile: &src.profile,
+            ca_bundle: &ca,
+        },
+        true,
+    )
+    .map_err(|e| e.to_string())
 }
 
 /// An error about the state file at JSON path `field`.

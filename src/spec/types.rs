@@ -288,6 +288,10 @@ pub struct TerraformSource {
     pub access_key_id_env: Option<String>,
     /// Environment variable holding the S3 secret access key.
     pub secret_access_key_env: Option<String>,
+    /// AWS profile (as in `spec.state.profile`).
+    pub profile: Option<String>,
+    /// PEM file of the CA that signs the S3 endpoint's certificate.
+    pub ca_bundle: Option<std::path::PathBuf>,
     /// Resource types whose instances are hosts (default: sakuracloud_server,
     /// aws_instance, hcloud_server, openstack_compute_instance_v2).
     #[serde(default)]
@@ -405,6 +409,12 @@ pub struct StateSpec {
     pub access_key_id_env: Option<String>,
     /// Name of the environment variable holding the S3 secret access key.
     pub secret_access_key_env: Option<String>,
+    /// AWS profile in ~/.aws/credentials or ~/.aws/config (default: $AWS_PROFILE, then
+    /// `default`), when the keys are not named with the variables above.
+    pub profile: Option<String>,
+    /// PEM file of the CA that signs the S3 endpoint's certificate (MinIO with its own
+    /// CA), relative to the cluster file.
+    pub ca_bundle: Option<std::path::PathBuf>,
     #[serde(default)]
     pub encryption: EncryptionSpec,
 }

@@ -538,9 +538,28 @@ pub(crate) fn retry_config() -> object_store::RetryConfig {
     }
 }
 
-pub(crate) fn client_options(allow_http: bool) -> object_store::ClientOptions {
-    object_store::ClientOptions::new()
+/// HTTP client options of every object store; `ca_bundle`: a PEM file of extra CAs.
+pub(crate) fn client_options(
+    allow_http: bool,
+    ca_bundle: Option<&std::path::Path>,
+) -> Result<object_store::ClientOptions, String> {
+    let mut o = object_store::ClientOptions::new()
         .with_allow_http(allow_http)
         .with_connect_timeout(Duration::from_secs(3))
-        .with_timeout(Duration::from_secs(30))
+        .with_timeout(Duration::from_secs(30));
+    if let Some(path) = ca_bundle {
+        let pem = std::fs::read(path).map_err(|e| format!("CA bundle {}: {e}", path.display()))?;
+        let certs = object_store::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| format!("CA bundle {}: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!(
+                "CA bundle {}: no PEM certificate in it",
+                path.display()
+            ));
+        }
+        for c in certs {
+            o = o.with_root_certificate(c);
+        }
+    }
+    Ok(o)
 }

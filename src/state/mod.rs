@@ -44,12 +44,16 @@ pub struct StoreOptions {
     /// AWS environment). Never serialized.
     #[serde(skip)]
     pub credentials: Option<S3Credentials>,
+    /// PEM file of the CA(s) that sign the endpoint's certificate (MinIO over https with
+    /// its own CA), added to the system's; relative to the cluster file.
+    pub ca_bundle: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct S3Credentials {
     pub access_key_id: String,
     pub secret_access_key: String,
+    pub session_token: Option<String>,
 }
 
 impl std::fmt::Debug for S3Credentials {
@@ -67,30 +71,84 @@ pub use crate::spec::{EncryptionSpec, StateSpec};
 
 impl StateSpec {
     /// Connection options, with the S3 credentials read from the variables named in
-    /// `accessKeyIdEnv` / `secretAccessKeyEnv` (an unset variable is an error).
+    /// `accessKeyIdEnv` / `secretAccessKeyEnv` (an unset variable is an error), else for
+    /// s3:// URLs as the AWS CLI finds them (environment, `profile` / $AWS_PROFILE in the
+    /// shared credentials and config files).
     pub fn options(&self) -> Result<StoreOptions, StateError> {
-        let read = |setting: &str, var: &String| {
-            std::env::var(var).map_err(|_| {
-                StateError::Usage(format!(
-                    "spec.state.{setting} names {var}, which is not set"
-                ))
-            })
-        };
-        let credentials = match (&self.access_key_id_env, &self.secret_access_key_env) {
-            (Some(id), Some(secret)) => Some(S3Credentials {
-                access_key_id: read("accessKeyIdEnv", id)?,
-                secret_access_key: read("secretAccessKeyEnv", secret)?,
-            }),
-            _ => None,
-        };
-        Ok(StoreOptions {
-            endpoint: self.endpoint.clone(),
-            region: self.region.clone(),
-            path_style: self.path_style,
-            allow_http: self.allow_http,
-            credentials,
-        })
+        let s3 = self
+            .url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("s3://") || u.starts_with("s3a://"));
+        s3_options(
+            "spec.state",
+            S3Settings {
+                endpoint: &self.endpoint,
+                region: &self.region,
+                path_style: self.path_style,
+                allow_http: self.allow_http,
+                access_key_id_env: &self.access_key_id_env,
+                secret_access_key_env: &self.secret_access_key_env,
+                profile: &self.profile,
+                ca_bundle: &self.ca_bundle,
+            },
+            s3,
+        )
     }
+}
+
+/// The S3 settings of a cluster-file block (`spec.state`, a Terraform state source).
+pub struct S3Settings<'a> {
+    pub endpoint: &'a Option<String>,
+    pub region: &'a Option<String>,
+    pub path_style: bool,
+    pub allow_http: bool,
+    pub access_key_id_env: &'a Option<String>,
+    pub secret_access_key_env: &'a Option<String>,
+    pub profile: &'a Option<String>,
+    pub ca_bundle: &'a Option<std::path::PathBuf>,
+}
+
+/// Store options from S3 settings; `field` names the block in messages. Credentials are
+/// only looked for when `s3` (a file store needs none, and a broken profile must not
+/// stop it).
+pub fn s3_options(field: &str, s: S3Settings<'_>, s3: bool) -> Result<StoreOptions, StateError> {
+    let read = |setting: &str, var: &String| {
+        std::env::var(var).map_err(|_| {
+            StateError::Usage(format!("{field}.{setting} names {var}, which is not set"))
+        })
+    };
+    let credentials = match (s.access_key_id_env, s.secret_access_key_env) {
+        (Some(id), Some(secret)) => Some(S3Credentials {
+            access_key_id: read("accessKeyIdEnv", id)?,
+            secret_access_key: read("secretAccessKeyEnv", secret)?,
+            session_token: None,
+        }),
+        (Some(_), None) | (None, Some(_)) => {
+            return Err(StateError::Usage(format!(
+                "{field}: give both accessKeyIdEnv and secretAccessKeyEnv, or neither"
+            )))
+        }
+        (None, None) if s3 => crate::aws_credentials::load(s.profile.as_deref())
+            .map_err(|e| StateError::Usage(format!("{field}: S3 credentials: {e}")))?
+            .map(|k| S3Credentials {
+                access_key_id: k.access_key_id,
+                secret_access_key: k.secret_access_key,
+                session_token: k.session_token,
+            }),
+        (None, None) => None,
+    };
+    let region = s.region.clone().or_else(|| {
+        s3.then(|| crate::aws_credentials::profile_region(s.profile.as_deref()))
+            .flatten()
+    });
+    Ok(StoreOptions {
+        endpoint: s.endpoint.clone(),
+        region,
+        path_style: s.path_style,
+        allow_http: s.allow_http,
+        credentials,
+        ca_bundle: s.ca_bundle.clone(),
+    })
 }
 
 /// The default store of a cluster: a directory next to the cluster file.

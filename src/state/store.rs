@@ -136,7 +136,10 @@ pub fn s3_client(
     let mut b = object_store::aws::AmazonS3Builder::from_env()
         .with_bucket_name(bucket)
         .with_retry(retry_config())
-        .with_client_options(client_options(options.allow_http))
+        .with_client_options(
+            client_options(options.allow_http, options.ca_bundle.as_deref())
+                .map_err(|e| url_err(url, e))?,
+        )
         .with_allow_http(options.allow_http)
         .with_virtual_hosted_style_request(!options.path_style);
     if let Some(endpoint) = &options.endpoint {
@@ -146,6 +149,9 @@ pub fn s3_client(
         b = b
             .with_access_key_id(&c.access_key_id)
             .with_secret_access_key(&c.secret_access_key);
+        if let Some(t) = &c.session_token {
+            b = b.with_token(t);
+        }
     }
     let region = options
         .region
@@ -239,6 +245,17 @@ impl StateStore {
         options: &StoreOptions,
         base_dir: &Path,
     ) -> Result<Arc<dyn StateBackend>, StateError> {
+        let resolved;
+        let options = match &options.ca_bundle {
+            Some(ca) if ca.is_relative() => {
+                resolved = StoreOptions {
+                    ca_bundle: Some(base_dir.join(ca)),
+                    ..options.clone()
+                };
+                &resolved
+            }
+            _ => options,
+        };
         let Some((scheme, rest)) = url.split_once("://") else {
             // A bare path is a local directory.
             return Ok(Arc::new(FileBackend::new(resolve_dir(
@@ -274,7 +291,10 @@ impl StateStore {
                 let store = object_store::gcp::GoogleCloudStorageBuilder::from_env()
                     .with_bucket_name(bucket)
                     .with_retry(retry_config())
-                    .with_client_options(client_options(options.allow_http))
+                    .with_client_options(
+                        client_options(options.allow_http, options.ca_bundle.as_deref())
+                            .map_err(|e| url_err(url, e))?,
+                    )
                     .build()
                     .map_err(|e| url_err(url, e.to_string()))?;
                 Ok(Arc::new(ObjectStoreBackend::new(
@@ -288,7 +308,10 @@ impl StateStore {
                 let store = object_store::azure::MicrosoftAzureBuilder::from_env()
                     .with_container_name(container)
                     .with_retry(retry_config())
-                    .with_client_options(client_options(options.allow_http))
+                    .with_client_options(
+                        client_options(options.allow_http, options.ca_bundle.as_deref())
+                            .map_err(|e| url_err(url, e))?,
+                    )
                     .build()
                     .map_err(|e| url_err(url, e.to_string()))?;
                 Ok(Arc::new(ObjectStoreBackend::new(

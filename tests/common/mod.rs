@@ -85,6 +85,7 @@ impl Ctx {
                 path_style: true,
                 allow_http: true,
                 credentials: None,
+                ca_bundle: None,
             },
             kind: "s3",
             _dir: None,

@@ -70,7 +70,8 @@ lock = threading.Lock()
 def serial(environ, start_response):
     with lock:
         return list(app(environ, start_response))
-run_simple(host, port, serial, threaded=True)
+tls = (sys.argv[3], sys.argv[4]) if len(sys.argv) > 4 else None
+run_simple(host, port, serial, threaded=True, ssl_context=tls)
 "#;
 
 /// Start moto's server (S3, EC2, ...) on a free port and wait until it answers.
@@ -81,6 +82,19 @@ pub fn start() -> (Child, u16) {
 /// Start a moto server with extra environment, e.g. `INITIAL_NO_AUTH_ACTION_COUNT=0`
 /// to make it check credentials.
 pub fn start_with_env(env: &[(&str, &str)]) -> (Child, u16) {
+    start_inner(env, None)
+}
+
+/// Start a moto server that speaks https with `cert` and `key` (PEM files), e.g. a
+/// certificate from a CA of the test's own, as a MinIO with its own CA would.
+pub fn start_tls(cert: &std::path::Path, key: &std::path::Path) -> (Child, u16) {
+    start_inner(&[], Some((cert, key)))
+}
+
+fn start_inner(
+    env: &[(&str, &str)],
+    tls: Option<(&std::path::Path, &std::path::Path)>,
+) -> (Child, u16) {
     assert!(
         which("moto_server"),
         "moto_server is not on PATH: the S3 tests need it. Install it with \
@@ -91,6 +105,7 @@ pub fn start_with_env(env: &[(&str, &str)]) -> (Child, u16) {
         let mut cmd = Command::new("python3");
         cmd.args(["-c", SERIAL_MOTO, "127.0.0.1", &port.to_string()])
             .envs(env.iter().copied())
+            .args(tls.iter().flat_map(|(c, k)| [c.as_os_str(), k.as_os_str()]))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
@@ -110,7 +125,12 @@ pub fn start_with_env(env: &[(&str, &str)]) -> (Child, u16) {
                      for this python3? scripts/testbed/20-moto.sh installs it)"
                 );
             }
-            if http(port, "GET", "/").is_ok() {
+            let up = match tls {
+                None => http(port, "GET", "/").is_ok(),
+                // The TLS handshake is the client's business; listening is enough.
+                Some(_) => TcpStream::connect(("127.0.0.1", port)).is_ok(),
+            };
+            if up {
                 return (child, port);
             }
             std::thread::sleep(Duration::from_millis(100));
