@@ -1035,18 +1035,6 @@ fn fields_that_would_do_nothing_are_refused() {
             "cluster.yaml:14:7: spec.addons.metallb.interfaces: interfaces limit L2 announcements and are not used with mode: bgp",
         ),
         (
-            "static: a host's own SSH user",
-            static_("  loadBalancer: {placement: control-plane, vip: 10.0.0.10}\n"),
-            Some(inv_with("sshUser: admin", "worker")),
-            "hosts.yaml:8:6: hosts[4].sshUser: host `x1` logs in as `admin` but the cluster as `root` (spec.ssh.user): per-host SSH users are not supported yet, set spec.ssh.user",
-        ),
-        (
-            "static: a host's own SSH port",
-            static_("  loadBalancer: {placement: control-plane, vip: 10.0.0.10}\n"),
-            Some(inv_with("sshPort: 2222", "worker")),
-            "hosts.yaml:8:6: hosts[4].sshPort: host `x1` listens for SSH on port 2222 but the cluster uses 22 (spec.ssh.port): per-host SSH ports are not supported yet, set spec.ssh.port",
-        ),
-        (
             "static: Ansible group names with a kubeforge inventory",
             static_("  loadBalancer: {placement: control-plane, vip: 10.0.0.10}\n")
                 .replace("static: {inventory: hosts.yaml}", "static: {inventory: hosts.yaml, groups: {workers: [nodes]}}"),

@@ -409,17 +409,6 @@ pub fn ssh_auth(c: &LoadedCluster, doc: &StateDocument) -> Result<SshAuth, Error
 
 pub fn ssh_config(c: &LoadedCluster, auth: SshAuth, accept: &[String]) -> Result<SshConfig, Error> {
     let ssh = &c.cluster.spec.ssh;
-    if let Some(h) = c
-        .topology
-        .hosts
-        .iter()
-        .find(|h| h.ssh_user != ssh.user || h.ssh_port != ssh.port)
-    {
-        return Err(Error::Usage(format!(
-            "host `{}` uses SSH {}@:{} but the cluster uses {}@:{}: per-host SSH users and ports are not supported yet",
-            h.name, h.ssh_user, h.ssh_port, ssh.user, ssh.port
-        )));
-    }
     let mut cfg = SshConfig::new(ssh.user.clone(), auth.clone());
     cfg.port = ssh.port;
     cfg.connect_timeout = Duration::from_secs(ssh.connect_timeout_seconds.into());
@@ -448,5 +437,36 @@ pub fn ssh_config(c: &LoadedCluster, auth: SshAuth, accept: &[String]) -> Result
         });
     }
     cfg.accept_new_host_keys = accept.iter().cloned().collect();
+    // Hosts with their own user, port or key (Ansible's per-host variables).
+    for h in &c.topology.hosts {
+        let key = match &h.ssh_key_file {
+            Some(f) => {
+                let path = expand_home(&f.to_string_lossy());
+                let path = if path.is_relative() {
+                    c.base_dir.join(path)
+                } else {
+                    path
+                };
+                Some(SshAuth::key_file(&path).map_err(|e| {
+                    Error::Usage(format!(
+                        "host `{}`: SSH key {}: {e}",
+                        h.name,
+                        path.display()
+                    ))
+                })?)
+            }
+            None => None,
+        };
+        if h.ssh_user != ssh.user || h.ssh_port != ssh.port || key.is_some() {
+            cfg.per_host.insert(
+                h.address.to_string(),
+                crate::transport::HostOverride {
+                    user: (h.ssh_user != ssh.user).then(|| h.ssh_user.clone()),
+                    port: (h.ssh_port != ssh.port).then_some(h.ssh_port),
+                    auth: key,
+                },
+            );
+        }
+    }
     Ok(cfg)
 }

@@ -67,6 +67,8 @@ pub struct InventoryHost {
     pub roles: BTreeSet<Role>,
     pub ssh_user: Option<String>,
     pub ssh_port: Option<u16>,
+    /// Private key for this host (`ansible_ssh_private_key_file`, `sshKeyFile`).
+    pub ssh_key_file: Option<String>,
     pub labels: BTreeMap<String, String>,
     pub origin: Origin,
     /// The Terraform resource address it was read from (hosts from a Terraform state).
@@ -98,6 +100,7 @@ struct HostEntry {
     roles: Vec<Role>,
     ssh_user: Option<String>,
     ssh_port: Option<u16>,
+    ssh_key_file: Option<String>,
     #[serde(default)]
     labels: BTreeMap<String, String>,
 }
@@ -179,6 +182,7 @@ fn parse_kubeforge(
             roles: h.roles.into_iter().collect(),
             ssh_user: h.ssh_user,
             ssh_port: h.ssh_port,
+            ssh_key_file: h.ssh_key_file,
             labels: h.labels,
             origin: Origin {
                 file: path.to_path_buf(),
@@ -310,8 +314,12 @@ impl AnsibleInventory {
                 address,
                 internal_address: internal,
                 roles,
-                ssh_user: vars.get("ansible_user").cloned(),
+                ssh_user: vars
+                    .get("ansible_user")
+                    .or_else(|| vars.get("ansible_ssh_user"))
+                    .cloned(),
                 ssh_port: port,
+                ssh_key_file: vars.get("ansible_ssh_private_key_file").cloned(),
                 labels: BTreeMap::new(),
                 origin,
             });

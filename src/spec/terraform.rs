@@ -559,6 +559,7 @@ fn hosts(
             roles,
             ssh_user: None,
             ssh_port: None,
+            ssh_key_file: None,
             labels: BTreeMap::new(),
             origin: Origin {
                 file: file.to_path_buf(),

@@ -17,6 +17,9 @@ pub struct Host {
     pub roles: BTreeSet<Role>,
     pub ssh_user: String,
     pub ssh_port: u16,
+    /// This host's own private key (from the inventory; relative to the cluster file's
+    /// directory, `~/` is the home directory); `None`: the cluster's (`spec.ssh`).
+    pub ssh_key_file: Option<std::path::PathBuf>,
     pub labels: BTreeMap<String, String>,
     /// Where the host was found, when not in the cluster file or an inventory written
     /// for it (a Terraform resource address).

@@ -760,6 +760,7 @@ fn made_hosts(c: &Cluster, rep: &mut Reporter<'_>) -> Option<Vec<Host>> {
                     ssh_user: c.spec.ssh.user.clone(),
                     ssh_port: c.spec.ssh.port,
                     labels: pool.labels.clone(),
+                    ssh_key_file: None,
                     origin: None,
                 }),
                 None => rep.error(
@@ -922,30 +923,10 @@ fn static_hosts(
                 format!("host `{}` is both a control-plane and a load-balancer node: use loadBalancer.placement: control-plane instead", h.name),
             ));
         }
-        let ssh = &c.spec.ssh;
-        if let Some(u) = h
-            .ssh_user
-            .as_ref()
-            .filter(|u| **u != ssh.user && syntax::unix_user(u).is_ok())
-        {
-            inv_errors.push(h.origin.error(
-                "sshUser",
-                format!(
-                    "host `{}` logs in as `{}` but the cluster as `{}` (spec.ssh.user): per-host SSH users are not supported yet, set spec.ssh.user",
-                    h.name,
-                    syntax::shown(u),
-                    ssh.user
-                ),
-            ));
-        }
-        if let Some(p) = h.ssh_port.filter(|p| *p != ssh.port && *p != 0) {
-            inv_errors.push(h.origin.error(
-                "sshPort",
-                format!(
-                    "host `{}` listens for SSH on port {p} but the cluster uses {} (spec.ssh.port): per-host SSH ports are not supported yet, set spec.ssh.port",
-                    h.name, ssh.port
-                ),
-            ));
+        if let Some(k) = &h.ssh_key_file {
+            if k.trim().is_empty() || k.contains('\n') || k.contains('\0') {
+                inv_errors.push(h.origin.error("sshKeyFile", "not a file path"));
+            }
         }
         let runs_kubelet = h.roles.contains(&Role::ControlPlane) || h.roles.contains(&Role::Worker);
         if !runs_kubelet && !h.labels.is_empty() {
@@ -974,8 +955,12 @@ fn static_hosts(
             address,
             internal_address: internal,
             roles: h.roles.clone(),
-            ssh_user: ssh.user.clone(),
-            ssh_port: ssh.port,
+            ssh_user: h
+                .ssh_user
+                .clone()
+                .unwrap_or_else(|| c.spec.ssh.user.clone()),
+            ssh_port: h.ssh_port.filter(|p| *p != 0).unwrap_or(c.spec.ssh.port),
+            ssh_key_file: h.ssh_key_file.as_ref().map(std::path::PathBuf::from),
             labels,
             origin: h.resource.clone(),
         });

@@ -19,8 +19,8 @@ use std::time::Duration;
 pub use fanout::{fan_out, fan_out_until, FanOutOptions, HostResult, ProgressMode};
 pub use hostkeys::{fingerprint, HostKeyStore, MemoryHostKeyStore};
 pub use ssh::{
-    is_long_command, BastionConfig, RetryPolicy, SshAuth, SshConfig, SshPool, SshSession,
-    DEFAULT_COMMAND_TIMEOUT, DEFAULT_LONG_COMMAND_TIMEOUT,
+    is_long_command, BastionConfig, HostOverride, RetryPolicy, SshAuth, SshConfig, SshPool,
+    SshSession, DEFAULT_COMMAND_TIMEOUT, DEFAULT_LONG_COMMAND_TIMEOUT,
 };
 
 /// What a command returned. A non-zero exit is a value, not an error.

@@ -13,7 +13,7 @@ use russh::keys::agent::AgentIdentity;
 use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
 use russh::ChannelMsg;
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -144,6 +144,40 @@ pub struct SshConfig {
     pub accept_new_host_keys: BTreeSet<String>,
     /// Channels open at once per connection (sshd's MaxSessions defaults to 10).
     pub max_channels: usize,
+    /// Per-host user, port and key (by the address the pool is asked for), where an
+    /// inventory gives them (`ansible_user`, `ansible_port`,
+    /// `ansible_ssh_private_key_file`).
+    pub per_host: BTreeMap<String, HostOverride>,
+}
+
+/// What one host does differently from the cluster's SSH settings.
+#[derive(Debug, Clone, Default)]
+pub struct HostOverride {
+    pub user: Option<String>,
+    pub port: Option<u16>,
+    pub auth: Option<SshAuth>,
+}
+
+impl SshConfig {
+    /// The settings for `host`: the cluster's, with the host's own where it has them.
+    pub fn for_host(&self, host: &str) -> std::borrow::Cow<'_, SshConfig> {
+        match self.per_host.get(host) {
+            None => std::borrow::Cow::Borrowed(self),
+            Some(o) => {
+                let mut c = self.clone();
+                if let Some(u) = &o.user {
+                    c.user = u.clone();
+                }
+                if let Some(p) = o.port {
+                    c.port = p;
+                }
+                if let Some(a) = &o.auth {
+                    c.auth = a.clone();
+                }
+                std::borrow::Cow::Owned(c)
+            }
+        }
+    }
 }
 
 impl SshConfig {
@@ -160,6 +194,7 @@ impl SshConfig {
             bastion: None,
             accept_new_host_keys: BTreeSet::new(),
             max_channels: 8,
+            per_host: BTreeMap::new(),
         }
     }
 
@@ -945,7 +980,8 @@ impl SshPool {
             return Ok(s.clone());
         }
         let bastion = self.bastion().await?;
-        let s = Arc::new(SshSession::connect(host, &self.cfg, self.store.clone(), bastion).await?);
+        let cfg = self.cfg.for_host(host);
+        let s = Arc::new(SshSession::connect(host, &cfg, self.store.clone(), bastion).await?);
         *guard = Some(s.clone());
         Ok(s)
     }

@@ -1,0 +1,152 @@
+//! SSH as operators' Ansible inventories configure it (issue 17): per-host
+//! `ansible_port`, `ansible_user` and `ansible_ssh_private_key_file`, on real sshd in
+//! systemd machines, through the binary (`apply --phases machines,connect`, then
+//! `inventory --host`). Each host is set up so that only its own settings can work:
+//! sshd on 2222 only, or a user who accepts only the host's own key.
+
+mod common_docker;
+
+use common_docker::{run, with_cluster};
+use kubeforge::provider::MachineRole;
+use kubeforge::transport::ssh::generate_ed25519_key;
+use std::process::Command as Std;
+
+fn docker_exec(machine: &str, script: &str) {
+    let out = Std::new("docker")
+        .args(["exec", machine, "sh", "-c", script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{machine}: {script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn per_host_port_user_and_key_from_an_ansible_inventory() {
+    run(|| async {
+        let roles = [
+            MachineRole::ControlPlane,
+            MachineRole::Worker,
+            MachineRole::Worker,
+        ];
+        with_cluster("kft-sshinv", &roles, |c| async move {
+            let names: Vec<String> = c.machines.iter().map(|m| m.name.clone()).collect();
+            // worker-1: sshd on 2222 only.
+            docker_exec(
+                &names[1],
+                "sed -i '/^#\\?Port /d' /etc/ssh/sshd_config && echo 'Port 2222' >> /etc/ssh/sshd_config && systemctl restart ssh",
+            );
+            // worker-2: the plain user `kubeforge` accepts only a key of its own.
+            let own = generate_ed25519_key();
+            let private = own
+                .to_openssh(russh::keys::ssh_key::LineEnding::LF)
+                .unwrap()
+                .to_string();
+            let public = own.public_key().to_openssh().unwrap();
+            docker_exec(
+                &names[2],
+                &format!("echo '{public}' > /home/kubeforge/.ssh/authorized_keys"),
+            );
+            let dir = tempfile::tempdir().unwrap();
+            let d = dir.path();
+            std::fs::write(d.join("w2.key"), private).unwrap();
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(d.join("w2.key"), std::fs::Permissions::from_mode(0o600))
+                    .unwrap();
+            }
+            std::fs::copy(&c.key_path, d.join("cluster.key")).unwrap();
+            std::fs::write(
+                d.join("hosts.ini"),
+                format!(
+                    "[kube_control_plane]\n{} ansible_host={}\n\n[kube_node]\n{} ansible_host={} ansible_port=2222\n{} ansible_host={} ansible_user=kubeforge ansible_ssh_private_key_file=w2.key\n",
+                    names[0], c.ip(0), names[1], c.ip(1), names[2], c.ip(2)
+                ),
+            )
+            .unwrap();
+            std::fs::write(
+                d.join("cluster.yaml"),
+                format!(
+                    "apiVersion: kubeforge.dev/v1alpha1
+kind: Cluster
+metadata: {{name: kft-sshinv}}
+spec:
+  kubernetesVersion: v1.20.2
+  ssh: {{user: root, keyFile: cluster.key, connectTimeoutSeconds: 5}}
+  provider:
+    static: {{inventory: hosts.ini}}
+  loadBalancer: {{type: external, endpoint: '{}:6443'}}
+",
+                    c.ip(0)
+                ),
+            )
+            .unwrap();
+            let kf = || {
+                let mut k = assert_cmd::Command::cargo_bin("kubeforge").unwrap();
+                k.current_dir(d)
+                    .env("KUBEFORGE_STATE_KEY_FILE", d.join("state.key"))
+                    .env_remove("KUBEFORGE_STATE_PASSPHRASE")
+                    .env_remove("KUBEFORGE_STATE_KEY");
+                k
+            };
+            kf().args(["state", "keygen", "--out", "state.key"])
+                .assert()
+                .success();
+            let out = kf()
+                .args(["apply", "-f", "cluster.yaml", "--yes", "--phases", "machines,connect"])
+                .timeout(std::time::Duration::from_secs(300))
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr).to_string();
+            assert!(out.status.success(), "{err}");
+            // Every host answered with its own settings: its key is pinned.
+            let out = kf()
+                .args(["state", "show", "-f", "cluster.yaml", "-o", "json"])
+                .output()
+                .unwrap();
+            let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            let pins = st["state"]["hostKeys"].as_object().cloned().unwrap_or_default();
+            for (i, name) in names.iter().enumerate() {
+                assert!(pins.contains_key(&c.ip(i)), "{name} pinned: {st}");
+            }
+            // The plan shows how each host is reached.
+            let out = kf()
+                .args(["plan", "--offline", "-f", "cluster.yaml"])
+                .output()
+                .unwrap();
+            let plan = String::from_utf8_lossy(&out.stdout).to_string();
+            assert!(plan.contains(&format!("ssh root@{}:2222", c.ip(1))), "{plan}");
+            assert!(plan.contains(&format!("ssh kubeforge@{}:22", c.ip(2))), "{plan}");
+            // Ansible gets the same per-host variables back.
+            let out = kf()
+                .args(["inventory", "-f", "cluster.yaml", "--host", &names[2]])
+                .output()
+                .unwrap();
+            let vars: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(vars["ansible_user"], "kubeforge", "{vars}");
+            // Without the host's own key, that host is refused (the cluster key is not
+            // accepted there): the per-host key was what worked.
+            std::fs::write(
+                d.join("hosts.ini"),
+                format!(
+                    "[kube_control_plane]\n{} ansible_host={}\n\n[kube_node]\n{} ansible_host={} ansible_port=2222\n{} ansible_host={} ansible_user=kubeforge\n",
+                    names[0], c.ip(0), names[1], c.ip(1), names[2], c.ip(2)
+                ),
+            )
+            .unwrap();
+            let out = kf()
+                .args(["apply", "-f", "cluster.yaml", "--yes", "--phases", "connect"])
+                .timeout(std::time::Duration::from_secs(300))
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr).to_string();
+            assert!(!out.status.success(), "{err}");
+            assert!(err.contains(&names[2]) || err.contains(&c.ip(2)), "{err}");
+            assert!(err.contains("authentication") || err.contains("auth"), "{err}");
+            eprintln!("without its own key: {}", err.lines().last().unwrap_or_default());
+        })
+        .await;
+    });
+}
