@@ -150,3 +150,101 @@ spec:
         .await;
     });
 }
+
+#[test]
+fn the_bastion_group_of_a_kubespray_inventory_is_the_jump_host() {
+    run(|| async {
+        let roles = [
+            MachineRole::Worker,
+            MachineRole::ControlPlane,
+            MachineRole::Worker,
+        ];
+        with_cluster("kft-sshjump", &roles, |c| async move {
+            let names: Vec<String> = c.machines.iter().map(|m| m.name.clone()).collect();
+            // The nodes refuse SSH from this machine (the docker bridge's address); only
+            // the jump host reaches them.
+            let ip0 = c.ip(0);
+            let gateway = format!("{}.1", ip0.rsplit_once('.').unwrap().0);
+            for n in &names[1..] {
+                docker_exec(
+                    n,
+                    &format!("iptables -I INPUT -p tcp --dport 22 -s {gateway} -j DROP"),
+                );
+            }
+            let dir = tempfile::tempdir().unwrap();
+            let d = dir.path();
+            std::fs::copy(&c.key_path, d.join("cluster.key")).unwrap();
+            let inventory = |with_bastion: bool| {
+                format!(
+                    "{}[kube_control_plane]\n{} ansible_host={}\n\n[kube_node]\n{} ansible_host={}\n",
+                    if with_bastion {
+                        format!("[bastion]\nbastion ansible_host={ip0} ansible_user=root\n\n")
+                    } else {
+                        String::new()
+                    },
+                    names[1],
+                    c.ip(1),
+                    names[2],
+                    c.ip(2)
+                )
+            };
+            std::fs::write(d.join("hosts.ini"), inventory(true)).unwrap();
+            std::fs::write(
+                d.join("cluster.yaml"),
+                format!(
+                    "apiVersion: kubeforge.dev/v1alpha1
+kind: Cluster
+metadata: {{name: kft-sshjump}}
+spec:
+  kubernetesVersion: v1.20.2
+  ssh: {{user: root, keyFile: cluster.key, connectTimeoutSeconds: 5}}
+  provider:
+    static: {{inventory: hosts.ini}}
+  loadBalancer: {{type: external, endpoint: '{}:6443'}}
+",
+                    c.ip(1)
+                ),
+            )
+            .unwrap();
+            let kf = || {
+                let mut k = assert_cmd::Command::cargo_bin("kubeforge").unwrap();
+                k.current_dir(d)
+                    .env("KUBEFORGE_STATE_KEY_FILE", d.join("state.key"))
+                    .env_remove("KUBEFORGE_STATE_PASSPHRASE")
+                    .env_remove("KUBEFORGE_STATE_KEY");
+                k
+            };
+            kf().args(["state", "keygen", "--out", "state.key"])
+                .assert()
+                .success();
+            let out = kf()
+                .args(["validate", "-f", "cluster.yaml"])
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            assert!(text.contains("(2 hosts"), "the bastion is not a node: {text}");
+            let out = kf()
+                .args(["apply", "-f", "cluster.yaml", "--yes", "--phases", "machines,connect"])
+                .timeout(std::time::Duration::from_secs(300))
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "through the bastion: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            // Without the group, the nodes cannot be reached from here (a plan tries
+            // once per host).
+            std::fs::write(d.join("hosts.ini"), inventory(false)).unwrap();
+            let out = kf()
+                .args(["plan", "-f", "cluster.yaml"])
+                .timeout(std::time::Duration::from_secs(300))
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr).to_string();
+            assert!(!out.status.success(), "direct SSH is blocked: {err}");
+            assert!(err.contains(&c.ip(1)) || err.contains(&names[1]), "{err}");
+        })
+        .await;
+    });
+}

@@ -73,6 +73,9 @@ pub struct InventoryHost {
     pub origin: Origin,
     /// The Terraform resource address it was read from (hosts from a Terraform state).
     pub resource: Option<String>,
+    /// The jump host of an Ansible inventory (Kubespray's `bastion` group): not a node;
+    /// kubeforge reaches the hosts through it unless `spec.ssh.bastion` says otherwise.
+    pub bastion: bool,
 }
 
 impl InventoryHost {
@@ -176,6 +179,7 @@ fn parse_kubeforge(
         }
         hosts.push(InventoryHost {
             resource: None,
+            bastion: false,
             name: h.name,
             address: h.address,
             internal_address: h.internal_address,
@@ -284,8 +288,9 @@ impl AnsibleInventory {
             if in_any(&groups.load_balancers) {
                 roles.insert(Role::LoadBalancer);
             }
-            if roles.is_empty() {
-                // Hosts in unrelated groups (bastion, monitoring) are not ours.
+            let bastion = roles.is_empty() && member_of.contains("bastion");
+            if roles.is_empty() && !bastion {
+                // Hosts in unrelated groups (monitoring, databases) are not ours.
                 continue;
             }
             let address = vars
@@ -320,6 +325,7 @@ impl AnsibleInventory {
                     .cloned(),
                 ssh_port: port,
                 ssh_key_file: vars.get("ansible_ssh_private_key_file").cloned(),
+                bastion,
                 labels: BTreeMap::new(),
                 origin,
             });

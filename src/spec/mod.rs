@@ -90,7 +90,11 @@ pub fn load_str(text: &str, path: &Path, base_dir: &Path) -> Result<LoadedCluste
                 )]),
             };
             match hosts {
-                Ok(hosts) => Some(hosts),
+                Ok(hosts) => {
+                    let (jump, hosts): (Vec<_>, Vec<_>) =
+                        hosts.into_iter().partition(|h| h.bastion);
+                    Some((jump, hosts))
+                }
                 Err(errs) => {
                     inv_errors.extend(errs);
                     None
@@ -98,6 +102,33 @@ pub fn load_str(text: &str, path: &Path, base_dir: &Path) -> Result<LoadedCluste
             }
         }
         _ => None,
+    };
+    // Kubespray's `bastion` group: the jump host, unless the cluster file names one.
+    let mut cluster = cluster;
+    let inventory = match inventory {
+        Some((jump, hosts)) => {
+            match jump.as_slice() {
+                [] => {}
+                [b] if cluster.spec.ssh.bastion.is_none() => {
+                    cluster.spec.ssh.bastion = Some(types::Bastion {
+                        host: b.address.clone(),
+                        port: b.ssh_port.unwrap_or(22),
+                        user: b.ssh_user.clone(),
+                        key_file: b.ssh_key_file.clone(),
+                    });
+                }
+                [_] => {}
+                many => inv_errors.push(many[1].origin.error(
+                    "",
+                    format!(
+                        "the `bastion` group holds {} hosts: kubeforge jumps through one (name it in spec.ssh.bastion)",
+                        many.len()
+                    ),
+                )),
+            }
+            Some(hosts)
+        }
+        None => None,
     };
     let topology = validate::check(&cluster, inventory, &mut rep, &mut inv_errors);
     let mut errors = rep.errors;

@@ -553,6 +553,7 @@ fn hosts(
         };
         out.push(InventoryHost {
             resource: Some(i.address.clone()),
+            bastion: false,
             name: i.name.clone(),
             internal_address: i.private.clone().filter(|p| *p != address),
             address,
