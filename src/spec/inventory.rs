@@ -652,7 +652,17 @@ kube_node
 b1 ansible_host=192.0.2.1
 ";
         let hosts = parse(text, Path::new("hosts.ini"), &groups()).unwrap();
-        assert_eq!(hosts.len(), 4, "bastion is not a cluster host");
+        assert_eq!(hosts.len(), 5);
+        assert_eq!(
+            hosts
+                .iter()
+                .filter(|h| h.bastion)
+                .map(|h| h.name.as_str())
+                .collect::<Vec<_>>(),
+            ["b1"],
+            "the bastion is the jump host, not a node"
+        );
+        assert!(hosts.iter().all(|h| h.bastion == h.roles.is_empty()));
         assert_eq!(hosts[0].name, "m1");
         assert_eq!(hosts[0].address, "192.0.2.11");
         assert_eq!(hosts[0].internal_address.as_deref(), Some("10.0.0.11"));
