@@ -146,6 +146,41 @@ spec:
             assert!(err.contains(&names[2]) || err.contains(&c.ip(2)), "{err}");
             assert!(err.contains("authentication") || err.contains("auth"), "{err}");
             eprintln!("without its own key: {}", err.lines().last().unwrap_or_default());
+            // The same settings from an OpenSSH client config instead of the inventory:
+            // a block by name (the port) and one by address (user and key).
+            std::fs::write(
+                d.join("ssh_config"),
+                format!(
+                    "Host {}\n  Port 2222\n\nHost {}\n  User kubeforge\n  IdentityFile w2.key\n",
+                    names[1],
+                    c.ip(2)
+                ),
+            )
+            .unwrap();
+            std::fs::write(
+                d.join("hosts.ini"),
+                format!(
+                    "[kube_control_plane]\n{} ansible_host={}\n\n[kube_node]\n{} ansible_host={}\n{} ansible_host={}\n",
+                    names[0], c.ip(0), names[1], c.ip(1), names[2], c.ip(2)
+                ),
+            )
+            .unwrap();
+            let yaml = std::fs::read_to_string(d.join("cluster.yaml")).unwrap();
+            std::fs::write(
+                d.join("cluster.yaml"),
+                yaml.replace("connectTimeoutSeconds: 5}", "connectTimeoutSeconds: 5, configFile: ssh_config}"),
+            )
+            .unwrap();
+            let out = kf()
+                .args(["apply", "-f", "cluster.yaml", "--yes", "--phases", "connect"])
+                .timeout(std::time::Duration::from_secs(300))
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "settings from ssh_config: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         })
         .await;
     });
@@ -244,6 +279,28 @@ spec:
             let err = String::from_utf8_lossy(&out.stderr).to_string();
             assert!(!out.status.success(), "direct SSH is blocked: {err}");
             assert!(err.contains(&c.ip(1)) || err.contains(&names[1]), "{err}");
+            // The jump host from the ProxyJump of an OpenSSH client config.
+            std::fs::write(
+                d.join("ssh_config"),
+                format!("Host kft-sshjump-*\n  ProxyJump root@{ip0}:22\n"),
+            )
+            .unwrap();
+            let yaml = std::fs::read_to_string(d.join("cluster.yaml")).unwrap();
+            std::fs::write(
+                d.join("cluster.yaml"),
+                yaml.replace("connectTimeoutSeconds: 5}", "connectTimeoutSeconds: 5, configFile: ssh_config}"),
+            )
+            .unwrap();
+            let out = kf()
+                .args(["plan", "-f", "cluster.yaml"])
+                .timeout(std::time::Duration::from_secs(300))
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "through the ProxyJump of ssh_config: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         })
         .await;
     });

@@ -5,6 +5,7 @@ pub mod decode;
 pub mod error;
 pub mod inventory;
 pub mod position;
+pub mod ssh_config;
 pub mod syntax;
 pub mod terraform;
 pub mod topology;
@@ -106,7 +107,17 @@ pub fn load_str(text: &str, path: &Path, base_dir: &Path) -> Result<LoadedCluste
     // Kubespray's `bastion` group: the jump host, unless the cluster file names one.
     let mut cluster = cluster;
     let inventory = match inventory {
-        Some((jump, hosts)) => {
+        Some((jump, mut hosts)) => {
+            if let Some(f) = cluster.spec.ssh.config_file.clone() {
+                apply_ssh_config(
+                    &mut cluster,
+                    &mut hosts,
+                    &f,
+                    base_dir,
+                    &rep,
+                    &mut inv_errors,
+                );
+            }
             match jump.as_slice() {
                 [] => {}
                 [b] if cluster.spec.ssh.bastion.is_none() => {
@@ -144,5 +155,97 @@ pub fn load_str(text: &str, path: &Path, base_dir: &Path) -> Result<LoadedCluste
             warnings: rep.warnings,
         }),
         _ => Err(SpecErrors { errors }),
+    }
+}
+
+/// `~/.ssh/config` for inventory hosts: each host's `User`, `Port` and `IdentityFile`
+/// where the inventory gives none; one `ProxyJump` shared by every host becomes the
+/// jump host when `spec.ssh.bastion` is not set.
+fn apply_ssh_config(
+    cluster: &mut Cluster,
+    hosts: &mut [inventory::InventoryHost],
+    file: &str,
+    base_dir: &Path,
+    rep: &Reporter<'_>,
+    errors: &mut Vec<SpecError>,
+) {
+    let field = "spec.ssh.configFile";
+    let path = match (file.strip_prefix("~/"), std::env::var_os("HOME")) {
+        (Some(rest), Some(home)) => Path::new(&home).join(rest),
+        _ => base_dir.join(file),
+    };
+    let config = match ssh_config::SshClientConfig::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            errors.push(rep.make(field, e));
+            return;
+        }
+    };
+    let at = |e: ssh_config::ConfigError| SpecError {
+        file: path.clone(),
+        line: Some(e.line),
+        column: None,
+        field: String::new(),
+        message: e.message,
+    };
+    let mut jumps = std::collections::BTreeSet::new();
+    let mut without_jump = 0;
+    for h in hosts.iter_mut() {
+        let s = match config.lookup(&[h.name.as_str(), h.address.as_str()]) {
+            Ok(s) => s,
+            Err(e) => {
+                errors.push(at(e));
+                return;
+            }
+        };
+        // The inventory's per-host values first, then what the cluster file says
+        // outright, then the SSH configuration.
+        let written = |f: &str| rep.positions.contains(&format!("spec.ssh.{f}"));
+        if !written("user") {
+            h.ssh_user = h.ssh_user.take().or(s.user);
+        }
+        if !written("port") {
+            h.ssh_port = h.ssh_port.or(s.port);
+        }
+        if !written("keyFile") {
+            h.ssh_key_file = h.ssh_key_file.take().or(s.identity_file);
+        }
+        match s.proxy_jump {
+            Some(j) => {
+                jumps.insert(j);
+            }
+            None => without_jump += 1,
+        }
+    }
+    if jumps.is_empty() || cluster.spec.ssh.bastion.is_some() {
+        return;
+    }
+    if jumps.len() > 1 || without_jump > 0 {
+        errors.push(rep.make(
+            field,
+            format!(
+                "{} reaches the hosts through different jump hosts ({}{}): kubeforge jumps through one; name it in spec.ssh.bastion",
+                path.display(),
+                jumps.iter().cloned().collect::<Vec<_>>().join(", "),
+                if without_jump > 0 { ", and none for some hosts" } else { "" }
+            ),
+        ));
+        return;
+    }
+    let Some(jump) = jumps.into_iter().next() else {
+        return;
+    };
+    match ssh_config::parse_jump(&jump) {
+        Ok((user, host, port)) => {
+            // The jump host's own block (an alias with its user, port and key).
+            let own = config.lookup(&[host.as_str()]).unwrap_or_default();
+            cluster.spec.ssh.bastion = Some(types::Bastion {
+                host,
+                port: port.or(own.port).unwrap_or(22),
+                user: user.or(own.user),
+                key_file: own.identity_file,
+            });
+        }
+        Err(e) => errors.push(rep.make(field, format!("{}: {e}", path.display()))),
     }
 }

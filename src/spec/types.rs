@@ -790,6 +790,10 @@ pub struct SshSpec {
     #[serde(default)]
     pub agent: bool,
     pub bastion: Option<Bastion>,
+    /// An OpenSSH client configuration to read for the static provider's hosts (e.g.
+    /// `~/.ssh/config`): the `User`, `Port`, `IdentityFile` and `ProxyJump` of the
+    /// `Host` blocks matching a host's name or address, where the inventory gives none.
+    pub config_file: Option<String>,
     #[serde(default = "SshSpec::default_connect_timeout")]
     pub connect_timeout_seconds: u32,
     /// Limit of one ordinary remote command (default 120 s): a hung command fails with
@@ -836,6 +840,7 @@ impl Default for SshSpec {
             key_file: None,
             agent: false,
             bastion: None,
+            config_file: None,
             connect_timeout_seconds: Self::default_connect_timeout(),
             command_timeout_seconds: Self::default_command_timeout(),
             long_command_timeout_seconds: Self::default_long_command_timeout(),
