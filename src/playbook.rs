@@ -13,6 +13,7 @@ pub const RECOVER: &str = include_str!("../playbooks/recover.yaml");
 pub const UPGRADE: &str = include_str!("../playbooks/upgrade.yaml");
 pub const RESTORE: &str = include_str!("../playbooks/restore.yaml");
 pub const CERTS_RENEW: &str = include_str!("../playbooks/certs-renew.yaml");
+pub const RESET: &str = include_str!("../playbooks/reset.yaml");
 
 /// The playbooks embedded in the binary, by name.
 pub const NAMED: &[(&str, &str)] = &[
@@ -21,6 +22,7 @@ pub const NAMED: &[(&str, &str)] = &[
     ("restore", RESTORE),
     ("certs-renew", CERTS_RENEW),
     ("upgrade", UPGRADE),
+    ("reset", RESET),
 ];
 
 /// An embedded playbook by name.

@@ -192,4 +192,84 @@ spec:
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("join-control-plane"), "{text}");
+    // `kubeforge reset`: the plan first (without --yes and no terminal: nothing done),
+    // then the cluster taken off its machines, which stay; `apply` builds it anew.
+    let ca_before = docker(&["exec", &cp1, "cat", "/etc/kubernetes/pki/ca.crt"]).stdout;
+    let out = kubeforge(dir.path())
+        .args(["reset", "-f", "cluster.yaml"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "no confirmation, no reset: {text}");
+    assert!(
+        text.contains("reset-hosts") && text.contains("pass --yes"),
+        "the plan, then the refusal: {text}"
+    );
+    assert!(
+        docker(&["exec", &cp1, "test", "-d", "/var/lib/etcd/member"])
+            .status
+            .success(),
+        "nothing was reset without confirmation"
+    );
+    let t0 = std::time::Instant::now();
+    let out = kubeforge(dir.path())
+        .args(["reset", "-f", "cluster.yaml", "--yes"])
+        .timeout(Duration::from_secs(600))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("reset of 3 hosts: {:.0} s", t0.elapsed().as_secs_f64());
+    for n in 1..=3 {
+        let m = format!("{NAME}-cp-{n}");
+        let (ok, left) = {
+            let o = docker(&[
+                "exec",
+                &m,
+                "sh",
+                "-c",
+                "ls -d /etc/kubernetes /var/lib/etcd /var/lib/kubelet /etc/cni/net.d /etc/kubeforge /var/lib/kubeforge 2>/dev/null; \
+                 systemctl is-active kubelet haproxy keepalived kubeforge-etcd-snapshot.timer 2>/dev/null | grep -x active; \
+                 iptables-save | grep -c -e KUBE -e kubeforge | grep -vx 0; \
+                 /usr/local/bin/crictl --runtime-endpoint unix:///run/containerd/containerd.sock ps -q 2>/dev/null; true",
+            ]);
+            (
+                o.status.success(),
+                String::from_utf8_lossy(&o.stdout).trim().to_string(),
+            )
+        };
+        assert!(ok && left.is_empty(), "{m} after reset still has: {left}");
+    }
+    let out = kubeforge(dir.path())
+        .args(["apply", "-f", "cluster.yaml", "--yes"])
+        .timeout(Duration::from_secs(1200))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "apply after reset: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let nodes = docker(&[
+        "exec",
+        &cp1,
+        "/usr/local/bin/kubectl",
+        "--kubeconfig=/etc/kubernetes/admin.conf",
+        "get",
+        "nodes",
+        "-o",
+        "json",
+    ]);
+    let (ready, all) =
+        kubeforge::phase::ready_nodes(&String::from_utf8_lossy(&nodes.stdout)).unwrap();
+    assert_eq!(
+        (ready.len(), all.len()),
+        (3, 3),
+        "after reset and apply: {ready:?} of {all:?}"
+    );
+    let ca_after = docker(&["exec", &cp1, "cat", "/etc/kubernetes/pki/ca.crt"]).stdout;
+    assert_ne!(ca_before, ca_after, "a new cluster, with a CA of its own");
 }

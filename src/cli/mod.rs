@@ -92,6 +92,13 @@ pub enum Command {
         after_help = "Examples:\n  kubeforge destroy -f examples/aws.yaml\n  kubeforge destroy -f cluster.yaml --yes"
     )]
     Destroy(DestroyArgs),
+    /// Take the cluster off its hosts and keep the hosts (bare metal's counterpart of
+    /// destroy): kubeadm reset, etcd and kubelet data, pod network, kubeforge's files;
+    /// plan first, confirm (--yes skips).
+    #[command(
+        after_help = "Examples:\n  kubeforge reset -f cluster.yaml\n  kubeforge reset -f cluster.yaml --yes && kubeforge apply -f cluster.yaml --yes"
+    )]
+    Reset(ResetArgs),
     /// Print the admin kubeconfig kept (encrypted) in the state, write it to a file, or
     /// merge it into your kubeconfig.
     #[command(
@@ -195,6 +202,21 @@ pub struct KubeconfigArgs {
     /// name listed in certSans).
     #[arg(long, value_name = "URL")]
     pub server: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ResetArgs {
+    #[command(flatten)]
+    pub spec: SpecArgs,
+    /// Reset without asking for confirmation.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// Hosts worked on at once.
+    #[arg(long, default_value_t = 10)]
+    pub concurrency: usize,
+    /// Re-pin the SSH host key of this host (address) on purpose.
+    #[arg(long = "accept-new-host-key", value_name = "HOST")]
+    pub accept_new_host_key: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -22,7 +22,7 @@ pub async fn run(args: DestroyArgs, output: OutputFormat) -> Result<(), Error> {
     let loaded = spec::load_file(&args.spec.file)?;
     if let Provider::Static(s) = &loaded.cluster.spec.provider {
         return Err(Error::Usage(format!(
-            "the static provider's hosts (from {}) were not made by kubeforge: nothing to destroy",
+            "the static provider's hosts (from {}) were not made by kubeforge: nothing to destroy (`kubeforge reset` takes the cluster off them and keeps the hosts)",
             s.source()
         )));
     }

@@ -15,6 +15,7 @@ pub mod preview;
 pub mod proxy;
 pub mod recover;
 pub mod render;
+pub mod reset;
 pub mod restore;
 pub mod runner;
 pub mod schema;
@@ -74,6 +75,7 @@ pub async fn run(cli: crate::cli::Cli) -> Result<u8, crate::error::Error> {
         Command::Backup(args) => crate::ops::backup::run(args, output).await,
         Command::Restore(args) => crate::ops::restore::run(args, output, cli.verbose > 0).await,
         Command::Destroy(args) => crate::ops::destroy::run(args, output).await,
+        Command::Reset(args) => crate::ops::reset::run(args, output, cli.verbose > 0).await,
         Command::Kubeconfig(args) => {
             let opts = crate::ops::kubeconfig::Options {
                 out: args.out,

@@ -17,6 +17,7 @@ mod kubeconfig;
 mod load_balancer;
 mod prepare;
 pub mod provision;
+pub mod reset;
 pub mod restore;
 pub mod upgrade;
 mod wait_ready;
@@ -410,6 +411,7 @@ pub fn registry() -> Vec<Box<dyn Phase>> {
         Box::new(restore::EtcdRestore),
         Box::new(restore::RestoreFinish),
         Box::new(certs::CertsRenew),
+        Box::new(reset::ResetHosts),
         Box::new(addons::Addons),
         Box::new(upgrade::EtcdSnapshot),
         Box::new(upgrade::UpgradePrepare),
