@@ -23,6 +23,42 @@ fn docker_exec(machine: &str, script: &str) {
     );
 }
 
+/// The binary in `d`, with the state key there.
+fn kubeforge_in(d: &std::path::Path) -> assert_cmd::Command {
+    let mut k = assert_cmd::Command::cargo_bin("kubeforge").unwrap();
+    k.current_dir(d)
+        .env("KUBEFORGE_STATE_KEY_FILE", d.join("state.key"))
+        .env_remove("KUBEFORGE_STATE_PASSPHRASE")
+        .env_remove("KUBEFORGE_STATE_KEY");
+    k
+}
+
+/// A static cluster `name` on `hosts.ini` with the test cluster's key, its API at
+/// `api_ip` (external endpoint), and a state key.
+fn cluster_file(d: &std::path::Path, name: &str, key: &std::path::Path, api_ip: &str) {
+    std::fs::copy(key, d.join("cluster.key")).unwrap();
+    std::fs::write(
+        d.join("cluster.yaml"),
+        format!(
+            "apiVersion: kubeforge.dev/v1alpha1
+kind: Cluster
+metadata: {{name: {name}}}
+spec:
+  kubernetesVersion: v1.20.2
+  ssh: {{user: root, keyFile: cluster.key, connectTimeoutSeconds: 5}}
+  provider:
+    static: {{inventory: hosts.ini}}
+  loadBalancer: {{type: external, endpoint: '{api_ip}:6443'}}
+"
+        ),
+    )
+    .unwrap();
+    kubeforge_in(d)
+        .args(["state", "keygen", "--out", "state.key"])
+        .assert()
+        .success();
+}
+
 #[test]
 fn per_host_port_user_and_key_from_an_ansible_inventory() {
     run(|| async {
@@ -57,7 +93,6 @@ fn per_host_port_user_and_key_from_an_ansible_inventory() {
                 std::fs::set_permissions(d.join("w2.key"), std::fs::Permissions::from_mode(0o600))
                     .unwrap();
             }
-            std::fs::copy(&c.key_path, d.join("cluster.key")).unwrap();
             std::fs::write(
                 d.join("hosts.ini"),
                 format!(
@@ -66,34 +101,8 @@ fn per_host_port_user_and_key_from_an_ansible_inventory() {
                 ),
             )
             .unwrap();
-            std::fs::write(
-                d.join("cluster.yaml"),
-                format!(
-                    "apiVersion: kubeforge.dev/v1alpha1
-kind: Cluster
-metadata: {{name: kft-sshinv}}
-spec:
-  kubernetesVersion: v1.20.2
-  ssh: {{user: root, keyFile: cluster.key, connectTimeoutSeconds: 5}}
-  provider:
-    static: {{inventory: hosts.ini}}
-  loadBalancer: {{type: external, endpoint: '{}:6443'}}
-",
-                    c.ip(0)
-                ),
-            )
-            .unwrap();
-            let kf = || {
-                let mut k = assert_cmd::Command::cargo_bin("kubeforge").unwrap();
-                k.current_dir(d)
-                    .env("KUBEFORGE_STATE_KEY_FILE", d.join("state.key"))
-                    .env_remove("KUBEFORGE_STATE_PASSPHRASE")
-                    .env_remove("KUBEFORGE_STATE_KEY");
-                k
-            };
-            kf().args(["state", "keygen", "--out", "state.key"])
-                .assert()
-                .success();
+            cluster_file(d, "kft-sshinv", &c.key_path, &c.ip(0));
+            let kf = || kubeforge_in(d);
             let out = kf()
                 .args(["apply", "-f", "cluster.yaml", "--yes", "--phases", "machines,connect"])
                 .timeout(std::time::Duration::from_secs(300))
@@ -208,7 +217,6 @@ fn the_bastion_group_of_a_kubespray_inventory_is_the_jump_host() {
             }
             let dir = tempfile::tempdir().unwrap();
             let d = dir.path();
-            std::fs::copy(&c.key_path, d.join("cluster.key")).unwrap();
             let inventory = |with_bastion: bool| {
                 format!(
                     "{}[kube_control_plane]\n{} ansible_host={}\n\n[kube_node]\n{} ansible_host={}\n",
@@ -224,34 +232,8 @@ fn the_bastion_group_of_a_kubespray_inventory_is_the_jump_host() {
                 )
             };
             std::fs::write(d.join("hosts.ini"), inventory(true)).unwrap();
-            std::fs::write(
-                d.join("cluster.yaml"),
-                format!(
-                    "apiVersion: kubeforge.dev/v1alpha1
-kind: Cluster
-metadata: {{name: kft-sshjump}}
-spec:
-  kubernetesVersion: v1.20.2
-  ssh: {{user: root, keyFile: cluster.key, connectTimeoutSeconds: 5}}
-  provider:
-    static: {{inventory: hosts.ini}}
-  loadBalancer: {{type: external, endpoint: '{}:6443'}}
-",
-                    c.ip(1)
-                ),
-            )
-            .unwrap();
-            let kf = || {
-                let mut k = assert_cmd::Command::cargo_bin("kubeforge").unwrap();
-                k.current_dir(d)
-                    .env("KUBEFORGE_STATE_KEY_FILE", d.join("state.key"))
-                    .env_remove("KUBEFORGE_STATE_PASSPHRASE")
-                    .env_remove("KUBEFORGE_STATE_KEY");
-                k
-            };
-            kf().args(["state", "keygen", "--out", "state.key"])
-                .assert()
-                .success();
+            cluster_file(d, "kft-sshjump", &c.key_path, &c.ip(1));
+            let kf = || kubeforge_in(d);
             let out = kf()
                 .args(["validate", "-f", "cluster.yaml"])
                 .output()
