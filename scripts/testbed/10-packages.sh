@@ -3,10 +3,11 @@
 # (`keepalived -t`) check every rendered config; BIRD 2 is the BGP router MetalLB's
 # rendered peers are checked against (tests/bgp_peer.rs, in namespaces of its own).
 # ansible-core from PyPI: `ansible-inventory` reads `kubeforge inventory` as a dynamic
-# inventory script (tests/day2_cli.rs).
+# inventory script (tests/day2_cli.rs). curl and openssl: the https S3 test makes its
+# own CA and bucket (tests/s3_credentials.rs).
 set -euo pipefail
 need=()
-for pkg in haproxy keepalived bird2; do
+for pkg in haproxy keepalived bird2 curl openssl; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
