@@ -15,12 +15,14 @@ use crate::spec::Role;
 
 pub struct ResetHosts;
 
-/// What a Kubernetes node is reset with.
+/// What a Kubernetes node is reset with (the volumes kubelet mounted for Pods are
+/// unmounted first: kubeadm reset leaves some behind, and they keep /var/lib/kubelet).
 pub fn node_command() -> String {
     format!(
         "for u in $(systemctl list-units --all --plain --no-legend 'kubeforge-*' 2>/dev/null | awk '{{print $1}}'); do systemctl disable --now \"$u\" >/dev/null 2>&1; done; \
 if [ -x {BIN_DIR}/kubeadm ]; then {BIN_DIR}/kubeadm reset -f --skip-phases=update-cluster-status,remove-etcd-member --cri-socket /run/containerd/containerd.sock; fi; \
 systemctl disable --now kubelet >/dev/null 2>&1; \
+for m in $(awk '$2 ~ \"^/var/lib/kubelet\" {{print $2}}' /proc/mounts | sort -r); do umount -l \"$m\"; done; \
 rm -rf /etc/kubernetes /var/lib/etcd /var/lib/kubelet /etc/cni/net.d /var/lib/cni /root/.kube; \
 ip link delete kubeforge.vxlan 2>/dev/null; ip link delete cni0 2>/dev/null; \
 for t in filter nat mangle; do iptables-save -t $t | grep -v -e KUBE -e kubeforge | iptables-restore -T $t; done; \
@@ -103,5 +105,25 @@ impl Phase for ResetHosts {
                 source,
             })?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_reset_commands_are_valid_shell() {
+        for cmd in [super::node_command(), super::lb_command()] {
+            let out = std::process::Command::new("sh")
+                .args(["-n", "-c", &cmd])
+                .output()
+                .expect("sh");
+            assert!(
+                out.status.success(),
+                "{cmd}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        assert!(super::node_command()
+            .contains("awk '$2 ~ \"^/var/lib/kubelet\" {print $2}' /proc/mounts"));
     }
 }
