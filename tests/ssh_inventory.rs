@@ -261,10 +261,11 @@ fn the_bastion_group_of_a_kubespray_inventory_is_the_jump_host() {
             let err = String::from_utf8_lossy(&out.stderr).to_string();
             assert!(!out.status.success(), "direct SSH is blocked: {err}");
             assert!(err.contains(&c.ip(1)) || err.contains(&names[1]), "{err}");
-            // The jump host from the ProxyJump of an OpenSSH client config.
+            // The jump host from the ProxyJump of an OpenSSH client config (an alias,
+            // with its HostName in a block of its own).
             std::fs::write(
                 d.join("ssh_config"),
-                format!("Host kft-sshjump-*\n  ProxyJump root@{ip0}:22\n"),
+                format!("Host kft-sshjump-*\n  ProxyJump root@jump:22\n\nHost jump\n  HostName {ip0}\n"),
             )
             .unwrap();
             let yaml = std::fs::read_to_string(d.join("cluster.yaml")).unwrap();

@@ -240,7 +240,7 @@ fn apply_ssh_config(
             // The jump host's own block (an alias with its user, port and key).
             let own = config.lookup(&[host.as_str()]).unwrap_or_default();
             cluster.spec.ssh.bastion = Some(types::Bastion {
-                host,
+                host: own.host_name.unwrap_or(host),
                 port: port.or(own.port).unwrap_or(22),
                 user: user.or(own.user),
                 key_file: own.identity_file,

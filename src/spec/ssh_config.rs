@@ -15,6 +15,9 @@ pub struct HostSettings {
     pub identity_file: Option<String>,
     /// `ProxyJump` as written (`[user@]host[:port]`, or a comma-separated chain).
     pub proxy_jump: Option<String>,
+    /// `HostName` (used for the jump host, whose name in `ProxyJump` is often an alias;
+    /// the nodes are reached at their inventory address).
+    pub host_name: Option<String>,
 }
 
 /// One `Host` block.
@@ -119,6 +122,7 @@ impl SshClientConfig {
                         s.identity_file = Some(v.clone())
                     }
                     "proxyjump" if s.proxy_jump.is_none() => s.proxy_jump = Some(v.clone()),
+                    "hostname" if s.host_name.is_none() => s.host_name = Some(v.clone()),
                     _ => {}
                 }
             }
