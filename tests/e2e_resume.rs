@@ -234,7 +234,7 @@ spec:
                 "ls -d /etc/kubernetes /var/lib/etcd /var/lib/kubelet /etc/cni/net.d /etc/kubeforge /var/lib/kubeforge 2>/dev/null; \
                  systemctl is-active kubelet haproxy keepalived kubeforge-etcd-snapshot.timer 2>/dev/null | grep -x active; \
                  iptables-save | grep -c -e KUBE -e kubeforge | grep -vx 0; \
-                 /usr/local/bin/crictl --runtime-endpoint unix:///run/containerd/containerd.sock ps -q 2>/dev/null; true",
+                 ctr -n k8s.io task ls -q; true",
             ]);
             (
                 o.status.success(),

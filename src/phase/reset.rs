@@ -18,13 +18,18 @@ pub struct ResetHosts;
 /// What a Kubernetes node is reset with. kubeadm is given a kubeconfig that does not
 /// exist, so that it does not read its configuration from the cluster: every host is
 /// reset at once, etcd loses its quorum on the way, and a request to the API server
-/// then waits forever (seen: kubeadm reset hung on the last control plane). The volumes
-/// kubelet mounted for Pods are unmounted before /var/lib/kubelet is deleted.
+/// then waits forever (seen: kubeadm reset hung on the last control plane). kubeadm
+/// removes containers with crictl, which a node may not have: the containers of
+/// kubelet's namespace (`k8s.io`) are removed with containerd's own `ctr` (other
+/// namespaces untouched) and containerd restarted so that its CRI forgets them. The
+/// volumes kubelet mounted for Pods are unmounted before /var/lib/kubelet is deleted.
 pub fn node_command() -> String {
     format!(
         "for u in $(systemctl list-units --all --plain --no-legend 'kubeforge-*' 2>/dev/null | awk '{{print $1}}'); do systemctl disable --now \"$u\" >/dev/null 2>&1; done; \
 if [ -x {BIN_DIR}/kubeadm ]; then timeout 180 {BIN_DIR}/kubeadm reset -f --kubeconfig /var/lib/kubeforge/no-cluster.conf --skip-phases=update-cluster-status,remove-etcd-member --cri-socket /run/containerd/containerd.sock; fi; \
 systemctl disable --now kubelet >/dev/null 2>&1; \
+if command -v ctr >/dev/null; then for t in $(ctr -n k8s.io task ls -q); do ctr -n k8s.io task rm -f \"$t\" >/dev/null 2>&1; done; \
+for c in $(ctr -n k8s.io container ls -q); do ctr -n k8s.io container rm \"$c\" >/dev/null 2>&1; done; systemctl restart containerd; fi; \
 for m in $(awk '$2 ~ \"^/var/lib/kubelet\" {{print $2}}' /proc/mounts | sort -r); do umount -l \"$m\"; done; \
 rm -rf /etc/kubernetes /var/lib/etcd /var/lib/kubelet /etc/cni/net.d /var/lib/cni /root/.kube; \
 ip link delete kubeforge.vxlan 2>/dev/null; ip link delete cni0 2>/dev/null; \
