@@ -15,7 +15,7 @@ use crate::state::{LockGuard, StateDocument, StateError, StateHandle, StateStore
 use crate::transport::{MemoryHostKeyStore, ProgressMode, SshAuth, SshConfig, SshPool};
 use std::future::Future;
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -323,13 +323,6 @@ fn command_line() -> String {
 /// Names of the secrets kept in the state's `extra` map.
 pub const SSH_KEY: &str = "ssh-private-key";
 
-fn expand_home(p: &str) -> PathBuf {
-    match (p.strip_prefix("~/"), std::env::var_os("HOME")) {
-        (Some(rest), Some(home)) => Path::new(&home).join(rest),
-        _ => PathBuf::from(p),
-    }
-}
-
 /// Open the cluster's state store.
 pub fn open_store(c: &LoadedCluster) -> Result<StateStore, Error> {
     Ok(StateStore::open(
@@ -387,13 +380,7 @@ async fn ensure_secrets(c: &LoadedCluster, state: &StateHandle) -> Result<(), Er
 pub fn ssh_auth(c: &LoadedCluster, doc: &StateDocument) -> Result<SshAuth, Error> {
     let ssh = &c.cluster.spec.ssh;
     if let Some(f) = &ssh.key_file {
-        let path = expand_home(f);
-        let path = if path.is_relative() {
-            c.base_dir.join(path)
-        } else {
-            path
-        };
-        return Ok(SshAuth::key_file(&path)?);
+        return Ok(SshAuth::key_file(c.path(f))?);
     }
     if ssh.agent {
         return Ok(SshAuth::Agent);
@@ -426,7 +413,7 @@ pub fn ssh_config(c: &LoadedCluster, auth: SshAuth, accept: &[String]) -> Result
     }
     if let Some(b) = &ssh.bastion {
         let bauth = match &b.key_file {
-            Some(f) => Some(SshAuth::key_file(expand_home(f))?),
+            Some(f) => Some(SshAuth::key_file(crate::spec::expand_home(f))?),
             None => None,
         };
         cfg.bastion = Some(crate::transport::BastionConfig {
@@ -441,12 +428,7 @@ pub fn ssh_config(c: &LoadedCluster, auth: SshAuth, accept: &[String]) -> Result
     for h in &c.topology.hosts {
         let key = match &h.ssh_key_file {
             Some(f) => {
-                let path = expand_home(&f.to_string_lossy());
-                let path = if path.is_relative() {
-                    c.base_dir.join(path)
-                } else {
-                    path
-                };
+                let path = c.path(&f.to_string_lossy());
                 Some(SshAuth::key_file(&path).map_err(|e| {
                     Error::Usage(format!(
                         "host `{}`: SSH key {}: {e}",

@@ -44,6 +44,22 @@ impl LoadedCluster {
     }
 }
 
+/// `~/` at the start of a path is the home directory.
+pub fn expand_home(p: &str) -> PathBuf {
+    match (p.strip_prefix("~/"), std::env::var_os("HOME")) {
+        (Some(rest), Some(home)) => Path::new(&home).join(rest),
+        _ => PathBuf::from(p),
+    }
+}
+
+impl LoadedCluster {
+    /// A path the cluster file names: `~/` is the home directory, a relative path is
+    /// relative to the cluster file's directory.
+    pub fn path(&self, p: &str) -> PathBuf {
+        self.base_dir.join(expand_home(p))
+    }
+}
+
 /// Read, decode and validate a cluster file (and its inventory).
 pub fn load_file(path: &Path) -> Result<LoadedCluster, SpecErrors> {
     let text = decode::read_input(path, "cluster file")?;
@@ -170,10 +186,7 @@ fn apply_ssh_config(
     errors: &mut Vec<SpecError>,
 ) {
     let field = "spec.ssh.configFile";
-    let path = match (file.strip_prefix("~/"), std::env::var_os("HOME")) {
-        (Some(rest), Some(home)) => Path::new(&home).join(rest),
-        _ => base_dir.join(file),
-    };
+    let path = base_dir.join(expand_home(file));
     let config = match ssh_config::SshClientConfig::load(&path) {
         Ok(c) => c,
         Err(e) => {
