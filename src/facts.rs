@@ -37,6 +37,9 @@ pub struct HostFacts {
     /// The image tag of the kube-apiserver static pod (`v1.20.2`; `+` is `_` in tags).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub apiserver_tag: Option<String>,
+    /// The pod /24 its built-in pod network configuration holds (kept for its life).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod_cidr: Option<String>,
     /// kubeforge's detached commands still running here (`kubeforge-kubeadm-join`):
     /// an earlier run lost its connection or was killed while they ran.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -80,6 +83,76 @@ pub struct ClusterFacts {
     pub nodes: Option<Vec<kube::NodeInfo>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub etcd: Option<EtcdFacts>,
+    /// Machines the state records that the cluster file no longer lists: they leave
+    /// the cluster (`remove-nodes`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub leaving: Vec<Leaving>,
+}
+
+/// A machine that leaves the cluster: recorded in the state, no longer in the cluster
+/// file (a pool's count lowered, a host dropped from the inventory).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Leaving {
+    pub name: String,
+    /// The address kubeforge connected to.
+    pub address: String,
+    /// Every address recorded for it (connect, internal, public).
+    pub addresses: Vec<String>,
+    pub roles: Vec<Role>,
+    /// Whether the provider made it (it is deleted), or it is a static host (it is
+    /// reset and forgotten).
+    pub provider_id: Option<String>,
+}
+
+impl Leaving {
+    pub fn has(&self, role: Role) -> bool {
+        self.roles.contains(&role)
+    }
+    pub fn is_kubernetes_node(&self) -> bool {
+        self.has(Role::ControlPlane) || self.has(Role::Worker)
+    }
+    pub fn roles_text(&self) -> String {
+        self.roles
+            .iter()
+            .map(Role::as_str)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+    /// Whether etcd member `m` is this machine's (by name, else by peer address).
+    pub fn owns_member(&self, m: &etcd::Member) -> bool {
+        (m.started() && m.name == self.name)
+            || m.peer_host().is_some_and(|p| self.addresses.contains(&p))
+    }
+}
+
+/// The machines of the state that the cluster file no longer lists, in the order they
+/// are removed: workers, then control planes, then load balancers (each group by name,
+/// the highest first, as a pool shrinks from its end).
+pub fn leaving(c: &LoadedCluster, doc: &crate::state::StateDocument) -> Vec<Leaving> {
+    let mut out: Vec<Leaving> = doc
+        .machines
+        .values()
+        .filter(|m| c.topology.host(&m.name).is_none())
+        .map(|m| Leaving {
+            name: m.name.clone(),
+            address: m.addresses.first().cloned().unwrap_or_default(),
+            addresses: m.addresses.clone(),
+            roles: m.roles.iter().filter_map(|r| Role::parse(r)).collect(),
+            provider_id: m.provider_id.clone(),
+        })
+        .collect();
+    let rank = |l: &Leaving| {
+        if l.has(Role::ControlPlane) {
+            1
+        } else if l.has(Role::Worker) {
+            0
+        } else {
+            2
+        }
+    };
+    out.sort_by(|a, b| rank(a).cmp(&rank(b)).then(b.name.cmp(&a.name)));
+    out
 }
 
 impl ClusterFacts {
@@ -146,6 +219,14 @@ impl ClusterFacts {
             };
             out.push(format!("host {name} ({}) {what}", h.roles_text()));
         }
+        for l in &self.leaving {
+            out.push(format!(
+                "host {} ({}) is no longer in the cluster file: `apply` removes it from the cluster ({})",
+                l.name,
+                l.roles_text(),
+                removal_summary(l)
+            ));
+        }
         for (name, f) in &self.hosts {
             if f.held_manifests {
                 out.push(format!(
@@ -195,6 +276,37 @@ impl ClusterFacts {
     }
 }
 
+impl ClusterFacts {
+    /// The pod /24s the nodes that answered hold (their CNI configuration).
+    pub fn pod_cidrs(&self) -> Vec<(String, ipnet::IpNet)> {
+        self.hosts
+            .iter()
+            .filter_map(|(n, f)| Some((n.clone(), f.pod_cidr.as_deref()?.parse().ok()?)))
+            .collect()
+    }
+}
+
+/// What removing `l` does, in a few words.
+pub fn removal_summary(l: &Leaving) -> String {
+    let mut steps = Vec::new();
+    if l.is_kubernetes_node() {
+        steps.push("drained");
+    }
+    if l.has(Role::ControlPlane) {
+        steps.push("its etcd member removed while quorum holds");
+    }
+    steps.push("reset");
+    if l.is_kubernetes_node() {
+        steps.push("its Node deleted");
+    }
+    steps.push(if l.provider_id.is_some() {
+        "the machine deleted"
+    } else {
+        "forgotten in the state (the host itself stays)"
+    });
+    steps.join(", ")
+}
+
 /// The node that holds the init configuration: from the facts when there are any
 /// ([`ClusterFacts::init_node`]), else the first control-plane node of the inventory.
 pub fn init_node<'a>(
@@ -219,11 +331,13 @@ test -f {init} && echo init=yes; test -f {kc} && echo kubelet_conf=yes; \
 test -f {m}/etcd.yaml && test -f {m}/kube-apiserver.yaml && echo cp=yes; \
 test -f {held}/etcd.yaml && test -f {held}/kube-apiserver.yaml && echo held=yes; \
 v=$(sed -n 's/^ *image: *//p' {m}/kube-apiserver.yaml {held}/kube-apiserver.yaml 2>/dev/null | head -n1) && [ -n \"$v\" ] && echo \"apiserver_image=$v\"; \
+v=$(sed -n 's/.*\"subnet\": *\"\\([0-9./]*\\)\".*/\\1/p' {conflist} 2>/dev/null | head -n1) && [ -n \"$v\" ] && echo \"pod_cidr=$v\"; \
 for u in $(systemctl list-units --state=active --plain --no-legend 'kubeforge-kubeadm-*' 2>/dev/null | awk '{{print $1}}'); do echo \"busy=${{u%.service}}\"; done; true",
         init = kube::kubeadm::INIT_DONE,
         kc = kube::KUBELET_CONF,
         m = kube::MANIFESTS,
         held = kube::etcdctl::HELD_DIR,
+        conflist = crate::render::views::CONFLIST_TEMPLATE,
     )
 }
 
@@ -251,6 +365,7 @@ pub fn parse_host(out: &str) -> HostFacts {
                 f.held_manifests = true;
             }
             "busy" if is_unit_name(&v) => f.busy.push(v),
+            "pod_cidr" if v.parse::<ipnet::IpNet>().is_ok() => f.pod_cidr = Some(v),
             "apiserver_image" => {
                 f.apiserver_tag = v
                     .lines()
@@ -293,10 +408,14 @@ pub async fn gather(
     c: &LoadedCluster,
     hosts: &[&Host],
     missing: &[String],
+    leaving: Vec<Leaving>,
     secrets: &dyn Redact,
     concurrency: usize,
 ) -> ClusterFacts {
-    let mut facts = ClusterFacts::default();
+    let mut facts = ClusterFacts {
+        leaving,
+        ..Default::default()
+    };
     for m in missing {
         facts.absent.insert(m.clone(), Absence::MissingAtProvider);
     }
@@ -369,8 +488,15 @@ fn machine_gone(
     c: &LoadedCluster,
     hosts: &BTreeMap<String, HostFacts>,
     absent: &BTreeMap<String, Absence>,
+    leaving: &[Leaving],
     peer: &str,
 ) -> bool {
+    if leaving
+        .iter()
+        .any(|l| l.addresses.iter().any(|a| a == peer))
+    {
+        return false;
+    }
     let Some(h) = c
         .topology
         .hosts
@@ -408,7 +534,9 @@ async fn cluster_facts(
     facts: &mut ClusterFacts,
     secrets: &dyn Redact,
 ) {
-    let live_cps: Vec<&Host> = c
+    // The control planes of the file that run one, then those that leave the cluster
+    // (they still run theirs until they are removed).
+    let mut ask: Vec<(String, String)> = c
         .topology
         .hosts
         .iter()
@@ -419,21 +547,32 @@ async fn cluster_facts(
                 .get(&h.name)
                 .is_some_and(|f| f.control_plane_manifests)
         })
+        .map(|h| (h.name.clone(), h.address.to_string()))
         .collect();
-    for h in &live_cps {
-        let Ok(s) = pool.session(&h.address.to_string()).await else {
+    ask.extend(
+        facts
+            .leaving
+            .iter()
+            .filter(|l| l.has(Role::ControlPlane))
+            .map(|l| (l.name.clone(), l.address.clone())),
+    );
+    for (name, address) in &ask {
+        let Ok(Ok(s)) =
+            tokio::time::timeout(std::time::Duration::from_secs(15), pool.session(address)).await
+        else {
             continue;
         };
+        let name = name.as_str();
         if facts.nodes.is_none() {
-            if let Ok(n) = kube::nodes(s.as_ref(), &h.name, secrets).await {
+            if let Ok(n) = kube::nodes(s.as_ref(), name, secrets).await {
                 facts.nodes = Some(n);
             }
         }
         if facts.etcd.is_none() {
-            if let Ok(members) = etcd::members(s.as_ref(), &h.name, secrets).await {
+            if let Ok(members) = etcd::members(s.as_ref(), name, secrets).await {
                 let healthy = etcd::healthy(s.as_ref(), &members).await;
                 let stale = etcd::stale(&members, |peer| {
-                    machine_gone(c, &facts.hosts, &facts.absent, peer)
+                    machine_gone(c, &facts.hosts, &facts.absent, &facts.leaving, peer)
                 })
                 .into_iter()
                 // A member added by a join that is still running is not stale.
@@ -443,7 +582,7 @@ async fn cluster_facts(
                 .cloned()
                 .collect();
                 facts.etcd = Some(EtcdFacts {
-                    asked: h.name.clone(),
+                    asked: name.to_string(),
                     members,
                     healthy,
                     stale,
@@ -468,6 +607,16 @@ mod tests {
         assert!(f.systemd && f.kubeadm_init_done && f.kubelet_conf && f.control_plane_manifests);
         assert_eq!(f.kubelet.as_deref(), Some("v1.20.2"));
         assert!(f.busy.is_empty());
+        assert_eq!(
+            super::parse_host("pod_cidr=10.244.3.0/24\n")
+                .pod_cidr
+                .as_deref(),
+            Some("10.244.3.0/24")
+        );
+        assert_eq!(
+            super::parse_host("pod_cidr=10.244.3.0/24; x\n").pod_cidr,
+            None
+        );
         let busy = super::parse_host("busy=kubeforge-kubeadm-join\nbusy=x; rm -rf /\n");
         assert_eq!(busy.busy, vec!["kubeforge-kubeadm-join".to_string()]);
         assert_eq!(

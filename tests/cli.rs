@@ -146,18 +146,18 @@ fn plan_shows_machines_files_and_commands_by_phase() {
         "Control-plane endpoint 172.29.10.254:6443 (keepalived VIP on local-lb-1, local-lb-2)",
         "Machines (7):",
         "local-cp-1      172.29.10.10     control-plane   ensure",
-        "Phase 1/12 provision:",
-        "Phase 4/12 load-balancer:",
-        "Phase 6/12 join-control-plane: join the other control-plane nodes one at a time, health-gated [one at a time on 2 hosts]",
+        "Phase 1/13 provision:",
+        "Phase 4/13 load-balancer:",
+        "Phase 7/13 join-control-plane: join the other control-plane nodes one at a time, health-gated [one at a time on 2 hosts]",
         "    write /etc/haproxy/haproxy.cfg (0644,",
         "    write /etc/kubeforge/kubeadm-init.yaml (0600,",
         "holds secrets",
         "    run   /usr/local/bin/kubeadm init --config /etc/kubeforge/kubeadm-init.yaml --upload-certs --experimental-patches /etc/kubeforge/patches --skip-phases=preflight,addon/coredns$(ls /var/lib/kubeforge/applied/etcd-restore-* >/dev/null 2>&1 && echo ' --ignore-preflight-errors=DirAvailable--var-lib-etcd') (detached: survives a lost connection; log in /var/log/kubeforge/kubeforge-kubeadm-init.log)  (skip if kubeadm init finished here before",
         "    write /etc/systemd/system/kubeforge-podnet.service (0644,",
         "    write /usr/local/lib/kubeforge/podnet.sh (0755,",
-        "Phase 11/12 etcd-backup:",
+        "Phase 12/13 etcd-backup:",
         "    write /usr/local/lib/kubeforge/etcd-snapshot.sh (0755,",
-        "Phase 12/12 addons:",
+        "Phase 13/13 addons:",
         // A changed kubelet unit restarts a running kubelet (a fresh node's is started
         // by kubeadm).
         "systemctl enable kubelet && systemctl try-restart kubelet",
@@ -236,6 +236,7 @@ fn plan_json_has_every_phase_host_and_file() {
             "connect",
             "prepare-hosts",
             "load-balancer",
+            "remove-nodes",
             "init-control-plane",
             "join-control-plane",
             "join-workers",
@@ -262,10 +263,10 @@ fn plan_json_has_every_phase_host_and_file() {
             "/etc/keepalived/check_haproxy.sh"
         ]
     );
-    let join = &v["phases"][5];
+    let join = &v["phases"][6];
     assert_eq!(join["strategy"], "serial");
     assert_eq!(join["hosts"][0]["host"], "master-2");
-    let addons: Vec<&str> = v["phases"][11]["operator"]
+    let addons: Vec<&str> = v["phases"][12]["operator"]
         .as_array()
         .unwrap()
         .iter()
@@ -301,7 +302,7 @@ fn plan_needs_no_network() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("Phase 12/12 addons"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Phase 13/13 addons"));
 }
 
 #[test]

@@ -373,4 +373,209 @@ fn apply_bootstraps_a_three_master_cluster_behind_a_vip() {
         answered,
         "the API did not answer through the VIP with {cp1} stopped"
     );
+
+    removals(dir.path(), &cp1);
+}
+
+/// The cluster file with other pool counts.
+fn set_counts(dir: &Path, control_planes: u32, workers: u32) {
+    let path = dir.join("cluster.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut out = String::new();
+    let mut pool = "";
+    for line in text.lines() {
+        let t = line.trim_start();
+        if t.starts_with("controlPlane:") {
+            pool = "cp";
+        } else if t.starts_with("workers:") {
+            pool = "w";
+        } else if t.starts_with("loadBalancers:") {
+            pool = "lb";
+        }
+        if t.starts_with("count:") && (pool == "cp" || pool == "w") {
+            let n = if pool == "cp" {
+                control_planes
+            } else {
+                workers
+            };
+            out.push_str(&format!("{}count: {n}\n", &line[..line.len() - t.len()]));
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    std::fs::write(&path, out).unwrap();
+}
+
+fn node_names(dir: &Path) -> Vec<String> {
+    let out = kubectl(dir, &["get", "nodes", "-o", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["metadata"]["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn machine_exists(name: &str) -> bool {
+    docker(&["inspect", name]).status.success()
+}
+
+/// Nodes leave the cluster when the file no longer lists them: refused while it would
+/// cost etcd its quorum (cp-1 stopped), then a worker, then two control planes, each
+/// with the prober through the VIP.
+fn removals(dir: &Path, cp1: &str) {
+    let cp = |n: u32| format!("{NAME}-cp-{n}");
+    let worker2 = format!("{NAME}-worker-2");
+    // cp-1 is stopped (above): cp-2 and cp-3 leaving would leave {cp-1 down, cp-3} after
+    // the first removal. Refused, nothing changed.
+    set_counts(dir, 1, 2);
+    let out = kubeforge(dir)
+        .args(["apply", "-f", "cluster.yaml", "--yes"])
+        .timeout(Duration::from_secs(300))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("would leave 2 etcd members of which 1 are healthy")
+            && err.contains("nothing was changed"),
+        "{err}"
+    );
+    assert_eq!(
+        support::etcd_member_list(&cp(2))["members"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    assert!(machine_exists(&cp(3)));
+
+    // cp-1 back; wait until kubeforge sees its etcd member healthy.
+    docker(&["start", cp1]);
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        let out = kubeforge(dir)
+            .args(["plan", "-f", "cluster.yaml", "-o", "json"])
+            .timeout(Duration::from_secs(120))
+            .output()
+            .unwrap();
+        let healthy = serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .ok()
+            .and_then(|v| v["facts"]["etcd"]["healthy"].as_array().map(Vec::len));
+        if healthy == Some(3) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{cp1}'s etcd did not come back: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_secs(5));
+    }
+
+    // A worker leaves: the plan says what happens to it, the apply does it.
+    set_counts(dir, 3, 1);
+    let out = kubeforge(dir)
+        .args(["plan", "-f", "cluster.yaml"])
+        .timeout(Duration::from_secs(120))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for want in [
+        "Remove from the cluster (phase remove-nodes",
+        &format!("kubectl drain {worker2} --ignore-daemonsets"),
+        &format!("delete the Node {worker2}"),
+        &format!("delete the machine {worker2}"),
+        &format!("host {worker2} (worker) is no longer in the cluster file"),
+    ] {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
+    let leave = |what: &str| {
+        let prober = support::Prober::start(&format!("{SUBNET}.254:6443"));
+        let t0 = Instant::now();
+        let out = kubeforge(dir)
+            .args(["apply", "-f", "cluster.yaml", "--yes", "-o", "json"])
+            .timeout(Duration::from_secs(900))
+            .output()
+            .unwrap();
+        let probed = prober.finish();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let notes = report["phases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["phase"] == "remove-nodes")
+            .map(|p| p["notes"].clone())
+            .unwrap_or_default();
+        eprintln!(
+            "{what}: apply {:.0} s; prober through the VIP: {} requests, {} failed {:?}, {} not ready; notes {notes}",
+            t0.elapsed().as_secs_f64(),
+            probed.requests,
+            probed.failed.len(),
+            probed.failed,
+            probed.not_ready.len()
+        );
+        assert_eq!(
+            probed.failed.len(),
+            0,
+            "API requests through the VIP failed while {what}"
+        );
+        notes
+    };
+    let notes = leave("a worker left");
+    assert!(
+        notes.to_string().contains(&format!("drained {worker2}")),
+        "{notes}"
+    );
+    assert!(!node_names(dir).contains(&worker2));
+    assert!(!machine_exists(&worker2), "{worker2} was deleted");
+
+    // Two control planes leave (3 -> 1), one at a time, etcd's quorum checked before each;
+    // the worker keeps its pod /24 (its pods keep their addresses and routes).
+    let pod_subnet = |m: &str| {
+        let out = docker(&[
+            "exec",
+            m,
+            "grep",
+            "subnet",
+            "/etc/kubeforge/podnet/10-kubeforge.conflist.in",
+        ]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let worker1 = format!("{NAME}-worker-1");
+    let before = pod_subnet(&worker1);
+    assert!(before.contains("10.244.3.0/24"), "{before}");
+    set_counts(dir, 1, 1);
+    let notes = leave("two control planes left");
+    assert!(notes.to_string().contains("removed etcd member"), "{notes}");
+    let nodes = node_names(dir);
+    assert_eq!(nodes.len(), 2, "{nodes:?}");
+    assert!(!machine_exists(&cp(2)) && !machine_exists(&cp(3)));
+    assert_eq!(pod_subnet(&worker1), before);
+    let members = support::etcd_member_list(cp1);
+    assert_eq!(members["members"].as_array().unwrap().len(), 1, "{members}");
+    // The cluster file and the cluster agree again.
+    let out = kubeforge(dir)
+        .args(["plan", "-f", "cluster.yaml", "--detailed-exitcode"])
+        .timeout(Duration::from_secs(120))
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }

@@ -350,6 +350,10 @@ pub struct ApplyArgs {
     /// repeated; `machines` is the provision phase).
     #[arg(long, value_delimiter = ',', value_name = "PHASE")]
     pub phases: Vec<String>,
+    /// How long draining a node that leaves the cluster (no longer in the cluster file)
+    /// may wait for its pods to be evicted (PodDisruptionBudgets are respected), e.g. 5m.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub drain_timeout: std::time::Duration,
 }
 
 /// How addons are applied (the `addons` phase and `kubeforge addons apply`).

@@ -307,9 +307,68 @@ pub fn quorum_holds(total: usize, healthy: usize) -> bool {
     healthy > total / 2
 }
 
+/// Whether removing `removing` (member ids, in this order) one at a time keeps etcd
+/// available: after each removal a majority of the members left must be healthy, and
+/// at least one member must be left. The refusal says which removal breaks it.
+pub fn removals_keep_quorum(
+    members: &[Member],
+    healthy: &[u64],
+    removing: &[(u64, String)],
+) -> Result<(), String> {
+    let mut left: Vec<&Member> = members.iter().collect();
+    for (id, name) in removing {
+        if !left.iter().any(|m| m.id == *id) {
+            continue;
+        }
+        left.retain(|m| m.id != *id);
+        let up = left.iter().filter(|m| healthy.contains(&m.id)).count();
+        if left.is_empty() {
+            return Err(format!(
+                "removing {name} would leave etcd without members (the cluster's data would be gone)"
+            ));
+        }
+        if !quorum_holds(left.len(), up) {
+            return Err(format!(
+                "removing {name} would leave {} etcd members of which {up} are healthy: that is no quorum and the API would stop. Bring the unhealthy members back (or remove them first) and try again",
+                left.len()
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn removals_are_checked_one_at_a_time_against_the_members_left() {
+        let m = |id: u64, name: &str| Member {
+            id,
+            name: name.into(),
+            peer_urls: vec![format!("https://10.0.0.{id}:2380")],
+            client_urls: vec![],
+        };
+        let members = [m(1, "cp-1"), m(2, "cp-2"), m(3, "cp-3")];
+        let r = |ids: &[u64]| -> Vec<(u64, String)> {
+            ids.iter().map(|i| (*i, format!("cp-{i}"))).collect()
+        };
+        // All healthy: 3 -> 2 -> 1 keeps a quorum at each step.
+        assert!(removals_keep_quorum(&members, &[1, 2, 3], &r(&[3, 2])).is_ok());
+        // cp-1 down: removing cp-2 leaves {cp-1 down, cp-3}: 1 of 2 is no quorum.
+        let e = removals_keep_quorum(&members, &[2, 3], &r(&[2])).unwrap_err();
+        assert!(
+            e.contains("removing cp-2 would leave 2 etcd members of which 1 are healthy"),
+            "{e}"
+        );
+        // Removing the unhealthy member itself is fine.
+        assert!(removals_keep_quorum(&members, &[2, 3], &r(&[1])).is_ok());
+        // The last member never goes; members already gone are skipped.
+        assert!(removals_keep_quorum(&members[..1], &[1], &r(&[1]))
+            .unwrap_err()
+            .contains("without members"));
+        assert!(removals_keep_quorum(&members, &[1, 2, 3], &r(&[9])).is_ok());
+    }
 
     const LIST: &str = r#"{"header":{"cluster_id":"1","member_id":"2","raft_term":"3"},
       "members":[

@@ -26,7 +26,7 @@ pub fn kubectl() -> String {
 }
 
 /// A Node as kubeforge reads it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct NodeInfo {
     pub name: String,
     pub ready: bool,
@@ -83,7 +83,8 @@ pub async fn nodes(
     let out = remote::run(
         t,
         host,
-        &format!("{} get nodes -o json", kubectl()),
+        // Bounded: facts must not wait on an API server that does not answer.
+        &format!("{} get nodes -o json --request-timeout=10s", kubectl()),
         secrets,
         false,
     )

@@ -47,6 +47,52 @@ or, to start over with a new empty cluster, `kubeforge destroy -f {}` and apply 
     })))
 }
 
+/// Machines that leave the cluster (in the state, no longer in the cluster file) are
+/// taken out by `remove-nodes`; refused before anything changes when that cannot be
+/// done safely: a control plane leaves while no etcd member answers (the quorum cannot
+/// be checked), the removals would leave etcd without a healthy majority, or a leaving
+/// machine's address now belongs to a host of the file (a rename: its reset would hit
+/// the new host).
+pub(crate) async fn removal_guard(s: &crate::ops::session::Session) -> Result<(), Error> {
+    let Some(facts) = s.rt().ok().and_then(|rt| rt.facts()) else {
+        return Ok(());
+    };
+    if facts.leaving.is_empty() {
+        return Ok(());
+    }
+    let refuse = |message: String| {
+        Error::Phase(Box::new(crate::phase::PhaseError::Gate {
+            phase: crate::phase::remove::NAME.into(),
+            message: format!("{message}; nothing was changed"),
+        }))
+    };
+    for l in &facts.leaving {
+        if let Some(h) = s
+            .cluster
+            .topology
+            .hosts
+            .iter()
+            .find(|h| l.addresses.iter().any(|a| *a == h.address.to_string()))
+        {
+            return Err(refuse(format!(
+                "{} ({}) left the cluster file, but {} has its address now: renaming a host is not supported (its removal would reset {}). Remove {} first (apply without {}), then add {}",
+                l.name, l.address, h.name, h.name, l.name, h.name, h.name
+            )));
+        }
+    }
+    let cp_leaves = facts
+        .leaving
+        .iter()
+        .any(|l| l.has(crate::spec::Role::ControlPlane));
+    let initialized = s.state.get().await.secrets.pki.contains_key("ca.crt");
+    if cp_leaves && facts.etcd.is_none() && initialized {
+        return Err(refuse(
+            "a control plane leaves the cluster, but no etcd member answers to check that its removal keeps a quorum".into(),
+        ));
+    }
+    crate::phase::remove::check_quorum(&facts).map_err(refuse)
+}
+
 fn version_refusal(message: String) -> Error {
     Error::Phase(Box::new(crate::phase::PhaseError::Gate {
         phase: "apply".into(),
@@ -98,13 +144,17 @@ pub async fn run(args: ApplyArgs, output: OutputFormat, verbose: bool) -> Result
         yes: args.yes,
         question: "Apply this plan?".into(),
         addons: args.addons.options(),
-        upgrade: Default::default(),
+        upgrade: crate::phase::upgrade::UpgradeOptions {
+            drain_timeout: args.drain_timeout,
+            ..Default::default()
+        },
         restore: Default::default(),
     };
     let whole = args.phases.is_empty() && args.playbook.is_none();
     let report = with_session(&args.spec.file, opts, |s| {
         Box::pin(async move {
             control_plane_lost_guard(s).await?;
+            removal_guard(s).await?;
             if let Some(from) = version_change(s).await? {
                 if !whole {
                     return Err(version_refusal(format!(

@@ -173,6 +173,7 @@ pub async fn gather_facts(s: &Session) -> Result<std::sync::Arc<ClusterFacts>, E
         &s.cluster,
         &hosts,
         &missing,
+        crate::facts::leaving(&s.cluster, &s.state.get().await),
         &secrets,
         rt.concurrency,
     )
@@ -182,6 +183,7 @@ pub async fn gather_facts(s: &Session) -> Result<std::sync::Arc<ClusterFacts>, E
             .absent
             .insert(name, crate::facts::Absence::Unreachable(why));
     }
+    s.cluster.topology.pod_cidr_pins.pin(facts.pod_cidrs());
     rt.set_facts(facts);
     rt.facts()
         .ok_or_else(|| Error::Internal("facts were not recorded".into()))
@@ -223,11 +225,15 @@ pub async fn against_hosts(
             crate::facts::Absence::MissingAtProvider => None,
         })
         .collect();
+    let mut removals = Vec::new();
     for r in &pb.phases {
         let Some(ph) = registry.iter().find(|p| p.name() == r.name) else {
             continue;
         };
         let plan = phase::plan_phase(ph.as_ref(), r, c, &files, &secrets, Some(&facts));
+        if plan.name == phase::remove::NAME {
+            removals.extend(plan.operator.iter().map(|s| s.action.clone()));
+        }
         let mut hosts = Vec::new();
         for hp in &plan.hosts {
             // A host without facts (gone, not answering) is reported once, as a finding.
@@ -261,6 +267,7 @@ pub async fn against_hosts(
             state_generation: doc.generation,
             findings: facts.findings(c),
             facts: (*facts).clone(),
+            removals,
             phases,
             addons,
             addons_error,
@@ -280,6 +287,10 @@ pub struct OnlinePlan {
     pub findings: Vec<String>,
     /// The facts the plan was made from.
     pub facts: crate::facts::ClusterFacts,
+    /// What taking the machines no longer in the cluster file out of the cluster does,
+    /// step by step (`remove-nodes`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub removals: Vec<String>,
     /// Phases that would change something, with what.
     pub phases: Vec<OnlinePhase>,
     /// Addon objects to create, update (with diffs) or delete (server-side dry run).
@@ -297,6 +308,7 @@ impl OnlinePlan {
     pub fn has_changes(&self) -> bool {
         !(self.phases.is_empty()
             && self.findings.is_empty()
+            && self.removals.is_empty()
             && self.addons_error.is_none()
             && self.addons.iter().all(|a| a.action == "unchanged"))
     }
@@ -371,6 +383,16 @@ pub fn online_text(p: &OnlinePlan) -> String {
         o.push_str("No changes: the hosts and addons match the cluster file.\n");
         return o;
     }
+    if !p.removals.is_empty() {
+        let _ = writeln!(
+            o,
+            "\nRemove from the cluster (phase {}, one machine at a time):",
+            phase::remove::NAME
+        );
+        for r in &p.removals {
+            let _ = writeln!(o, "  - {r}");
+        }
+    }
     if addons_change {
         let _ = writeln!(o, "\nAddons:");
         o.push_str(&crate::ops::addons::plan_text(&p.addons));
@@ -424,6 +446,7 @@ mod detailed_exitcode_tests {
             state_generation: 3,
             findings: Vec::new(),
             facts: Default::default(),
+            removals: Vec::new(),
             phases: Vec::new(),
             addons: vec![crate::addons::engine::ObjectChange {
                 addon: "metallb".into(),

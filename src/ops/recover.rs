@@ -90,6 +90,7 @@ pub async fn run(args: RecoverArgs, output: OutputFormat, verbose: bool) -> Resu
     let report = with_session(&args.spec.file, opts, |s| {
         Box::pin(async move {
             let findings = preflight(s).await?;
+            crate::ops::apply::removal_guard(s).await?;
             if findings.is_empty() {
                 return Ok(RecoverReport {
                     cluster: s.cluster.name().to_string(),

@@ -163,6 +163,11 @@ impl Session {
             ensure_secrets(cluster, &state).await?;
         }
         let doc = state.get().await;
+        cluster.topology.pod_cidr_pins.pin(
+            doc.pod_cidrs
+                .iter()
+                .filter_map(|(n, c)| Some((n.clone(), c.parse().ok()?))),
+        );
         let auth = ssh_auth(cluster, &doc);
         let ssh = match &auth {
             Ok(auth) => {

@@ -67,7 +67,20 @@ impl Phase for Cni {
     /// applies it again, unchanged, with the other addons).
     async fn apply(&self, ctx: &ApplyContext<'_>, plan: &PhasePlan) -> Result<(), PhaseError> {
         let Some(id) = upstream_cni(ctx.cluster) else {
-            return ctx.hosts(plan, &exec::NoSpecial).await.map(|_| ());
+            ctx.hosts(plan, &exec::NoSpecial).await?;
+            // Each node keeps the /24 it was given now, whatever joins or leaves later.
+            let given: Vec<(String, String)> = crate::render::views::pod_cidrs(ctx.cluster)
+                .into_iter()
+                .map(|(h, c)| (h.name.clone(), c.to_string()))
+                .collect();
+            return ctx
+                .state
+                .update(|doc| doc.pod_cidrs.extend(given))
+                .await
+                .map_err(|source| PhaseError::State {
+                    phase: self.name().into(),
+                    source,
+                });
         };
         let phase = self.name();
         let err = |source| PhaseError::Addons {

@@ -94,7 +94,10 @@ impl Phase for Connect {
                 phase: self.name().into(),
                 source,
             })?;
-        let mut facts = crate::facts::ClusterFacts::default();
+        let mut facts = crate::facts::ClusterFacts {
+            leaving: crate::facts::leaving(ctx.cluster, &ctx.state.get().await),
+            ..Default::default()
+        };
         let mut errors: Vec<HostError> = Vec::new();
         for r in results {
             match r.result {
@@ -110,6 +113,20 @@ impl Phase for Connect {
                 }
             }
         }
+        // A node keeps the pod /24 it has: pinned for this run's rendering and recorded.
+        let pods = facts.pod_cidrs();
+        ctx.cluster.topology.pod_cidr_pins.pin(pods.clone());
+        ctx.state
+            .update(|doc| {
+                for (n, c) in &pods {
+                    doc.pod_cidrs.insert(n.clone(), c.to_string());
+                }
+            })
+            .await
+            .map_err(|source| PhaseError::State {
+                phase: self.name().into(),
+                source,
+            })?;
         // Nodes and etcd as the cluster sees them, for the phases' plans.
         let facts = crate::facts::complete(&ctx.rt.pool, ctx.cluster, facts, ctx.secrets).await;
         ctx.rt.set_facts(facts);

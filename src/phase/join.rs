@@ -175,7 +175,7 @@ async fn repair_before_joins(
                     .map_err(|e| PhaseError::host(phase, e))?;
                 ctx.note(format!("deleted the Node {name} of the previous machine"));
             }
-            Special::InstallArtifacts => {}
+            _ => {}
         }
     }
     // kubeadm before 1.22 lists every control plane it joined in ClusterStatus and

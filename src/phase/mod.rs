@@ -17,6 +17,7 @@ mod kubeconfig;
 mod load_balancer;
 mod prepare;
 pub mod provision;
+pub mod remove;
 pub mod reset;
 pub mod restore;
 pub mod upgrade;
@@ -291,8 +292,18 @@ pub enum Special {
     /// Remove an etcd member that blocks joins (never started, or its machine is gone),
     /// asked of a healthy member, only while a quorum of healthy members holds.
     RemoveEtcdMember { id: u64, name: String },
-    /// Delete the Node object of a host that is joined again.
+    /// Delete the Node object of a host that is joined again, or that leaves.
     DeleteNode { name: String },
+    /// Drain a node that leaves the cluster.
+    Drain { name: String },
+    /// Remove the etcd member of a control plane that leaves (quorum checked first).
+    LeaveEtcd { name: String },
+    /// Reset a host that leaves, over SSH.
+    ResetHost { name: String },
+    /// Delete the machine of a host that leaves at the provider.
+    DeleteMachine { name: String },
+    /// Forget a host that left in the state.
+    ForgetMachine { name: String },
 }
 
 impl Step {
@@ -401,6 +412,7 @@ pub fn registry() -> Vec<Box<dyn Phase>> {
         Box::new(connect::Connect),
         Box::new(prepare::PrepareHosts),
         Box::new(load_balancer::LoadBalancer),
+        Box::new(remove::RemoveNodes),
         Box::new(init::InitControlPlane),
         Box::new(join::JoinControlPlane),
         Box::new(join::JoinWorkers),

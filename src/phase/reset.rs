@@ -106,6 +106,7 @@ impl Phase for ResetHosts {
                 doc.secrets.admin_kubeconfig = None;
                 doc.secrets.extra.remove(super::init::CA_HASH_KEY);
                 doc.addons.clear();
+                doc.pod_cidrs.clear();
             })
             .await
             .map_err(|source| PhaseError::State {

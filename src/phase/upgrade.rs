@@ -770,7 +770,11 @@ async fn back_in_service(
 
 /// `kubectl drain`, bounded; a PodDisruptionBudget that blocks it is named, and the node
 /// is left cordoned for the caller to report.
-async fn drain(ctx: &ApplyContext<'_>, api: &dyn Transport, node: &str) -> Result<(), String> {
+pub(crate) async fn drain(
+    ctx: &ApplyContext<'_>,
+    api: &dyn Transport,
+    node: &str,
+) -> Result<(), String> {
     let secs = ctx.upgrade.drain_timeout.as_secs().max(1);
     let cmd = format!(
         "{} drain {} --ignore-daemonsets --delete-emptydir-data --force --timeout={secs}s 2>&1",

@@ -329,33 +329,51 @@ pub const CONFLIST_PATH: &str = "/etc/cni/net.d/10-kubeforge.conflist";
 /// The CNI config as rendered, with `@MTU@` for the script to fill in.
 pub const CONFLIST_TEMPLATE: &str = "/etc/kubeforge/podnet/10-kubeforge.conflist.in";
 
-/// The /24 of pod addresses of the n-th Kubernetes node, in host order (control-plane
-/// nodes, then workers, as the topology lists them). Known at plan time, so every node's
-/// routes can be written before any node exists; kube-controller-manager does not
-/// allocate node CIDRs with this network (`allocate-node-cidrs: false`).
+/// The /24 of pod addresses of a Kubernetes node ([`pod_cidrs`]). Known at plan time,
+/// so every node's routes can be written before any node exists; kube-controller-manager
+/// does not allocate node CIDRs with this network (`allocate-node-cidrs: false`).
 pub fn pod_cidr(c: &LoadedCluster, h: &Host) -> Option<IpNet> {
-    let net: IpNet = c.cluster.spec.networking.pod_subnet.parse().ok()?;
-    let idx = c
-        .topology
-        .kubernetes_nodes()
-        .iter()
-        .position(|n| n.name == h.name)?;
-    net.subnets(24).ok()?.nth(idx)
+    pod_cidrs(c)
+        .into_iter()
+        .find(|(n, _)| n.name == h.name)
+        .map(|(_, cidr)| cidr)
 }
 
-/// Every Kubernetes node with its pod /24, in host order, in one pass over the nodes.
-fn pod_cidrs(c: &LoadedCluster) -> Vec<(&Host, IpNet)> {
+/// Every Kubernetes node with its pod /24, in host order: a node keeps the /24 it was
+/// given (the topology's pins: the state's record and the node's own CNI configuration),
+/// and nodes without one get the lowest /24 nobody holds, in host order (control-plane
+/// nodes, then workers). A fresh cluster thus numbers its nodes in order, and nodes
+/// that leave or join never move another node's pods.
+pub fn pod_cidrs(c: &LoadedCluster) -> Vec<(&Host, IpNet)> {
     let Ok(net) = c.cluster.spec.networking.pod_subnet.parse::<IpNet>() else {
         return Vec::new();
     };
     let Ok(subnets) = net.subnets(24) else {
         return Vec::new();
     };
-    c.topology
-        .kubernetes_nodes()
+    let pins: std::collections::BTreeMap<String, IpNet> = c
+        .topology
+        .pod_cidr_pins
+        .get()
         .into_iter()
-        .zip(subnets)
-        .collect()
+        .filter(|(_, p)| p.prefix_len() == 24 && net.contains(p))
+        .collect();
+    let held: std::collections::BTreeSet<IpNet> = pins.values().copied().collect();
+    let mut free = subnets.filter(|s| !held.contains(s));
+    let mut taken = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    for h in c.topology.kubernetes_nodes() {
+        let cidr = match pins.get(&h.name) {
+            // Two nodes never share one (a pin copied by hand): the second gets a free one.
+            Some(p) if taken.insert(*p) => *p,
+            _ => match free.next() {
+                Some(s) => s,
+                None => break,
+            },
+        };
+        out.push((h, cidr));
+    }
+    out
 }
 
 /// A node's VXLAN endpoint: VTEP address = its /24's network address; MAC = 0e:6b (a
@@ -403,3 +421,61 @@ pub fn cni(c: &LoadedCluster, h: &Host) -> Option<CniView> {
 pub const SNAPSHOT_UNIT: &str = "kubeforge-etcd-snapshot";
 pub const SNAPSHOT_SCRIPT: &str = "/usr/local/lib/kubeforge/etcd-snapshot.sh";
 pub const SNAPSHOT_TIMER_DIR: &str = "/var/lib/kubeforge/snapshots";
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    fn cluster(cps: u32, workers: u32) -> crate::spec::LoadedCluster {
+        let text = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/local.yaml"),
+        )
+        .unwrap()
+        .replace("count: 3", &format!("count: {cps}"))
+        .replace(
+            "count: 2\n      # Set",
+            &format!("count: {workers}\n      # Set"),
+        );
+        crate::spec::load_str(&text, Path::new("local.yaml"), Path::new(".")).unwrap()
+    }
+
+    fn cidrs(c: &crate::spec::LoadedCluster) -> Vec<(String, String)> {
+        super::pod_cidrs(c)
+            .into_iter()
+            .map(|(h, n)| (h.name.clone(), n.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn nodes_keep_their_pod_subnet_when_others_leave_or_join() {
+        // Fresh: in host order.
+        let c = cluster(3, 2);
+        let before = cidrs(&c);
+        assert_eq!(before[0], ("local-cp-1".into(), "10.244.0.0/24".into()));
+        assert_eq!(before[4], ("local-worker-2".into(), "10.244.4.0/24".into()));
+        // Two control planes leave: the workers keep theirs (pinned by the state).
+        let fewer = cluster(1, 2);
+        fewer
+            .topology
+            .pod_cidr_pins
+            .pin(before.iter().map(|(n, s)| (n.clone(), s.parse().unwrap())));
+        let after = cidrs(&fewer);
+        assert_eq!(
+            after,
+            vec![
+                ("local-cp-1".into(), "10.244.0.0/24".into()),
+                ("local-worker-1".into(), "10.244.3.0/24".into()),
+                ("local-worker-2".into(), "10.244.4.0/24".into()),
+            ]
+        );
+        // A new worker gets the lowest /24 nobody holds (cp-2 and cp-3 were forgotten).
+        let more = cluster(1, 3);
+        more.topology
+            .pod_cidr_pins
+            .pin(after.iter().map(|(n, s)| (n.clone(), s.parse().unwrap())));
+        assert_eq!(
+            cidrs(&more)[3],
+            ("local-worker-3".into(), "10.244.1.0/24".into())
+        );
+    }
+}

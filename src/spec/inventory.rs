@@ -30,6 +30,13 @@ impl Role {
             Role::LoadBalancer => "load-balancer",
         }
     }
+
+    /// The role `as_str` names.
+    pub fn parse(s: &str) -> Option<Role> {
+        [Role::ControlPlane, Role::Worker, Role::LoadBalancer]
+            .into_iter()
+            .find(|r| r.as_str() == s)
+    }
 }
 
 /// Where a host was defined, for error messages.

@@ -100,6 +100,32 @@ pub struct Topology {
     pub hosts: Vec<Host>,
     pub node_subnet: Option<IpNet>,
     pub endpoint: Endpoint,
+    /// The pod /24 each node has (built-in pod network): what the state recorded and
+    /// what the nodes' own CNI configuration says, learned in a session. A node keeps
+    /// its /24 for its life; new nodes get free ones (`render::views::pod_cidrs`).
+    #[serde(skip)]
+    pub pod_cidr_pins: PodCidrPins,
+}
+
+/// Node name -> its pod /24, shared by the clones of a cluster in a session.
+#[derive(Debug, Clone, Default)]
+pub struct PodCidrPins(std::sync::Arc<std::sync::RwLock<BTreeMap<String, IpNet>>>);
+
+impl PodCidrPins {
+    pub fn get(&self) -> BTreeMap<String, IpNet> {
+        self.0.read().map(|m| m.clone()).unwrap_or_default()
+    }
+    /// Pin these (a later pin of the same node wins: the node's own word is last).
+    pub fn pin(&self, pins: impl IntoIterator<Item = (String, IpNet)>) {
+        if let Ok(mut m) = self.0.write() {
+            m.extend(pins);
+        }
+    }
+    pub fn unpin(&self, name: &str) {
+        if let Ok(mut m) = self.0.write() {
+            m.remove(name);
+        }
+    }
 }
 
 impl Topology {

@@ -232,6 +232,7 @@ pub fn check(
         hosts,
         node_subnet,
         endpoint,
+        pod_cidr_pins: Default::default(),
     })
 }
 

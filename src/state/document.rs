@@ -239,6 +239,9 @@ pub struct StateDocument {
     pub machines: BTreeMap<String, Machine>,
     /// Pinned SSH host keys: host (name or address) -> OpenSSH public key line.
     pub host_keys: BTreeMap<String, String>,
+    /// The pod /24 of each node of the built-in pod network (kept for the node's life).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub pod_cidrs: BTreeMap<String, String>,
     pub versions: AppliedVersions,
     pub journal: Vec<JournalEntry>,
     /// Addons kubeforge applied, by name: what to prune or remove later.
@@ -270,6 +273,7 @@ impl Default for StateDocument {
             updated_by: None,
             machines: BTreeMap::new(),
             host_keys: BTreeMap::new(),
+            pod_cidrs: BTreeMap::new(),
             versions: AppliedVersions::default(),
             journal: Vec::new(),
             addons: BTreeMap::new(),
