@@ -288,3 +288,93 @@ fn the_bastion_group_of_a_kubespray_inventory_is_the_jump_host() {
         .await;
     });
 }
+
+#[test]
+fn a_proxyjump_chain_reaches_hosts_behind_two_jump_hosts() {
+    run(|| async {
+        let roles = [
+            MachineRole::Worker,
+            MachineRole::Worker,
+            MachineRole::ControlPlane,
+        ];
+        with_cluster("kft-sshchain", &roles, |c| async move {
+            let names: Vec<String> = c.machines.iter().map(|m| m.name.clone()).collect();
+            let (ip0, ip1) = (c.ip(0), c.ip(1));
+            let gateway = format!("{}.1", ip0.rsplit_once('.').unwrap().0);
+            // The second jump host is reached only from the first; the node only from
+            // the second.
+            docker_exec(
+                &names[1],
+                &format!("iptables -I INPUT -p tcp --dport 22 -s {gateway} -j DROP"),
+            );
+            for src in [gateway.as_str(), ip0.as_str()] {
+                docker_exec(
+                    &names[2],
+                    &format!("iptables -I INPUT -p tcp --dport 22 -s {src} -j DROP"),
+                );
+            }
+            let dir = tempfile::tempdir().unwrap();
+            let d = dir.path();
+            std::fs::write(
+                d.join("hosts.ini"),
+                format!("[kube_control_plane]\n{} ansible_host={}\n", names[2], c.ip(2)),
+            )
+            .unwrap();
+            cluster_file(d, "kft-sshchain", &c.key_path, &c.ip(2));
+            let yaml = std::fs::read_to_string(d.join("cluster.yaml")).unwrap();
+            std::fs::write(
+                d.join("cluster.yaml"),
+                yaml.replace(
+                    "connectTimeoutSeconds: 5}",
+                    "connectTimeoutSeconds: 5, configFile: ssh_config}",
+                ),
+            )
+            .unwrap();
+            let plan = |config: String| {
+                std::fs::write(d.join("ssh_config"), config).unwrap();
+                let out = kubeforge_in(d)
+                    .args([
+                        "apply",
+                        "-f",
+                        "cluster.yaml",
+                        "--yes",
+                        "--phases",
+                        "machines,connect",
+                    ])
+                    .timeout(std::time::Duration::from_secs(300))
+                    .output()
+                    .unwrap();
+                (
+                    out.status.success(),
+                    String::from_utf8_lossy(&out.stderr).to_string(),
+                )
+            };
+            // `ProxyJump j1,j2` with both aliases in blocks of their own.
+            let (ok, err) = plan(format!(
+                "Host kft-sshchain-*\n  ProxyJump j1,root@j2:22\n\nHost j1\n  HostName {ip0}\n  User root\n\nHost j2\n  HostName {ip1}\n"
+            ));
+            assert!(ok, "through j1 then j2: {err}");
+            // The same chain written as OpenSSH also reads it: the jump host's own
+            // ProxyJump.
+            let (ok, err) = plan(format!(
+                "Host kft-sshchain-*\n  ProxyJump j2\n\nHost j2\n  HostName {ip1}\n  User root\n  ProxyJump root@{ip0}\n"
+            ));
+            assert!(ok, "through j2's own ProxyJump: {err}");
+            // One hop is not enough: the node refuses the first jump host (a plan tries
+            // once per host).
+            std::fs::write(
+                d.join("ssh_config"),
+                format!("Host kft-sshchain-*\n  ProxyJump root@{ip0}\n"),
+            )
+            .unwrap();
+            let out = kubeforge_in(d)
+                .args(["plan", "-f", "cluster.yaml"])
+                .timeout(std::time::Duration::from_secs(300))
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "the node is not reachable from j1 alone: {err}");
+        })
+        .await;
+    });
+}

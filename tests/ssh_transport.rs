@@ -428,6 +428,7 @@ fn a_bastion_tunnels_connections_to_the_targets() {
                 port: 22,
                 user: "kubeforge".into(),
                 auth: None,
+                via: Vec::new(),
             });
             let store = Arc::new(MemoryHostKeyStore::new());
             let pool = SshPool::new(cfg, store.clone());
@@ -474,18 +475,48 @@ fn ssh_agent_authentication() {
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            let add = std::process::Command::new("ssh-add")
-                .arg(&c.key_path)
-                .env("SSH_AUTH_SOCK", &sock)
+            // A key the machine does not accept first (comment `other-key`), then its own.
+            let other = dir.path().join("other");
+            let gen = std::process::Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-C", "other-key", "-f"])
+                .arg(&other)
                 .output()
                 .unwrap();
-            assert!(add.status.success(), "{add:?}");
+            assert!(gen.status.success(), "{gen:?}");
+            for key in [other.as_path(), c.key_path.as_path()] {
+                let add = std::process::Command::new("ssh-add")
+                    .arg(key)
+                    .env("SSH_AUTH_SOCK", &sock)
+                    .output()
+                    .unwrap();
+                assert!(add.status.success(), "{add:?}");
+            }
+            let right = russh::keys::load_secret_key(&c.key_path, None)
+                .unwrap()
+                .public_key()
+                .fingerprint(russh::keys::HashAlg::Sha256)
+                .to_string();
             // The tests of this binary run one at a time: setting the variable is safe.
             std::env::set_var("SSH_AUTH_SOCK", &sock);
             let mut cfg = c.ssh_config("kubeforge");
-            cfg.auth = SshAuth::Agent;
+            cfg.auth = SshAuth::Agent(None);
             let result =
                 SshSession::connect(&c.ip(0), &cfg, Arc::new(MemoryHostKeyStore::new()), None)
+                    .await;
+            // Only the chosen key is offered: the right one works, a name the agent does
+            // not hold is refused with what it holds.
+            let mut chosen = c.ssh_config("kubeforge");
+            chosen.auth = SshAuth::Agent(Some(right.clone()));
+            let picked =
+                SshSession::connect(&c.ip(0), &chosen, Arc::new(MemoryHostKeyStore::new()), None)
+                    .await;
+            chosen.auth = SshAuth::Agent(Some("SHA256:not-held".into()));
+            let missing =
+                SshSession::connect(&c.ip(0), &chosen, Arc::new(MemoryHostKeyStore::new()), None)
+                    .await;
+            chosen.auth = SshAuth::Agent(Some("other-key".into()));
+            let wrong =
+                SshSession::connect(&c.ip(0), &chosen, Arc::new(MemoryHostKeyStore::new()), None)
                     .await;
             // An agent without the right key is rejected (not retried).
             let _ = std::process::Command::new("ssh-add")
@@ -500,6 +531,17 @@ fn ssh_agent_authentication() {
             let _ = agent.wait();
             let s = result.unwrap();
             assert_eq!(s.exec("id -un").await.unwrap().stdout.trim(), "root");
+            assert!(picked.is_ok(), "{picked:?}");
+            match missing {
+                Err(TransportError::AgentNoKey { held, .. }) => {
+                    assert!(
+                        held.contains("other-key") && held.contains(&right),
+                        "{held}"
+                    )
+                }
+                other => panic!("{other:?}"),
+            }
+            assert!(wrong.is_err(), "the other key alone is rejected");
             assert!(
                 matches!(empty, Err(TransportError::AgentEmpty)),
                 "{empty:?}"

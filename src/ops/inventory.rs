@@ -121,11 +121,18 @@ pub fn inventory(c: &LoadedCluster, machines: &BTreeMap<String, Machine>) -> Val
             vars.insert("ansible_ssh_private_key_file".into(), json!(key));
         }
         if let Some(b) = &ssh.bastion {
-            let user = b.user.as_deref().unwrap_or(&ssh.user);
-            let jump = spec::topology::host_port(&b.host, b.port);
+            let jumps: Vec<String> = b
+                .via
+                .iter()
+                .chain(std::iter::once(b))
+                .map(|h| {
+                    let user = h.user.as_deref().unwrap_or(&ssh.user);
+                    format!("{user}@{}", spec::topology::host_port(&h.host, h.port))
+                })
+                .collect();
             vars.insert(
                 "ansible_ssh_common_args".into(),
-                json!(format!("-o ProxyJump={user}@{jump}")),
+                json!(format!("-o ProxyJump={}", jumps.join(","))),
             );
         }
         vars.insert("kubeforge_roles".into(), json!(h.roles_text()));

@@ -382,13 +382,34 @@ async fn ensure_secrets(c: &LoadedCluster, state: &StateHandle) -> Result<(), Er
     Ok(())
 }
 
+/// The agent key `spec.ssh.agentKey` names, as a fingerprint or comment: a public key
+/// file (`.pub`, or a path) is read and stands for its fingerprint.
+fn agent_key(c: &LoadedCluster) -> Result<Option<String>, Error> {
+    let Some(k) = &c.cluster.spec.ssh.agent_key else {
+        return Ok(None);
+    };
+    if k.starts_with("SHA256:") || !(k.ends_with(".pub") || k.contains('/')) {
+        return Ok(Some(k.clone()));
+    }
+    let path = c.path(k);
+    let key = russh::keys::load_public_key(&path).map_err(|e| {
+        Error::Usage(format!(
+            "spec.ssh.agentKey: cannot read the public key {}: {e}",
+            path.display()
+        ))
+    })?;
+    Ok(Some(
+        key.fingerprint(russh::keys::HashAlg::Sha256).to_string(),
+    ))
+}
+
 pub fn ssh_auth(c: &LoadedCluster, doc: &StateDocument) -> Result<SshAuth, Error> {
     let ssh = &c.cluster.spec.ssh;
     if let Some(f) = &ssh.key_file {
         return Ok(SshAuth::key_file(c.path(f))?);
     }
     if ssh.agent {
-        return Ok(SshAuth::Agent);
+        return Ok(SshAuth::Agent(agent_key(c)?));
     }
     let pem =
         doc.secrets.extra.get(SSH_KEY).ok_or_else(|| {
@@ -416,17 +437,23 @@ pub fn ssh_config(c: &LoadedCluster, auth: SshAuth, accept: &[String]) -> Result
         cfg.retry.window = Duration::from_secs(300);
         cfg.retry.auth_window = Duration::from_secs(180);
     }
-    if let Some(b) = &ssh.bastion {
-        let bauth = match &b.key_file {
-            Some(f) => Some(SshAuth::key_file(crate::spec::expand_home(f))?),
+    let hop = |b: &crate::spec::Bastion| -> Result<crate::transport::BastionConfig, Error> {
+        let auth = match &b.key_file {
+            Some(f) => Some(SshAuth::key_file(c.path(f))?),
             None => None,
         };
-        cfg.bastion = Some(crate::transport::BastionConfig {
+        Ok(crate::transport::BastionConfig {
             host: b.host.clone(),
             port: b.port,
             user: b.user.clone().unwrap_or_else(|| ssh.user.clone()),
-            auth: bauth,
-        });
+            auth,
+            via: Vec::new(),
+        })
+    };
+    if let Some(b) = &ssh.bastion {
+        let mut last = hop(b)?;
+        last.via = b.via.iter().map(hop).collect::<Result<_, _>>()?;
+        cfg.bastion = Some(last);
     }
     cfg.accept_new_host_keys = accept.iter().cloned().collect();
     // Hosts with their own user, port or key (Ansible's per-host variables).

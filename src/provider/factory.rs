@@ -48,7 +48,7 @@ pub fn public_key(auth: &SshAuth, provider: &str) -> Result<String, crate::error
             .public_key()
             .to_openssh()
             .map_err(|e| crate::error::Error::Usage(format!("cannot encode the SSH public key: {e}"))),
-        SshAuth::Agent => Err(crate::error::Error::Usage(format!(
+        SshAuth::Agent(_) => Err(crate::error::Error::Usage(format!(
             "the {provider} provider installs the login key into its machines: set spec.ssh.keyFile, \
 or leave both keyFile and agent unset for a cluster key kept in the state"
         ))),
@@ -132,7 +132,7 @@ pub async fn docker_provider(
         SshAuth::Key(key) => key.public_key().to_openssh().map_err(|e| {
             crate::error::Error::Usage(format!("cannot encode the SSH public key: {e}"))
         })?,
-        SshAuth::Agent => return Err(crate::error::Error::Usage(
+        SshAuth::Agent(_) => return Err(crate::error::Error::Usage(
             "the docker provider installs the login key into its machines: set spec.ssh.keyFile, \
 or leave both keyFile and agent unset for a cluster key kept in the state"
                 .into(),

@@ -142,6 +142,7 @@ pub fn load_str(text: &str, path: &Path, base_dir: &Path) -> Result<LoadedCluste
                         port: b.ssh_port.unwrap_or(22),
                         user: b.ssh_user.clone(),
                         key_file: b.ssh_key_file.clone(),
+                        via: Vec::new(),
                     });
                 }
                 [_] => {}
@@ -248,17 +249,53 @@ fn apply_ssh_config(
     let Some(jump) = jumps.into_iter().next() else {
         return;
     };
-    match ssh_config::parse_jump(&jump) {
-        Ok((user, host, port)) => {
-            // The jump host's own block (an alias with its user, port and key).
-            let own = config.lookup(&[host.as_str()]).unwrap_or_default();
-            cluster.spec.ssh.bastion = Some(types::Bastion {
-                host: own.host_name.unwrap_or(host),
-                port: port.or(own.port).unwrap_or(22),
-                user: user.or(own.user),
-                key_file: own.identity_file,
-            });
+    match jump_chain(&config, &jump) {
+        Ok(mut hops) => {
+            let Some(mut last) = hops.pop() else {
+                return;
+            };
+            last.via = hops;
+            cluster.spec.ssh.bastion = Some(last);
         }
         Err(e) => errors.push(rep.make(field, format!("{}: {e}", path.display()))),
+    }
+}
+
+/// The jump hosts of a `ProxyJump` value, in the order they are connected to: each hop
+/// with its own block (an alias with its `HostName`, user, port and key), and before the
+/// first hop the jump hosts of *its* own `ProxyJump`, as OpenSSH does (at most 8 hops).
+fn jump_chain(
+    config: &ssh_config::SshClientConfig,
+    jump: &str,
+) -> Result<Vec<types::Bastion>, String> {
+    let mut chain: Vec<types::Bastion> = Vec::new();
+    let mut value = jump.to_string();
+    loop {
+        let mut hops = Vec::new();
+        for (user, host, port) in ssh_config::parse_jumps(&value)? {
+            let own = config.lookup(&[host.as_str()]).unwrap_or_default();
+            hops.push((
+                types::Bastion {
+                    host: own.host_name.clone().unwrap_or(host),
+                    port: port.or(own.port).unwrap_or(22),
+                    user: user.or(own.user.clone()),
+                    key_file: own.identity_file.clone(),
+                    via: Vec::new(),
+                },
+                own.proxy_jump.clone(),
+            ));
+        }
+        let before = hops.first().and_then(|(_, j)| j.clone());
+        hops.extend(chain.drain(..).map(|b| (b, None)));
+        chain = hops.into_iter().map(|(b, _)| b).collect();
+        if chain.len() > 8 {
+            return Err(format!(
+                "ProxyJump `{jump}`: more than 8 jump hosts (a loop?)"
+            ));
+        }
+        match before {
+            Some(j) if j != "none" => value = j,
+            _ => return Ok(chain),
+        }
     }
 }

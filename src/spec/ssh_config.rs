@@ -151,13 +151,16 @@ fn block_matches(patterns: &[String], name: &str) -> bool {
     hit
 }
 
-/// `[user@]host[:port]` of a single-hop ProxyJump.
-pub fn parse_jump(s: &str) -> Result<(Option<String>, String, Option<u16>), String> {
-    if s.contains(',') {
-        return Err(format!(
-            "ProxyJump `{s}` is a chain of jump hosts: kubeforge jumps through one"
-        ));
-    }
+/// One ProxyJump hop: user, host, port (as written).
+pub type Jump = (Option<String>, String, Option<u16>);
+
+/// The hops of a ProxyJump (`[user@]host[:port]`, comma-separated), in order.
+pub fn parse_jumps(s: &str) -> Result<Vec<Jump>, String> {
+    s.split(',').map(|hop| parse_jump(hop.trim())).collect()
+}
+
+/// `[user@]host[:port]` (or `ssh://[user@]host[:port]`) of one ProxyJump hop.
+pub fn parse_jump(s: &str) -> Result<Jump, String> {
     let s = s.strip_prefix("ssh://").unwrap_or(s);
     let (user, rest) = match s.rsplit_once('@') {
         Some((u, r)) => (Some(u.to_string()), r),
@@ -208,7 +211,14 @@ mod tests {
             parse_jump("ops@bastion.example:2200").unwrap(),
             (Some("ops".into()), "bastion.example".into(), Some(2200))
         );
-        assert!(parse_jump("a,b").is_err());
+        assert_eq!(
+            parse_jumps("a, ops@b:2200").unwrap(),
+            vec![
+                (None, "a".to_string(), None),
+                (Some("ops".into()), "b".into(), Some(2200))
+            ]
+        );
+        assert!(parse_jumps("a,").is_err());
         let bad = SshClientConfig::parse("Host x\n Port http\n");
         assert_eq!(bad.lookup(&["x"]).unwrap_err().line, 2);
     }

@@ -789,6 +789,10 @@ pub struct SshSpec {
     /// Authenticate with the keys of a running ssh-agent (SSH_AUTH_SOCK).
     #[serde(default)]
     pub agent: bool,
+    /// Which of the agent's keys to use (the others are never offered, so sshd's
+    /// MaxAuthTries is not spent on them): its fingerprint (`SHA256:...`, as `ssh-add -l`
+    /// prints it), its comment, or its public key file (`~/.ssh/id_prod.pub`).
+    pub agent_key: Option<String>,
     pub bastion: Option<Bastion>,
     /// An OpenSSH client configuration to read for the static provider's hosts (e.g.
     /// `~/.ssh/config`): the `User`, `Port`, `IdentityFile` and `ProxyJump` of the
@@ -839,6 +843,7 @@ impl Default for SshSpec {
             port: Self::default_port(),
             key_file: None,
             agent: false,
+            agent_key: None,
             bastion: None,
             config_file: None,
             connect_timeout_seconds: Self::default_connect_timeout(),
@@ -856,6 +861,11 @@ pub struct Bastion {
     pub port: u16,
     pub user: Option<String>,
     pub key_file: Option<String>,
+    /// Jump hosts on the way to this one, in order (OpenSSH `ProxyJump a,b`): kubeforge
+    /// connects to the first directly, to each next one through the one before, and to
+    /// this bastion through the last. Each hop has host, port, user and keyFile.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub via: Vec<Bastion>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]

@@ -1585,16 +1585,30 @@ fn check_values(c: &Cluster, rep: &mut Reporter<'_>) {
         rep.error("spec.ssh.user", e);
     }
     if let Some(b) = &s.ssh.bastion {
-        if let Err(e) = syntax::host(&b.host) {
-            rep.error("spec.ssh.bastion.host", e);
-        }
-        if let Some(u) = &b.user {
-            if let Err(e) = syntax::unix_user(u) {
-                rep.error("spec.ssh.bastion.user", e);
+        let hops = b
+            .via
+            .iter()
+            .enumerate()
+            .map(|(i, h)| (format!("spec.ssh.bastion.via[{i}]"), h))
+            .chain(std::iter::once(("spec.ssh.bastion".to_string(), b)));
+        for (field, h) in hops {
+            if let Err(e) = syntax::host(&h.host) {
+                rep.error(&format!("{field}.host"), e);
             }
-        }
-        if b.port == 0 {
-            rep.error("spec.ssh.bastion.port", "port 0 is not a valid port");
+            if let Some(u) = &h.user {
+                if let Err(e) = syntax::unix_user(u) {
+                    rep.error(&format!("{field}.user"), e);
+                }
+            }
+            if h.port == 0 {
+                rep.error(&format!("{field}.port"), "port 0 is not a valid port");
+            }
+            if !std::ptr::eq(h, b) && !h.via.is_empty() {
+                rep.error(
+                    &format!("{field}.via"),
+                    "list every jump host in spec.ssh.bastion.via, in order (a hop has no via of its own)",
+                );
+            }
         }
     }
     for (pool_field, pool) in [
@@ -1736,6 +1750,12 @@ fn check_effective(c: &Cluster, rep: &mut Reporter<'_>) {
                 );
             }
         }
+    }
+    if s.ssh.agent_key.is_some() && !s.ssh.agent {
+        rep.error(
+            "spec.ssh.agentKey",
+            "chooses one of the ssh-agent's keys: set agent: true too",
+        );
     }
     if s.ssh.key_file.is_some() && s.ssh.agent {
         rep.error(

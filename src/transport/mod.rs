@@ -162,6 +162,8 @@ pub enum TransportError {
     },
     #[error("ssh-agent has no usable identity")]
     AgentEmpty,
+    #[error("ssh-agent holds no key `{wanted}` (spec.ssh.agentKey); it holds: {held}")]
+    AgentNoKey { wanted: String, held: String },
     #[error("cannot use ssh-agent")]
     Agent(#[source] russh::keys::Error),
     #[error("`{command}` on {host} did not finish within {after:.1?} and was stopped (the limits are spec.ssh.commandTimeoutSeconds and, for kubeadm, image imports and transfers, spec.ssh.longCommandTimeoutSeconds)")]

@@ -25,15 +25,16 @@ use tokio::sync::{Mutex, Semaphore};
 pub enum SshAuth {
     /// A private key loaded once (see [`SshAuth::key_file`]).
     Key(Arc<PrivateKey>),
-    /// Every identity the agent at `$SSH_AUTH_SOCK` holds, in order.
-    Agent,
+    /// The identities the agent at `$SSH_AUTH_SOCK` holds, in order; only the one
+    /// whose fingerprint (`SHA256:...`) or comment is given, when one is.
+    Agent(Option<String>),
 }
 
 impl std::fmt::Debug for SshAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             SshAuth::Key(k) => write!(f, "Key({})", k.public_key().fingerprint(Default::default())),
-            SshAuth::Agent => f.write_str("Agent"),
+            SshAuth::Agent(only) => write!(f, "Agent({only:?})"),
         }
     }
 }
@@ -83,6 +84,9 @@ pub struct BastionConfig {
     pub user: String,
     /// `None`: the same authentication as the targets.
     pub auth: Option<SshAuth>,
+    /// Jump hosts on the way to this one, in order (their own `via` is not used): the
+    /// first is connected to directly, each next one through the one before.
+    pub via: Vec<BastionConfig>,
 }
 
 /// Default limit of an ordinary remote command.
@@ -681,7 +685,7 @@ async fn authenticate(
                 .map_err(handshake)?;
             Ok(res.success())
         }
-        SshAuth::Agent => {
+        SshAuth::Agent(only) => {
             let mut agent = AgentClient::connect_env()
                 .await
                 .map_err(|e| Attempt::Fatal(TransportError::Agent(e)))?;
@@ -689,16 +693,38 @@ async fn authenticate(
                 .request_identities()
                 .await
                 .map_err(|e| Attempt::Fatal(TransportError::Agent(e)))?;
-            let keys: Vec<_> = ids
+            let all: Vec<(russh::keys::PublicKey, String)> = ids
                 .into_iter()
                 .filter_map(|id| match id {
-                    AgentIdentity::PublicKey { key, .. } => Some(key),
+                    AgentIdentity::PublicKey { key, comment } => Some((key, comment)),
                     _ => None,
                 })
                 .collect();
-            if keys.is_empty() {
+            if all.is_empty() {
                 return Err(Attempt::Fatal(TransportError::AgentEmpty));
             }
+            let fp = |k: &russh::keys::PublicKey| {
+                k.fingerprint(russh::keys::HashAlg::Sha256).to_string()
+            };
+            let keys: Vec<russh::keys::PublicKey> = match only {
+                None => all.into_iter().map(|(k, _)| k).collect(),
+                Some(want) => {
+                    let (hit, miss): (Vec<_>, Vec<_>) = all
+                        .into_iter()
+                        .partition(|(k, c)| fp(k) == *want || c == want);
+                    if hit.is_empty() {
+                        return Err(Attempt::Fatal(TransportError::AgentNoKey {
+                            wanted: want.clone(),
+                            held: miss
+                                .iter()
+                                .map(|(k, c)| format!("{} {c}", fp(k)))
+                                .collect::<Vec<_>>()
+                                .join(", "),
+                        }));
+                    }
+                    hit.into_iter().map(|(k, _)| k).collect()
+                }
+            };
             let hash = handle
                 .best_supported_rsa_hash()
                 .await
@@ -951,22 +977,27 @@ impl SshPool {
         if let Some(s) = slot.as_ref().filter(|s| !s.is_closed()) {
             return Ok(Some(s.clone()));
         }
-        let mut cfg = self.cfg.clone();
-        cfg.user = b.user.clone();
-        cfg.port = b.port;
-        cfg.bastion = None;
-        if let Some(auth) = &b.auth {
-            cfg.auth = auth.clone();
+        // Hop by hop: each session keeps the one it goes through alive.
+        let mut through: Option<Arc<SshSession>> = None;
+        for hop in b.via.iter().chain(std::iter::once(b)) {
+            let mut cfg = self.cfg.clone();
+            cfg.user = hop.user.clone();
+            cfg.port = hop.port;
+            cfg.bastion = None;
+            cfg.per_host.clear();
+            if let Some(auth) = &hop.auth {
+                cfg.auth = auth.clone();
+            }
+            let s = SshSession::connect(&hop.host, &cfg, self.store.clone(), through.take())
+                .await
+                .map_err(|e| TransportError::Bastion {
+                    bastion: hop.host.clone(),
+                    source: Box::new(e),
+                })?;
+            through = Some(Arc::new(s));
         }
-        let s = SshSession::connect(&b.host, &cfg, self.store.clone(), None)
-            .await
-            .map_err(|e| TransportError::Bastion {
-                bastion: b.host.clone(),
-                source: Box::new(e),
-            })?;
-        let s = Arc::new(s);
-        *slot = Some(s.clone());
-        Ok(Some(s))
+        *slot = through.clone();
+        Ok(through)
     }
 
     /// The connection to `host`, opening it when needed.
