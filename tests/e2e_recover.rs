@@ -3,7 +3,8 @@
 //! and `kubeforge recover` brings them back while a 1 s prober asks the API's /readyz
 //! through the VIP the whole time. In sequence on one cluster: a control-plane machine;
 //! another after the `kubeadm-certs` Secret is gone (a cluster older than 2 hours); the
-//! FIRST control-plane machine; the worker; an orphaned etcd member; a repair killed
+//! FIRST control-plane machine; the worker (repaired by `recover --watch`); an orphaned
+//! etcd member; a repair killed
 //! with SIGKILL and finished by the next run; and finally two of three control planes
 //! lost: refused (quorum), nothing changed; a corrupted snapshot refused before anything
 //! stops; then `kubeforge restore` from the snapshot the control planes' timer took.
@@ -116,6 +117,80 @@ fn lose_and_recover(dir: &Path, lost: &[&str], what: &str) -> Duration {
     let took = t0.elapsed();
     eprintln!(
         "{what}: healthy again {:.0} s after the loss",
+        took.as_secs_f64()
+    );
+    took
+}
+
+/// `recover --watch` runs (a healthy round first); `lost` is destroyed; the watch
+/// repairs it by itself. Returns the time from the loss to a healthy cluster.
+fn lose_and_watch(dir: &Path, lost: &str) -> Duration {
+    let bin = assert_cmd::cargo::cargo_bin("kubeforge");
+    let mut child = Std::new(bin)
+        .current_dir(dir)
+        .env("KUBEFORGE_STATE_KEY_FILE", dir.join("state.agekey"))
+        .args([
+            "recover",
+            "-f",
+            "cluster.yaml",
+            "--watch",
+            "--yes",
+            "--interval",
+            "5s",
+            "-o",
+            "json",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<serde_json::Value>();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str(&line) {
+                if tx.send(v).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let next = |limit: u64| {
+        rx.recv_timeout(Duration::from_secs(limit))
+            .expect("a round of recover --watch")
+    };
+    let first = next(300);
+    assert_eq!(first["outcome"], "healthy", "{first}");
+    let t0 = Instant::now();
+    docker(&["rm", "-f", "-v", &machine(lost)]);
+    let repaired = loop {
+        let round = next(900);
+        match round["outcome"].as_str() {
+            Some("repaired") => break round,
+            Some("healthy") if t0.elapsed() < Duration::from_secs(60) => continue,
+            _ => panic!("recover --watch: {round}"),
+        }
+    };
+    let took = t0.elapsed();
+    let after = next(300);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        repaired["findings"]
+            .to_string()
+            .contains(&format!("host {} ", machine(lost))),
+        "{repaired}"
+    );
+    assert_eq!(
+        after["outcome"], "healthy",
+        "the round after the repair: {after}"
+    );
+    let (ready, started, members) = health();
+    assert_eq!(ready.len(), 4, "Ready nodes {ready:?}");
+    assert_eq!((started.len(), members), (3, 3), "etcd {started:?}");
+    eprintln!(
+        "{lost} lost under recover --watch: repaired {:.0} s after the loss",
         took.as_secs_f64()
     );
     took
@@ -271,11 +346,8 @@ spec:
         lose_and_recover(dir.path(), &["cp-1"], "cp-1 lost"),
     ));
 
-    // 4. The worker.
-    figures.push((
-        "worker-1",
-        lose_and_recover(dir.path(), &["worker-1"], "worker lost"),
-    ));
+    // 4. The worker, repaired by `recover --watch` (auto-repair) without anyone asking.
+    figures.push(("worker-1 (--watch)", lose_and_watch(dir.path(), "worker-1")));
 
     // 5. An orphaned member: added by a join that never finished (no machine runs it).
     let add = docker(&[

@@ -48,7 +48,7 @@ pub enum Command {
     /// Bring lost control-plane and worker machines back (etcd quorum intact): re-create,
     /// remove stale etcd members and Nodes, join again; plan first, confirm (--yes skips).
     #[command(
-        after_help = "Examples:\n  kubeforge recover -f cluster.yaml\n  kubeforge recover -f cluster.yaml --yes --accept-new-host-key 10.10.0.12"
+        after_help = "Examples:\n  kubeforge recover -f cluster.yaml\n  kubeforge recover -f cluster.yaml --yes --accept-new-host-key 10.10.0.12\n  kubeforge recover -f cluster.yaml --watch --yes --interval 1m -o json"
     )]
     Recover(RecoverArgs),
     /// Rolling upgrade to the cluster file's kubernetesVersion (or --to): etcd snapshot
@@ -589,6 +589,14 @@ pub struct RecoverArgs {
     /// reinstalled by hand (machines the provider re-creates are re-pinned without it).
     #[arg(long = "accept-new-host-key", value_name = "HOST")]
     pub accept_new_host_key: Vec<String>,
+    /// Keep checking every --interval and repair what is lost, within the same quorum
+    /// rules (auto-repair; needs --yes). Each round takes the lock only while it works
+    /// and prints one line (`-o json`: one JSON object per line). Ctrl-C stops it.
+    #[arg(long, requires = "yes")]
+    pub watch: bool,
+    /// How long --watch waits between rounds, e.g. 30s, 5m.
+    #[arg(long, default_value = "1m", value_parser = parse_duration, requires = "watch")]
+    pub interval: std::time::Duration,
 }
 
 #[derive(Debug, Args)]

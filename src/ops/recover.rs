@@ -70,6 +70,38 @@ control plane gone); nothing was changed. Restore the cluster from an etcd snaps
 }
 
 pub async fn run(args: RecoverArgs, output: OutputFormat, verbose: bool) -> Result<(), Error> {
+    if args.watch {
+        return watch(&args, output, verbose).await;
+    }
+    let report = once(&args, output, verbose).await?;
+    match output {
+        OutputFormat::Json => print_json(&report)?,
+        OutputFormat::Text => println!("{}", summary(&report)),
+    }
+    Ok(())
+}
+
+fn summary(report: &RecoverReport) -> String {
+    match &report.run {
+        None => format!(
+            "cluster `{}`: nothing to recover (every host answers, every node is Ready, etcd has exactly its members, all healthy)",
+            report.cluster
+        ),
+        Some(r) => format!(
+            "cluster `{}` recovered ({} phases, state generation {})",
+            r.cluster,
+            r.phases.len(),
+            r.generation
+        ),
+    }
+}
+
+/// One check, and the repair when something is lost.
+async fn once(
+    args: &RecoverArgs,
+    output: OutputFormat,
+    verbose: bool,
+) -> Result<RecoverReport, Error> {
     let pb = playbook::named("recover", &phase::names())?;
     let opts = SessionOptions {
         ensure_secrets: true,
@@ -83,11 +115,10 @@ pub async fn run(args: RecoverArgs, output: OutputFormat, verbose: bool) -> Resu
         yes: args.yes,
         question: "Recover the cluster with this plan?".into(),
         addons: Default::default(),
-
         upgrade: Default::default(),
         restore: Default::default(),
     };
-    let report = with_session(&args.spec.file, opts, |s| {
+    with_session(&args.spec.file, opts, |s| {
         Box::pin(async move {
             let findings = preflight(s).await?;
             crate::ops::apply::removal_guard(s).await?;
@@ -117,21 +148,79 @@ and Nodes belong to machines that are gone.\n"
             })
         })
     })
-    .await?;
-    match output {
-        OutputFormat::Json => print_json(&report)?,
-        OutputFormat::Text => match &report.run {
-            None => println!(
-                "cluster `{}`: nothing to recover (every host answers, every node is Ready, etcd has exactly its members, all healthy)",
-                report.cluster
-            ),
-            Some(r) => println!(
-                "cluster `{}` recovered ({} phases, state generation {})",
-                r.cluster,
-                r.phases.len(),
-                r.generation
-            ),
-        },
+    .await
+}
+
+/// One round of `--watch`, as printed.
+#[derive(Debug, Serialize)]
+struct WatchRound {
+    at: chrono::DateTime<chrono::Utc>,
+    /// `healthy`, `repaired` or `failed` (the next round tries again).
+    outcome: &'static str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    findings: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    run: Option<RunReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+/// `--watch`: a round every `interval` until Ctrl-C. A round that fails (quorum lost,
+/// the lock held by another run, a repair that did not finish) is reported and the next
+/// round tries again; a repair killed half-way is resumed by the next round as by a
+/// second `recover`.
+async fn watch(args: &RecoverArgs, output: OutputFormat, verbose: bool) -> Result<(), Error> {
+    let stop = tokio::signal::ctrl_c();
+    tokio::pin!(stop);
+    loop {
+        let round = match once(args, output, verbose).await {
+            Ok(r) => WatchRound {
+                at: chrono::Utc::now(),
+                outcome: if r.run.is_some() {
+                    "repaired"
+                } else {
+                    "healthy"
+                },
+                findings: r.findings,
+                run: r.run,
+                error: None,
+            },
+            // What the user must fix before anything can run is not retried.
+            Err(e @ (Error::Spec(_) | Error::Usage(_))) => return Err(e),
+            Err(e) => WatchRound {
+                at: chrono::Utc::now(),
+                outcome: "failed",
+                findings: Vec::new(),
+                run: None,
+                error: Some(
+                    crate::error::render_chain(&e)
+                        .trim_start_matches("error: ")
+                        .to_string(),
+                ),
+            },
+        };
+        match output {
+            OutputFormat::Json => println!("{}", serde_json::to_string(&round)?),
+            OutputFormat::Text => {
+                let at = round.at.format("%H:%M:%S");
+                match (&round.error, &round.run) {
+                    (Some(e), _) => println!(
+                        "{at} repair failed (next round in {}s): {e}",
+                        args.interval.as_secs()
+                    ),
+                    (None, Some(r)) => println!(
+                        "{at} repaired: {} ({} phases, state generation {})",
+                        round.findings.join("; "),
+                        r.phases.len(),
+                        r.generation
+                    ),
+                    (None, None) => println!("{at} healthy"),
+                }
+            }
+        }
+        tokio::select! {
+            _ = &mut stop => return Ok(()),
+            _ = tokio::time::sleep(args.interval) => {}
+        }
     }
-    Ok(())
 }
