@@ -144,6 +144,20 @@ async fn gather(s: &Session, check_drift: bool) -> Result<StatusReport, Error> {
     let c = &s.cluster;
     let mut problems = facts.findings(c);
     let mut warnings = facts.in_flight();
+    // A machine that left the cluster file is a pending change (drift), not a fault.
+    let leaving: Vec<String> = facts
+        .leaving
+        .iter()
+        .map(|l| format!("host {} ", l.name))
+        .collect();
+    problems.retain(|p| {
+        let pending = leaving.iter().any(|l| p.starts_with(l.as_str()))
+            && p.contains("is no longer in the cluster file");
+        if pending {
+            warnings.push(p.clone());
+        }
+        !pending
+    });
     let port = c.cluster.spec.networking.api_server_port;
     let vip = c.topology.endpoint.address();
     let mut nodes = Vec::new();

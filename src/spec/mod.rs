@@ -196,7 +196,7 @@ fn apply_ssh_config(
         }
     };
     let at = |e: ssh_config::ConfigError| SpecError {
-        file: path.clone(),
+        file: e.file.unwrap_or_else(|| path.clone()),
         line: Some(e.line),
         column: None,
         field: String::new(),

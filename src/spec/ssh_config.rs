@@ -2,10 +2,13 @@
 //! static provider's hosts: `Host` blocks whose patterns match a host's inventory name
 //! or address give its `User`, `Port`, `IdentityFile` and `ProxyJump`, where the
 //! inventory does not. As in `ssh`, the first value found for a keyword wins, blocks are
-//! read in file order, `*`/`?` are wildcards and `!pattern` excludes; `Match` blocks and
-//! `Include` are not read (said in the warning list).
+//! read in file order, `*`/`?` are wildcards and `!pattern` excludes; `Include` reads
+//! the files it names in place (`~/` expanded, relative paths from the including file's
+//! directory, `*`/`?` in the file name, at most 8 deep); `Match` blocks are not read
+//! (said in the warning list).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// What the configuration says for one host.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -24,7 +27,14 @@ pub struct HostSettings {
 #[derive(Debug, Clone, Default)]
 struct Block {
     patterns: Vec<String>,
-    settings: Vec<(String, String, usize)>,
+    settings: Vec<(String, String, Origin)>,
+}
+
+/// Where a line is: its file (None: the text given to `parse`) and line number.
+#[derive(Debug, Clone, Default)]
+struct Origin {
+    file: Option<Arc<PathBuf>>,
+    line: usize,
 }
 
 /// A parsed configuration.
@@ -38,12 +48,31 @@ pub struct SshClientConfig {
 /// A value that is not what it must be, with its line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
+    /// The file the line is in, when it is an included one.
+    pub file: Option<PathBuf>,
     pub line: usize,
     pub message: String,
 }
 
 impl SshClientConfig {
     pub fn parse(text: &str) -> SshClientConfig {
+        let lines: Vec<(Origin, String)> = text
+            .lines()
+            .enumerate()
+            .map(|(i, l)| {
+                (
+                    Origin {
+                        file: None,
+                        line: i + 1,
+                    },
+                    l.to_string(),
+                )
+            })
+            .collect();
+        Self::parse_lines(&lines)
+    }
+
+    fn parse_lines(lines: &[(Origin, String)]) -> SshClientConfig {
         let mut c = SshClientConfig::default();
         // Lines before the first Host apply to every host.
         let mut current = Block {
@@ -51,8 +80,8 @@ impl SshClientConfig {
             settings: Vec::new(),
         };
         let mut in_match = false;
-        for (i, raw) in text.lines().enumerate() {
-            let line = i + 1;
+        for (origin, raw) in lines {
+            let line = origin.line;
             let l = raw.trim();
             if l.is_empty() || l.starts_with('#') {
                 continue;
@@ -82,17 +111,18 @@ impl SshClientConfig {
                     .skipped
                     .push(format!("line {line}: `Include {value}` (not read)")),
                 _ if in_match => {}
-                _ => current.settings.push((key, value, line)),
+                _ => current.settings.push((key, value, origin.clone())),
             }
         }
         c.blocks.push(current);
         c
     }
 
+    /// Read `path` and the files its `Include` lines name, spliced in place.
     pub fn load(path: &Path) -> Result<SshClientConfig, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        Ok(Self::parse(&text))
+        let mut lines = Vec::new();
+        include(path, 0, &mut lines)?;
+        Ok(Self::parse_lines(&lines))
     }
 
     /// The settings for a host known as any of `names` (inventory name, address).
@@ -102,8 +132,8 @@ impl SshClientConfig {
             if !names.iter().any(|n| block_matches(&b.patterns, n)) {
                 continue;
             }
-            for (k, v, line) in &b.settings {
-                let line = *line;
+            for (k, v, origin) in &b.settings {
+                let line = origin.line;
                 match k.as_str() {
                     "user" if s.user.is_none() => s.user = Some(v.clone()),
                     "port" if s.port.is_none() => {
@@ -113,6 +143,7 @@ impl SshClientConfig {
                                     .ok()
                                     .filter(|p| *p > 0)
                                     .ok_or_else(|| ConfigError {
+                                        file: origin.file.as_deref().cloned(),
                                         line,
                                         message: format!("Port `{v}` is not a port number"),
                                     })?,
@@ -135,6 +166,70 @@ impl SshClientConfig {
         }
         Ok(s)
     }
+}
+
+/// The lines of `path`, with each `Include` replaced by the lines of the files it names.
+fn include(path: &Path, depth: usize, out: &mut Vec<(Origin, String)>) -> Result<(), String> {
+    if depth > 8 {
+        return Err(format!(
+            "{}: Include nested more than 8 deep (a loop?)",
+            path.display()
+        ));
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let file = Arc::new(path.to_path_buf());
+    let dir = path.parent().unwrap_or(Path::new("."));
+    for (i, raw) in text.lines().enumerate() {
+        let l = raw.trim();
+        let (key, value) = l
+            .split_once(|c: char| c.is_whitespace() || c == '=')
+            .unwrap_or((l, ""));
+        if !key.eq_ignore_ascii_case("include") {
+            out.push((
+                Origin {
+                    file: (depth > 0).then(|| file.clone()),
+                    line: i + 1,
+                },
+                raw.to_string(),
+            ));
+            continue;
+        }
+        for pattern in value.trim_start_matches('=').split_whitespace() {
+            let p = super::expand_home(pattern.trim_matches('"'));
+            let p = if p.is_relative() { dir.join(p) } else { p };
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default();
+            let parent = p.parent().unwrap_or(Path::new("."));
+            // As ssh: a file that does not exist is no error.
+            let mut files: Vec<PathBuf> = if name.contains(['*', '?']) {
+                std::fs::read_dir(parent)
+                    .map(|rd| {
+                        rd.filter_map(Result::ok)
+                            .map(|e| e.path())
+                            .filter(|f| {
+                                f.is_file()
+                                    && f.file_name().is_some_and(|n| {
+                                        super::terraform::glob(&name, &n.to_string_lossy())
+                                    })
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            } else if p.is_file() {
+                vec![p.clone()]
+            } else {
+                Vec::new()
+            };
+            files.sort();
+            for f in files {
+                include(&f, depth + 1, out)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn block_matches(patterns: &[String], name: &str) -> bool {
@@ -221,5 +316,47 @@ mod tests {
         assert!(parse_jumps("a,").is_err());
         let bad = SshClientConfig::parse("Host x\n Port http\n");
         assert_eq!(bad.lookup(&["x"]).unwrap_err().line, 2);
+    }
+
+    #[test]
+    fn includes_are_read_in_place_with_their_own_file_in_errors() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("config.d")).unwrap();
+        std::fs::write(
+            d.path().join("config"),
+            "Include config.d/*.conf missing-file\nHost *\n  User fallback\n",
+        )
+        .unwrap();
+        std::fs::write(
+            d.path().join("config.d/10-prd.conf"),
+            "Host prd-*\n  User ubuntu\n  ProxyJump jump\n",
+        )
+        .unwrap();
+        std::fs::write(
+            d.path().join("config.d/20-bad.conf"),
+            "Host bad\n  Port nope\n",
+        )
+        .unwrap();
+        std::fs::write(
+            d.path().join("config.d/ignored.txt"),
+            "Host prd-*\n  User no\n",
+        )
+        .unwrap();
+        let c = SshClientConfig::load(&d.path().join("config")).unwrap();
+        let s = c.lookup(&["prd-1"]).unwrap();
+        assert_eq!(s.user.as_deref(), Some("ubuntu"));
+        assert_eq!(s.proxy_jump.as_deref(), Some("jump"));
+        assert_eq!(
+            c.lookup(&["other"]).unwrap().user.as_deref(),
+            Some("fallback")
+        );
+        let e = c.lookup(&["bad"]).unwrap_err();
+        assert_eq!(e.line, 2);
+        assert!(e.file.unwrap().ends_with("config.d/20-bad.conf"));
+        // A file that includes itself ends with an error, not a hang.
+        std::fs::write(d.path().join("loop"), "Include loop\n").unwrap();
+        assert!(SshClientConfig::load(&d.path().join("loop"))
+            .unwrap_err()
+            .contains("8 deep"));
     }
 }
