@@ -433,6 +433,17 @@ fn machine_exists(name: &str) -> bool {
 fn removals(dir: &Path, cp1: &str) {
     let cp = |n: u32| format!("{NAME}-cp-{n}");
     let worker2 = format!("{NAME}-worker-2");
+    // The cluster runs the upgrade's target now; the file says so too.
+    let path = dir.join("cluster.yaml");
+    let yaml = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        yaml.replace(
+            "kubernetesVersion: v1.20.2",
+            &format!("kubernetesVersion: {}", common_upgrade::TARGET),
+        ),
+    )
+    .unwrap();
     // cp-1 is stopped (above): cp-2 and cp-3 leaving would leave {cp-1 down, cp-3} after
     // the first removal. Refused, nothing changed.
     set_counts(dir, 1, 2);
