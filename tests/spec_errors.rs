@@ -36,6 +36,16 @@ hosts:
   - {name: w1, address: 10.0.0.21, roles: [worker]}
 ";
 
+/// The same hosts, all but w1 with a key of their own.
+const INVENTORY_KEYS: &str = "apiVersion: kubeforge.dev/v1alpha1
+kind: Inventory
+hosts:
+  - {name: m1, address: 10.0.0.11, roles: [controlPlane], sshKeyFile: k1}
+  - {name: m2, address: 10.0.0.12, roles: [controlPlane], sshKeyFile: k2}
+  - {name: m3, address: 10.0.0.13, roles: [controlPlane], sshKeyFile: k3}
+  - {name: w1, address: 10.0.0.21, roles: [worker]}
+";
+
 fn errors(text: &str, inventory: Option<&str>) -> Vec<String> {
     let dir = tempfile::tempdir().unwrap();
     if let Some(inv) = inventory {
@@ -388,7 +398,13 @@ fn cases() -> Vec<(&'static str, String, Option<&'static str>, &'static str)> {
             "static: no way to log in",
             static_("  loadBalancer: {placement: control-plane, vip: 10.0.0.10}\n").replace("  ssh: {keyFile: id_ed25519}\n", ""),
             Some(INVENTORY),
-            "cluster.yaml:5:1: spec.ssh: the static provider needs a way to log in: set keyFile or agent: true",
+            "cluster.yaml:5:1: spec.ssh: the static provider needs a way to log in: set keyFile or agent: true (or give every host its own key; m1 has none)",
+        ),
+        (
+            "static: every host but one has its own key",
+            static_("  loadBalancer: {placement: control-plane, vip: 10.0.0.10}\n").replace("  ssh: {keyFile: id_ed25519}\n", ""),
+            Some(INVENTORY_KEYS),
+            "cluster.yaml:5:1: spec.ssh: the static provider needs a way to log in: set keyFile or agent: true (or give every host its own key; w1 has none)",
         ),
         (
             "static: inventory file missing",

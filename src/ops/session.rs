@@ -411,6 +411,18 @@ pub fn ssh_auth(c: &LoadedCluster, doc: &StateDocument) -> Result<SshAuth, Error
     if ssh.agent {
         return Ok(SshAuth::Agent(agent_key(c)?));
     }
+    // Static hosts that each have their own key (validation saw to it): the first one's
+    // is the default, which no host uses (each has its own in `SshConfig::per_host`).
+    if matches!(c.cluster.spec.provider, crate::spec::Provider::Static(_)) {
+        if let Some(f) = c
+            .topology
+            .hosts
+            .first()
+            .and_then(|h| h.ssh_key_file.as_ref())
+        {
+            return Ok(SshAuth::key_file(c.path(&f.to_string_lossy()))?);
+        }
+    }
     let pem =
         doc.secrets.extra.get(SSH_KEY).ok_or_else(|| {
             Error::Usage("no SSH key: set spec.ssh.keyFile or spec.ssh.agent".into())

@@ -222,6 +222,7 @@ pub fn check(
         }
     }
     let hosts = hosts?;
+    check_login(s, &hosts, rep);
     check_bridge_cni(s, &hosts, &nets, rep);
     let endpoint = check_load_balancer(s, &hosts, node_subnet.as_ref(), rep)?;
     check_addons(s, &hosts, &endpoint, &nets, rep);
@@ -550,12 +551,6 @@ fn check_ssh(s: &ClusterSpec, rep: &mut Reporter<'_>) {
     if s.ssh.user.is_empty() {
         rep.error("spec.ssh.user", "the SSH user must not be empty");
     }
-    if matches!(s.provider, Provider::Static(_)) && s.ssh.key_file.is_none() && !s.ssh.agent {
-        rep.error(
-            "spec.ssh",
-            "the static provider needs a way to log in: set keyFile or agent: true",
-        );
-    }
     if let Some(b) = &s.ssh.bastion {
         if b.host.trim().is_empty() {
             rep.error(
@@ -590,6 +585,36 @@ fn check_ssh(s: &ClusterSpec, rep: &mut Reporter<'_>) {
 
 /// Plain http:// for artifact mirrors and cloud API endpoints needs the same explicit
 /// `allowHttp: true` next to the setting as the state endpoint.
+/// Static hosts need a way to log in: `spec.ssh.keyFile`, the agent, or a key of their
+/// own for every host (inventory `ansible_ssh_private_key_file` / `sshKeyFile`, or an
+/// `IdentityFile` of the SSH config) and then for a bastion too.
+fn check_login(s: &ClusterSpec, hosts: &[Host], rep: &mut Reporter<'_>) {
+    if !matches!(s.provider, Provider::Static(_)) || s.ssh.key_file.is_some() || s.ssh.agent {
+        return;
+    }
+    if let Some(h) = hosts.iter().find(|h| h.ssh_key_file.is_none()) {
+        rep.error(
+            "spec.ssh",
+            format!(
+                "the static provider needs a way to log in: set keyFile or agent: true (or give every host its own key; {} has none)",
+                h.name
+            ),
+        );
+        return;
+    }
+    if let Some(b) = &s.ssh.bastion {
+        for (i, hop) in b.via.iter().chain(std::iter::once(b)).enumerate() {
+            if hop.key_file.is_none() {
+                rep.error(
+                    if i < b.via.len() { "spec.ssh.bastion.via" } else { "spec.ssh.bastion.keyFile" },
+                    format!("jump host {} needs a keyFile: every host has its own key and spec.ssh has none", hop.host),
+                );
+                return;
+            }
+        }
+    }
+}
+
 fn check_plain_http(s: &ClusterSpec, rep: &mut Reporter<'_>) {
     use crate::provider::cloud::is_plain_http;
     let (endpoint, allow, provider) = match &s.provider {
