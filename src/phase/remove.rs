@@ -179,9 +179,22 @@ impl Phase for RemoveNodes {
             })
         };
         let mut done = 0usize;
+        let mut reached = std::collections::HashMap::new();
         for step in steps {
             match step {
                 Special::Drain { name } => {
+                    let Some(l) = leaving(name) else { continue };
+                    if !reached.contains_key(name) {
+                        reached.insert(name.clone(), reach(ctx, l).await);
+                    }
+                    if let Some(Err(why)) = reached.get(name) {
+                        // A node whose machine is gone cannot let its Pods go: they go
+                        // with its Node (the drain would wait for them until its limit).
+                        ctx.note(format!(
+                            "{name} {why}: not drained (its Pods go with its Node)"
+                        ));
+                        continue;
+                    }
                     let (_, s) = need_api("drain").map_err(gate)?;
                     super::upgrade::drain(ctx, s.as_ref(), name)
                         .await
@@ -199,7 +212,12 @@ impl Phase for RemoveNodes {
                 }
                 Special::ResetHost { name } => {
                     let Some(l) = leaving(name) else { continue };
-                    reset_host(ctx, l).await;
+                    if !reached.contains_key(name) {
+                        reached.insert(name.clone(), reach(ctx, l).await);
+                    }
+                    if let Some(r) = reached.get(name) {
+                        reset_host(ctx, l, r).await;
+                    }
                 }
                 Special::DeleteNode { name } => {
                     let (host, s) = need_api("delete a Node").map_err(gate)?;
@@ -299,40 +317,50 @@ async fn leave_etcd(
     Ok(())
 }
 
-/// Reset a leaving host over SSH (its pinned key is checked as always). A host that
-/// does not answer is left alone with a warning: its machine is deleted next (made by
-/// a provider), or it must be reset by hand before it is used again (static).
-async fn reset_host(ctx: &ApplyContext<'_>, l: &Leaving) {
+/// The connection to a leaving host (its pinned key checked as always), or why there
+/// is none: its machine is gone at the provider, or it does not answer.
+async fn reach(
+    ctx: &ApplyContext<'_>,
+    l: &Leaving,
+) -> Result<std::sync::Arc<crate::transport::SshSession>, String> {
     if let Some(p) = ctx.provider {
         if let Ok(machines) = p.list().await {
             let running = machines
                 .iter()
                 .any(|m| m.name == l.name && m.state == crate::provider::MachineState::Running);
             if !running {
-                ctx.note(format!(
-                    "{}: no running machine at the provider, nothing to reset",
-                    l.name
-                ));
-                return;
+                return Err("no running machine at the provider".into());
             }
         }
     }
-    let session = tokio::time::timeout(RESET_CONNECT, ctx.rt.pool.session(&l.address)).await;
-    let s = match session {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            ctx.note(format!(
-                "warning: {} ({}) does not answer ({e}): not reset; reset it by hand (kubeadm reset -f) before it is used again",
-                l.name, l.address
-            ));
+    match tokio::time::timeout(RESET_CONNECT, ctx.rt.pool.session(&l.address)).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(e)) => Err(format!("does not answer over SSH ({e})")),
+        Err(_) => Err(format!(
+            "did not answer over SSH within {} s",
+            RESET_CONNECT.as_secs()
+        )),
+    }
+}
+
+/// Reset a leaving host over SSH. A host that does not answer is left alone with a
+/// warning: its machine is deleted next (made by a provider), or it must be reset by
+/// hand before it is used again (static).
+async fn reset_host(
+    ctx: &ApplyContext<'_>,
+    l: &Leaving,
+    reached: &Result<std::sync::Arc<crate::transport::SshSession>, String>,
+) {
+    let s = match reached {
+        Ok(s) => s,
+        Err(why) if why.starts_with("no running machine") => {
+            ctx.note(format!("{}: {why}, nothing to reset", l.name));
             return;
         }
-        Err(_) => {
+        Err(why) => {
             ctx.note(format!(
-                "warning: {} ({}) did not answer within {} s: not reset; reset it by hand (kubeadm reset -f) before it is used again",
-                l.name,
-                l.address,
-                RESET_CONNECT.as_secs()
+                "warning: {} ({}) {why}: not reset; reset it by hand (kubeadm reset -f) before it is used again",
+                l.name, l.address
             ));
             return;
         }
