@@ -135,7 +135,8 @@ metadata: {{name: {NAME}}}
 spec:
   kubernetesVersion: v1.20.2
   provider:
-    static: {{inventory: hosts.ini}}
+    # The hosts are the docker provider's machines: system containers.
+    static: {{inventory: hosts.ini, containerHosts: true}}
   ssh: {{user: root, keyFile: {key}}}
   loadBalancer: {{type: external, endpoint: '{first}:6443'}}
   artifacts: {{mirror: {mirror}}}

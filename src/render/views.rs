@@ -36,7 +36,11 @@ pub fn pause_version(v: &semver::Version) -> &'static str {
 
 impl Profile {
     pub fn of(c: &LoadedCluster) -> Profile {
-        let container = matches!(c.cluster.spec.provider, Provider::Docker(_));
+        let container = match &c.cluster.spec.provider {
+            Provider::Docker(_) => true,
+            Provider::Static(s) => s.container_hosts,
+            _ => false,
+        };
         let v = c.version();
         let image_repository = c
             .cluster

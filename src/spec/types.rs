@@ -252,6 +252,11 @@ pub struct StaticProvider {
     /// differently from the usual ones.
     #[serde(default)]
     pub groups: GroupNames,
+    /// The hosts are system containers sharing one kernel (LXD, systemd-nspawn, the
+    /// docker provider's machines): kubelet and etcd are set up as on the docker
+    /// provider's machines (cgroupfs, no swap check, the etcd patch for 1.20-1.21).
+    #[serde(default)]
+    pub container_hosts: bool,
 }
 
 impl StaticProvider {
