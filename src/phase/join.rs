@@ -178,26 +178,12 @@ async fn repair_before_joins(
             _ => {}
         }
     }
-    // kubeadm before 1.22 lists every control plane it joined in ClusterStatus and
-    // drops an entry only when that node runs `kubeadm reset`.
-    if ctx.cluster.version().minor < 22 {
-        let keep: Vec<String> = ctx
-            .cluster
-            .topology
-            .control_planes()
-            .iter()
-            .map(|h| h.name.clone())
-            .collect();
-        let removed =
-            crate::kube::remove_stale_api_endpoints(s.as_ref(), &host.name, &keep, ctx.secrets)
-                .await
-                .map_err(|e| PhaseError::host(phase, e))?;
-        if !removed.is_empty() {
-            ctx.note(format!(
-                "removed kubeadm ClusterStatus entries of control planes no longer in the inventory: {}",
-                removed.join(", ")
-            ));
-        }
+    let removed = super::prune_cluster_status(ctx, s.as_ref(), &host.name, phase).await?;
+    if !removed.is_empty() {
+        ctx.note(format!(
+            "removed kubeadm ClusterStatus entries of control planes no longer in the inventory: {}",
+            removed.join(", ")
+        ));
     }
     Ok(())
 }

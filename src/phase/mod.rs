@@ -497,6 +497,31 @@ pub fn host_plan(
     }
 }
 
+/// kubeadm before 1.22 lists every control plane it joined in its ClusterStatus and
+/// drops an entry only when that node runs `kubeadm reset`: remove the entries of control
+/// planes not in the cluster file, through `host`. Returns the names removed (none on
+/// later versions, which have no ClusterStatus).
+pub(crate) async fn prune_cluster_status(
+    ctx: &ApplyContext<'_>,
+    t: &dyn crate::transport::Transport,
+    host: &str,
+    phase: &str,
+) -> Result<Vec<String>, PhaseError> {
+    if ctx.cluster.version().minor >= 22 {
+        return Ok(Vec::new());
+    }
+    let keep: Vec<String> = ctx
+        .cluster
+        .topology
+        .control_planes()
+        .iter()
+        .map(|h| h.name.clone())
+        .collect();
+    crate::kube::remove_stale_api_endpoints(t, host, &keep, ctx.secrets)
+        .await
+        .map_err(|e| PhaseError::host(phase, e))
+}
+
 /// How long HAProxy may take to see a server back UP (rise 2 x inter 1 s, slow start).
 const LB_UP_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 

@@ -302,18 +302,7 @@ async fn leave_etcd(
             members.len() - 1
         ));
     }
-    if ctx.cluster.version().minor < 22 {
-        let keep: Vec<String> = ctx
-            .cluster
-            .topology
-            .control_planes()
-            .iter()
-            .map(|h| h.name.clone())
-            .collect();
-        crate::kube::remove_stale_api_endpoints(s, host, &keep, ctx.secrets)
-            .await
-            .map_err(|e| PhaseError::host(phase, e))?;
-    }
+    super::prune_cluster_status(ctx, s, host, phase).await?;
     Ok(())
 }
 
