@@ -6,7 +6,7 @@ mod common;
 
 use common::moto;
 use kubeforge::provider::aws::{AwsCredentials, AwsProvider, AwsSpec, Ec2Client};
-use kubeforge::provider::cloud::{CloudContext, Retry, Secret};
+use kubeforge::provider::cloud::{ApiLb, CloudContext, Retry, Secret};
 use kubeforge::provider::{MachineRole, MachineSpec, Provider};
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -45,6 +45,7 @@ fn ctx(cluster: &str) -> CloudContext {
         api_ports: vec![6443],
         vip: None,
         vip_holder: None,
+        api_lb: None,
     }
 }
 
@@ -758,4 +759,465 @@ fn unknown_phases_and_offline_plans_need_no_cloud() {
         "{stderr}"
     );
     assert!(stdout.contains("(12 to create, 0 existing)"), "{stdout}");
+}
+
+// ---- the cloud load balancer in front of the apiservers (loadBalancer.type: cloud) ----
+
+fn elb(endpoint: &str) -> Ec2Client {
+    raw(endpoint).for_service("elasticloadbalancing", "2015-12-01", endpoint.into())
+}
+
+fn cp_specs(cluster: &str, n: usize) -> Vec<MachineSpec> {
+    (1..=n)
+        .map(|i| MachineSpec {
+            name: format!("{cluster}-cp-{i}"),
+            role: MachineRole::ControlPlane,
+            ip: format!("10.42.0.{}", 9 + i).parse().unwrap(),
+            extra_disks: vec![],
+        })
+        .collect()
+}
+
+fn lb_provider(cluster: &str, endpoint: &str) -> AwsProvider {
+    let mut c = ctx(cluster);
+    let mut spec = spec(endpoint);
+    spec.elb_endpoint = Some(endpoint.into());
+    c.api_lb = Some(ApiLb {
+        address: "10.42.0.254".parse().unwrap(),
+        port: 6443,
+        target_port: 6443,
+        https_check: true,
+    });
+    AwsProvider::with_credentials(&spec, c, Ok(creds())).unwrap()
+}
+
+/// Every `<tag>` value in an XML answer.
+fn values(xml: &str, tag: &str) -> Vec<String> {
+    xml.split(&format!("<{tag}>"))
+        .skip(1)
+        .filter_map(|s| s.split(&format!("</{tag}>")).next())
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test]
+async fn the_cloud_load_balancer_follows_the_control_planes() {
+    let m = moto::shared();
+    let ep = m.endpoint();
+    let p = lb_provider("nlb", &ep);
+    let planned: Vec<String> = p
+        .planned(&cp_specs("nlb", 3))
+        .iter()
+        .map(|r| format!("{}/{}", r.kind, r.name))
+        .collect();
+    assert!(
+        planned.contains(&"load-balancer/nlb-api".to_string()),
+        "{planned:?}"
+    );
+    assert!(
+        planned.contains(&"target-group/nlb-api".to_string()),
+        "{planned:?}"
+    );
+
+    p.ensure(&cp_specs("nlb", 3)).await.unwrap();
+    let lbs = elb(&ep)
+        .call(
+            "DescribeLoadBalancers",
+            "t",
+            &[("Names.member.1".into(), "nlb-api".into())],
+        )
+        .await
+        .unwrap();
+    assert_eq!(values(&lbs, "LoadBalancerName"), ["nlb-api"], "{lbs}");
+    assert_eq!(values(&lbs, "Scheme"), ["internal"], "{lbs}");
+    assert_eq!(values(&lbs, "Type"), ["network"], "{lbs}");
+    let lb_arn = values(&lbs, "LoadBalancerArn").remove(0);
+    let tgs = elb(&ep)
+        .call(
+            "DescribeTargetGroups",
+            "t",
+            &[("Names.member.1".into(), "nlb-api".into())],
+        )
+        .await
+        .unwrap();
+    assert_eq!(values(&tgs, "TargetType"), ["ip"], "{tgs}");
+    assert_eq!(values(&tgs, "HealthCheckPath"), ["/readyz"], "{tgs}");
+    let listeners = elb(&ep)
+        .call(
+            "DescribeListeners",
+            "t",
+            &[("LoadBalancerArn".into(), lb_arn.clone())],
+        )
+        .await
+        .unwrap();
+    assert_eq!(values(&listeners, "Port"), ["6443"], "{listeners}");
+    let health = p.endpoint_targets().await.unwrap().unwrap();
+    let mut targets: Vec<&str> = health.iter().map(|t| t.target.as_str()).collect();
+    targets.sort();
+    assert_eq!(
+        targets,
+        ["10.42.0.10:6443", "10.42.0.11:6443", "10.42.0.12:6443"]
+    );
+    assert!(health.iter().all(|t| t.healthy()), "{health:?}");
+    // The NLB's own addresses health-check the apiservers: allowed from the subnet.
+    let groups = raw(&ep)
+        .call(
+            "DescribeSecurityGroups",
+            "t",
+            &[
+                ("Filter.1.Name".into(), "group-name".into()),
+                ("Filter.1.Value.1".into(), "nlb-nodes".into()),
+            ],
+        )
+        .await
+        .unwrap();
+    assert!(groups.contains("<cidrIp>10.42.0.0/24</cidrIp>"), "{groups}");
+
+    // A second run changes nothing: one load balancer, one listener, three targets.
+    p.ensure(&cp_specs("nlb", 3)).await.unwrap();
+    let again = elb(&ep)
+        .call("DescribeLoadBalancers", "t", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        values(&again, "LoadBalancerName")
+            .iter()
+            .filter(|n| *n == "nlb-api")
+            .count(),
+        1
+    );
+    let listeners = elb(&ep)
+        .call(
+            "DescribeListeners",
+            "t",
+            &[("LoadBalancerArn".into(), lb_arn.clone())],
+        )
+        .await
+        .unwrap();
+    assert_eq!(values(&listeners, "Port").len(), 1, "{listeners}");
+    assert_eq!(p.endpoint_targets().await.unwrap().unwrap().len(), 3);
+
+    // Two control planes leave the file: they leave the target group.
+    p.ensure(&cp_specs("nlb", 1)).await.unwrap();
+    let health = p.endpoint_targets().await.unwrap().unwrap();
+    assert_eq!(
+        health.iter().map(|t| t.target.as_str()).collect::<Vec<_>>(),
+        ["10.42.0.10:6443"],
+        "{health:?}"
+    );
+
+    // destroy removes the load balancer and its target group with the rest.
+    let gone = p.destroy_all().await.unwrap();
+    assert!(gone.iter().any(|r| r.kind == "load-balancer"), "{gone:?}");
+    assert!(gone.iter().any(|r| r.kind == "target-group"), "{gone:?}");
+    assert!(p.resources().await.unwrap().is_empty());
+    let after = elb(&ep)
+        .call("DescribeTargetGroups", "t", &[])
+        .await
+        .unwrap();
+    assert!(
+        !values(&after, "TargetGroupName").contains(&"nlb-api".to_string()),
+        "{after}"
+    );
+    assert!(p.destroy_all().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_load_balancer_of_the_same_name_without_the_tag_is_not_used() {
+    let m = moto::shared();
+    let ep = m.endpoint();
+    let p = lb_provider("alien", &ep);
+    // The network exists (a run without the load balancer), then somebody else's
+    // load balancer takes the name.
+    provider("alien", &ep)
+        .ensure(&cp_specs("alien", 1))
+        .await
+        .unwrap();
+    let subnets = raw(&ep)
+        .call(
+            "DescribeSubnets",
+            "t",
+            &[
+                ("Filter.1.Name".into(), "tag:kubeforge:cluster".into()),
+                ("Filter.1.Value.1".into(), "alien".into()),
+            ],
+        )
+        .await
+        .unwrap();
+    let subnet = values(&subnets, "subnetId").remove(0);
+    elb(&ep)
+        .call(
+            "CreateLoadBalancer",
+            "t",
+            &[
+                ("Name".into(), "alien-api".into()),
+                ("Type".into(), "network".into()),
+                ("Scheme".into(), "internal".into()),
+                ("Subnets.member.1".into(), subnet),
+            ],
+        )
+        .await
+        .unwrap();
+    let e = p
+        .ensure(&cp_specs("alien", 1))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("alien-api") && e.contains("not this cluster's"),
+        "{e}"
+    );
+    // destroy leaves it alone.
+    let gone = p.destroy_all().await;
+    assert!(gone.is_err() || !gone.unwrap().iter().any(|r| r.kind == "load-balancer"));
+    let still = elb(&ep)
+        .call(
+            "DescribeLoadBalancers",
+            "t",
+            &[("Names.member.1".into(), "alien-api".into())],
+        )
+        .await
+        .unwrap();
+    assert_eq!(values(&still, "LoadBalancerName"), ["alien-api"]);
+}
+
+// ---- keepalived's VIP failover through the EC2 API (loadBalancer.failover) ----
+
+/// The primary addresses of the cluster's network interfaces (those in its VPC) that
+/// list `address` (as primary or secondary).
+async fn holders(endpoint: &str, cluster: &str, address: &str) -> Vec<String> {
+    let vpcs = raw(endpoint)
+        .call(
+            "DescribeVpcs",
+            "t",
+            &[
+                ("Filter.1.Name".into(), "tag:kubeforge:cluster".into()),
+                ("Filter.1.Value.1".into(), cluster.into()),
+            ],
+        )
+        .await
+        .unwrap();
+    let vpc = values(&vpcs, "vpcId").remove(0);
+    let xml = raw(endpoint)
+        .call(
+            "DescribeNetworkInterfaces",
+            "t",
+            &[
+                ("Filter.1.Name".into(), "vpc-id".into()),
+                ("Filter.1.Value.1".into(), vpc),
+            ],
+        )
+        .await
+        .unwrap();
+    // One chunk per interface; its first privateIpAddress is the primary.
+    let mut out: Vec<String> = xml
+        .split("<networkInterfaceId>")
+        .skip(1)
+        .filter(|c| c.contains(&format!("<privateIpAddress>{address}</privateIpAddress>")))
+        .filter_map(|c| values(c, "privateIpAddress").first().cloned())
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn the_rendered_failover_script_moves_the_vip_through_the_ec2_api() {
+    let m = moto::shared();
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_cluster(dir.path(), "fo", &m.endpoint());
+    let text = std::fs::read_to_string(&file).unwrap().replace(
+        "    loadBalancers: {count: 2}\n",
+        "    controlPlane: {count: 1}\n    loadBalancers: {count: 2}\n  loadBalancer:\n    interface: ens5\n    failover: {accessKeyIdEnv: KF_FO_ID, secretAccessKeyEnv: KF_FO_SECRET}\n",
+    ).replace("    controlPlane: {count: 3}\n", "").replace("    workers: {count: 1, extraDisks: [20G]}\n", "");
+    // The load balancers' role for the failover without keys: an instance profile.
+    let text = text.replace(
+        "      region: us-east-1\n",
+        "      region: us-east-1\n      loadBalancerInstanceProfile: kf-fo-lb\n",
+    );
+    std::fs::write(&file, text).unwrap();
+    raw(&m.endpoint())
+        .for_service("iam", "2010-05-08", m.endpoint())
+        .call(
+            "CreateInstanceProfile",
+            "t",
+            &[("InstanceProfileName".into(), "kf-fo-lb".into())],
+        )
+        .await
+        .unwrap();
+    let with_keys = |c: &mut Command| {
+        c.env("KF_FO_ID", "failover-key-id")
+            .env("KF_FO_SECRET", "failover-secret-0123456789");
+    };
+    let mut apply = kubeforge(dir.path());
+    with_keys(&mut apply);
+    run_ok(apply.args([
+        "apply",
+        "--phases",
+        "machines",
+        "--yes",
+        "-f",
+        "cluster.yaml",
+    ]));
+    let vip = "10.42.0.254";
+    assert_eq!(
+        holders(&m.endpoint(), "fo", vip).await,
+        ["10.42.0.4"],
+        "lb-1 holds the VIP first"
+    );
+    // The load balancers carry the instance profile, the control plane does not.
+    for (name, has) in [("fo-lb-1", true), ("fo-lb-2", true), ("fo-cp-1", false)] {
+        let xml = raw(&m.endpoint())
+            .call(
+                "DescribeInstances",
+                "t",
+                &[
+                    ("Filter.1.Name".into(), "tag:Name".into()),
+                    ("Filter.1.Value.1".into(), name.into()),
+                    ("Filter.2.Name".into(), "instance-state-name".into()),
+                    ("Filter.2.Value.1".into(), "running".into()),
+                ],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            xml.contains("instance-profile/kf-fo-lb"),
+            has,
+            "{name}: {xml}"
+        );
+    }
+
+    // Without the key's variables there is nothing to render: the error names them.
+    let out = kubeforge(dir.path())
+        .args(["render", "-f", "cluster.yaml", "--out", "rendered"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("KF_FO_ID"),
+        "{out:?}"
+    );
+    let mut render = kubeforge(dir.path());
+    with_keys(&mut render);
+    let (stdout, stderr) =
+        run_ok(render.args(["render", "-f", "cluster.yaml", "--out", "rendered"]));
+    assert!(!format!("{stdout}{stderr}").contains("failover-secret"));
+    let rendered = dir.path().join("rendered");
+    let conf =
+        std::fs::read_to_string(rendered.join("fo-lb-1/etc/keepalived/keepalived.conf")).unwrap();
+    assert!(conf.contains("notify_master \"/usr/local/lib/kubeforge/vip-failover /etc/kubeforge/vip-failover.json\""), "{conf}");
+    assert!(conf.contains("unicast_peer"), "{conf}");
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(rendered.join("fo-lb-2/etc/kubeforge/vip-failover.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(config["self"], "10.42.0.5");
+    assert_eq!(config["peers"], serde_json::json!(["10.42.0.4"]));
+    assert_eq!(config["region"], "us-east-1");
+    assert_eq!(config["credentials"]["accessKeyId"], "failover-key-id");
+    // `render` shows the secret redacted; the load balancers get it (put back here).
+    assert_eq!(config["credentials"]["secretAccessKey"], "<redacted>");
+    for lb in ["fo-lb-1", "fo-lb-2"] {
+        let cfg = rendered.join(lb).join("etc/kubeforge/vip-failover.json");
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+        v["credentials"]["secretAccessKey"] = serde_json::json!("failover-secret-0123456789");
+        std::fs::write(&cfg, v.to_string()).unwrap();
+    }
+
+    let failover = |lb: &str, config: Option<&Path>| {
+        let base = rendered.join(lb);
+        let cfg = config
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| base.join("etc/kubeforge/vip-failover.json"));
+        Command::new("python3")
+            .arg(base.join("usr/local/lib/kubeforge/vip-failover"))
+            .arg(cfg)
+            .output()
+            .unwrap()
+    };
+    // lb-2 takes over: the VIP leaves lb-1's interface for lb-2's.
+    let out = failover("fo-lb-2", None);
+    let log = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{log}");
+    assert!(!log.contains("failover-secret"), "{log}");
+    assert_eq!(
+        holders(&m.endpoint(), "fo", vip).await,
+        ["10.42.0.5"],
+        "{log}"
+    );
+    assert!(failover("fo-lb-2", None).status.success(), "idempotent");
+    assert_eq!(holders(&m.endpoint(), "fo", vip).await, ["10.42.0.5"]);
+    // The next apply leaves the VIP with the node keepalived gave it to.
+    let mut again = kubeforge(dir.path());
+    with_keys(&mut again);
+    run_ok(again.args([
+        "apply",
+        "--phases",
+        "machines",
+        "--yes",
+        "-f",
+        "cluster.yaml",
+    ]));
+    assert_eq!(holders(&m.endpoint(), "fo", vip).await, ["10.42.0.5"]);
+
+    // The instance role instead of a key: credentials through IMDSv2 (a local stand-in
+    // answering the token PUT and the two credential GETs).
+    let imds = common::http_mock::MockServer::start(std::sync::Arc::new(
+        |r: &common::http_mock::Request| {
+            use common::http_mock::Response;
+            match (r.method.as_str(), r.route()) {
+                ("PUT", "/latest/api/token")
+                    if r.header("x-aws-ec2-metadata-token-ttl-seconds").is_some() =>
+                {
+                    Response {
+                        status: 200,
+                        body: "imds-token".into(),
+                    }
+                }
+                (_, _) if r.header("x-aws-ec2-metadata-token") != Some("imds-token") => {
+                    Response::empty(401)
+                }
+                ("GET", "/latest/meta-data/iam/security-credentials/") => Response {
+                    status: 200,
+                    body: "lb-role".into(),
+                },
+                ("GET", "/latest/meta-data/iam/security-credentials/lb-role") => Response::json(
+                    200,
+                    serde_json::json!({"Code": "Success", "AccessKeyId": "ASIAROLE", "SecretAccessKey": "role-secret", "Token": "role-session"}),
+                ),
+                _ => Response::empty(404),
+            }
+        },
+    ));
+    let mut role_cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(rendered.join("fo-lb-1/etc/kubeforge/vip-failover.json")).unwrap(),
+    )
+    .unwrap();
+    role_cfg.as_object_mut().unwrap().remove("credentials");
+    role_cfg["imds"] = serde_json::json!(imds.url());
+    let role_file = dir.path().join("role.json");
+    std::fs::write(&role_file, role_cfg.to_string()).unwrap();
+    let out = failover("fo-lb-1", Some(&role_file));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(holders(&m.endpoint(), "fo", vip).await, ["10.42.0.4"]);
+    assert!(imds
+        .take()
+        .iter()
+        .any(|r| r.route() == "/latest/meta-data/iam/security-credentials/lb-role"));
+
+    // An API that does not answer: exit 1 after the retry budget, the VIP untouched.
+    let mut down = role_cfg.clone();
+    down["endpoint"] = serde_json::json!("http://127.0.0.1:9");
+    down["timeoutSeconds"] = serde_json::json!(2);
+    std::fs::write(&role_file, down.to_string()).unwrap();
+    let out = failover("fo-lb-2", Some(&role_file));
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(holders(&m.endpoint(), "fo", vip).await, ["10.42.0.4"]);
+
+    let mut destroy = kubeforge(dir.path());
+    run_ok(destroy.args(["destroy", "--yes", "-f", "cluster.yaml"]));
 }

@@ -6,7 +6,7 @@
 mod common;
 
 use common::http_mock::{MockServer, Request, Response};
-use kubeforge::provider::cloud::{CloudContext, Retry};
+use kubeforge::provider::cloud::{ApiLb, CloudContext, Retry};
 use kubeforge::provider::hetzner::{HetznerProvider, HetznerSpec};
 use kubeforge::provider::{MachineRole, MachineSpec, Provider};
 use serde_json::{json, Value};
@@ -25,6 +25,7 @@ struct Fake {
     firewalls: Vec<Value>,
     ssh_keys: Vec<Value>,
     volumes: Vec<Value>,
+    load_balancers: Vec<Value>,
     /// action id -> (polls left before done, final status, error, command)
     actions: std::collections::BTreeMap<u64, (u32, &'static str, Option<Value>, String)>,
     /// Answer the next N requests with 429 rate_limit_exceeded.
@@ -59,11 +60,49 @@ impl Fake {
             "firewalls" => &mut self.firewalls,
             "ssh_keys" => &mut self.ssh_keys,
             "volumes" => &mut self.volumes,
+            "load_balancers" => &mut self.load_balancers,
             _ => panic!("no collection {name}"),
         }
     }
 
+    /// A label-selector target lists the servers it selects, each healthy on every
+    /// service port (as the API shows resolved targets).
+    fn resolve_targets(&mut self) {
+        let servers = self.servers.clone();
+        for lb in &mut self.load_balancers {
+            let ports: Vec<Value> = lb["services"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["listen_port"].clone())
+                .collect();
+            for t in lb["targets"].as_array_mut().unwrap() {
+                let sel = t["label_selector"]["selector"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string();
+                let chosen: Vec<Value> = servers
+                    .iter()
+                    .filter(|s| {
+                        sel.split(',').all(|kv| {
+                            let (k, v) = kv.split_once('=').unwrap();
+                            s["labels"][k] == json!(v)
+                        })
+                    })
+                    .map(|s| {
+                        json!({"type": "server", "server": {"id": s["id"]}, "use_private_ip": true,
+                               "health_status": ports.iter().map(|p| json!({"listen_port": p, "status": "healthy"})).collect::<Vec<_>>()})
+                    })
+                    .collect();
+                t["targets"] = json!(chosen);
+            }
+        }
+    }
+
     fn list(&mut self, name: &str, r: &Request) -> Response {
+        if name == "load_balancers" {
+            self.resolve_targets();
+        }
         let per_page = self.per_page.max(1);
         let page: usize = r.query("page").and_then(|p| p.parse().ok()).unwrap_or(1);
         let selector = r.query("label_selector");
@@ -217,6 +256,80 @@ impl Fake {
                 let a = self.action("attach_to_network", "success", None);
                 Response::json(201, json!({"action": a}))
             }
+            ("POST", ["load_balancers"]) => {
+                let id = self.id();
+                let lb = json!({"id": id, "name": body["name"], "labels": body["labels"],
+                    "load_balancer_type": {"name": body["load_balancer_type"]},
+                    "location": {"name": body["location"]}, "algorithm": body["algorithm"],
+                    "public_net": {"enabled": true, "ipv4": {"ip": "203.0.113.200"}},
+                    "private_net": [], "services": [], "targets": []});
+                self.load_balancers.push(lb.clone());
+                let a = self.action("create_load_balancer", "success", None);
+                Response::json(201, json!({"load_balancer": lb, "action": a}))
+            }
+            ("POST", ["load_balancers", id, "actions", action]) => {
+                let id: u64 = id.parse().unwrap();
+                let Some(lb) = self
+                    .load_balancers
+                    .iter_mut()
+                    .find(|l| l["id"] == json!(id))
+                else {
+                    return Response::json(
+                        404,
+                        json!({"error": {"code": "not_found", "message": "load balancer not found"}}),
+                    );
+                };
+                match *action {
+                    "attach_to_network" => lb["private_net"]
+                        .as_array_mut()
+                        .unwrap()
+                        .push(json!({"network": body["network"], "ip": body["ip"]})),
+                    "disable_public_interface" => lb["public_net"]["enabled"] = json!(false),
+                    "add_service" => lb["services"].as_array_mut().unwrap().push(body.clone()),
+                    "add_target" => {
+                        let mut t = body.clone();
+                        t["targets"] = json!([]);
+                        lb["targets"].as_array_mut().unwrap().push(t)
+                    }
+                    _ => {
+                        return Response::json(
+                            404,
+                            json!({"error": {"code": "not_found", "message": "no such action"}}),
+                        )
+                    }
+                }
+                let a = self.action(action, "success", None);
+                Response::json(201, json!({"action": a}))
+            }
+            ("POST", ["servers", id, "actions", "change_alias_ips"]) => {
+                let id: u64 = id.parse().unwrap();
+                let net = body["network"].clone();
+                let wanted: Vec<Value> = body["alias_ips"].as_array().cloned().unwrap_or_default();
+                // An alias another server holds on the network is refused.
+                for other in self.servers.iter().filter(|s| s["id"] != json!(id)) {
+                    for pn in other["private_net"].as_array().unwrap() {
+                        if pn["network"] == net
+                            && pn["alias_ips"]
+                                .as_array()
+                                .is_some_and(|a| wanted.iter().any(|w| a.contains(w)))
+                        {
+                            return Response::json(
+                                422,
+                                json!({"error": {"code": "ip_not_available", "message": "the IP is not available"}}),
+                            );
+                        }
+                    }
+                }
+                if let Some(s) = self.servers.iter_mut().find(|s| s["id"] == json!(id)) {
+                    for pn in s["private_net"].as_array_mut().unwrap() {
+                        if pn["network"] == net {
+                            pn["alias_ips"] = json!(wanted);
+                        }
+                    }
+                }
+                let a = self.action("change_alias_ips", "success", None);
+                Response::json(201, json!({"action": a}))
+            }
             ("POST", ["volumes"]) => {
                 let id = self.id();
                 let v = json!({"id": id, "name": body["name"], "size": body["size"], "server": body["server"],
@@ -283,6 +396,7 @@ fn provider(url: &str, token_env: &str) -> HetznerProvider {
         api_ports: vec![6443],
         vip: Some("10.42.0.254".parse().unwrap()),
         vip_holder: Some("hz-lb-1".into()),
+        api_lb: None,
     };
     let mut p = HetznerProvider::new(&spec, ctx).unwrap();
     p.set_retry(Retry {
@@ -488,6 +602,7 @@ async fn errors_carry_the_operation_resource_code_and_message() {
         api_ports: vec![6443],
         vip: None,
         vip_holder: None,
+        api_lb: None,
     };
     let p = HetznerProvider::new(&spec, ctx).unwrap();
     let err = p.ensure(&specs()[..1]).await.unwrap_err().to_string();
@@ -596,7 +711,12 @@ fn apply_machines_and_destroy_through_the_binary() {
     let dir = tempfile::tempdir().unwrap();
     let bin = common::bin();
     let run = |args: &[&str]| {
-        let out = std::process::Command::new(&bin)
+        let mut cmd = std::process::Command::new(&bin);
+        // destroy needs no failover credential.
+        if args[0] != "destroy" {
+            cmd.env("KF_TEST_FAILOVER_TOKEN", TOKEN);
+        }
+        let out = cmd
             .current_dir(dir.path())
             .env("HCLOUD_TOKEN", TOKEN)
             .env_remove("HCLOUD_ENDPOINT")
@@ -629,6 +749,9 @@ spec:
   nodePools:
     controlPlane: {{count: 3}}
     loadBalancers: {{count: 2}}
+  loadBalancer:
+    interface: enp7s0
+    failover: {{tokenEnv: KF_TEST_FAILOVER_TOKEN}}
 ",
             server.url()
         ),
@@ -657,6 +780,100 @@ spec:
         .cloned()
         .unwrap();
     assert_eq!(lb1["private_net"][0]["alias_ips"], json!(["10.42.0.254"]));
+
+    // keepalived's failover script, as kubeforge renders it for each load balancer,
+    // moves the alias through the API (run here against the fake, as keepalived's
+    // notify_master runs it on the node).
+    let render = |env: Option<&str>| {
+        let mut c = std::process::Command::new(&bin);
+        c.current_dir(dir.path())
+            .env("HCLOUD_TOKEN", TOKEN)
+            .env_remove("KF_TEST_FAILOVER_TOKEN")
+            .args(["render", "-f", "cluster.yaml", "--out", "rendered"]);
+        if let Some(t) = env {
+            c.env("KF_TEST_FAILOVER_TOKEN", t);
+        }
+        c.output().unwrap()
+    };
+    let missing = render(None);
+    let text = String::from_utf8_lossy(&missing.stderr).to_string();
+    assert!(!missing.status.success());
+    assert!(text.contains("KF_TEST_FAILOVER_TOKEN"), "{text}");
+    let ok = render(Some(TOKEN));
+    assert!(ok.status.success(), "{ok:?}");
+    assert!(!String::from_utf8_lossy(&ok.stdout).contains(TOKEN));
+    let rendered = dir.path().join("rendered");
+    let keepalived =
+        std::fs::read_to_string(rendered.join("hzc-lb-2/etc/keepalived/keepalived.conf")).unwrap();
+    assert!(
+        keepalived.contains(
+            "notify_master \"/usr/local/lib/kubeforge/vip-failover /etc/kubeforge/vip-failover.json\""
+        ),
+        "{keepalived}"
+    );
+    // `render` shows the token redacted; the load balancers get it (put back here).
+    for lb in ["hzc-lb-1", "hzc-lb-2"] {
+        let cfg = rendered.join(lb).join("etc/kubeforge/vip-failover.json");
+        let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+        assert_eq!(v["token"], "<redacted>");
+        assert_eq!(v["provider"], "hetzner");
+        v["token"] = json!(TOKEN);
+        std::fs::write(&cfg, v.to_string()).unwrap();
+    }
+    let failover = |lb: &str| {
+        let base = rendered.join(lb);
+        std::process::Command::new("python3")
+            .arg(base.join("usr/local/lib/kubeforge/vip-failover"))
+            .arg(base.join("etc/kubeforge/vip-failover.json"))
+            .output()
+            .unwrap()
+    };
+    let aliases = |name: &str| {
+        fake.lock()
+            .unwrap()
+            .servers
+            .iter()
+            .find(|s| s["name"] == name)
+            .map(|s| s["private_net"][0]["alias_ips"].clone())
+            .unwrap()
+    };
+    let out = failover("hzc-lb-2");
+    let log = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{log}");
+    assert!(!log.contains(TOKEN), "{log}");
+    assert_eq!(aliases("hzc-lb-2"), json!(["10.42.0.254"]), "{log}");
+    assert_eq!(aliases("hzc-lb-1"), json!([]), "{log}");
+    // Idempotent, and the next apply does not take the VIP back to lb-1.
+    assert!(failover("hzc-lb-2").status.success());
+    run(&[
+        "apply",
+        "--phases",
+        "machines",
+        "--yes",
+        "-f",
+        "cluster.yaml",
+    ]);
+    assert_eq!(aliases("hzc-lb-2"), json!(["10.42.0.254"]));
+    let out = failover("hzc-lb-1");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(aliases("hzc-lb-1"), json!(["10.42.0.254"]));
+    assert_eq!(aliases("hzc-lb-2"), json!([]));
+    // A token the API refuses: the script gives up with the API's code, exit 1.
+    let cfg = rendered.join("hzc-lb-2/etc/kubeforge/vip-failover.json");
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+    v["token"] = json!("wrong-token");
+    v["timeoutSeconds"] = json!(2);
+    std::fs::write(&cfg, v.to_string()).unwrap();
+    let out = failover("hzc-lb-2");
+    let log = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(log.contains("unauthorized"), "{log}");
+    assert_eq!(aliases("hzc-lb-1"), json!(["10.42.0.254"]));
+
     let out = run(&[
         "apply",
         "--phases",
@@ -698,4 +915,149 @@ async fn a_create_whose_answer_was_lost_is_not_repeated_and_found_next_run() {
     p.ensure(&specs()[..1]).await.unwrap();
     assert!(posts(&server.take(), "/servers").is_empty());
     assert_eq!(fake.lock().unwrap().servers.len(), 1);
+}
+
+fn lb_provider(url: &str) -> HetznerProvider {
+    let spec: HetznerSpec = serde_json::from_value(
+        json!({"endpoint": url, "allowHttp": true, "tokenEnv": token_env(), "location": "nbg1"}),
+    )
+    .unwrap();
+    let ctx = CloudContext {
+        cluster: "hz".into(),
+        subnet: "10.42.0.0/24".parse().unwrap(),
+        ssh_public_key: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGl6ZmFrZWtleQ test".into(),
+        ssh_port: 22,
+        api_ports: vec![6443],
+        vip: None,
+        vip_holder: None,
+        api_lb: Some(ApiLb {
+            address: "10.42.0.254".parse().unwrap(),
+            port: 6443,
+            target_port: 6443,
+            https_check: true,
+        }),
+    };
+    let mut p = HetznerProvider::new(&spec, ctx).unwrap();
+    p.set_retry(Retry {
+        attempts: 4,
+        first_delay: Duration::from_millis(10),
+        max_delay: Duration::from_millis(40),
+    });
+    p
+}
+
+#[tokio::test]
+async fn the_cloud_load_balancer_sits_on_the_private_network_in_front_of_the_control_planes() {
+    let (server, fake) = start(Fake {
+        per_page: 50,
+        ..Fake::default()
+    });
+    let p = lb_provider(&server.url());
+    let cps: Vec<MachineSpec> = (1..=3)
+        .map(|i| MachineSpec {
+            name: format!("hz-cp-{i}"),
+            role: MachineRole::ControlPlane,
+            ip: format!("10.42.0.{}", 9 + i).parse().unwrap(),
+            extra_disks: vec![],
+        })
+        .chain(std::iter::once(specs()[1].clone()))
+        .collect();
+    assert!(p
+        .planned(&cps)
+        .iter()
+        .any(|r| r.kind == "load-balancer" && r.name == "hz-api"));
+    p.ensure(&cps).await.unwrap();
+    let reqs = server.take();
+    let create = posts(&reqs, "/load_balancers");
+    assert_eq!(create.len(), 1);
+    let body = create[0].json();
+    assert_eq!(body["name"], "hz-api");
+    assert_eq!(body["load_balancer_type"], "lb11");
+    assert_eq!(body["location"], "nbg1");
+    assert_eq!(body["labels"]["kubeforge.dev/cluster"], "hz");
+    let id = fake.lock().unwrap().load_balancers[0]["id"]
+        .as_u64()
+        .unwrap();
+    let action = |a: &str| {
+        let path = format!("/load_balancers/{id}/actions/{a}");
+        let found = posts(&reqs, &path);
+        assert_eq!(found.len(), 1, "{a}: {reqs:?}");
+        found[0].json()
+    };
+    let attach = action("attach_to_network");
+    assert_eq!(attach["ip"], "10.42.0.254");
+    assert!(attach["network"].as_u64().is_some());
+    action("disable_public_interface");
+    let svc = action("add_service");
+    assert_eq!(svc["protocol"], "tcp");
+    assert_eq!(svc["listen_port"], 6443);
+    assert_eq!(svc["destination_port"], 6443);
+    assert_eq!(svc["health_check"]["http"]["path"], "/readyz");
+    assert_eq!(svc["health_check"]["http"]["tls"], true);
+    let target = action("add_target");
+    assert_eq!(target["type"], "label_selector");
+    assert_eq!(
+        target["label_selector"]["selector"],
+        "kubeforge.dev/cluster=hz,kubeforge.dev/role=control-plane"
+    );
+    assert_eq!(target["use_private_ip"], true);
+    // The targets are the control planes (not the worker), healthy.
+    let health = p.endpoint_targets().await.unwrap().unwrap();
+    assert_eq!(
+        health.iter().map(|t| t.target.as_str()).collect::<Vec<_>>(),
+        ["10.42.0.10:6443", "10.42.0.11:6443", "10.42.0.12:6443"]
+    );
+    assert!(health.iter().all(|t| t.healthy()), "{health:?}");
+    // A second run changes nothing about the load balancer.
+    p.ensure(&cps).await.unwrap();
+    let again = server.take();
+    assert!(
+        !again
+            .iter()
+            .any(|r| r.method == "POST" && r.route().starts_with("/load_balancers")),
+        "{again:?}"
+    );
+    // A run that crashed after the create is finished: the parts are made one by one.
+    fake.lock().unwrap().load_balancers[0]["private_net"] = json!([]);
+    fake.lock().unwrap().load_balancers[0]["targets"] = json!([]);
+    p.ensure(&cps).await.unwrap();
+    let fixed = server.take();
+    assert_eq!(posts(&fixed, "/load_balancers").len(), 0);
+    assert_eq!(
+        posts(
+            &fixed,
+            &format!("/load_balancers/{id}/actions/attach_to_network")
+        )
+        .len(),
+        1
+    );
+    assert_eq!(
+        posts(&fixed, &format!("/load_balancers/{id}/actions/add_target")).len(),
+        1
+    );
+    assert_eq!(
+        posts(&fixed, &format!("/load_balancers/{id}/actions/add_service")).len(),
+        0
+    );
+    // destroy deletes it before the network it is attached to.
+    let gone = p.destroy_all().await.unwrap();
+    assert!(gone
+        .iter()
+        .any(|r| r.kind == "load-balancer" && r.name == "hz-api"));
+    let deletes: Vec<String> = server
+        .take()
+        .iter()
+        .filter(|r| r.method == "DELETE")
+        .map(|r| r.route().to_string())
+        .collect();
+    let lb_at = deletes
+        .iter()
+        .position(|d| d.starts_with("/load_balancers/"))
+        .unwrap();
+    let net_at = deletes
+        .iter()
+        .position(|d| d.starts_with("/networks/"))
+        .unwrap();
+    assert!(lb_at < net_at, "{deletes:?}");
+    assert!(fake.lock().unwrap().load_balancers.is_empty());
 }

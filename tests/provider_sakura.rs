@@ -304,6 +304,7 @@ fn provider(url: &str, extra: Value) -> SakuraProvider {
         api_ports: vec![6443, 8443],
         vip: None,
         vip_holder: None,
+        api_lb: None,
     };
     let mut p = SakuraProvider::new(&spec, ctx).unwrap();
     p.set_retry(Retry {
@@ -534,6 +535,7 @@ async fn errors_carry_operation_resource_code_and_message() {
         api_ports: vec![],
         vip: None,
         vip_holder: None,
+        api_lb: None,
     };
     let p2 = SakuraProvider::new(&spec, ctx).unwrap();
     let err = p2.list().await.unwrap_err().to_string();

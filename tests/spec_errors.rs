@@ -485,7 +485,7 @@ fn all_errors_are_collected_not_just_the_first() {
             "cluster.yaml:10:20: spec.nodePools.controlPlane.count: invalid type: string \"two\", expected a whole number from 0 to 4294967295",
             "cluster.yaml:12:3: spec.networking.serviceSubnet: 10.96.0.0/12 overlaps spec.networking.podSubnet 10.96.0.0/16",
             "cluster.yaml:14:5: spec.networking.bogus: unknown field `bogus`, expected one of podSubnet, serviceSubnet, nodeSubnet, dnsDomain, cni, apiServerPort",
-            "cluster.yaml:15:18: spec.loadBalancer.type: unknown value `nginx`, expected haproxy-keepalived or external",
+            "cluster.yaml:15:18: spec.loadBalancer.type: unknown value `nginx`, expected one of haproxy-keepalived, external, cloud",
         ]
     );
 }
@@ -555,7 +555,68 @@ fn cloud_provider_inputs_get_their_exact_messages() {
         ),
         Vec::<String>::new()
     );
+    // The cloud's own load balancer, and keepalived's VIP moved through the API.
+    for ok in [
+        cloud(aws, "  loadBalancer: {type: cloud}\n"),
+        cloud(aws, "  loadBalancer: {type: cloud, port: 443, healthCheck: tcp}\n"),
+        cloud("    hetzner: {}\n", "  loadBalancer: {type: cloud, vip: 10.42.0.100}\n"),
+        cloud(aws, "  nodePools:\n    loadBalancers: {count: 2}\n  loadBalancer: {failover: {}}\n"),
+        cloud(aws, "  nodePools:\n    loadBalancers: {count: 2}\n  loadBalancer: {failover: {accessKeyIdEnv: A, secretAccessKeyEnv: B_2}}\n"),
+        cloud("    hetzner: {}\n", "  nodePools:\n    loadBalancers: {count: 2}\n  loadBalancer: {failover: {tokenEnv: HCLOUD_FAILOVER}}\n"),
+    ] {
+        assert_eq!(errors(&ok, None), Vec::<String>::new(), "{ok}");
+    }
     let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "cloud load balancer on docker",
+            docker("  loadBalancer: {type: cloud}\n"),
+            "cluster.yaml:9:18: spec.loadBalancer.type: type cloud is the load balancer of the aws and hetzner providers, not of docker (use haproxy-keepalived or external)",
+        ),
+        (
+            "cloud load balancer on sakura",
+            cloud("    sakura: {archive: '1'}\n", "  loadBalancer: {type: cloud}\n"),
+            "cluster.yaml:9:18: spec.loadBalancer.type: type cloud is the load balancer of the aws and hetzner providers, not of sakura (use haproxy-keepalived: Sakura's switch carries keepalived's VIP as it is)",
+        ),
+        (
+            "cloud load balancer with load-balancer nodes",
+            cloud(aws, "  nodePools:\n    loadBalancers: {count: 2}\n  loadBalancer: {type: cloud}\n"),
+            "cluster.yaml:10:21: spec.nodePools.loadBalancers.count: the cloud load balancer replaces the load-balancer nodes (`t-lb-1` would be unused): set the count to 0",
+        ),
+        (
+            "cloud load balancer with an interface",
+            cloud(aws, "  loadBalancer: {type: cloud, interface: ens5}\n"),
+            "cluster.yaml:9:31: spec.loadBalancer.interface: interface is only used with type haproxy-keepalived (the cloud load balancer needs no nodes of its own)",
+        ),
+        (
+            "cloud load balancer outside the subnet",
+            cloud(aws, "  loadBalancer: {type: cloud, vip: 10.9.0.1}\n"),
+            "cluster.yaml:9:31: spec.loadBalancer.vip: VIP 10.9.0.1 is outside the node subnet 10.42.0.0/24",
+        ),
+        (
+            "failover on docker",
+            docker("  loadBalancer: {failover: {}}\n"),
+            "cluster.yaml:9:18: spec.loadBalancer.failover: failover through a cloud API is for the aws and hetzner providers; on docker keepalived moves the VIP itself",
+        ),
+        (
+            "failover with the cloud load balancer",
+            cloud(aws, "  loadBalancer: {type: cloud, failover: {}}\n"),
+            "cluster.yaml:9:31: spec.loadBalancer.failover: failover moves keepalived's VIP: it is only used with type haproxy-keepalived",
+        ),
+        (
+            "failover key id without its secret",
+            cloud(aws, "  nodePools:\n    loadBalancers: {count: 2}\n  loadBalancer: {failover: {accessKeyIdEnv: KF_ID}}\n"),
+            "cluster.yaml:11:18: spec.loadBalancer.failover: set both accessKeyIdEnv and secretAccessKeyEnv, or neither (the load balancers' instance role)",
+        ),
+        (
+            "failover token on aws",
+            cloud(aws, "  nodePools:\n    loadBalancers: {count: 2}\n  loadBalancer: {failover: {tokenEnv: T}}\n"),
+            "cluster.yaml:11:29: spec.loadBalancer.failover.tokenEnv: tokenEnv is not used with the aws provider",
+        ),
+        (
+            "failover token variable that is no name",
+            cloud("    hetzner: {}\n", "  nodePools:\n    loadBalancers: {count: 2}\n  loadBalancer: {failover: {tokenEnv: 'A B;rm'}}\n"),
+            "cluster.yaml:11:29: spec.loadBalancer.failover.tokenEnv: `A B;rm` is not an environment variable name",
+        ),
         (
             "aws without image",
             cloud("    aws: {region: eu-west-1}\n", ""),
@@ -564,7 +625,7 @@ fn cloud_provider_inputs_get_their_exact_messages() {
         (
             "aws unknown field",
             cloud("    aws: {image: ami-1, instanceTyp: t3.large}\n", ""),
-            "cluster.yaml:8:25: spec.provider.aws.instanceTyp: unknown field `instanceTyp`, expected one of image, region, endpoint, profile, availabilityZone, instanceType, controlPlaneInstanceType, loadBalancerInstanceType, vpcCidr, subnet, useDefaultVpc, allowedCidrs, rootVolumeGb, allowHttp",
+            "cluster.yaml:8:25: spec.provider.aws.instanceTyp: unknown field `instanceTyp`, expected one of image, region, endpoint, profile, availabilityZone, instanceType, controlPlaneInstanceType, loadBalancerInstanceType, vpcCidr, subnet, useDefaultVpc, allowedCidrs, rootVolumeGb, elbEndpoint, allowHttp",
         ),
         (
             "aws and docker at once",
@@ -589,7 +650,7 @@ fn cloud_provider_inputs_get_their_exact_messages() {
         (
             "hetzner unknown field",
             cloud("    hetzner: {serverTyp: cx32}\n", ""),
-            "cluster.yaml:8:15: spec.provider.hetzner.serverTyp: unknown field `serverTyp`, expected one of tokenEnv, endpoint, location, networkZone, serverType, controlPlaneServerType, loadBalancerServerType, image, ipRange, subnet, allowedCidrs, allowHttp",
+            "cluster.yaml:8:15: spec.provider.hetzner.serverTyp: unknown field `serverTyp`, expected one of tokenEnv, endpoint, location, networkZone, serverType, controlPlaneServerType, loadBalancerServerType, loadBalancerType, image, ipRange, subnet, allowedCidrs, allowHttp",
         ),
         (
             "sakura without an archive",

@@ -232,6 +232,7 @@ pub fn text(plan: &Plan, c: &LoadedCluster, show_content: bool) -> String {
     let lb = match &c.topology.endpoint {
         Endpoint::Vip { lb_hosts, .. } => format!("keepalived VIP on {}", lb_hosts.join(", ")),
         Endpoint::External { .. } => "external load balancer".into(),
+        Endpoint::Cloud { .. } => format!("{} load balancer", plan.provider),
     };
     let _ = writeln!(
         o,

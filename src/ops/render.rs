@@ -32,7 +32,11 @@ pub fn run(file: &Path, out: &Path, output: OutputFormat) -> Result<(), Error> {
                 source,
             })?;
         }
-        let content = secrets.redact(&f.content);
+        let content = if f.path == crate::render::views::FAILOVER_CONFIG {
+            crate::render::views::redact_failover(&f.content)
+        } else {
+            secrets.redact(&f.content)
+        };
         std::fs::write(&dest, &content).map_err(|source| Error::Write {
             path: dest.clone(),
             source,

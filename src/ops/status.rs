@@ -66,6 +66,10 @@ struct StatusReport {
     /// /readyz through the control-plane endpoint (the VIP / load balancers).
     endpoint: String,
     endpoint_ready: bool,
+    /// The cloud load balancer's targets as its health check sees them
+    /// (`loadBalancer.type: cloud`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    endpoint_targets: Option<Vec<crate::provider::TargetHealth>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     newest_snapshot: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -248,6 +252,7 @@ openssl x509 -enddate -noout -in $f 2>/dev/null | cut -d= -f2; done";
             "the control-plane endpoint {vip} does not answer /readyz"
         ));
     }
+    let endpoint_targets = cloud_targets(c, &mut problems, &mut warnings).await;
     let vip_holders = nodes.iter().filter(|n| n.holds_vip == Some(true)).count();
     {
         if nodes.iter().any(|n| n.holds_vip.is_some()) && vip_holders != 1 {
@@ -334,9 +339,56 @@ openssl x509 -enddate -noout -in $f 2>/dev/null | cut -d= -f2; done";
         etcd,
         endpoint: vip,
         endpoint_ready,
+        endpoint_targets,
         newest_snapshot: newest.map(|l| l.name.clone()),
         newest_snapshot_age_seconds: age,
     })
+}
+
+/// The cloud load balancer's targets (asked from the cloud's API): none healthy is a
+/// problem, each unhealthy one a warning.
+async fn cloud_targets(
+    c: &crate::spec::LoadedCluster,
+    problems: &mut Vec<String>,
+    warnings: &mut Vec<String>,
+) -> Option<Vec<crate::provider::TargetHealth>> {
+    if !matches!(c.topology.endpoint, crate::spec::Endpoint::Cloud { .. }) {
+        return None;
+    }
+    let read = match crate::provider::factory::open_cloud(c, String::new()) {
+        Ok(Some(p)) => p.endpoint_targets().await.map_err(|e| e.to_string()),
+        Ok(None) => Ok(None),
+        Err(e) => Err(e.to_string()),
+    };
+    match read {
+        Ok(Some(targets)) => {
+            if !targets.iter().any(|t| t.healthy()) {
+                problems.push(format!(
+                    "the cloud load balancer has no healthy target ({} registered)",
+                    targets.len()
+                ));
+            }
+            for t in targets.iter().filter(|t| !t.healthy()) {
+                warnings.push(format!(
+                    "load balancer target {} is {}{}",
+                    t.target,
+                    t.state,
+                    t.reason
+                        .as_deref()
+                        .map(|r| format!(" ({r})"))
+                        .unwrap_or_default()
+                ));
+            }
+            Some(targets)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            warnings.push(format!(
+                "the cloud load balancer's targets were not read: {e}"
+            ));
+            None
+        }
+    }
 }
 
 pub async fn run(args: StatusArgs, output: OutputFormat) -> Result<u8, Error> {
@@ -379,6 +431,9 @@ fn print(r: &StatusReport, output: OutputFormat) -> Result<(), Error> {
             "NOT READY"
         }
     );
+    for t in r.endpoint_targets.iter().flatten() {
+        println!("  target {}: {}", t.target, t.state);
+    }
     println!();
     println!(
         "{:<24} {:<28} {:<9} {:<7} {:<10} {:<10} {:<6} CERTS",

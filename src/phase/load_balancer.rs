@@ -69,6 +69,10 @@ impl Phase for LoadBalancer {
                 "use the external load balancer {}",
                 ctx.cluster.topology.endpoint.address()
             ))),
+            Endpoint::Cloud { .. } => p.operator.push(Step::new(format!(
+                "use the cloud load balancer {} (made by the machines phase)",
+                ctx.cluster.topology.endpoint.address()
+            ))),
         }
         p
     }
@@ -77,6 +81,9 @@ impl Phase for LoadBalancer {
         if !matches!(ctx.cluster.topology.endpoint, Endpoint::Vip { .. }) {
             ctx.hosts(plan, &exec::NoSpecial).await?;
             return Ok(());
+        }
+        if ctx.cluster.cluster.spec.load_balancer.failover.is_some() {
+            self.check_python(ctx, plan).await?;
         }
         // One load balancer at a time, the VIP holder last, and the VIP answering
         // before the next: a configuration change never takes every HAProxy or
@@ -102,6 +109,47 @@ impl Phase for LoadBalancer {
 }
 
 impl LoadBalancer {
+    /// keepalived's failover script (`loadBalancer.failover`) is Python 3 (standard
+    /// library only, on every cloud image with cloud-init): a load balancer without it
+    /// would hold the VIP locally while the cloud routes it elsewhere. Refused before
+    /// anything is changed.
+    async fn check_python(
+        &self,
+        ctx: &ApplyContext<'_>,
+        plan: &PhasePlan,
+    ) -> Result<(), PhaseError> {
+        let mut missing = Vec::new();
+        for hp in &plan.hosts {
+            let Some(h) = ctx.cluster.topology.host(&hp.host) else {
+                continue;
+            };
+            let s = exec::session(ctx.rt, h)
+                .await
+                .map_err(|e| PhaseError::Gate {
+                    phase: self.name().into(),
+                    message: e.to_string(),
+                })?;
+            let found = s
+                .exec("command -v python3 >/dev/null")
+                .await
+                .map(|o| o.success())
+                .unwrap_or(false);
+            if !found {
+                missing.push(hp.host.clone());
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(PhaseError::Gate {
+            phase: self.name().into(),
+            message: format!(
+                "python3 is missing on {}: the VIP failover script (loadBalancer.failover) needs it; install it (apt-get install python3) and run again",
+                missing.join(", ")
+            ),
+        })
+    }
+
     /// Which load balancers hold the VIP, and whether the VIP accepts connections on the
     /// API port (asked from the load balancers).
     async fn vip_state(&self, ctx: &ApplyContext<'_>) -> Result<(Vec<String>, bool), PhaseError> {

@@ -13,6 +13,8 @@ use super::{Machine, MachineRole, MachineSpec, MachineState, Provider, ProviderE
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, SystemTime};
 
+mod nlb;
+
 const P: &str = "aws";
 const API_VERSION: &str = "2016-11-15";
 
@@ -53,6 +55,14 @@ pub struct AwsSpec {
     pub allowed_cidrs: Vec<String>,
     /// Root volume size in GiB (default 20).
     pub root_volume_gb: Option<u32>,
+    /// IAM instance profile of the load-balancer instances: the role keepalived's
+    /// failover script uses (`loadBalancer.failover` without keys) to move the VIP.
+    /// Attached to new instances and to running ones that have none.
+    pub load_balancer_instance_profile: Option<String>,
+    /// Elastic Load Balancing endpoint, for `loadBalancer.type: cloud` (default
+    /// $AWS_ENDPOINT_URL_ELASTIC_LOAD_BALANCING_V2, $AWS_ENDPOINT_URL, then
+    /// `https://elasticloadbalancing.<region>.amazonaws.com`).
+    pub elb_endpoint: Option<String>,
     /// Allow a plain http:// `endpoint` (the credentials travel in clear: local
     /// emulators only).
     #[serde(default)]
@@ -121,6 +131,10 @@ pub struct Ec2Client {
     region: String,
     creds: Result<AwsCredentials, String>,
     retry: Retry,
+    /// The signing name and API version: `ec2`/2016-11-15, or `elasticloadbalancing`/
+    /// 2015-12-01 for the Network Load Balancer (same Query protocol).
+    service: &'static str,
+    version: &'static str,
 }
 
 /// The `<Errors><Error><Code>…</Code><Message>…</Message>` of an EC2 error answer.
@@ -181,7 +195,24 @@ impl Ec2Client {
             region,
             creds: creds.map_err(|e| e.to_string()),
             retry: Retry::default(),
+            service: "ec2",
+            version: API_VERSION,
         })
+    }
+
+    /// The same client speaking to another Query API (signing name, version, endpoint).
+    pub fn for_service(
+        &self,
+        service: &'static str,
+        version: &'static str,
+        endpoint: String,
+    ) -> Ec2Client {
+        Ec2Client {
+            endpoint: endpoint.trim_end_matches('/').to_string(),
+            service,
+            version,
+            ..self.clone()
+        }
     }
 
     pub fn endpoint(&self) -> &str {
@@ -206,7 +237,7 @@ impl Ec2Client {
         let params = aws_sigv4::sign::v4::SigningParams::builder()
             .identity(&identity)
             .region(&self.region)
-            .name("ec2")
+            .name(self.service)
             .time(SystemTime::now())
             .settings(SigningSettings::default())
             .build()
@@ -261,7 +292,7 @@ impl Ec2Client {
         let body = {
             let mut form = form_urlencoded::Serializer::new(String::new());
             form.append_pair("Action", action);
-            form.append_pair("Version", API_VERSION);
+            form.append_pair("Version", self.version);
             for (k, v) in params {
                 form.append_pair(k, v);
             }
@@ -280,7 +311,7 @@ impl Ec2Client {
                 provider: P,
                 message: format!("`{}` is not an endpoint URL", self.endpoint),
             })?;
-        tracing::debug!(action, resource, "ec2 call");
+        tracing::debug!(action, resource, service = self.service, "aws call");
         self.retry
             .run(|| {
                 let body = body.clone();
@@ -436,7 +467,13 @@ struct Instance {
     tag_set: Items<Tag>,
     #[serde(default)]
     network_interface_set: Items<NetworkInterface>,
+    #[serde(default)]
+    iam_instance_profile: Option<IamProfile>,
 }
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(rename_all = "camelCase")]
+struct IamProfile {}
 
 #[derive(Debug, Deserialize, Clone)]
 #[serde(rename_all = "camelCase")]
@@ -659,6 +696,7 @@ fn tag_spec(
 /// Where the machines go: ids of what `ensure_network` found or made.
 #[derive(Debug, Clone)]
 struct Network {
+    vpc_id: String,
     subnet_id: String,
     group_id: String,
     key_name: String,
@@ -668,6 +706,8 @@ pub struct AwsProvider {
     spec: AwsSpec,
     ctx: CloudContext,
     client: Ec2Client,
+    /// The Elastic Load Balancing (v2) API: the Network Load Balancer of `loadBalancer.type: cloud`.
+    elb: Ec2Client,
     zone: String,
 }
 
@@ -736,9 +776,15 @@ impl AwsProvider {
             .availability_zone
             .clone()
             .unwrap_or_else(|| format!("{region}a"));
+        let elb_endpoint = nlb::endpoint_of(spec, &region);
+        if ctx.api_lb.is_some() {
+            cloud::check_endpoint(P, &elb_endpoint, spec.allow_http)?;
+        }
+        let client = Ec2Client::new(endpoint, region, creds)?;
         Ok(AwsProvider {
             spec: spec.clone(),
-            client: Ec2Client::new(endpoint, region, creds)?,
+            elb: client.for_service("elasticloadbalancing", nlb::ELB_VERSION, elb_endpoint),
+            client,
             ctx,
             zone,
         })
@@ -750,6 +796,7 @@ impl AwsProvider {
 
     /// Change the retry policy (tests shorten it).
     pub fn set_retry(&mut self, retry: Retry) {
+        self.elb.retry = retry;
         self.client.retry = retry;
     }
 
@@ -939,6 +986,7 @@ impl AwsProvider {
         let group_id = self.ensure_group(&vpc.vpc_id).await?;
         let key_name = self.ensure_key().await?;
         Ok(Network {
+            vpc_id: vpc.vpc_id,
             subnet_id: subnet.subnet_id,
             group_id,
             key_name,
@@ -1067,6 +1115,19 @@ impl AwsProvider {
                 ));
             }
             out.push(r);
+        }
+        // The endpoint's load balancer connects (and health-checks) from its own
+        // addresses in the subnet: client addresses are not preserved for ip targets.
+        if let Some(lb) = &self.ctx.api_lb {
+            out.push(vec![
+                p("IpPermissions.1.IpProtocol", "tcp"),
+                p("IpPermissions.1.FromPort", lb.target_port.to_string()),
+                p("IpPermissions.1.ToPort", lb.target_port.to_string()),
+                p(
+                    "IpPermissions.1.IpRanges.1.CidrIp",
+                    self.ctx.subnet.to_string(),
+                ),
+            ]);
         }
         // VRRP is IP protocol 112 without ports (-1 = all, as EC2 writes it).
         let vxlan = i32::from(crate::render::views::VXLAN_PORT);
@@ -1252,6 +1313,9 @@ impl AwsProvider {
                 "true",
             ));
         }
+        if let Some(profile) = self.instance_profile(spec.role) {
+            params.push(p("IamInstanceProfile.Name", profile));
+        }
         let role = spec.role.as_str();
         params.extend(tag_spec(
             1,
@@ -1283,6 +1347,13 @@ impl AwsProvider {
                 resource: spec.name.clone(),
                 detail: "no instance in the answer".into(),
             })
+    }
+
+    /// The instance profile a machine of `role` gets (load balancers only).
+    fn instance_profile(&self, role: MachineRole) -> Option<String> {
+        (role == MachineRole::LoadBalancer)
+            .then(|| self.spec.load_balancer_instance_profile.clone())
+            .flatten()
     }
 
     async fn find_instance(&self, name: &str) -> Result<Option<Instance>, ProviderError> {
@@ -1322,11 +1393,26 @@ impl AwsProvider {
 
     /// The VIP as a secondary private address of its first holder's interface, so the
     /// VPC routes it there (a VPC routes only addresses assigned to an interface).
-    /// Moving it on failover is not done (docs/providers.md).
+    /// Left where it is when any load balancer has it: with `loadBalancer.failover` the
+    /// keepalived master moves it (docs/providers.md), and taking it back would send
+    /// the endpoint's traffic to a backup.
     async fn ensure_vip(&self) -> Result<(), ProviderError> {
         let (Some(vip), Some(holder)) = (self.ctx.vip, &self.ctx.vip_holder) else {
             return Ok(());
         };
+        let vip_s = vip.to_string();
+        let held = self.instances().await?.iter().any(|i| {
+            tag(&i.tag_set, TAG_ROLE) == Some("load-balancer")
+                && i.network_interface_set.item.iter().any(|e| {
+                    e.private_ip_addresses_set
+                        .item
+                        .iter()
+                        .any(|a| a.private_ip_address == vip_s)
+                })
+        });
+        if held {
+            return Ok(());
+        }
         let Some(i) = self.find_instance(holder).await? else {
             return Ok(());
         };
@@ -1426,6 +1512,20 @@ impl Provider for AwsProvider {
                             detail: format!("address is {ip}, spec says {}", s.ip),
                         });
                     }
+                    if let (Some(profile), None) =
+                        (self.instance_profile(s.role), &i.iam_instance_profile)
+                    {
+                        self.client
+                            .call(
+                                "AssociateIamInstanceProfile",
+                                &s.name,
+                                &[
+                                    p("InstanceId", i.instance_id.clone()),
+                                    p("IamInstanceProfile.Name", profile),
+                                ],
+                            )
+                            .await?;
+                    }
                     if matches!(i.instance_state.name.as_str(), "stopped" | "stopping") {
                         self.client
                             .call(
@@ -1465,6 +1565,12 @@ impl Provider for AwsProvider {
         )
         .await?;
         self.ensure_vip().await?;
+        let control_planes: Vec<std::net::IpAddr> = specs
+            .iter()
+            .filter(|s| s.role == MachineRole::ControlPlane)
+            .map(|s| s.ip)
+            .collect();
+        self.ensure_api_lb(&net, &control_planes).await?;
         Ok(machines)
     }
 
@@ -1523,6 +1629,7 @@ impl Provider for AwsProvider {
         }
         out.push(Resource::new("security-group", self.group_name(), None));
         out.push(Resource::new("key-pair", self.key_name(), None));
+        out.extend(self.planned_api_lb());
         for s in specs {
             out.push(Resource::new("instance", s.name.clone(), None));
             for (i, _) in s.extra_disks.iter().enumerate() {
@@ -1537,7 +1644,8 @@ impl Provider for AwsProvider {
     }
 
     async fn resources(&self) -> Result<Vec<Resource>, ProviderError> {
-        let mut out = Vec::new();
+        // The endpoint's load balancer first: its interfaces are in the subnet.
+        let mut out = self.api_lb_resources().await?;
         let mut instances = self.instances().await?;
         instances.sort_by(|a, b| tag(&a.tag_set, "Name").cmp(&tag(&b.tag_set, "Name")));
         for i in &instances {
@@ -1627,6 +1735,7 @@ impl Provider for AwsProvider {
 
     async fn destroy_all(&self) -> Result<Vec<Resource>, ProviderError> {
         let found = self.resources().await?;
+        self.delete_api_lb(&found).await?;
         let instance_ids: Vec<String> = found
             .iter()
             .filter(|r| r.kind == "instance")
@@ -1700,10 +1809,31 @@ impl Provider for AwsProvider {
                     "key-pair" => ("DeleteKeyPair", vec![p("KeyName", r.name.clone())]),
                     _ => ("DeleteVpc", vec![p("VpcId", id)]),
                 };
-                self.delete_call(action, &r.name, &params).await?;
+                // A load balancer's or instance's interfaces leave the subnet and
+                // group some time after their owner is gone.
+                cloud::poll(
+                    P,
+                    "network interfaces to leave",
+                    Duration::from_secs(5),
+                    Duration::from_secs(300),
+                    || async {
+                        match self.delete_call(action, &r.name, &params).await {
+                            Ok(()) => Ok(Some(())),
+                            Err(e) if e.api_code() == Some("DependencyViolation") => Ok(None),
+                            Err(e) => Err(e),
+                        }
+                    },
+                )
+                .await?;
             }
         }
         Ok(found)
+    }
+
+    async fn endpoint_targets(
+        &self,
+    ) -> Result<Option<Vec<crate::provider::TargetHealth>>, ProviderError> {
+        self.api_lb_targets().await
     }
 }
 

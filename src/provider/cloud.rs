@@ -25,6 +25,38 @@ pub struct CloudContext {
     pub vip: Option<IpAddr>,
     /// The machine that holds the VIP first (the first load-balancer host).
     pub vip_holder: Option<String>,
+    /// The cloud's own load balancer in front of the apiservers (`loadBalancer.type:
+    /// cloud`).
+    pub api_lb: Option<ApiLb>,
+}
+
+/// The cloud load balancer `ensure` makes: listening at a fixed private address,
+/// forwarding TCP to the control planes' apiservers, health-checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiLb {
+    pub address: IpAddr,
+    /// The port clients connect to.
+    pub port: u16,
+    /// The apiservers' port on the control planes.
+    pub target_port: u16,
+    /// Health check `GET /readyz` over TLS (else a TCP connect).
+    pub https_check: bool,
+}
+
+impl ApiLb {
+    /// The load balancer's name: `<cluster>-api`, cut to `max` characters with a short
+    /// hash of the whole name when longer (AWS allows 32).
+    pub fn name(cluster: &str, max: usize) -> String {
+        let full = format!("{cluster}-api");
+        if full.len() <= max {
+            return full;
+        }
+        use sha2::{Digest, Sha256};
+        let h = hex::encode(Sha256::digest(full.as_bytes()));
+        let keep = max.saturating_sub(9);
+        let head = full[..keep].trim_end_matches('-');
+        format!("{head}-{}", &h[..8])
+    }
 }
 
 /// Tag / label keys put on everything a cloud provider creates.

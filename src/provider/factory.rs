@@ -75,7 +75,20 @@ pub fn cloud_context(
             api_ports.push(*port);
             (Some(*vip), lb_hosts.first().cloned())
         }
-        Endpoint::External { .. } => (None, None),
+        Endpoint::External { .. } | Endpoint::Cloud { .. } => (None, None),
+    };
+    let api_lb = match &c.topology.endpoint {
+        Endpoint::Cloud { address, port } => {
+            api_ports.push(*port);
+            Some(crate::provider::cloud::ApiLb {
+                address: *address,
+                port: *port,
+                target_port: c.cluster.spec.networking.api_server_port,
+                https_check: c.cluster.spec.load_balancer.health_check
+                    == crate::spec::HealthCheck::HttpsReadyz,
+            })
+        }
+        _ => None,
     };
     Ok(CloudContext {
         cluster: c.name().to_string(),
@@ -85,6 +98,7 @@ pub fn cloud_context(
         api_ports,
         vip,
         vip_holder,
+        api_lb,
     })
 }
 

@@ -18,6 +18,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::time::Duration;
 
+mod lb;
+
 const P: &str = "hetzner";
 pub const LABEL_CLUSTER: &str = "kubeforge.dev/cluster";
 pub const LABEL_ROLE: &str = "kubeforge.dev/role";
@@ -38,6 +40,8 @@ pub struct HetznerSpec {
     pub server_type: String,
     pub control_plane_server_type: Option<String>,
     pub load_balancer_server_type: Option<String>,
+    /// Type of the Hetzner Load Balancer of `loadBalancer.type: cloud` (default lb11).
+    pub load_balancer_type: Option<String>,
     #[serde(default = "HetznerSpec::default_image")]
     pub image: String,
     /// IP range of the private network (default 10.42.0.0/16).
@@ -169,6 +173,18 @@ fn decode<T: for<'de> Deserialize<'de>>(
     serde_json::from_value(field.clone()).map_err(|e| api.bad(op, resource, e.to_string()))
 }
 
+/// The API endpoint: the spec's, else $HCLOUD_ENDPOINT, else Hetzner's own.
+pub fn endpoint_of(spec: &HetznerSpec) -> String {
+    spec.endpoint
+        .clone()
+        .or_else(|| {
+            std::env::var("HCLOUD_ENDPOINT")
+                .ok()
+                .filter(|v| !v.is_empty())
+        })
+        .unwrap_or_else(|| "https://api.hetzner.cloud/v1".into())
+}
+
 impl HetznerProvider {
     /// The token is read now but only required when the API is called.
     pub fn new(spec: &HetznerSpec, ctx: CloudContext) -> Result<HetznerProvider, ProviderError> {
@@ -177,15 +193,7 @@ impl HetznerProvider {
             .clone()
             .unwrap_or_else(|| "HCLOUD_TOKEN".into());
         let token = cloud::secret_from_env(P, &var).map(Auth::Bearer);
-        let endpoint = spec
-            .endpoint
-            .clone()
-            .or_else(|| {
-                std::env::var("HCLOUD_ENDPOINT")
-                    .ok()
-                    .filter(|v| !v.is_empty())
-            })
-            .unwrap_or_else(|| "https://api.hetzner.cloud/v1".into());
+        let endpoint = endpoint_of(spec);
         cloud::check_endpoint(P, &endpoint, spec.allow_http)?;
         Ok(HetznerProvider {
             spec: spec.clone(),
@@ -630,7 +638,7 @@ impl Provider for HetznerProvider {
             ids.push(server.id);
         }
         let interval = self.poll_interval();
-        cloud::poll(
+        let machines = cloud::poll(
             P,
             "servers to run",
             interval,
@@ -649,7 +657,9 @@ impl Provider for HetznerProvider {
                 Ok(Some(out))
             },
         )
-        .await
+        .await?;
+        self.ensure_api_lb(network).await?;
+        Ok(machines)
     }
 
     async fn list(&self) -> Result<Vec<Machine>, ProviderError> {
@@ -685,6 +695,7 @@ impl Provider for HetznerProvider {
             Resource::new("firewall", self.firewall_name(), None),
             Resource::new("ssh-key", self.key_name(), None),
         ];
+        out.extend(self.planned_api_lb());
         for s in specs {
             out.push(Resource::new("server", s.name.clone(), None));
             for (i, _) in s.extra_disks.iter().enumerate() {
@@ -699,7 +710,13 @@ impl Provider for HetznerProvider {
     }
 
     async fn resources(&self) -> Result<Vec<Resource>, ProviderError> {
-        let mut out = Vec::new();
+        // Load balancers first: the network cannot go while one is attached.
+        let mut out: Vec<Resource> = self
+            .load_balancers()
+            .await?
+            .into_iter()
+            .map(|l| Resource::new("load-balancer", l.name, Some(l.id.to_string())))
+            .collect();
         let mut servers = self.servers().await?;
         servers.sort_by(|a, b| a.name.cmp(&b.name));
         for s in servers {
@@ -722,6 +739,13 @@ impl Provider for HetznerProvider {
 
     async fn destroy_all(&self) -> Result<Vec<Resource>, ProviderError> {
         let found = self.resources().await?;
+        for r in found.iter().filter(|r| r.kind == "load-balancer") {
+            if let Some(id) = &r.id {
+                self.api
+                    .delete(&format!("/load_balancers/{id}"), &r.name)
+                    .await?;
+            }
+        }
         for r in found.iter().filter(|r| r.kind == "server") {
             if let Some(id) = &r.id {
                 let v = self.api.delete(&format!("/servers/{id}"), &r.name).await?;
@@ -781,6 +805,12 @@ impl Provider for HetznerProvider {
         }
         Ok(found)
     }
+
+    async fn endpoint_targets(
+        &self,
+    ) -> Result<Option<Vec<crate::provider::TargetHealth>>, ProviderError> {
+        self.api_lb_targets().await
+    }
 }
 
 #[cfg(test)]
@@ -797,6 +827,7 @@ mod tests {
             api_ports: vec![6443],
             vip: None,
             vip_holder: None,
+            api_lb: None,
         };
         let spec = |v: serde_json::Value| -> HetznerSpec { serde_json::from_value(v).unwrap() };
         let err = HetznerProvider::new(

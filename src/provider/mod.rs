@@ -347,4 +347,27 @@ pub trait Provider: Send + Sync {
         }
         Ok(found)
     }
+
+    /// The targets of the cloud load balancer in front of the apiservers and how its
+    /// health check sees them (`loadBalancer.type: cloud`); None without one.
+    async fn endpoint_targets(&self) -> Result<Option<Vec<TargetHealth>>, ProviderError> {
+        Ok(None)
+    }
+}
+
+/// One target of a cloud load balancer as its health check sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetHealth {
+    /// `address:port`.
+    pub target: String,
+    /// The cloud's word: `healthy`, `unhealthy`, `initial`, ...
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl TargetHealth {
+    pub fn healthy(&self) -> bool {
+        self.state == "healthy"
+    }
 }

@@ -21,6 +21,8 @@ pub enum RenderError {
     },
     #[error("the embedded templates are broken")]
     Load(#[source] tera::Error),
+    #[error("spec.loadBalancer.failover: {0}")]
+    Failover(String),
     #[error("cannot turn the {what} view into template input")]
     View {
         what: &'static str,
@@ -28,6 +30,9 @@ pub enum RenderError {
         source: tera::Error,
     },
 }
+
+/// keepalived's notify_master script on AWS/Hetzner (`loadBalancer.failover`).
+pub const FAILOVER_SCRIPT: &str = include_str!("../../templates/keepalived/vip-failover.py");
 
 /// Every template, embedded at build time (a missing file fails the build).
 pub const TEMPLATES: &[(&str, &str)] = &[
@@ -423,6 +428,27 @@ pub fn render_all_with_init(
                     render("keepalived/check_haproxy.sh", &hv)?,
                     false,
                 );
+                if let Some((config, secret)) =
+                    views::failover_config(c, h).map_err(RenderError::Failover)?
+                {
+                    // Not a template: the script reads its JSON configuration.
+                    add(
+                        FileGroup::LoadBalancer,
+                        "keepalived/vip-failover.py",
+                        views::FAILOVER_SCRIPT,
+                        0o755,
+                        FAILOVER_SCRIPT.to_string(),
+                        false,
+                    );
+                    add(
+                        FileGroup::LoadBalancer,
+                        "keepalived/vip-failover.json",
+                        views::FAILOVER_CONFIG,
+                        0o600,
+                        config,
+                        secret,
+                    );
+                }
             }
         }
     }

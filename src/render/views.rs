@@ -6,6 +6,10 @@ use ipnet::IpNet;
 use serde::Serialize;
 
 pub const CHECK_SCRIPT: &str = "/etc/keepalived/check_haproxy.sh";
+/// keepalived's notify_master script moving the VIP through the cloud API, and its
+/// configuration (credentials: mode 0600).
+pub const FAILOVER_SCRIPT: &str = "/usr/local/lib/kubeforge/vip-failover";
+pub const FAILOVER_CONFIG: &str = "/etc/kubeforge/vip-failover.json";
 pub const BIN_DIR: &str = "/usr/local/bin";
 /// Container machines: recreates kubelet's cgroup root before kubelet starts.
 pub const CGROUP_SCRIPT: &str = "/usr/local/lib/kubeforge/kubelet-cgroup-root.sh";
@@ -120,7 +124,7 @@ pub fn haproxy(c: &LoadedCluster) -> HaproxyView {
     let t = &c.topology;
     let port = match &t.endpoint {
         Endpoint::Vip { port, .. } => *port,
-        Endpoint::External { port, .. } => *port,
+        Endpoint::External { port, .. } | Endpoint::Cloud { port, .. } => *port,
     };
     HaproxyView {
         cluster_name: c.name().to_string(),
@@ -156,6 +160,8 @@ pub struct KeepalivedView {
     pub vip: String,
     pub prefix_len: u8,
     pub check_script: &'static str,
+    /// `script config` run when this node becomes MASTER (`loadBalancer.failover`).
+    pub notify_master: Option<String>,
 }
 
 /// keepalived settings for one load-balancer host. Priorities fall by 10 down the host
@@ -189,7 +195,97 @@ pub fn keepalived(c: &LoadedCluster, h: &Host) -> Option<KeepalivedView> {
         vip: vip.to_string(),
         prefix_len: *prefix_len,
         check_script: CHECK_SCRIPT,
+        notify_master: c
+            .cluster
+            .spec
+            .load_balancer
+            .failover
+            .as_ref()
+            .map(|_| format!("{FAILOVER_SCRIPT} {FAILOVER_CONFIG}")),
     })
+}
+
+/// The failover configuration with its credential values replaced by `<redacted>`
+/// (what `kubeforge render` writes; the load balancers get the real file).
+pub fn redact_failover(content: &str) -> String {
+    let Ok(mut v) = serde_json::from_str::<serde_json::Value>(content) else {
+        return "<redacted: holds secrets>\n".into();
+    };
+    if v.get("token").is_some() {
+        v["token"] = "<redacted>".into();
+    }
+    if let Some(c) = v.get_mut("credentials").and_then(|c| c.as_object_mut()) {
+        c.insert("secretAccessKey".into(), "<redacted>".into());
+    }
+    serde_json::to_string_pretty(&v).unwrap_or_default() + "\n"
+}
+
+/// The failover script's configuration for one load balancer (JSON, the script's
+/// header lists the keys), and whether it holds a secret. The credentials are read
+/// from the variables `loadBalancer.failover` names on the machine running kubeforge.
+pub fn failover_config(c: &LoadedCluster, h: &Host) -> Result<Option<(String, bool)>, String> {
+    let Some(f) = &c.cluster.spec.load_balancer.failover else {
+        return Ok(None);
+    };
+    let Endpoint::Vip { vip, .. } = &c.topology.endpoint else {
+        return Ok(None);
+    };
+    let peers: Vec<String> = c
+        .topology
+        .lb_hosts()
+        .iter()
+        .filter(|p| p.name != h.name)
+        .map(|p| p.internal_address.to_string())
+        .collect();
+    let mut v = serde_json::json!({
+        "cluster": c.name(),
+        "vip": vip.to_string(),
+        "self": h.internal_address.to_string(),
+        "peers": peers,
+        "timeoutSeconds": 120,
+    });
+    let var = |name: &str| -> Result<String, String> {
+        std::env::var(name)
+            .ok()
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| {
+                format!("the variable {name} is not set (the load balancers' failover credential)")
+            })
+    };
+    let secret = match &c.cluster.spec.provider {
+        Provider::Aws(a) => {
+            let region = crate::provider::aws::region_of(a);
+            v["provider"] = "aws".into();
+            v["endpoint"] = crate::provider::aws::endpoint_of(a, &region).into();
+            v["region"] = region.into();
+            match (&f.access_key_id_env, &f.secret_access_key_env) {
+                (Some(id), Some(secret)) => {
+                    v["credentials"] = serde_json::json!({
+                        "accessKeyId": var(id)?,
+                        "secretAccessKey": var(secret)?,
+                        "sessionToken": null,
+                    });
+                    true
+                }
+                _ => false,
+            }
+        }
+        Provider::Hetzner(hz) => {
+            v["provider"] = "hetzner".into();
+            v["endpoint"] = crate::provider::hetzner::endpoint_of(hz).into();
+            let name = f
+                .token_env
+                .clone()
+                .or_else(|| hz.token_env.clone())
+                .unwrap_or_else(|| "HCLOUD_TOKEN".into());
+            v["token"] = var(&name)?.into();
+            true
+        }
+        _ => return Ok(None),
+    };
+    let text = serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?;
+    Ok(Some((text + "\n", secret)))
 }
 
 #[derive(Debug, Serialize)]

@@ -13,6 +13,14 @@ use std::net::IpAddr;
 
 /// A DNS-1123 label: lower-case letters, digits and `-`, starting and ending with a
 /// letter or digit, at most 63 characters.
+/// A POSIX environment variable name: `[A-Za-z_][A-Za-z0-9_]*`.
+pub fn is_env_name(s: &str) -> bool {
+    let mut b = s.bytes();
+    b.next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == b'_')
+        && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
+}
+
 pub fn is_dns1123_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63

@@ -68,6 +68,9 @@ pub enum Endpoint {
     },
     /// A load balancer kubeforge does not manage.
     External { host: String, port: u16 },
+    /// The cloud's own load balancer at a fixed private address, made by the provider
+    /// (`loadBalancer.type: cloud`), forwarding to the control planes' apiservers.
+    Cloud { address: IpAddr, port: u16 },
 }
 
 impl Endpoint {
@@ -76,6 +79,7 @@ impl Endpoint {
         match self {
             Endpoint::Vip { vip, port, .. } => host_port(&vip.to_string(), *port),
             Endpoint::External { host, port } => host_port(host, *port),
+            Endpoint::Cloud { address, port } => host_port(&address.to_string(), *port),
         }
     }
 
@@ -83,13 +87,14 @@ impl Endpoint {
         match self {
             Endpoint::Vip { vip, .. } => vip.to_string(),
             Endpoint::External { host, .. } => host.clone(),
+            Endpoint::Cloud { address, .. } => address.to_string(),
         }
     }
 
     pub fn lb_hosts(&self) -> &[String] {
         match self {
             Endpoint::Vip { lb_hosts, .. } => lb_hosts,
-            Endpoint::External { .. } => &[],
+            Endpoint::External { .. } | Endpoint::Cloud { .. } => &[],
         }
     }
 }

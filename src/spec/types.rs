@@ -580,6 +580,26 @@ pub struct LoadBalancer {
     /// Extra names and addresses for the apiserver certificate.
     #[serde(default)]
     pub cert_sans: Vec<String>,
+    /// AWS and Hetzner: move the VIP through the cloud's API when another load balancer
+    /// takes it over (a keepalived notify script on the load balancers). Their networks
+    /// route an address only to the interface the API gave it to.
+    pub failover: Option<Failover>,
+}
+
+/// Credentials of the VIP failover script on the load balancers (docs/providers.md).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Failover {
+    /// AWS: the variable (on the machine running kubeforge) holding the access key id of
+    /// a narrowly scoped key (ec2:DescribeNetworkInterfaces, ec2:AssignPrivateIpAddresses,
+    /// ec2:UnassignPrivateIpAddresses), written 0600 to the load balancers. Unset: the
+    /// load balancers' instance role (IMDSv2).
+    pub access_key_id_env: Option<String>,
+    /// AWS: the variable holding that key's secret.
+    pub secret_access_key_env: Option<String>,
+    /// Hetzner: the variable holding the API token the load balancers use (default the
+    /// provider's `tokenEnv`).
+    pub token_env: Option<String>,
 }
 
 impl LoadBalancer {
@@ -603,6 +623,7 @@ impl Default for LoadBalancer {
             health_check: HealthCheck::default(),
             endpoint: None,
             cert_sans: Vec::new(),
+            failover: None,
         }
     }
 }
@@ -617,6 +638,11 @@ pub enum LoadBalancerType {
     HaproxyKeepalived,
     /// A load balancer kubeforge does not manage; `endpoint` names it.
     External,
+    /// The cloud's own load balancer, made and deleted with the machines (AWS: an
+    /// internal Network Load Balancer; Hetzner: a Load Balancer on the private network)
+    /// at the fixed private address `vip` (default the subnet's last usable address),
+    /// TCP `port` (default 6443) to every control plane's apiserver, health-checked.
+    Cloud,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]

@@ -1120,6 +1120,47 @@ fn check_load_balancer(
                 port: p,
             })
         }
+        LoadBalancerType::Cloud => {
+            if !matches!(s.provider, Provider::Aws(_) | Provider::Hetzner(_)) {
+                rep.error(
+                    "spec.loadBalancer.type",
+                    format!(
+                        "type cloud is the load balancer of the aws and hetzner providers, not of {} (use haproxy-keepalived{})",
+                        s.provider.name(),
+                        if matches!(s.provider, Provider::Sakura(_)) {
+                            ": Sakura's switch carries keepalived's VIP as it is"
+                        } else {
+                            " or external"
+                        }
+                    ),
+                );
+                return None;
+            }
+            if lb.endpoint.is_some() {
+                rep.error(
+                    "spec.loadBalancer.endpoint",
+                    "endpoint is only used with type external (the cloud load balancer's address is `vip`)",
+                );
+            }
+            if let Some(h) = hosts.iter().find(|h| h.has(Role::LoadBalancer)) {
+                rep.error(
+                    "spec.nodePools.loadBalancers.count",
+                    format!("the cloud load balancer replaces the load-balancer nodes (`{}` would be unused): set the count to 0", h.name),
+                );
+            }
+            let port = lb.port.unwrap_or(6443);
+            if port == 0 {
+                rep.error("spec.loadBalancer.port", "port 0 is not a valid port");
+            }
+            let (address, _) = check_vip(
+                s,
+                hosts,
+                node_subnet,
+                "type cloud needs a fixed address for the load balancer",
+                rep,
+            )?;
+            Some(Endpoint::Cloud { address, port })
+        }
         LoadBalancerType::HaproxyKeepalived => {
             if lb.endpoint.is_some() {
                 rep.error(
@@ -1184,63 +1225,13 @@ fn check_load_balancer(
             if let Err(e) = syntax::interface_name(&lb.interface) {
                 rep.error("spec.loadBalancer.interface", e);
             }
-            let vip = match (&lb.vip, node_subnet, &s.provider) {
-                (Some(v), _, _) => match parse_ip(v) {
-                    Ok(ip) => ip,
-                    Err(e) => {
-                        rep.error("spec.loadBalancer.vip", e);
-                        return None;
-                    }
-                },
-                (None, Some(sub), p) if p.makes_machines() => match sub {
-                    IpNet::V4(v4) => {
-                        IpAddr::V4(std::net::Ipv4Addr::from(u32::from(v4.broadcast()) - 1))
-                    }
-                    IpNet::V6(_) => {
-                        rep.error(
-                            "spec.loadBalancer.vip",
-                            "set the VIP explicitly on IPv6 networks",
-                        );
-                        return None;
-                    }
-                },
-                _ => {
-                    rep.error(
-                        "spec.loadBalancer.vip",
-                        "type haproxy-keepalived needs a VIP: a free address in the nodes' subnet",
-                    );
-                    return None;
-                }
-            };
-            let Some(sub) = node_subnet else {
-                rep.error(
-                    "spec.networking.nodeSubnet",
-                    format!("required with a keepalived VIP on the static provider, to check that the VIP {vip} is in the nodes' subnet"),
-                );
-                return None;
-            };
-            if !sub.contains(&vip) {
-                rep.error(
-                    "spec.loadBalancer.vip",
-                    format!("VIP {vip} is outside the node subnet {sub}"),
-                );
-            } else if vip == sub.network()
-                || (matches!(sub, IpNet::V4(_)) && vip == sub.broadcast())
-            {
-                rep.error(
-                    "spec.loadBalancer.vip",
-                    format!("VIP {vip} is the network or broadcast address of {sub}"),
-                );
-            }
-            if let Some(h) = hosts
-                .iter()
-                .find(|h| h.address == vip || h.internal_address == vip)
-            {
-                rep.error(
-                    "spec.loadBalancer.vip",
-                    format!("VIP {vip} is already the address of host `{}`", h.name),
-                );
-            }
+            let (vip, sub) = check_vip(
+                s,
+                hosts,
+                node_subnet,
+                "type haproxy-keepalived needs a VIP",
+                rep,
+            )?;
             Some(Endpoint::Vip {
                 vip,
                 port,
@@ -1248,6 +1239,122 @@ fn check_load_balancer(
                 lb_hosts,
             })
         }
+    }
+}
+
+/// The VIP (keepalived's, or the cloud load balancer's fixed address): written, or the
+/// subnet's last usable address on providers that make machines; inside the nodes'
+/// subnet and no host's address.
+fn check_vip(
+    s: &ClusterSpec,
+    hosts: &[Host],
+    node_subnet: Option<&IpNet>,
+    needs: &str,
+    rep: &mut Reporter<'_>,
+) -> Option<(IpAddr, IpNet)> {
+    let lb = &s.load_balancer;
+    let vip = match (&lb.vip, node_subnet, &s.provider) {
+        (Some(v), _, _) => match parse_ip(v) {
+            Ok(ip) => ip,
+            Err(e) => {
+                rep.error("spec.loadBalancer.vip", e);
+                return None;
+            }
+        },
+        (None, Some(sub), p) if p.makes_machines() => match sub {
+            IpNet::V4(v4) => IpAddr::V4(std::net::Ipv4Addr::from(u32::from(v4.broadcast()) - 1)),
+            IpNet::V6(_) => {
+                rep.error(
+                    "spec.loadBalancer.vip",
+                    "set the VIP explicitly on IPv6 networks",
+                );
+                return None;
+            }
+        },
+        _ => {
+            rep.error(
+                "spec.loadBalancer.vip",
+                format!("{needs}: a free address in the nodes' subnet"),
+            );
+            return None;
+        }
+    };
+    let Some(sub) = node_subnet else {
+        rep.error(
+            "spec.networking.nodeSubnet",
+            format!("required with a keepalived VIP on the static provider, to check that the VIP {vip} is in the nodes' subnet"),
+        );
+        return None;
+    };
+    if !sub.contains(&vip) {
+        rep.error(
+            "spec.loadBalancer.vip",
+            format!("VIP {vip} is outside the node subnet {sub}"),
+        );
+    } else if vip == sub.network() || (matches!(sub, IpNet::V4(_)) && vip == sub.broadcast()) {
+        rep.error(
+            "spec.loadBalancer.vip",
+            format!("VIP {vip} is the network or broadcast address of {sub}"),
+        );
+    }
+    if let Some(h) = hosts
+        .iter()
+        .find(|h| h.address == vip || h.internal_address == vip)
+    {
+        rep.error(
+            "spec.loadBalancer.vip",
+            format!("VIP {vip} is already the address of host `{}`", h.name),
+        );
+    }
+    Some((vip, *sub))
+}
+
+/// `loadBalancer.failover`: keepalived's VIP moved through the cloud's API (AWS, Hetzner).
+fn check_failover(s: &ClusterSpec, f: &Failover, rep: &mut Reporter<'_>) {
+    let field = "spec.loadBalancer.failover";
+    if s.load_balancer.kind != LoadBalancerType::HaproxyKeepalived {
+        rep.error(
+            field,
+            "failover moves keepalived's VIP: it is only used with type haproxy-keepalived",
+        );
+        return;
+    }
+    let aws = matches!(s.provider, Provider::Aws(_));
+    let hetzner = matches!(s.provider, Provider::Hetzner(_));
+    if !aws && !hetzner {
+        rep.error(
+            field,
+            format!(
+                "failover through a cloud API is for the aws and hetzner providers; on {} keepalived moves the VIP itself",
+                s.provider.name()
+            ),
+        );
+        return;
+    }
+    for (key, v, ok) in [
+        ("accessKeyIdEnv", &f.access_key_id_env, aws),
+        ("secretAccessKeyEnv", &f.secret_access_key_env, aws),
+        ("tokenEnv", &f.token_env, hetzner),
+    ] {
+        let Some(v) = v else { continue };
+        let fk = format!("{field}.{key}");
+        if !ok {
+            rep.error(
+                &fk,
+                format!("{key} is not used with the {} provider", s.provider.name()),
+            );
+        } else if !syntax::is_env_name(v) {
+            rep.error(
+                &fk,
+                format!("`{}` is not an environment variable name", syntax::shown(v)),
+            );
+        }
+    }
+    if aws && f.access_key_id_env.is_some() != f.secret_access_key_env.is_some() {
+        rep.error(
+            field,
+            "set both accessKeyIdEnv and secretAccessKeyEnv, or neither (the load balancers' instance role)",
+        );
     }
 }
 
@@ -1804,6 +1911,20 @@ fn check_effective(c: &Cluster, rep: &mut Reporter<'_>) {
                 );
             }
         }
+    }
+    if s.load_balancer.kind == LoadBalancerType::Cloud {
+        for key in ["placement", "interface", "virtualRouterId"] {
+            let f = format!("spec.loadBalancer.{key}");
+            if written(rep, &f) {
+                rep.error(
+                    &f,
+                    format!("{key} is only used with type haproxy-keepalived (the cloud load balancer needs no nodes of its own)"),
+                );
+            }
+        }
+    }
+    if let Some(f) = &s.load_balancer.failover {
+        check_failover(s, f, rep);
     }
     if let Some(m) = &s.addons.metallb {
         if m.mode == MetalLbMode::Bgp && !m.interfaces.is_empty() {
