@@ -1122,7 +1122,27 @@ async fn the_rendered_failover_script_moves_the_vip_through_the_ec2_api() {
             serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
         v["credentials"]["secretAccessKey"] = serde_json::json!("failover-secret-0123456789");
         std::fs::write(&cfg, v.to_string()).unwrap();
+        // As rendered, the script acts only while keepalived put the VIP on one of the
+        // node's interfaces: this machine has none, so nothing is moved.
+        let out = Command::new("python3")
+            .arg(
+                rendered
+                    .join(lb)
+                    .join("usr/local/lib/kubeforge/vip-failover"),
+            )
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        let log = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(
+            out.status.success() && log.contains("nothing done"),
+            "{log}"
+        );
+        // The runs below stand in for a node that holds it.
+        v["checkLocal"] = serde_json::json!(false);
+        std::fs::write(&cfg, v.to_string()).unwrap();
     }
+    assert_eq!(holders(&m.endpoint(), "fo", vip).await, ["10.42.0.4"]);
 
     let failover = |lb: &str, config: Option<&Path>| {
         let base = rendered.join(lb);

@@ -819,6 +819,34 @@ spec:
         assert_eq!(v["provider"], "hetzner");
         v["token"] = json!(TOKEN);
         std::fs::write(&cfg, v.to_string()).unwrap();
+        // As rendered, the script acts only while keepalived put the VIP on one of the
+        // node's interfaces: this machine has none, so nothing is moved.
+        let out = std::process::Command::new("python3")
+            .arg(
+                rendered
+                    .join(lb)
+                    .join("usr/local/lib/kubeforge/vip-failover"),
+            )
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        let log = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(
+            out.status.success() && log.contains("nothing done"),
+            "{log}"
+        );
+        assert_eq!(
+            fake.lock()
+                .unwrap()
+                .servers
+                .iter()
+                .find(|s| s["name"] == "hzc-lb-1")
+                .unwrap()["private_net"][0]["alias_ips"],
+            json!(["10.42.0.254"])
+        );
+        // The runs below stand in for a node that holds it.
+        v["checkLocal"] = json!(false);
+        std::fs::write(&cfg, v.to_string()).unwrap();
     }
     let failover = |lb: &str| {
         let base = rendered.join(lb);

@@ -21,6 +21,8 @@
 #                   (default http://169.254.169.254; the instance role, through IMDSv2)
 #   token           hetzner: API token
 #   timeoutSeconds  optional, default 120: retry (backoff 1 s doubling to 8 s) until then
+#   checkLocal      optional, default true: act only while the VIP is on one of this node's
+#                   interfaces (`ip -o addr show`), i.e. while keepalived keeps it MASTER
 #
 # Exit status: 0 this node holds the VIP, 1 gave up after timeoutSeconds, 2 bad config.
 # Secrets (keys, tokens, signatures) are never logged.
@@ -31,6 +33,7 @@ import hmac
 import http.client
 import ipaddress
 import json
+import subprocess
 import sys
 import syslog
 import time
@@ -111,6 +114,8 @@ def load_config(path):
         address("peers", peer)
     if not need("endpoint").startswith(("http://", "https://")):
         raise ConfigError("%s: 'endpoint' must be an http(s) URL" % path)
+    if not isinstance(cfg.get("checkLocal", True), bool):
+        raise ConfigError("%s: 'checkLocal' must be true or false" % path)
     timeout = cfg.get("timeoutSeconds", DEFAULT_TIMEOUT)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
         raise ConfigError("%s: 'timeoutSeconds' must be a positive number" % path)
@@ -362,14 +367,32 @@ def report(vip, target, me, held, removed):
     return line + ("; nothing to do" if held else "")
 
 
+def holds_locally(vip):
+    """Whether keepalived has the VIP on one of this node's interfaces (it still is MASTER)."""
+    try:
+        out = subprocess.run(["ip", "-o", "addr", "show"], capture_output=True, text=True,
+                             timeout=5, check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return True  # cannot tell: act as keepalived asked
+    return any(part.split("/")[0] == vip
+               for line in out.splitlines() for part in line.split()[3:4])
+
+
 def run(cfg):
     """Run the provider's sequence, retrying it with backoff until timeoutSeconds; return the exit code."""
     move = aws_move if cfg["provider"] == "aws" else hcloud_move
+    check_local = cfg.get("checkLocal", True)
     timeout = cfg.get("timeoutSeconds", DEFAULT_TIMEOUT)
     deadline = time.monotonic() + timeout
     delay, attempt = 1, 0
     while True:
         attempt += 1
+        # keepalived may have taken the VIP away again (a flap) while this ran or
+        # waited: a node that is no longer MASTER must not pull the route to itself.
+        if check_local and not holds_locally(cfg["vip"]):
+            log("this node %s does not hold VIP %s (keepalived is not MASTER here any more): nothing done"
+                % (cfg["self"], cfg["vip"]))
+            return 0
         try:
             log(move(cfg, deadline))
             return 0
