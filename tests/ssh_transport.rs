@@ -114,6 +114,57 @@ fn upload_is_atomic_and_skipped_when_the_checksum_matches_and_large_files_stream
             let leftovers = s.exec("ls -A /etc/demo").await.unwrap();
             assert_eq!(leftovers.stdout, "app.conf\n");
 
+            // Changed behind kubeforge's back with the same size: the digest cache does
+            // not hide it (the file's ctime moved), the content is sent again.
+            s.exec("printf 'key = 9\\n' > /etc/demo/app.conf")
+                .await
+                .unwrap();
+            let back = s.upload("key = 2\n".into(), &loose).await.unwrap();
+            assert!(back.sent, "a same-size change on the host must be noticed");
+            assert_eq!(
+                s.download("/etc/demo/app.conf").await.unwrap(),
+                b"key = 2\n"
+            );
+
+            // Several files in one round trip: only what differs is sent.
+            let batch = |b: &str| {
+                vec![
+                    (UploadSource::from("key = 2\n"), loose.clone()),
+                    (
+                        UploadSource::from(b),
+                        UploadTarget::new("/etc/demo/b.conf", 0o644),
+                    ),
+                    (
+                        UploadSource::from("c\n"),
+                        UploadTarget::new("/etc/demo/c.conf", 0o600),
+                    ),
+                ]
+            };
+            let sent = |o: &[kubeforge::transport::UploadOutcome]| -> Vec<bool> {
+                o.iter().map(|o| o.sent).collect()
+            };
+            let first = s.upload_all(batch("b1\n")).await.unwrap();
+            assert_eq!(sent(&first), [false, true, true]);
+            let again = s.upload_all(batch("b1\n")).await.unwrap();
+            assert_eq!(sent(&again), [false, false, false]);
+            let changed = s.upload_all(batch("b2\n")).await.unwrap();
+            assert_eq!(sent(&changed), [false, true, false]);
+            assert_eq!(s.download("/etc/demo/b.conf").await.unwrap(), b"b2\n");
+            // Checks in one round trip, each in its own subshell (an `exit` ends only it).
+            let answers = s
+                .checks(&[
+                    "true".into(),
+                    "false".into(),
+                    "exit 3".into(),
+                    "test -f /etc/demo/b.conf && grep -q b2 /etc/demo/b.conf".into(),
+                ])
+                .await
+                .unwrap();
+            assert_eq!(answers, [true, false, false, true]);
+            s.exec("rm -f /etc/demo/b.conf /etc/demo/c.conf")
+                .await
+                .unwrap();
+
             // 200 MiB from a local file, streamed; checksum verified remotely.
             let dir = tempfile::tempdir().unwrap();
             let big = dir.path().join("big.bin");

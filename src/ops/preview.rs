@@ -226,6 +226,7 @@ pub async fn against_hosts(
         })
         .collect();
     let mut removals = Vec::new();
+    let mut plans = Vec::new();
     for r in &pb.phases {
         let Some(ph) = registry.iter().find(|p| p.name() == r.name) else {
             continue;
@@ -234,22 +235,47 @@ pub async fn against_hosts(
         if plan.name == phase::remove::NAME {
             removals.extend(plan.operator.iter().map(|s| s.action.clone()));
         }
-        let mut hosts = Vec::new();
+        plans.push(plan);
+    }
+    // Each host goes through its part of every phase in order (one command at a time
+    // on its connection); the hosts at once. A host without facts (gone, not
+    // answering) is reported once, as a finding; a host that fails is not asked again.
+    let mut names: Vec<&str> = Vec::new();
+    for plan in &plans {
         for hp in &plan.hosts {
-            // A host without facts (gone, not answering) is reported once, as a finding.
-            if facts.absent.contains_key(&hp.host) {
-                continue;
-            }
-            // A host that already failed is not asked again for the next phases.
-            if failures.iter().any(|e| e.host() == Some(hp.host.as_str())) {
-                continue;
-            }
-            match resolve_host(rt, c, &files, &secrets, hp).await {
-                Ok(h) if h.is_empty() => {}
-                Ok(h) => hosts.push(h),
-                Err(e) => failures.push(e),
+            if !names.contains(&hp.host.as_str()) && !facts.absent.contains_key(&hp.host) {
+                names.push(hp.host.as_str());
             }
         }
+    }
+    let per_host = futures::future::join_all(names.iter().map(|name| {
+        let (plans, files, secrets) = (&plans, &files, &secrets);
+        async move {
+            let mut resolved = Vec::new();
+            for (i, plan) in plans.iter().enumerate() {
+                for hp in plan.hosts.iter().filter(|hp| hp.host == *name) {
+                    match resolve_host(rt, c, files, secrets, hp).await {
+                        Ok(h) => resolved.push((i, h)),
+                        Err(e) => return (resolved, Some(e)),
+                    }
+                }
+            }
+            (resolved, None)
+        }
+    }))
+    .await;
+    let mut by_phase: Vec<Vec<crate::phase::exec::ResolvedHost>> = vec![Vec::new(); plans.len()];
+    for (resolved, error) in per_host {
+        for (i, h) in resolved {
+            if !h.is_empty() {
+                by_phase[i].push(h);
+            }
+        }
+        failures.extend(error);
+    }
+    for (plan, mut hosts) in plans.iter().zip(by_phase) {
+        // In the plan's host order, as before.
+        hosts.sort_by_key(|h| plan.hosts.iter().position(|hp| hp.host == h.host));
         if !hosts.is_empty() {
             phases.push(OnlinePhase {
                 name: plan.name.clone(),

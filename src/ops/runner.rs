@@ -94,6 +94,8 @@ pub async fn run_playbook(
         None if output == OutputFormat::Text => eprintln!("{line}"),
         None => {}
     };
+    // Whether a phase of this run changed a host (files sent, commands run).
+    let mut changed = false;
     for (i, r) in pb.phases.iter().enumerate() {
         let Some(ph) = registry.iter().find(|p| p.name() == r.name) else {
             return Err(internal(&format!("phase {} is not implemented", r.name)));
@@ -120,6 +122,7 @@ pub async fn run_playbook(
             None => {}
         }
         let span = tracing::info_span!("phase", name = %plan.name);
+        let quiet = !changed && s.state.journal_done(&plan.name, None).await;
         let entry = s.state.journal_start(&plan.name, &digest, None).await;
         let started = Instant::now();
         let ctx = ApplyContext {
@@ -134,6 +137,7 @@ pub async fn run_playbook(
             upgrade: &opts.upgrade,
             restore: &opts.restore,
             notes: Default::default(),
+            quiet,
         };
         let result = tracing::Instrument::instrument(ph.apply(&ctx, &plan), span).await;
         let seconds = started.elapsed().as_secs_f64();
@@ -148,6 +152,7 @@ pub async fn run_playbook(
                 // A phase that changed hosts is recorded now; one that found everything
                 // in place waits for the next save (at most one write for a no-op run).
                 if changes.files_sent + changes.steps_run > 0 {
+                    changed = true;
                     s.state.flush().await?;
                 }
                 say(format!(

@@ -116,6 +116,8 @@ async fn apply_host(
     })?;
     let s = session(rt, host).await?;
     let mut report = HostReport::default();
+    // Every file of the host in one round trip (then only what differs is sent).
+    let mut items = Vec::new();
     for pf in &hp.files {
         let f = files
             .iter()
@@ -125,15 +127,47 @@ async fn apply_host(
                 host: hp.host.clone(),
                 message: format!("no rendered content for {}", pf.path),
             })?;
-        if put_file(s.as_ref(), &host.name, f).await? {
-            report.files_sent += 1;
-        }
+        items.push((
+            f.content.clone().into(),
+            UploadTarget::new(f.path.clone(), f.mode),
+        ));
     }
+    let transport = |source| HostError::Transport {
+        host: host.name.clone(),
+        source,
+    };
+    let outcomes = s.upload_all(items).await.map_err(transport)?;
+    report.files_sent = outcomes
+        .iter()
+        .filter(|o| o.sent || o.metadata_fixed)
+        .count();
+    // The steps' checks in one round trip too. Checks have no side effects, so their
+    // answers hold until a step runs; after that each check is asked again before its
+    // step, as the step may have changed what it looks at.
+    let checks: Vec<String> = hp
+        .commands
+        .iter()
+        .filter_map(|st| st.check.clone())
+        .collect();
+    let mut batched = s.checks(&checks).await.map_err(transport)?.into_iter();
+    let mut fresh = true;
     for step in &hp.commands {
-        if already_done(s.as_ref(), &host.name, step).await? {
+        let done = match &step.check {
+            None => false,
+            Some(_) => {
+                let answer = batched.next().unwrap_or(false);
+                if fresh {
+                    answer
+                } else {
+                    already_done(s.as_ref(), &host.name, step).await?
+                }
+            }
+        };
+        if done {
             report.steps_skipped += 1;
             continue;
         }
+        fresh = false;
         match &step.run {
             Some(cmd) => {
                 run(s.as_ref(), &host.name, cmd, secrets, rt.verbose)
@@ -252,20 +286,34 @@ pub async fn resolve_host(
         host: hp.host.clone(),
         ..Default::default()
     };
-    for pf in &hp.files {
-        let Some(f) = files
-            .iter()
-            .map(|(_, f)| f)
-            .find(|f| f.host == hp.host && f.path == pf.path)
-        else {
-            continue;
-        };
-        let probe = format!(
-            "sha256sum -- {} 2>/dev/null | cut -d' ' -f1",
+    let planned: Vec<&RenderedFile> = hp
+        .files
+        .iter()
+        .filter_map(|pf| {
+            files
+                .iter()
+                .map(|(_, f)| f)
+                .find(|f| f.host == hp.host && f.path == pf.path)
+        })
+        .collect();
+    // Every file's sha256 in one round trip (from the host's digest cache when the file
+    // is untouched since kubeforge wrote it).
+    let mut probe = String::new();
+    for f in &planned {
+        probe.push_str(&format!(
+            "echo \"$(sha256sum -- {} 2>/dev/null | cut -d' ' -f1)\"; ",
             crate::transport::shell::quote(&f.path)
-        );
-        let remote = run(s.as_ref(), &host.name, &probe, secrets, false).await?;
-        let remote = remote.trim();
+        ));
+    }
+    probe.push_str("true");
+    let remote = if planned.is_empty() {
+        String::new()
+    } else {
+        run(s.as_ref(), &host.name, &probe, secrets, false).await?
+    };
+    let mut lines = remote.lines();
+    for f in planned {
+        let remote = lines.next().unwrap_or_default().trim();
         if remote == f.sha256() {
             continue;
         }
@@ -294,12 +342,25 @@ pub async fn resolve_host(
             change,
         });
     }
-    for step in &hp.commands {
-        if step.run.is_none() && step.check.is_none() {
-            // Described steps the phase carries out itself (e.g. "gather facts").
-            continue;
-        }
-        if !already_done(s.as_ref(), &host.name, step).await? {
+    // The steps' checks in one round trip (read-only: they all see the host as it is).
+    let steps: Vec<&Step> = hp
+        .commands
+        .iter()
+        // Described steps the phase carries out itself (e.g. "gather facts") are left out.
+        .filter(|st| st.run.is_some() || st.check.is_some())
+        .collect();
+    let checks: Vec<String> = steps.iter().filter_map(|st| st.check.clone()).collect();
+    let mut answers = s
+        .checks(&checks)
+        .await
+        .map_err(|source| HostError::Transport {
+            host: host.name.clone(),
+            source,
+        })?
+        .into_iter();
+    for step in steps {
+        let done = step.check.is_some() && answers.next().unwrap_or(false);
+        if !done {
             out.commands.push(secrets.redact(&step.action));
         }
     }

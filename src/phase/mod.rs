@@ -76,6 +76,10 @@ pub struct ApplyContext<'a> {
     pub restore: &'a restore::RestoreOptions,
     /// Lines for the operator, printed after the phase (addon outcomes, readiness).
     pub notes: std::sync::Mutex<Vec<String>>,
+    /// Nothing changed on any host or machine earlier in this run, and this phase
+    /// finished last time: gates that prove what a change did (a probe Pod behind a
+    /// Service) can stand on that run's proof.
+    pub quiet: bool,
 }
 
 impl ApplyContext<'_> {

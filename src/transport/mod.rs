@@ -121,6 +121,27 @@ pub trait Transport: Send + Sync {
     ) -> Result<UploadOutcome, TransportError>;
     /// Read a remote file (small files: it is returned in memory).
     async fn download(&self, path: &str) -> Result<Vec<u8>, TransportError>;
+    /// Several uploads, in order. The SSH transport asks the host about all of them in
+    /// one round trip and then sends only what differs; this default uploads one by one.
+    async fn upload_all(
+        &self,
+        items: Vec<(UploadSource, UploadTarget)>,
+    ) -> Result<Vec<UploadOutcome>, TransportError> {
+        let mut out = Vec::new();
+        for (source, target) in items {
+            out.push(self.upload(source, &target).await?);
+        }
+        Ok(out)
+    }
+    /// Whether each of these side-effect-free checks exits 0 (the SSH transport runs
+    /// them in one round trip, each in its own subshell); this default runs one by one.
+    async fn checks(&self, commands: &[String]) -> Result<Vec<bool>, TransportError> {
+        let mut out = Vec::new();
+        for c in commands {
+            out.push(self.exec(c).await?.success());
+        }
+        Ok(out)
+    }
 }
 
 /// Task cancelled by the user (Ctrl-C) before it finished on this host.
