@@ -489,6 +489,46 @@ pub enum BenchCommand {
         after_help = "Examples:\n  kubeforge bench fanout --machines 10\n  kubeforge bench fanout --machines 30 --file-mib 10 --no-ansible -o json"
     )]
     Fanout(FanoutArgs),
+    /// Converge N local machines to a file set and checks (the transport calls `apply`
+    /// and `plan` make), then again with nothing to change; the same with Ansible.
+    #[command(
+        after_help = "Examples:\n  kubeforge bench converge --machines 100\n  kubeforge bench converge --machines 20 --binary-mib 10 --no-ansible -o json"
+    )]
+    Converge(ConvergeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ConvergeArgs {
+    /// Number of machines (sshd-only systemd containers).
+    #[arg(long, default_value_t = 100)]
+    pub machines: usize,
+    /// Small configuration files per host (4 KiB each).
+    #[arg(long, default_value_t = 10)]
+    pub files: usize,
+    /// Size of the one large file per host (a kubelet-sized binary), in MiB.
+    #[arg(long, default_value_t = 50)]
+    pub binary_mib: u64,
+    /// Checked steps per host (a check, and the command that fixes what it finds).
+    #[arg(long, default_value_t = 5)]
+    pub checks: usize,
+    /// No-op rounds measured (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Hosts worked on at once (also Ansible's forks).
+    #[arg(long, default_value_t = 20)]
+    pub concurrency: usize,
+    /// Node image (default: the current recipe's tag).
+    #[arg(long)]
+    pub image: Option<String>,
+    /// Subnet of the benchmark's internal network.
+    #[arg(long, default_value = "10.252.0.0/24")]
+    pub subnet: ipnet::IpNet,
+    /// Skip the Ansible comparison.
+    #[arg(long)]
+    pub no_ansible: bool,
+    /// Keep the machines afterwards.
+    #[arg(long)]
+    pub keep: bool,
 }
 
 #[derive(Debug, Args)]

@@ -42,7 +42,7 @@ pub struct BenchReport {
     pub notes: Vec<String>,
 }
 
-fn usage(msg: impl Into<String>) -> Error {
+pub(super) fn usage(msg: impl Into<String>) -> Error {
     Error::Usage(msg.into())
 }
 
@@ -53,6 +53,14 @@ pub async fn run(args: BenchArgs, output: OutputFormat) -> Result<(), Error> {
             match output {
                 OutputFormat::Json => print_json(&report)?,
                 OutputFormat::Text => print_text(&report),
+            }
+            Ok(())
+        }
+        BenchCommand::Converge(a) => {
+            let report = super::bench_converge::run(&a).await?;
+            match output {
+                OutputFormat::Json => print_json(&report)?,
+                OutputFormat::Text => super::bench_converge::print_text(&report),
             }
             Ok(())
         }
@@ -85,65 +93,106 @@ fn commands(n: usize) -> Vec<String> {
         .collect()
 }
 
+/// Machines for a benchmark: sshd-only systemd containers on an `--internal` docker
+/// network, a key of their own, a scratch directory.
+pub(super) struct BenchMachines {
+    pub provider: DockerProvider,
+    pub dir: PathBuf,
+    pub key: Arc<russh::keys::PrivateKey>,
+    pub key_path: PathBuf,
+    /// Their addresses, in order.
+    pub hosts: Vec<String>,
+    pub boot: Duration,
+}
+
+impl BenchMachines {
+    /// Make `n` machines `<cluster>-worker-N` at `.10` up of `subnet` and wait for sshd.
+    pub(super) async fn start(
+        cluster: &str,
+        subnet: ipnet::IpNet,
+        image: Option<String>,
+        n: usize,
+    ) -> Result<BenchMachines, Error> {
+        let dir = tempdir()?;
+        let key = generate_ed25519_key();
+        let (private, public) =
+            encode_key(&key).map_err(|e| usage(format!("cannot encode the bench key: {e}")))?;
+        let key_path = dir.join("id_ed25519");
+        write_private(&key_path, &private)?;
+        let image = image.unwrap_or_else(crate::provider::image::node_image_tag);
+        let provider = DockerProvider::connect(DockerConfig {
+            cluster: cluster.into(),
+            network: format!("{cluster}-net"),
+            subnet,
+            image,
+            ssh_public_key: public,
+        })
+        .await?;
+        provider.destroy().await?;
+        let base = match subnet.network() {
+            IpAddr::V4(v4) => u32::from(v4),
+            IpAddr::V6(_) => return Err(usage("--subnet must be IPv4")),
+        };
+        let specs: Vec<MachineSpec> = (0..n)
+            .map(|i| MachineSpec {
+                name: format!("{cluster}-worker-{}", i + 1),
+                role: MachineRole::Worker,
+                ip: IpAddr::V4((base + 10 + i as u32).into()),
+                extra_disks: vec![],
+            })
+            .collect();
+        let t = Instant::now();
+        let mut m = BenchMachines {
+            provider,
+            dir,
+            key: Arc::new(key),
+            key_path,
+            hosts: specs.iter().map(|s| s.ip.to_string()).collect(),
+            boot: Duration::ZERO,
+        };
+        let up = async {
+            let machines = m.provider.ensure(&specs).await?;
+            for machine in &machines {
+                if let Some(ip) = machine.ip {
+                    m.provider
+                        .wait_for_ssh(ip, 22, Duration::from_secs(120))
+                        .await
+                        .map_err(|e| usage(format!("sshd on {} did not come up: {e}", machine.name)))?;
+                }
+            }
+            Ok::<_, Error>(())
+        }
+        .await;
+        if let Err(e) = up {
+            m.stop(false).await;
+            return Err(e);
+        }
+        m.boot = t.elapsed();
+        Ok(m)
+    }
+
+    /// Remove the machines (unless `keep`) and the scratch directory.
+    pub(super) async fn stop(&self, keep: bool) {
+        if !keep {
+            if let Err(e) = self.provider.destroy().await {
+                eprintln!("warning: removing the benchmark machines: {e}");
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 async fn fanout(a: &FanoutArgs) -> Result<BenchReport, Error> {
     if a.machines == 0 || a.machines > 50 {
         return Err(usage("--machines must be between 1 and 50"));
     }
-    let dir = tempdir()?;
-    let key = generate_ed25519_key();
-    let (private, public) =
-        encode_key(&key).map_err(|e| usage(format!("cannot encode the bench key: {e}")))?;
-    let key_path = dir.join("id_ed25519");
-    write_private(&key_path, &private)?;
-    let image = a
-        .image
-        .clone()
-        .unwrap_or_else(crate::provider::image::node_image_tag);
-    let provider = DockerProvider::connect(DockerConfig {
-        cluster: "kfbench".into(),
-        network: "kfbench-net".into(),
-        subnet: a.subnet,
-        image,
-        ssh_public_key: public,
-    })
-    .await?;
-    provider.destroy().await?;
-    let base = match a.subnet.network() {
-        IpAddr::V4(v4) => u32::from(v4),
-        IpAddr::V6(_) => return Err(usage("--subnet must be IPv4")),
-    };
-    let specs: Vec<MachineSpec> = (0..a.machines)
-        .map(|i| MachineSpec {
-            name: format!("kfbench-worker-{}", i + 1),
-            role: MachineRole::Worker,
-            ip: IpAddr::V4((base + 10 + i as u32).into()),
-            extra_disks: vec![],
-        })
-        .collect();
-    let t = Instant::now();
-    let result = async {
-        let machines = provider.ensure(&specs).await?;
-        for m in &machines {
-            if let Some(ip) = m.ip {
-                provider
-                    .wait_for_ssh(ip, 22, Duration::from_secs(60))
-                    .await
-                    .map_err(|e| usage(format!("sshd on {} did not come up: {e}", m.name)))?;
-            }
-        }
-        let boot = t.elapsed();
-        let hosts: Vec<String> = specs.iter().map(|s| s.ip.to_string()).collect();
-        measure(a, &dir, &key_path, Arc::new(key), &hosts, boot).await
-    }
-    .await;
-    if !a.keep {
-        provider.destroy().await?;
-    }
-    let _ = std::fs::remove_dir_all(&dir);
+    let m = BenchMachines::start("kfbench", a.subnet, a.image.clone(), a.machines).await?;
+    let result = measure(a, &m.dir, &m.key_path, m.key.clone(), &m.hosts, m.boot).await;
+    m.stop(a.keep).await;
     result
 }
 
-fn tempdir() -> Result<PathBuf, Error> {
+pub(super) fn tempdir() -> Result<PathBuf, Error> {
     let dir = std::env::temp_dir().join(format!("kubeforge-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|source| Error::Write {
         path: dir.clone(),
@@ -152,7 +201,7 @@ fn tempdir() -> Result<PathBuf, Error> {
     Ok(dir)
 }
 
-fn write_private(path: &Path, text: &str) -> Result<(), Error> {
+pub(super) fn write_private(path: &Path, text: &str) -> Result<(), Error> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -170,7 +219,7 @@ fn write_private(path: &Path, text: &str) -> Result<(), Error> {
     })
 }
 
-fn write_file(path: &Path, size: u64) -> Result<(), Error> {
+pub(super) fn write_file(path: &Path, size: u64) -> Result<(), Error> {
     let werr = |source| Error::Write {
         path: path.to_path_buf(),
         source,
@@ -508,7 +557,7 @@ async fn measure(
     })
 }
 
-fn check<T>(
+pub(super) fn check<T>(
     results: Vec<crate::transport::HostResult<T, TransportError>>,
 ) -> Result<Vec<T>, Error> {
     let mut out = Vec::new();
@@ -518,7 +567,7 @@ fn check<T>(
     Ok(out)
 }
 
-fn which(cmd: &str) -> Option<PathBuf> {
+pub(super) fn which(cmd: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?
         .to_str()?
         .split(':')
@@ -527,7 +576,7 @@ fn which(cmd: &str) -> Option<PathBuf> {
 }
 
 /// Run each host's commands one after the other, hosts in parallel (bounded).
-async fn run_parallel<F>(hosts: &[String], concurrency: usize, make: F) -> Result<(), Error>
+pub(super) async fn run_parallel<F>(hosts: &[String], concurrency: usize, make: F) -> Result<(), Error>
 where
     F: Fn(&str) -> Vec<tokio::process::Command>,
 {

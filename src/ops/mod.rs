@@ -3,6 +3,7 @@ pub mod apply;
 pub mod artifacts;
 pub mod backup;
 pub mod bench;
+pub mod bench_converge;
 pub mod certs;
 pub mod clusters;
 pub mod completion;
