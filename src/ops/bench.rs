@@ -157,7 +157,9 @@ impl BenchMachines {
                     m.provider
                         .wait_for_ssh(ip, 22, Duration::from_secs(120))
                         .await
-                        .map_err(|e| usage(format!("sshd on {} did not come up: {e}", machine.name)))?;
+                        .map_err(|e| {
+                            usage(format!("sshd on {} did not come up: {e}", machine.name))
+                        })?;
                 }
             }
             Ok::<_, Error>(())
@@ -576,7 +578,11 @@ pub(super) fn which(cmd: &str) -> Option<PathBuf> {
 }
 
 /// Run each host's commands one after the other, hosts in parallel (bounded).
-pub(super) async fn run_parallel<F>(hosts: &[String], concurrency: usize, make: F) -> Result<(), Error>
+pub(super) async fn run_parallel<F>(
+    hosts: &[String],
+    concurrency: usize,
+    make: F,
+) -> Result<(), Error>
 where
     F: Fn(&str) -> Vec<tokio::process::Command>,
 {

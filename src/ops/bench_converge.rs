@@ -6,9 +6,7 @@
 //! comparison. The same work with Ansible (`copy` and `shell` tasks; `--check` for the
 //! plan) in the same run, reported as ratios.
 
-use super::bench::{
-    check, usage, which, write_file, BenchMachines, Measurement,
-};
+use super::bench::{check, usage, which, write_file, BenchMachines, Measurement};
 use crate::cli::ConvergeArgs;
 use crate::error::Error;
 use crate::transport::{
@@ -40,7 +38,10 @@ pub fn print_text(r: &ConvergeReport) {
         "converge benchmark: {} machines, {} files of 4 KiB + {} MiB per host, {} checked steps per host; no-op figures are the median of {} rounds (machines up in {:.1} s)",
         r.machines, r.files_per_host, r.binary_mib, r.checks_per_host, r.rounds, r.boot_seconds
     );
-    println!("load average before: {}; after: {}", r.load_before, r.load_after);
+    println!(
+        "load average before: {}; after: {}",
+        r.load_before, r.load_after
+    );
     println!(
         "{:<30} {:<34} {:>9} {:>12}",
         "work", "tool", "seconds", "x kubeforge"
@@ -68,7 +69,9 @@ fn steps(n: usize) -> Vec<(String, String)> {
         .map(|i| {
             (
                 format!("grep -qx 'step {i} done' /etc/kfbench/steps/{i} 2>/dev/null"),
-                format!("mkdir -p /etc/kfbench/steps && echo 'step {i} done' > /etc/kfbench/steps/{i}"),
+                format!(
+                    "mkdir -p /etc/kfbench/steps && echo 'step {i} done' > /etc/kfbench/steps/{i}"
+                ),
             )
         })
         .collect()
@@ -91,6 +94,21 @@ pub async fn run(a: &ConvergeArgs) -> Result<ConvergeReport, Error> {
     }
     if a.rounds == 0 {
         return Err(usage("--rounds must be at least 1"));
+    }
+    // Every systemd machine holds several inotify instances (systemd, journald, ...),
+    // counted against the host's per-user limit (128 by default: about 30 machines);
+    // past it, machines boot without sshd.
+    let needed = 8 * a.machines as u64 + 64;
+    if let Some(limit) = std::fs::read_to_string("/proc/sys/fs/inotify/max_user_instances")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|l| *l < needed)
+    {
+        return Err(usage(format!(
+            "{} machines need about {needed} inotify instances and this host allows {limit}: raise it first (sysctl -w fs.inotify.max_user_instances={})",
+            a.machines,
+            needed.next_power_of_two()
+        )));
     }
     let m = BenchMachines::start("kfconv", a.subnet, a.image.clone(), a.machines).await?;
     let result = measure(a, &m).await;
@@ -140,7 +158,12 @@ async fn measure(a: &ConvergeArgs, m: &BenchMachines) -> Result<ConvergeReport, 
                     let s = pool.session(&h).await?;
                     let mut items: Vec<(UploadSource, UploadTarget)> = configs
                         .iter()
-                        .map(|(p, c)| (UploadSource::from(c.as_str()), UploadTarget::new(p.clone(), 0o644)))
+                        .map(|(p, c)| {
+                            (
+                                UploadSource::from(c.as_str()),
+                                UploadTarget::new(p.clone(), 0o644),
+                            )
+                        })
                         .collect();
                     items.push((
                         UploadSource::File(binary.clone()),
@@ -206,11 +229,17 @@ async fn measure(a: &ConvergeArgs, m: &BenchMachines) -> Result<ConvergeReport, 
     for _ in 0..a.rounds {
         let (took, changes) = converge().await?;
         if changes != 0 {
-            notes.push(format!("kubeforge changed {changes} things in a no-op round"));
+            notes.push(format!(
+                "kubeforge changed {changes} things in a no-op round"
+            ));
         }
         noop.push(took);
     }
-    rows.push(("no-op converge (apply)".into(), "kubeforge".into(), median(noop)));
+    rows.push((
+        "no-op converge (apply)".into(),
+        "kubeforge".into(),
+        median(noop),
+    ));
     let mut plans = Vec::new();
     for _ in 0..a.rounds {
         plans.push(plan().await?);
@@ -224,7 +253,10 @@ async fn measure(a: &ConvergeArgs, m: &BenchMachines) -> Result<ConvergeReport, 
     } else if which("ansible-playbook").is_none() {
         notes.push("Ansible skipped: ansible-playbook not found (pip install ansible-core)".into());
     } else {
-        ansible(a, m, &binary, &configs, &steps, &store, &mut rows, &mut notes).await?;
+        ansible(
+            a, m, &binary, &configs, &steps, &store, &mut rows, &mut notes,
+        )
+        .await?;
     }
 
     let base = |work: &str| {
@@ -320,7 +352,12 @@ async fn ansible(
     // Its own paths: Ansible starts from hosts without its files or steps done too.
     let configs: Vec<(String, String)> = configs
         .iter()
-        .map(|(p, c)| (p.replace("/etc/kfbench/", "/etc/kfbench-ansible/"), c.clone()))
+        .map(|(p, c)| {
+            (
+                p.replace("/etc/kfbench/", "/etc/kfbench-ansible/"),
+                c.clone(),
+            )
+        })
         .collect();
     let steps: Vec<(String, String)> = steps
         .iter()
@@ -397,7 +434,11 @@ async fn ansible(
         }
         noop.push(took);
     }
-    rows.push(("no-op converge (apply)".into(), "ansible".into(), median(noop)));
+    rows.push((
+        "no-op converge (apply)".into(),
+        "ansible".into(),
+        median(noop),
+    ));
     let mut plans = Vec::new();
     for _ in 0..a.rounds {
         plans.push(play(&["--check"]).await?.0);

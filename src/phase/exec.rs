@@ -64,19 +64,6 @@ pub async fn already_done(t: &dyn Transport, host: &str, step: &Step) -> Result<
     Ok(out.success())
 }
 
-/// Upload one rendered file unless the host has it already. Returns whether it was sent.
-pub async fn put_file(t: &dyn Transport, host: &str, f: &RenderedFile) -> Result<bool, HostError> {
-    let target = UploadTarget::new(f.path.clone(), f.mode);
-    let outcome = t
-        .upload(f.content.clone().into(), &target)
-        .await
-        .map_err(|source| HostError::Transport {
-            host: host.to_string(),
-            source,
-        })?;
-    Ok(outcome.sent || outcome.metadata_fixed)
-}
-
 /// Called for host steps without a shell command: the phase carries them out.
 #[async_trait::async_trait]
 pub trait SpecialSteps: Sync {
@@ -296,8 +283,7 @@ pub async fn resolve_host(
                 .find(|f| f.host == hp.host && f.path == pf.path)
         })
         .collect();
-    // Every file's sha256 in one round trip (from the host's digest cache when the file
-    // is untouched since kubeforge wrote it).
+    // Every file's sha256 in one round trip.
     let mut probe = String::new();
     for f in &planned {
         probe.push_str(&format!(
