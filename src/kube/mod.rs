@@ -395,13 +395,56 @@ pub fn prune_cluster_status(
 
 /// Remove the `ClusterStatus` entries of control planes not in `keep` (kubeadm before
 /// 1.22; later versions have none). Returns the names removed.
+/// What the apiserver answers while etcd elects a leader or the apiserver restarts:
+/// worth asking again a moment later.
+pub fn transient_api_error(stderr: &str) -> bool {
+    [
+        "etcdserver: leader changed",
+        "etcdserver: request timed out",
+        "etcdserver: no leader",
+        "etcdserver: too many requests",
+        "the server is currently unable to handle the request",
+        "connection refused",
+        // kubectl's own words when the apiserver does not accept the connection.
+        "was refused - did you specify the right host or port",
+        "TLS handshake timeout",
+        "http2: client connection lost",
+        "context deadline exceeded",
+    ]
+    .iter()
+    .any(|m| stderr.contains(m))
+}
+
+/// Run a kubectl command, asking again for up to a minute while the API answers with a
+/// transient error (an etcd leader election after a member was removed, an apiserver
+/// restarting).
+pub async fn kubectl_retrying(
+    t: &dyn Transport,
+    host: &str,
+    command: &str,
+    secrets: &dyn Redact,
+) -> Result<String, HostError> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match remote::run(t, host, command, secrets, false).await {
+            Err(HostError::Command(f))
+                if transient_api_error(&f.stderr_tail) && Instant::now() < deadline =>
+            {
+                tracing::info!(host, error = %f.stderr_tail, "the API is busy: asking again");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 pub async fn remove_stale_api_endpoints(
     t: &dyn Transport,
     host: &str,
     keep: &[String],
     secrets: &dyn Redact,
 ) -> Result<Vec<String>, HostError> {
-    let out = remote::run(
+    let out = kubectl_retrying(
         t,
         host,
         &format!(
@@ -409,7 +452,6 @@ pub async fn remove_stale_api_endpoints(
             kubectl()
         ),
         secrets,
-        false,
     )
     .await?;
     let Some((text, stale)) =
@@ -421,7 +463,7 @@ pub async fn remove_stale_api_endpoints(
         return Ok(Vec::new());
     };
     let patch = serde_json::json!({ "data": { "ClusterStatus": text } }).to_string();
-    remote::run(
+    kubectl_retrying(
         t,
         host,
         &format!(
@@ -430,7 +472,6 @@ pub async fn remove_stale_api_endpoints(
             crate::transport::shell::quote(&patch)
         ),
         secrets,
-        false,
     )
     .await?;
     Ok(stale)
@@ -449,7 +490,7 @@ pub async fn delete_node(
             message: format!("`{node}` is not a node name"),
         });
     }
-    remote::run(
+    kubectl_retrying(
         t,
         host,
         &format!(
@@ -457,7 +498,6 @@ pub async fn delete_node(
             kubectl()
         ),
         secrets,
-        false,
     )
     .await
     .map(|_| ())
@@ -478,6 +518,23 @@ pub fn is_node_name(s: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn transient_api_errors_are_told_from_real_ones() {
+        use super::transient_api_error;
+        assert!(transient_api_error(
+            "Error from server: etcdserver: leader changed"
+        ));
+        assert!(transient_api_error(
+            "The connection to the server 10.0.0.1:6443 was refused - did you specify the right host or port?"
+        ));
+        assert!(!transient_api_error(
+            "Error from server (NotFound): configmaps \"kubeadm-config\" not found"
+        ));
+        assert!(!transient_api_error(
+            "error: the server doesn't have a resource type"
+        ));
+    }
+
     #[test]
     fn nodes_are_read_from_the_api_answer() {
         let json = r#"{"items":[

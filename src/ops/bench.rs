@@ -535,20 +535,7 @@ async fn measure(
         ));
     }
 
-    let base = |work: &str| {
-        rows.iter()
-            .find(|(w, tool, _)| w == work && tool == "kubeforge")
-            .map(|r| r.2)
-    };
-    let measurements = rows
-        .iter()
-        .map(|(work, tool, secs)| Measurement {
-            work: work.clone(),
-            tool: tool.clone(),
-            seconds: *secs,
-            ratio_to_kubeforge: base(work).map(|b| secs / b.max(1e-9)).unwrap_or(f64::NAN),
-        })
-        .collect();
+    let measurements = measurements(&rows);
     Ok(BenchReport {
         machines: hosts.len(),
         file_mib: a.file_mib,
@@ -557,6 +544,23 @@ async fn measure(
         measurements,
         notes,
     })
+}
+
+/// Each row `(work, tool, seconds)` with its ratio to kubeforge's row for the same work.
+pub(super) fn measurements(rows: &[(String, String, f64)]) -> Vec<Measurement> {
+    let base = |work: &str| {
+        rows.iter()
+            .find(|(w, tool, _)| w == work && tool == "kubeforge")
+            .map(|r| r.2)
+    };
+    rows.iter()
+        .map(|(work, tool, secs)| Measurement {
+            work: work.clone(),
+            tool: tool.clone(),
+            seconds: *secs,
+            ratio_to_kubeforge: base(work).map(|b| secs / b.max(1e-9)).unwrap_or(f64::NAN),
+        })
+        .collect()
 }
 
 pub(super) fn check<T>(

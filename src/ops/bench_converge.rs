@@ -6,7 +6,7 @@
 //! comparison. The same work with Ansible (`copy` and `shell` tasks; `--check` for the
 //! plan) in the same run, reported as ratios.
 
-use super::bench::{check, usage, which, write_file, BenchMachines, Measurement};
+use super::bench::{check, measurements, usage, which, write_file, BenchMachines, Measurement};
 use crate::cli::ConvergeArgs;
 use crate::error::Error;
 use crate::transport::{
@@ -259,20 +259,7 @@ async fn measure(a: &ConvergeArgs, m: &BenchMachines) -> Result<ConvergeReport, 
         .await?;
     }
 
-    let base = |work: &str| {
-        rows.iter()
-            .find(|(w, tool, _)| w == work && tool == "kubeforge")
-            .map(|r| r.2)
-    };
-    let measurements = rows
-        .iter()
-        .map(|(work, tool, secs)| Measurement {
-            work: work.clone(),
-            tool: tool.clone(),
-            seconds: *secs,
-            ratio_to_kubeforge: base(work).map(|b| secs / b.max(1e-9)).unwrap_or(f64::NAN),
-        })
-        .collect();
+    let measurements = measurements(&rows);
     Ok(ConvergeReport {
         machines: m.hosts.len(),
         files_per_host: a.files,

@@ -726,19 +726,23 @@ pub fn region_of(spec: &AwsSpec) -> String {
 
 /// The endpoint: the spec's, else $AWS_ENDPOINT_URL_EC2, $AWS_ENDPOINT_URL, AWS's own.
 pub fn endpoint_of(spec: &AwsSpec, region: &str) -> String {
-    spec.endpoint
-        .clone()
+    endpoint_from(
+        spec.endpoint.as_deref(),
+        &["AWS_ENDPOINT_URL_EC2", "AWS_ENDPOINT_URL"],
+        || format!("https://ec2.{region}.amazonaws.com"),
+    )
+}
+
+/// An endpoint: the cluster file's, else the first of `vars` that is set and not
+/// empty, else `default`.
+fn endpoint_from(written: Option<&str>, vars: &[&str], default: impl FnOnce() -> String) -> String {
+    written
+        .map(str::to_string)
         .or_else(|| {
-            std::env::var("AWS_ENDPOINT_URL_EC2")
-                .ok()
-                .filter(|v| !v.is_empty())
+            vars.iter()
+                .find_map(|v| std::env::var(v).ok().filter(|v| !v.is_empty()))
         })
-        .or_else(|| {
-            std::env::var("AWS_ENDPOINT_URL")
-                .ok()
-                .filter(|v| !v.is_empty())
-        })
-        .unwrap_or_else(|| format!("https://ec2.{region}.amazonaws.com"))
+        .unwrap_or_else(default)
 }
 
 fn state_of(name: &str) -> MachineState {

@@ -22,19 +22,14 @@ const NAME_MAX: usize = 32;
 /// The Elastic Load Balancing endpoint: the spec's `elbEndpoint`, else
 /// $AWS_ENDPOINT_URL_ELASTIC_LOAD_BALANCING_V2, $AWS_ENDPOINT_URL, AWS's own.
 pub fn endpoint_of(spec: &AwsSpec, region: &str) -> String {
-    spec.elb_endpoint
-        .clone()
-        .or_else(|| {
-            std::env::var("AWS_ENDPOINT_URL_ELASTIC_LOAD_BALANCING_V2")
-                .ok()
-                .filter(|v| !v.is_empty())
-        })
-        .or_else(|| {
-            std::env::var("AWS_ENDPOINT_URL")
-                .ok()
-                .filter(|v| !v.is_empty())
-        })
-        .unwrap_or_else(|| format!("https://elasticloadbalancing.{region}.amazonaws.com"))
+    super::endpoint_from(
+        spec.elb_endpoint.as_deref(),
+        &[
+            "AWS_ENDPOINT_URL_ELASTIC_LOAD_BALANCING_V2",
+            "AWS_ENDPOINT_URL",
+        ],
+        || format!("https://elasticloadbalancing.{region}.amazonaws.com"),
+    )
 }
 
 // ---- answers (only the fields kubeforge reads) ----
