@@ -625,7 +625,7 @@ fn cloud_provider_inputs_get_their_exact_messages() {
         (
             "aws unknown field",
             cloud("    aws: {image: ami-1, instanceTyp: t3.large}\n", ""),
-            "cluster.yaml:8:25: spec.provider.aws.instanceTyp: unknown field `instanceTyp`, expected one of image, region, endpoint, profile, availabilityZone, instanceType, controlPlaneInstanceType, loadBalancerInstanceType, vpcCidr, subnet, useDefaultVpc, allowedCidrs, rootVolumeGb, elbEndpoint, allowHttp",
+            "cluster.yaml:8:25: spec.provider.aws.instanceTyp: unknown field `instanceTyp`, expected one of image, region, endpoint, profile, availabilityZone, instanceType, controlPlaneInstanceType, loadBalancerInstanceType, vpcCidr, subnet, useDefaultVpc, allowedCidrs, rootVolumeGb, loadBalancerInstanceProfile, elbEndpoint, allowHttp",
         ),
         (
             "aws and docker at once",
