@@ -164,6 +164,17 @@ pub struct KeepalivedView {
     pub notify_master: Option<String>,
 }
 
+/// The private addresses of the other load balancers than `h` (keepalived's unicast
+/// peers, the failover script's peers).
+fn lb_peers(c: &LoadedCluster, h: &Host) -> Vec<String> {
+    c.topology
+        .lb_hosts()
+        .iter()
+        .filter(|p| p.name != h.name)
+        .map(|p| p.internal_address.to_string())
+        .collect()
+}
+
 /// keepalived settings for one load-balancer host. Priorities fall by 10 down the host
 /// list so the first host holds the VIP when all are healthy.
 pub fn keepalived(c: &LoadedCluster, h: &Host) -> Option<KeepalivedView> {
@@ -177,13 +188,7 @@ pub fn keepalived(c: &LoadedCluster, h: &Host) -> Option<KeepalivedView> {
         return None;
     };
     let idx = lb_hosts.iter().position(|n| n == &h.name)?;
-    let peers = c
-        .topology
-        .lb_hosts()
-        .iter()
-        .filter(|p| p.name != h.name)
-        .map(|p| p.internal_address.to_string())
-        .collect();
+    let peers = lb_peers(c, h);
     Some(KeepalivedView {
         cluster_name: c.name().to_string(),
         router_id: h.name.clone(),
@@ -230,13 +235,7 @@ pub fn failover_config(c: &LoadedCluster, h: &Host) -> Result<Option<(String, bo
     let Endpoint::Vip { vip, .. } = &c.topology.endpoint else {
         return Ok(None);
     };
-    let peers: Vec<String> = c
-        .topology
-        .lb_hosts()
-        .iter()
-        .filter(|p| p.name != h.name)
-        .map(|p| p.internal_address.to_string())
-        .collect();
+    let peers = lb_peers(c, h);
     let mut v = serde_json::json!({
         "cluster": c.name(),
         "vip": vip.to_string(),
