@@ -38,6 +38,79 @@ pub struct BackupMeta {
     /// The members when it was taken, `name=peerURL`.
     #[serde(default)]
     pub members: Vec<String>,
+    /// HMAC-SHA256 (hex) of this metadata with the snapshot MAC key, which only the
+    /// holder of the state key (and the control-plane nodes that ship snapshots) have:
+    /// the state's public key lets anyone encrypt a snapshot, this says who wrote it.
+    /// Absent on snapshots stored before kubeforge authenticated them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    /// scrypt work factor of the MAC key (state keys that are passphrases).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac_log_n: Option<u8>,
+}
+
+const META_DOMAIN: &[u8] = b"kubeforge.dev/snapshot-meta/v1\0";
+
+/// The bytes a metadata MAC covers: the JSON object without its `mac`, compact, keys in
+/// the order serde_json's map keeps them (the same on both sides: both go through a
+/// `serde_json::Value`), so fields added later are covered too.
+fn meta_message(mut v: serde_json::Value) -> Vec<u8> {
+    if let Some(o) = v.as_object_mut() {
+        o.remove("mac");
+    }
+    let mut m = META_DOMAIN.to_vec();
+    m.extend_from_slice(&serde_json::to_vec(&v).unwrap_or_default());
+    m
+}
+
+/// Set `meta.mac` when the store can authenticate (it has a key or a node seal).
+pub fn sign_meta(
+    store: &StateStore,
+    meta: &mut BackupMeta,
+) -> Result<(), crate::state::StateError> {
+    meta.mac = None;
+    meta.mac_log_n = store.snapshot_mac_log_n();
+    if let Some(key) = store.snapshot_mac_key(meta.mac_log_n)? {
+        let v = serde_json::to_value(&*meta).unwrap_or_default();
+        meta.mac = Some(crate::state::crypto::hmac_hex(&key, &meta_message(v)));
+    }
+    Ok(())
+}
+
+/// Whether a stored snapshot's metadata says who wrote it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Authenticity {
+    /// Its MAC verifies: kubeforge with the state key, or a shipping control plane.
+    Verified,
+    /// No MAC (stored before snapshots were authenticated) or no key to check it with.
+    Unchecked,
+    /// A MAC that does not verify, or no metadata: never restored from.
+    Forged,
+}
+
+/// Check the raw stored metadata of a snapshot against the store's snapshot MAC key.
+pub fn authenticity(store: &StateStore, raw_meta: Option<&[u8]>) -> Authenticity {
+    let Some(raw) = raw_meta else {
+        return Authenticity::Forged;
+    };
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(raw) else {
+        return Authenticity::Forged;
+    };
+    let Some(mac) = v.get("mac").and_then(|m| m.as_str()).map(str::to_string) else {
+        return Authenticity::Unchecked;
+    };
+    let log_n = v
+        .get("macLogN")
+        .and_then(|n| n.as_u64())
+        .and_then(|n| u8::try_from(n).ok());
+    match store.snapshot_mac_key(log_n) {
+        Ok(Some(key)) if crate::state::crypto::hmac_verify(&key, &meta_message(v), &mac) => {
+            Authenticity::Verified
+        }
+        Ok(Some(_)) => Authenticity::Forged,
+        _ => Authenticity::Unchecked,
+    }
 }
 
 /// A stored snapshot as `backup list` shows it.
@@ -49,6 +122,8 @@ pub struct Listed {
     pub size: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub meta: Option<BackupMeta>,
+    /// Whether its metadata's MAC verifies (see [`Authenticity`]).
+    pub authenticity: Authenticity,
 }
 
 impl Listed {
@@ -145,7 +220,11 @@ pub async fn store_verified(
         db_bytes: snap.db.len() as u64,
         sha256: snap.sha256.clone(),
         members,
+        mac: None,
+        mac_log_n: None,
     };
+    let mut meta = meta;
+    sign_meta(store, &mut meta).map_err(state_err(phase))?;
     store
         .put_snapshot(name, &file)
         .await
@@ -268,18 +347,182 @@ async fn collect_one(
     .await
 }
 
+/// Where a shipping control plane keeps what `apply` gave it.
+pub const SHIP_CONFIG: &str = "/etc/kubeforge/snapshot-ship.json";
+pub const SHIP_CA: &str = "/etc/kubeforge/snapshot-ship-ca.pem";
+pub const NODE_BINARY: &str = "/usr/local/lib/kubeforge/kubeforge";
+
+/// What a control plane needs to put its timer's snapshots into the state bucket
+/// (`spec.backup.ship`), written 0600 by `apply`: the store's address, a narrowly
+/// scoped S3 key, the state's public key and the snapshot MAC key. Never the state key.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ShipConfig {
+    pub cluster: String,
+    /// This node's name in the cluster (the snapshots' `source`).
+    pub host: String,
+    /// `s3://bucket/prefix` (the state's).
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    #[serde(default)]
+    pub path_style: bool,
+    #[serde(default)]
+    pub allow_http: bool,
+    /// Path on the node of the PEM bundle of the endpoint's CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle: Option<String>,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_token: Option<String>,
+    /// age X25519 public key of the state.
+    pub recipient: String,
+    /// Hex snapshot MAC key.
+    pub mac_key: String,
+    pub kubernetes_version: String,
+    /// Retention in the bucket (`spec.backup.keep`).
+    pub keep: u32,
+}
+
+impl std::fmt::Debug for ShipConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShipConfig")
+            .field("cluster", &self.cluster)
+            .field("host", &self.host)
+            .field("url", &self.url)
+            .field("endpoint", &self.endpoint)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"<redacted>")
+            .field("mac_key", &"<redacted>")
+            .finish()
+    }
+}
+
+impl ShipConfig {
+    /// The store this configuration writes snapshots into (no state key).
+    pub fn open_store(&self) -> Result<StateStore, String> {
+        let recipient: age::x25519::Recipient = self
+            .recipient
+            .parse()
+            .map_err(|e| format!("recipient: {e}"))?;
+        let mac: [u8; 32] = hex::decode(&self.mac_key)
+            .ok()
+            .and_then(|k| k.try_into().ok())
+            .ok_or("macKey: not 32 bytes of hex")?;
+        let options = crate::state::StoreOptions {
+            endpoint: self.endpoint.clone(),
+            region: self.region.clone(),
+            path_style: self.path_style,
+            allow_http: self.allow_http,
+            credentials: Some(crate::state::S3Credentials {
+                access_key_id: self.access_key_id.clone(),
+                secret_access_key: self.secret_access_key.clone(),
+                session_token: self.session_token.clone(),
+            }),
+            ca_bundle: self.ca_bundle.as_ref().map(std::path::PathBuf::from),
+        };
+        let backend = StateStore::backend_for(&self.url, &options, std::path::Path::new("/"))
+            .map_err(|e| e.to_string())?;
+        Ok(StateStore::with_backend(backend)
+            .with_cluster(Some(self.cluster.clone()))
+            .with_seen_dir(None)
+            .with_node_seal(crate::state::NodeSeal {
+                recipient,
+                mac_key: mac,
+            }))
+    }
+}
+
+/// What one shipping did.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Shipped {
+    /// None: it was in the bucket already.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stored: Option<BackupMeta>,
+    pub name: String,
+    /// Removed by retention.
+    pub pruned: Vec<String>,
+}
+
+/// On a control plane: verify the timer's snapshot `stream` with etcd's own code, then
+/// put it encrypted (to the state's public key) into the bucket with its metadata
+/// signed, then retention. A snapshot already there is left alone.
+pub async fn ship(config: &ShipConfig, stream_path: &std::path::Path) -> Result<Shipped, String> {
+    let phase = "ship-snapshot";
+    let name = stream_path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_suffix(".stream"))
+        .filter(|n| StateStore::valid_snapshot_name(n))
+        .ok_or_else(|| {
+            format!(
+                "{} is not a snapshot stream the timer wrote (auto-<node>-<time>.stream)",
+                stream_path.display()
+            )
+        })?
+        .to_string();
+    let store = config.open_store()?;
+    if store
+        .snapshot_meta(&name)
+        .await
+        .map_err(|e| e.to_string())?
+        .is_some()
+    {
+        return Ok(Shipped {
+            stored: None,
+            name,
+            pruned: Vec::new(),
+        });
+    }
+    let stream = std::fs::read(stream_path)
+        .map_err(|e| format!("cannot read {}: {e}", stream_path.display()))?;
+    let snap = etcd::parse_snapshot_stream(&stream)?;
+    let taken = time_in_name(&name).unwrap_or_else(Utc::now);
+    let t = crate::transport::local::LocalTransport::new(config.host.clone());
+    let meta = store_verified(
+        phase,
+        &t,
+        &config.host,
+        &store,
+        &remote::NoSecrets,
+        &name,
+        "timer",
+        taken,
+        &config.kubernetes_version,
+        &snap,
+    )
+    .await
+    .map_err(|e| crate::error::render_chain(&e))?;
+    let pruned = prune(&store, config.keep as usize)
+        .await
+        .map_err(|e| format!("stored {name}, but retention failed: {e}"))?;
+    Ok(Shipped {
+        stored: Some(meta),
+        name,
+        pruned,
+    })
+}
+
 /// Every stored snapshot with its metadata, oldest first.
 pub async fn list(store: &StateStore) -> Result<Vec<Listed>, crate::state::StateError> {
     let mut out = Vec::new();
     for i in store.snapshots().await? {
-        let meta = match store.snapshot_meta(&i.name).await {
-            Ok(Some(b)) => serde_json::from_slice(&b).ok(),
-            _ => None,
-        };
+        let raw = store.snapshot_meta(&i.name).await.ok().flatten();
+        let meta: Option<BackupMeta> = raw.as_deref().and_then(|b| serde_json::from_slice(b).ok());
+        let mut authenticity = authenticity(store, raw.as_deref());
+        // A verified metadata copied next to another object names that other one.
+        if meta.as_ref().is_some_and(|m| m.name != i.name) {
+            authenticity = Authenticity::Forged;
+        }
         out.push(Listed {
             name: i.name,
             size: i.size,
             meta,
+            authenticity,
         });
     }
     out.sort_by_key(|l| l.taken());
@@ -310,19 +553,80 @@ pub async fn prune(
     Ok(gone)
 }
 
-/// The snapshot a restore uses: `wanted`, else the newest one stored.
+/// The snapshot a restore uses: `wanted`, else the newest one whose metadata verifies
+/// (else, in a store from before snapshots were authenticated, the newest unchecked
+/// one). One whose metadata does not verify is never used.
 pub fn choose<'a>(listed: &'a [Listed], wanted: Option<&str>) -> Result<&'a Listed, String> {
+    let forged = |l: &Listed| {
+        format!(
+            "snapshot `{}` is refused: {}; it was not written by kubeforge with the state key or by a control plane shipping it, and is never restored from",
+            l.name,
+            if l.meta.is_none() {
+                "it has no metadata"
+            } else {
+                "its metadata's MAC does not verify"
+            }
+        )
+    };
     match wanted {
-        Some(w) => listed.iter().find(|l| l.name == w).ok_or_else(|| {
-            format!(
-                "no snapshot `{w}` in the state store ({} stored: `kubeforge backup list`)",
-                listed.len()
-            )
-        }),
-        None => listed
-            .iter()
-            .max_by_key(|l| l.taken())
-            .ok_or_else(|| "the state store holds no etcd snapshot: nothing to restore from (`kubeforge backup` takes one)".to_string()),
+        Some(w) => {
+            let l = listed.iter().find(|l| l.name == w).ok_or_else(|| {
+                format!(
+                    "no snapshot `{w}` in the state store ({} stored: `kubeforge backup list`)",
+                    listed.len()
+                )
+            })?;
+            if l.authenticity == Authenticity::Forged {
+                return Err(forged(l));
+            }
+            Ok(l)
+        }
+        None => {
+            let newest = |a: Authenticity| {
+                listed
+                    .iter()
+                    .filter(|l| l.authenticity == a)
+                    .max_by_key(|l| l.taken())
+            };
+            newest(Authenticity::Verified)
+                .or_else(|| newest(Authenticity::Unchecked))
+                .ok_or_else(|| match listed.iter().find(|l| l.authenticity == Authenticity::Forged) {
+                    Some(l) => forged(l),
+                    None => "the state store holds no etcd snapshot: nothing to restore from (`kubeforge backup` takes one)".to_string(),
+                })
+        }
+    }
+}
+
+/// Before a stored snapshot is used: its metadata is not forged and names this
+/// database (`db_sha256`, of the decrypted object).
+pub async fn check_stored(store: &StateStore, name: &str, db_sha256: &str) -> Result<(), String> {
+    let raw = store.snapshot_meta(name).await.map_err(|e| e.to_string())?;
+    let l = Listed {
+        name: name.to_string(),
+        size: 0,
+        meta: raw.as_deref().and_then(|b| serde_json::from_slice(b).ok()),
+        authenticity: authenticity(store, raw.as_deref()),
+    };
+    if l.authenticity == Authenticity::Forged || l.meta.as_ref().is_some_and(|m| m.name != name) {
+        return Err(format!(
+            "its metadata {} (not written by kubeforge with the state key or by a control plane shipping it)",
+            if l.meta.is_none() { "is missing" } else { "does not verify" }
+        ));
+    }
+    matches_meta(&l, db_sha256)
+}
+
+/// Check a snapshot's database against its stored metadata before it is used: the
+/// MAC-covered sha256 binds the (unauthenticated) encrypted object to its metadata.
+pub fn matches_meta(listed: &Listed, db_sha256: &str) -> Result<(), String> {
+    match &listed.meta {
+        Some(m) if m.sha256 != db_sha256 => Err(format!(
+            "its database (sha256 {}) is not the one its metadata names (sha256 {}): replaced or damaged",
+            &db_sha256[..16.min(db_sha256.len())],
+            &m.sha256[..16.min(m.sha256.len())]
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -330,11 +634,137 @@ pub fn choose<'a>(listed: &'a [Listed], wanted: Option<&str>) -> Result<&'a List
 mod tests {
     use super::*;
 
+    fn meta(name: &str) -> BackupMeta {
+        BackupMeta {
+            name: name.into(),
+            taken: time_in_name(name).unwrap(),
+            trigger: "timer".into(),
+            source: "cp-1".into(),
+            etcd_version: "3.4.13".into(),
+            kubernetes_version: "v1.20.2".into(),
+            revision: 42,
+            total_keys: 7,
+            db_bytes: 8192,
+            sha256: "ab".repeat(32),
+            members: vec![],
+            mac: None,
+            mac_log_n: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn snapshot_metadata_is_signed_by_the_key_holder_or_a_shipping_node_and_checked() {
+        let (keyring, _) = crate::state::Keyring::generate();
+        let recipient: age::x25519::Recipient = keyring.recipient().unwrap().parse().unwrap();
+        let operator = StateStore::in_memory()
+            .with_cluster(Some("c1".into()))
+            .with_keyring(Some(keyring));
+        let mac_key = operator.snapshot_mac_key(None).unwrap().unwrap();
+        // A node: the public key and the MAC key, no state key.
+        let node = StateStore::with_backend(operator.backend().clone())
+            .with_cluster(Some("c1".into()))
+            .with_seen_dir(None)
+            .with_node_seal(crate::state::NodeSeal { recipient, mac_key });
+        let name = "auto-cp-1-20261129T100000Z";
+        let mut m = meta(name);
+        sign_meta(&node, &mut m).unwrap();
+        let json = serde_json::to_vec_pretty(&m).unwrap();
+        node.put_snapshot(name, b"database").await.unwrap();
+        node.put_snapshot_meta(name, &json).await.unwrap();
+        // The operator reads the node's object with the state key, and its MAC verifies.
+        assert_eq!(operator.get_snapshot(name).await.unwrap(), b"database");
+        assert_eq!(authenticity(&operator, Some(&json)), Authenticity::Verified);
+        // Changed metadata (another revision), a missing MAC, none at all, another
+        // cluster's key.
+        let mut v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        v["revision"] = 43.into();
+        let changed = serde_json::to_vec(&v).unwrap();
+        assert_eq!(
+            authenticity(&operator, Some(&changed)),
+            Authenticity::Forged
+        );
+        v.as_object_mut().unwrap().remove("mac");
+        let unsigned = serde_json::to_vec(&v).unwrap();
+        assert_eq!(
+            authenticity(&operator, Some(&unsigned)),
+            Authenticity::Unchecked
+        );
+        assert_eq!(authenticity(&operator, None), Authenticity::Forged);
+        let other = StateStore::in_memory()
+            .with_cluster(Some("c2".into()))
+            .with_keyring(Some(crate::state::Keyring::generate().0));
+        assert_eq!(authenticity(&other, Some(&json)), Authenticity::Forged);
+        // What a restore uses: the verified one, never a forged one even if newer.
+        let listed = list(&operator).await.unwrap();
+        assert_eq!(listed[0].authenticity, Authenticity::Verified);
+        let planted = Listed {
+            name: "auto-cp-1-20991231T000000Z".into(),
+            size: 1,
+            meta: None,
+            authenticity: Authenticity::Forged,
+        };
+        let both = vec![listed[0].clone(), planted];
+        assert_eq!(choose(&both, None).unwrap().name, name);
+        let e = choose(&both, Some("auto-cp-1-20991231T000000Z")).unwrap_err();
+        assert!(e.contains("refused") && e.contains("no metadata"), "{e}");
+        // The database must be the one the metadata names.
+        assert!(check_stored(&operator, name, &"ab".repeat(32))
+            .await
+            .is_ok());
+        let e = check_stored(&operator, name, &"cd".repeat(32))
+            .await
+            .unwrap_err();
+        assert!(e.contains("not the one its metadata names"), "{e}");
+        // Metadata copied next to another object names the other one.
+        operator
+            .put_snapshot("backup-20261129T110000Z", b"x")
+            .await
+            .unwrap();
+        operator
+            .put_snapshot_meta("backup-20261129T110000Z", &json)
+            .await
+            .unwrap();
+        let listed = list(&operator).await.unwrap();
+        let copied = listed
+            .iter()
+            .find(|l| l.name == "backup-20261129T110000Z")
+            .unwrap();
+        assert_eq!(copied.authenticity, Authenticity::Forged);
+    }
+
+    #[test]
+    fn the_shipping_configuration_never_shows_its_secrets() {
+        let c = ShipConfig {
+            cluster: "c".into(),
+            host: "cp-1".into(),
+            url: "s3://b/p".into(),
+            endpoint: None,
+            region: None,
+            path_style: true,
+            allow_http: false,
+            ca_bundle: None,
+            access_key_id: "AKIA".into(),
+            secret_access_key: "very-secret".into(),
+            session_token: None,
+            recipient: "age1".into(),
+            mac_key: "00".repeat(32),
+            kubernetes_version: "v1.20.2".into(),
+            keep: 3,
+        };
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("very-secret") && !shown.contains(&"00".repeat(32)),
+            "{shown}"
+        );
+        assert!(c.open_store().unwrap_err().contains("recipient"));
+    }
+
     fn l(name: &str) -> Listed {
         Listed {
             name: name.into(),
             size: 1,
             meta: None,
+            authenticity: Authenticity::Unchecked,
         }
     }
 

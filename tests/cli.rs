@@ -472,3 +472,62 @@ fn hostile_cluster_files_are_refused_by_validate_and_plan() {
             "big.yaml: the cluster file is 1073741824 bytes, more than the 4194304 bytes (4 MiB) kubeforge reads",
         ));
 }
+
+/// `kubeforge node ship-snapshot` (what a control plane's timer runs): a store that does
+/// not answer, a stream that is not one, a configuration that is not one: each a clear
+/// error saying the snapshot stays on the node, and no secret of the configuration in it.
+#[test]
+fn shipping_a_snapshot_fails_clearly_and_keeps_it_on_the_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let recipient = kubeforge::state::Keyring::generate().0.recipient().unwrap();
+    let config = serde_json::json!({
+        "cluster": "c", "host": "cp-1", "url": "s3://b/p",
+        "endpoint": format!("http://127.0.0.1:{port}"), "pathStyle": true, "allowHttp": true,
+        "accessKeyId": "AKIDSHIP", "secretAccessKey": "ship-secret-never-shown",
+        "recipient": recipient, "macKey": "11".repeat(32),
+        "kubernetesVersion": "v1.20.2", "keep": 3,
+    });
+    std::fs::write(dir.path().join("ship.json"), config.to_string()).unwrap();
+    let stream = dir.path().join("auto-cp-1-20261129T100000Z.stream");
+    std::fs::write(&stream, b"{\"result\":{\"blob\":\"AAAA\"}}").unwrap();
+    let run = |config: &str, stream: &std::path::Path| {
+        let out = kubeforge()
+            .args(["node", "ship-snapshot", "--config"])
+            .arg(dir.path().join(config))
+            .arg(stream)
+            .timeout(std::time::Duration::from_secs(120))
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            !all.contains("ship-secret-never-shown") && !all.contains(&"11".repeat(32)),
+            "{all}"
+        );
+        all
+    };
+    let e = run("ship.json", &stream);
+    assert!(
+        e.contains("not shipped to s3://b/p") && e.contains("stays on this node"),
+        "{e}"
+    );
+    let e = run("ship.json", &dir.path().join("notes.txt"));
+    assert!(
+        e.contains("is not a snapshot stream the timer wrote"),
+        "{e}"
+    );
+    let e = run("missing.json", &stream);
+    assert!(
+        e.contains("cannot read") && e.contains("missing.json"),
+        "{e}"
+    );
+}

@@ -12,6 +12,9 @@
 //! Needs the Docker engine, the node image and the mirror; fails, never skips, without.
 
 mod common_podnet;
+#[allow(dead_code)]
+#[path = "common/moto.rs"]
+mod moto;
 mod support;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -20,6 +23,8 @@ use std::time::{Duration, Instant};
 use support::{docker, kubeforge, mirror, require_testbed, ClusterGuard, Prober};
 
 const NAME: &str = "kf-recover";
+const BUCKET: &str = "kf-recover-state";
+static MOTO_PORT: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
 const SUBNET: &str = "10.252.40";
 
 fn machine(role: &str) -> String {
@@ -201,6 +206,16 @@ fn lost_machines_come_back_with_one_command_and_the_api_stays_up() {
     require_testbed();
     let _guard = ClusterGuard::new(NAME);
     let dir = tempfile::tempdir().unwrap();
+    // The state on S3 (moto, its own for this test: it dies with the test process), as
+    // in production: kubeforge reaches it on 127.0.0.1, the control planes through their
+    // network's gateway, each with its own key (spec.backup.ship).
+    let (_moto, port) = moto::start_on_all_addresses();
+    assert_eq!(moto::http(port, "PUT", &format!("/{BUCKET}")).unwrap(), 200);
+    std::env::set_var("KF_TEST_S3_ID", "operator-key");
+    std::env::set_var("KF_TEST_S3_SECRET", "operator-secret");
+    std::env::set_var("KF_TEST_SHIP_ID", "node-key");
+    std::env::set_var("KF_TEST_SHIP_SECRET", "node-secret-never-printed");
+    MOTO_PORT.set(port).unwrap();
     std::fs::write(
         dir.path().join("cluster.yaml"),
         format!(
@@ -218,7 +233,20 @@ spec:
     loadBalancers: {{count: 1}}
   artifacts: {{mirror: {}}}
   kubeadm: {{skipPhases: [preflight, addon/coredns]}}
-  backup: {{intervalMinutes: 1, keep: 3}}
+  state:
+    url: s3://{BUCKET}/{NAME}
+    endpoint: http://127.0.0.1:{port}
+    pathStyle: true
+    allowHttp: true
+    accessKeyIdEnv: KF_TEST_S3_ID
+    secretAccessKeyEnv: KF_TEST_S3_SECRET
+  backup:
+    intervalMinutes: 1
+    keep: 5
+    ship:
+      accessKeyIdEnv: KF_TEST_SHIP_ID
+      secretAccessKeyEnv: KF_TEST_SHIP_SECRET
+      endpoint: http://{SUBNET}.1:{port}
 ",
             mirror()
         ),
@@ -503,11 +531,15 @@ spec:
         "{names}"
     );
 
-    // 8. A corrupted snapshot is refused before anything is stopped.
-    let good = find_snapshot_object(dir.path(), &snapshot);
-    let bad = good.with_file_name("broken-20260101T000000Z.age");
-    let bytes = std::fs::read(&good).unwrap();
-    std::fs::write(&bad, &bytes[..bytes.len() / 2]).unwrap();
+    // 8. A damaged snapshot is refused before anything is stopped: the timer's object in
+    //    the bucket cut in half (its metadata still verifies), then put back.
+    let object = snapshot_url(&snapshot);
+    let good = curl(&["-sSf", &object]);
+    let half = dir.path().join("half.age").display().to_string();
+    let whole = dir.path().join("good.age").display().to_string();
+    std::fs::write(dir.path().join("half.age"), &good[..good.len() / 2]).unwrap();
+    std::fs::write(dir.path().join("good.age"), &good).unwrap();
+    curl(&["-sSf", "-T", &half, &object]);
     let out = kubeforge(dir.path())
         .args([
             "restore",
@@ -515,7 +547,7 @@ spec:
             "cluster.yaml",
             "--yes",
             "--snapshot",
-            "broken-20260101T000000Z",
+            &snapshot,
         ])
         .timeout(Duration::from_secs(300))
         .output()
@@ -531,7 +563,37 @@ spec:
         "/etc/kubernetes/manifests/etcd.yaml",
     ]);
     assert!(still.status.success(), "nothing was stopped on cp-1");
-    std::fs::remove_file(&bad).unwrap();
+    curl(&["-sSf", "-T", &whole, &object]);
+    // A snapshot planted by someone with only the bucket's key (it encrypts to the
+    // state's public key like a node, but cannot sign the metadata) is never used.
+    let planted = "auto-kf-recover-cp-1-20991231T000000Z";
+    curl(&[
+        "-sSf",
+        "-X",
+        "PUT",
+        "--data-binary",
+        &whole,
+        &snapshot_url(planted),
+    ]);
+    let out = kubeforge(dir.path())
+        .args([
+            "restore",
+            "-f",
+            "cluster.yaml",
+            "--yes",
+            "--snapshot",
+            planted,
+        ])
+        .timeout(Duration::from_secs(300))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("refused") && stderr.contains("no metadata"),
+        "{stderr}"
+    );
+    curl(&["-sSf", "-X", "DELETE", &snapshot_url(planted)]);
 
     // 9. Restore from the timer's snapshot: cp-2 and cp-3 made anew and joined, the
     //    object from before the snapshot back with its UID, the one after it gone.
@@ -922,59 +984,65 @@ fn create_configmap(name: &str) -> String {
     String::from_utf8_lossy(&uid.stdout).to_string()
 }
 
-/// Collect the timer's snapshots until one taken after `after` is stored; its name.
+/// Wait until the control planes have shipped a timer snapshot taken after `after`
+/// into the bucket (nobody collects: `spec.backup.ship`); its name.
 fn wait_for_timer_snapshot(dir: &Path, after: chrono::DateTime<chrono::Utc>) -> String {
     let t0 = Instant::now();
     loop {
-        let out = kubeforge(dir)
-            .args(["backup", "collect", "-f", "cluster.yaml", "-o", "json"])
-            .timeout(Duration::from_secs(300))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
         let list = kubeforge(dir)
             .args(["backup", "list", "-f", "cluster.yaml", "-o", "json"])
             .output()
             .unwrap();
+        assert!(
+            list.status.success(),
+            "{}",
+            String::from_utf8_lossy(&list.stderr)
+        );
         let v: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
         let found = v["snapshots"].as_array().unwrap().iter().find_map(|s| {
             let m = &s["meta"];
             let taken: chrono::DateTime<chrono::Utc> = m["taken"].as_str()?.parse().ok()?;
             (m["trigger"] == "timer" && taken > after + chrono::Duration::seconds(1))
-                .then(|| s["name"].as_str().unwrap().to_string())
+                .then(|| (s["name"].as_str().unwrap().to_string(), s.clone()))
         });
-        if let Some(n) = found {
+        if let Some((n, s)) = found {
             eprintln!(
-                "timer snapshot {n} stored {:.0} s after the object",
+                "timer snapshot {n} shipped by its control plane {:.0} s after the object: {s}",
                 t0.elapsed().as_secs_f64()
             );
+            assert_eq!(s["authenticity"], "verified", "{s}");
+            assert!(s["meta"]["revision"].as_i64().unwrap() > 0, "{s}");
+            assert!(s["meta"]["totalKeys"].as_i64().unwrap() > 0, "{s}");
             return n;
         }
         assert!(
             t0.elapsed() < Duration::from_secs(240),
-            "no timer snapshot within 4 minutes: {v}"
+            "no timer snapshot shipped within 4 minutes: {v}"
         );
-        std::thread::sleep(Duration::from_secs(10));
+        std::thread::sleep(Duration::from_secs(5));
     }
 }
 
-/// The stored (encrypted) object of snapshot `name` under the test's state directory.
-fn find_snapshot_object(dir: &Path, name: &str) -> std::path::PathBuf {
-    let want = format!("{name}.age");
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.file_name().is_some_and(|f| f.to_string_lossy() == want) {
-                return p;
-            }
-        }
-    }
-    panic!("no {want} under {}", dir.display());
+/// The object URL (path style, moto) of snapshot `name` in the test's bucket.
+fn snapshot_url(name: &str) -> String {
+    format!(
+        "http://127.0.0.1:{}/{BUCKET}/{NAME}/snapshots/{name}.age",
+        MOTO_PORT.get().unwrap()
+    )
+}
+
+/// curl with the operator's key (S3 signature v4); its stdout.
+fn curl(args: &[&str]) -> Vec<u8> {
+    let out = Std::new("curl")
+        .args(["--aws-sigv4", "aws:amz:us-east-1:s3", "--user"])
+        .arg("operator-key:operator-secret")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "curl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
 }

@@ -1239,3 +1239,60 @@ fn skip_phases_for_1_20_are_the_real_kubeadm_phases() {
         }
     }
 }
+
+/// `backup.ship`: the control planes upload their snapshots to the s3:// state.
+#[test]
+fn snapshot_shipping_misuse_is_named() {
+    let s3 = "  state: {url: 's3://b/p', endpoint: 'http://127.0.0.1:9000', allowHttp: true, pathStyle: true}\n";
+    for ok in [
+        docker(&format!(
+            "{s3}  backup:\n    ship: {{accessKeyIdEnv: SHIP_ID, secretAccessKeyEnv: SHIP_SECRET}}\n"
+        )),
+        docker(&format!(
+            "{s3}  backup:\n    ship: {{accessKeyIdEnv: A, secretAccessKeyEnv: B, sessionTokenEnv: C, endpoint: 'http://10.0.0.1:9000', binary: ./kubeforge-arm64}}\n"
+        )),
+    ] {
+        assert_eq!(errors(&ok, None), Vec::<String>::new(), "{ok}");
+    }
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "shipping without an s3 state",
+            docker("  backup:\n    ship: {accessKeyIdEnv: A, secretAccessKeyEnv: B}\n"),
+            "cluster.yaml:10:5: spec.backup.ship: the control planes can only ship snapshots to an s3:// state (spec.state.url); without it `kubeforge backup` and `apply` collect them from the nodes",
+        ),
+        (
+            "shipping with the timer off",
+            docker(&format!(
+                "{s3}  backup:\n    intervalMinutes: 0\n    ship: {{accessKeyIdEnv: A, secretAccessKeyEnv: B}}\n"
+            )),
+            "cluster.yaml:12:5: spec.backup.ship: the timer is off (intervalMinutes: 0): there is nothing to ship",
+        ),
+        (
+            "shipping key variable that is not one",
+            docker(&format!(
+                "{s3}  backup:\n    ship: {{accessKeyIdEnv: 'A B', secretAccessKeyEnv: B}}\n"
+            )),
+            "cluster.yaml:11:12: spec.backup.ship.accessKeyIdEnv: `A B` is not an environment variable name",
+        ),
+        (
+            "shipping without its secret",
+            docker(&format!("{s3}  backup:\n    ship: {{accessKeyIdEnv: A}}\n")),
+            "cluster.yaml:11:5: spec.backup.ship.secretAccessKeyEnv: required field is missing",
+        ),
+        (
+            "shipping endpoint that is not a URL",
+            docker(&format!(
+                "{s3}  backup:\n    ship: {{accessKeyIdEnv: A, secretAccessKeyEnv: B, endpoint: 'minio:9000; rm -rf /'}}\n"
+            )),
+            "cluster.yaml:11:54: spec.backup.ship.endpoint: `minio:9000; rm -rf /` is not a URL like https://minio.example.com:9000",
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (name, text, want) in &cases {
+        let got = errors(text, None);
+        if got != [want.to_string()] {
+            wrong.push(format!("{name}: got {got:?}"));
+        }
+    }
+    assert!(wrong.is_empty(), "\n{}", wrong.join("\n"));
+}

@@ -127,6 +127,9 @@ pub enum Command {
     /// Measure fan-out performance against peers (parallel ssh/scp, Ansible).
     #[command(after_help = "Examples:\n  kubeforge bench fanout --machines 10 --file-mib 100")]
     Bench(BenchArgs),
+    /// What kubeforge runs on the cluster's own nodes (installed there by `apply`).
+    #[command(hide = true, subcommand)]
+    Node(NodeCommand),
     /// Print a shell completion script (bash, zsh, fish, powershell, elvish).
     #[command(
         after_help = "Examples:\n  kubeforge completion bash > /etc/bash_completion.d/kubeforge\n  kubeforge completion zsh > \"${fpath[1]}/_kubeforge\""
@@ -892,4 +895,19 @@ pub fn init_tracing(verbose: u8) {
         .with_writer(std::io::stderr)
         .with_target(false)
         .try_init();
+}
+
+/// Commands kubeforge runs on a node, never by hand.
+#[derive(Debug, clap::Subcommand)]
+pub enum NodeCommand {
+    /// Verify a snapshot the node's timer took (etcd's own restore into a scratch
+    /// directory), encrypt it to the state's public key and put it into the state
+    /// bucket with authenticated metadata, then apply retention.
+    ShipSnapshot {
+        /// The shipping configuration `apply` wrote (0600).
+        #[arg(long, default_value = "/etc/kubeforge/snapshot-ship.json")]
+        config: std::path::PathBuf,
+        /// The snapshot stream the timer took (`auto-<node>-<time>.stream`).
+        stream: std::path::PathBuf,
+    },
 }

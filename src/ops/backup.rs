@@ -190,6 +190,7 @@ async fn list(spec: SpecArgs, output: OutputFormat) -> Result<(), Error> {
     let now = Utc::now();
     let newest_age_seconds = snapshots
         .iter()
+        .filter(|l| l.authenticity != backup::Authenticity::Forged)
         .filter_map(Listed::taken)
         .max()
         .map(|t| (now - t).num_seconds());
@@ -270,6 +271,19 @@ async fn list(spec: SpecArgs, output: OutputFormat) -> Result<(), Error> {
             println!("{}", line(head));
             for r in &rows {
                 println!("{}", line(r.each_ref().map(String::as_str)));
+            }
+            for l in &report.snapshots {
+                if l.authenticity == backup::Authenticity::Forged {
+                    println!(
+                        "! {}: {}: not written by kubeforge with the state key nor by a control plane shipping it; never restored from",
+                        l.name,
+                        if l.meta.is_none() {
+                            "no metadata"
+                        } else {
+                            "its metadata does not verify"
+                        }
+                    );
+                }
             }
             if let Some(a) = report.newest_age_seconds {
                 println!("newest snapshot: {} old", human_age(a));

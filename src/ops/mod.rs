@@ -11,6 +11,7 @@ pub mod destroy;
 pub mod image;
 pub mod inventory;
 pub mod kubeconfig;
+pub mod node;
 pub mod plan;
 pub mod preview;
 pub mod proxy;
@@ -92,6 +93,7 @@ pub async fn run(cli: crate::cli::Cli) -> Result<u8, crate::error::Error> {
         Command::State(args) => crate::ops::state::run(args, output).await,
         Command::Image(args) => crate::ops::image::run(args, output).await,
         Command::Bench(args) => crate::ops::bench::run(args, output).await,
+        Command::Node(cmd) => crate::ops::node::run(cmd, output).await,
         Command::Completion(args) => crate::ops::completion::completion(args.shell),
         Command::Man(args) => crate::ops::completion::man(args.out.as_deref(), output),
         Command::Schema => crate::ops::schema::run(),

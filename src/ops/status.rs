@@ -291,8 +291,16 @@ openssl x509 -enddate -noout -in $f 2>/dev/null | cut -d= -f2; done";
         .unwrap_or_default();
     let newest = snapshots
         .iter()
-        .filter(|l| l.taken().is_some())
+        .filter(|l| l.taken().is_some() && l.authenticity != crate::backup::Authenticity::Forged)
         .max_by_key(|l| l.taken());
+    for l in &snapshots {
+        if l.authenticity == crate::backup::Authenticity::Forged {
+            warnings.push(format!(
+                "stored snapshot {} is not authentic (no metadata or its MAC does not verify): never restored from; remove it from the store",
+                l.name
+            ));
+        }
+    }
     let age = newest
         .and_then(|l| l.taken())
         .map(|t| (chrono::Utc::now() - t).num_seconds());
@@ -301,8 +309,13 @@ openssl x509 -enddate -noout -in $f 2>/dev/null | cut -d= -f2; done";
         match age {
             // Two intervals and the time to collect them: older is a broken timer.
             Some(a) if a > i64::from(interval) * 60 * 2 + 600 => warnings.push(format!(
-                "the newest etcd snapshot is {} min old (the timer takes one every {interval} min; `kubeforge backup collect`)",
-                a / 60
+                "the newest etcd snapshot is {} min old (the timer takes one every {interval} min; {})",
+                a / 60,
+                if c.cluster.spec.backup.ship.is_some() {
+                    "the control planes ship them: see `journalctl -u kubeforge-etcd-snapshot` on the etcd leader"
+                } else {
+                    "`kubeforge backup collect`"
+                }
             )),
             None => warnings.push("no etcd snapshot stored yet (`kubeforge backup`)".into()),
             _ => {}

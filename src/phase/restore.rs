@@ -175,6 +175,9 @@ impl Phase for EtcdRestore {
                 })?;
             let snap = etcdctl::check_snapshot_file(&file)
                 .map_err(|m| gate(format!("snapshot {name} refused, nothing was stopped: {m}")))?;
+            crate::backup::check_stored(&ctx.state.store, &name, &snap.sha256)
+                .await
+                .map_err(|m| gate(format!("snapshot {name} refused, nothing was stopped: {m}")))?;
             let path = etcdctl::upload_snapshot(t, &target.name, &name, file)
                 .await
                 .map_err(err)?;

@@ -373,6 +373,9 @@ pub fn render_all_with_init(
                 "keep": backup.keep,
                 "interval": backup.interval_minutes,
                 "script": views::SNAPSHOT_SCRIPT,
+                "ship": backup.ship.is_some() && backup.interval_minutes > 0,
+                "ship_binary": crate::backup::NODE_BINARY,
+                "ship_config": crate::backup::SHIP_CONFIG,
             });
             for (template, path, mode) in [
                 (

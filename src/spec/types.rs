@@ -66,6 +66,35 @@ pub struct BackupSpec {
     #[serde(default = "BackupSpec::default_keep")]
     #[schemars(range(min = 1))]
     pub keep: u32,
+    /// The control planes put each timer snapshot into the state bucket themselves
+    /// (s3:// state only): a lost cluster loses at most one interval, whether or not
+    /// anyone ran `kubeforge backup` or `apply` since. Unset: the snapshots wait on the
+    /// nodes until `backup`/`apply` collects them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ship: Option<ShipSpec>,
+}
+
+/// How the control planes reach the state bucket (docs/backup.md, "Shipped by the
+/// control planes").
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ShipSpec {
+    /// The variable (on the machine running kubeforge) holding the access key id of a
+    /// narrowly scoped key: s3:PutObject, s3:GetObject, s3:ListBucket and s3:DeleteObject
+    /// (retention) on `<prefix>/snapshots/*` only. Written 0600 to the control planes.
+    pub access_key_id_env: String,
+    /// The variable holding that key's secret.
+    pub secret_access_key_env: String,
+    /// The variable holding a session token, for temporary keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_token_env: Option<String>,
+    /// The S3 endpoint as the control planes reach it (default `spec.state.endpoint`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// A kubeforge build for the nodes' platform (Linux, their architecture), relative
+    /// to the cluster file. Default: this kubeforge, when it runs on Linux.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binary: Option<std::path::PathBuf>,
 }
 
 impl BackupSpec {
@@ -82,6 +111,7 @@ impl Default for BackupSpec {
         BackupSpec {
             interval_minutes: Self::default_interval(),
             keep: Self::default_keep(),
+            ship: None,
         }
     }
 }

@@ -545,6 +545,9 @@ fn check_ssh(s: &ClusterSpec, rep: &mut Reporter<'_>) {
             "keep at least one snapshot (the newest is what a restore needs)",
         );
     }
+    if let Some(ship) = &s.backup.ship {
+        check_ship(s, ship, rep);
+    }
     if s.ssh.port == 0 {
         rep.error("spec.ssh.port", "port 0 is not a valid port");
     }
@@ -645,6 +648,64 @@ fn check_plain_http(s: &ClusterSpec, rep: &mut Reporter<'_>) {
                 format!(
                     "`{m}` is plain http: set allowHttp: true next to it to allow it (a mirror on a network you control; use https otherwise)"
                 ),
+            );
+        }
+    }
+}
+
+/// `backup.ship`: the control planes write their snapshots into the s3:// state.
+fn check_ship(s: &ClusterSpec, ship: &ShipSpec, rep: &mut Reporter<'_>) {
+    let field = "spec.backup.ship";
+    let s3 = s
+        .state
+        .url
+        .as_deref()
+        .is_some_and(|u| u.starts_with("s3://"));
+    if !s3 {
+        rep.error(
+            field,
+            "the control planes can only ship snapshots to an s3:// state (spec.state.url); without it `kubeforge backup` and `apply` collect them from the nodes",
+        );
+    }
+    if s.backup.interval_minutes == 0 {
+        rep.error(
+            field,
+            "the timer is off (intervalMinutes: 0): there is nothing to ship",
+        );
+    }
+    for (key, v) in [
+        ("accessKeyIdEnv", Some(&ship.access_key_id_env)),
+        ("secretAccessKeyEnv", Some(&ship.secret_access_key_env)),
+        ("sessionTokenEnv", ship.session_token_env.as_ref()),
+    ] {
+        if let Some(v) = v {
+            if !syntax::is_env_name(v) {
+                rep.error(
+                    &format!("{field}.{key}"),
+                    format!("`{}` is not an environment variable name", syntax::shown(v)),
+                );
+            }
+        }
+    }
+    if let Some(ep) = &ship.endpoint {
+        let plain = ep.starts_with("http://");
+        if !(plain || ep.starts_with("https://"))
+            || ep.len() > 8 + 253 + 6 + 1
+            || ep
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || "\"'`$\\".contains(c))
+        {
+            rep.error(
+                &format!("{field}.endpoint"),
+                format!(
+                    "`{}` is not a URL like https://minio.example.com:9000",
+                    syntax::shown(ep)
+                ),
+            );
+        } else if plain && !s.state.allow_http {
+            rep.error(
+                &format!("{field}.endpoint"),
+                format!("`{ep}` is plain http: set spec.state.allowHttp: true to allow it (local emulators only)"),
             );
         }
     }

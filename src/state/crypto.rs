@@ -393,6 +393,20 @@ pub(crate) fn hmac_verify(key: &[u8; 32], message: &[u8], mac_hex: &str) -> bool
     m.verify_slice(&tag).is_ok()
 }
 
+/// Encrypt a blob to one X25519 public key (binary age format): what a node that
+/// ships snapshots does with the state's recipient, without its secret key.
+pub fn encrypt_to(recipient: &age::x25519::Recipient, data: &[u8]) -> Result<Vec<u8>, StateError> {
+    let io = |e: std::io::Error| StateError::Key(format!("cannot encrypt: {e}"));
+    let encryptor =
+        age::Encryptor::with_recipients(std::iter::once(recipient as &dyn age::Recipient))
+            .map_err(|e| StateError::Key(format!("cannot encrypt: {e}")))?;
+    let mut out = Vec::with_capacity(data.len() + 256);
+    let mut w = encryptor.wrap_output(&mut out).map_err(io)?;
+    w.write_all(data).map_err(io)?;
+    w.finish().map_err(io)?;
+    Ok(out)
+}
+
 impl Keyring {
     /// The key-derivation this keyring authenticates with.
     pub fn mac_kdf(&self) -> &'static str {

@@ -21,7 +21,7 @@ pub use document::{
 };
 pub use handle::{JournalId, StateHandle};
 pub use lock::{HolderHost, LockGuard, LockInfo, LockOptions, Unlocked};
-pub use store::{HistoryEntry, SnapshotInfo, StateStore, Version};
+pub use store::{HistoryEntry, NodeSeal, SnapshotInfo, StateStore, Version};
 
 use crate::error::ExitKind;
 use chrono::{DateTime, Utc};

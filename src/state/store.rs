@@ -85,6 +85,21 @@ pub struct StateStore {
     /// Where the newest authenticated generation seen per store is recorded (rollback
     /// detection); `None`: not recorded.
     seen_dir: Option<PathBuf>,
+    /// A control-plane node shipping its own snapshots: it holds the state's public
+    /// key (to encrypt) and the snapshot MAC key, never the state key.
+    node_seal: Option<Arc<NodeSeal>>,
+}
+
+/// What a node that ships snapshots holds instead of the state key.
+pub struct NodeSeal {
+    pub recipient: age::x25519::Recipient,
+    pub mac_key: [u8; 32],
+}
+
+impl std::fmt::Debug for NodeSeal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "NodeSeal({}, <mac key>)", self.recipient)
+    }
 }
 
 /// Derived MAC keys by (lineage, scrypt work factor).
@@ -200,7 +215,46 @@ impl StateStore {
             pending_history: Arc::new(Mutex::new(None)),
             mac_keys: Arc::new(Mutex::new(HashMap::new())),
             seen_dir: default_seen_dir(),
+            node_seal: None,
         }
+    }
+
+    /// A store that can write snapshots (encrypted to the state's public key, their
+    /// metadata authenticated) and nothing secret else: what a control-plane node
+    /// shipping its timer's snapshots gets.
+    pub fn with_node_seal(mut self, seal: NodeSeal) -> Self {
+        self.node_seal = Some(Arc::new(seal));
+        self
+    }
+
+    /// The key snapshot metadata is authenticated with (HMAC-SHA256): derived from the
+    /// state key for this cluster (HKDF for an X25519 key; scrypt with work factor
+    /// `log_n`, default the keyring's, for a passphrase), or the one a shipping node was
+    /// given. None without a key.
+    pub fn snapshot_mac_key(&self, log_n: Option<u8>) -> Result<Option<[u8; 32]>, StateError> {
+        if let Some(seal) = &self.node_seal {
+            return Ok(Some(seal.mac_key));
+        }
+        let Some(keyring) = &self.keyring else {
+            return Ok(None);
+        };
+        let cluster = self.cluster.as_deref().unwrap_or("-");
+        let log_n = log_n.or(keyring.mac_log_n());
+        self.mac_key(keyring, &format!("snapshots:{cluster}"), log_n)
+            .map(Some)
+    }
+
+    /// The scrypt work factor new snapshot MACs are derived with (passphrase only).
+    pub fn snapshot_mac_log_n(&self) -> Option<u8> {
+        match (&self.node_seal, &self.keyring) {
+            (None, Some(k)) => k.mac_log_n(),
+            _ => None,
+        }
+    }
+
+    /// The public key snapshots are encrypted to (X25519 state keys only).
+    pub fn snapshot_recipient(&self) -> Option<String> {
+        self.keyring.as_ref().and_then(|k| k.recipient())
     }
 
     /// Record the newest authenticated generation seen in `dir` (default
@@ -1176,13 +1230,16 @@ impl StateStore {
     /// encrypted with the state key, which is required). Never overwrites one.
     pub async fn put_snapshot(&self, name: &str, data: &[u8]) -> Result<SnapshotInfo, StateError> {
         let key = self.snapshot_key(name)?;
-        let Some(keyring) = &self.keyring else {
-            return Err(self.snapshot_err(
-                name,
-                "snapshots hold the cluster's secrets and are encrypted: give the state an encryption key",
-            ));
+        let sealed = match (&self.keyring, &self.node_seal) {
+            (Some(keyring), _) => Bytes::from(keyring.encrypt_blob(data)?),
+            (None, Some(seal)) => Bytes::from(super::crypto::encrypt_to(&seal.recipient, data)?),
+            (None, None) => {
+                return Err(self.snapshot_err(
+                    name,
+                    "snapshots hold the cluster's secrets and are encrypted: give the state an encryption key",
+                ))
+            }
         };
-        let sealed = Bytes::from(keyring.encrypt_blob(data)?);
         let size = sealed.len() as u64;
         match self.backend.put(&key, sealed, WriteMode::Create).await {
             Ok(_) => Ok(SnapshotInfo {

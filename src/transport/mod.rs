@@ -9,6 +9,7 @@
 
 pub mod fanout;
 pub mod hostkeys;
+pub mod local;
 pub mod remote;
 pub mod shell;
 pub mod ssh;

@@ -82,18 +82,26 @@ pub fn start() -> (Child, u16) {
 /// Start a moto server with extra environment, e.g. `INITIAL_NO_AUTH_ACTION_COUNT=0`
 /// to make it check credentials.
 pub fn start_with_env(env: &[(&str, &str)]) -> (Child, u16) {
-    start_inner(env, None)
+    start_inner(env, None, "127.0.0.1")
+}
+
+/// Start a moto server listening on every address of this machine (also answering on
+/// 127.0.0.1): for machines of the test's own networks that reach it through their
+/// network's gateway address.
+pub fn start_on_all_addresses() -> (Child, u16) {
+    start_inner(&[], None, "0.0.0.0")
 }
 
 /// Start a moto server that speaks https with `cert` and `key` (PEM files), e.g. a
 /// certificate from a CA of the test's own, as a MinIO with its own CA would.
 pub fn start_tls(cert: &std::path::Path, key: &std::path::Path) -> (Child, u16) {
-    start_inner(&[], Some((cert, key)))
+    start_inner(&[], Some((cert, key)), "127.0.0.1")
 }
 
 fn start_inner(
     env: &[(&str, &str)],
     tls: Option<(&std::path::Path, &std::path::Path)>,
+    bind: &str,
 ) -> (Child, u16) {
     assert!(
         which("moto_server"),
@@ -103,7 +111,7 @@ fn start_inner(
     for _attempt in 0..3 {
         let port = free_port();
         let mut cmd = Command::new("python3");
-        cmd.args(["-c", SERIAL_MOTO, "127.0.0.1", &port.to_string()])
+        cmd.args(["-c", SERIAL_MOTO, bind, &port.to_string()])
             .envs(env.iter().copied())
             .args(tls.iter().flat_map(|(c, k)| [c.as_os_str(), k.as_os_str()]))
             .stdin(Stdio::null())

@@ -24,4 +24,6 @@ f="$dir/auto-ceph-cp-1-$(date -u +%Y%m%dT%H%M%SZ).stream"
 curl_etcd --max-time 600 --fail -X POST -d '{}' https://127.0.0.1:2379/v3/maintenance/snapshot -o "$f.part"
 mv "$f.part" "$f"
 echo "snapshot $f: $(wc -c < "$f") bytes"
+rc=0
 ls -1t "$dir"/auto-*.stream | tail -n +$((keep + 1)) | xargs -r rm -f
+exit $rc
