@@ -498,6 +498,28 @@ pub enum BenchCommand {
         after_help = "Examples:\n  kubeforge bench converge --machines 100\n  kubeforge bench converge --machines 20 --binary-mib 10 --no-ansible -o json"
     )]
     Converge(ConvergeArgs),
+    /// `validate` and `plan --offline` of a large static cluster (no host touched):
+    /// time and peak memory, against Ansible listing the same inventory and plays.
+    #[command(
+        after_help = "Examples:\n  kubeforge bench plan --hosts 1000\n  kubeforge bench plan --hosts 5000 --rounds 5 -o json"
+    )]
+    Plan(PlanBenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PlanBenchArgs {
+    /// Hosts in the inventory (3 control planes, 3 load balancers, the rest workers).
+    #[arg(long, default_value_t = 1000)]
+    pub hosts: usize,
+    /// Rounds per command (the median time and the largest peak memory are reported).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Skip the Ansible comparison.
+    #[arg(long)]
+    pub no_ansible: bool,
+    /// Keep the generated inputs.
+    #[arg(long)]
+    pub keep: bool,
 }
 
 #[derive(Debug, Args)]

@@ -56,6 +56,14 @@ pub async fn run(args: BenchArgs, output: OutputFormat) -> Result<(), Error> {
             }
             Ok(())
         }
+        BenchCommand::Plan(a) => {
+            let report = super::bench_plan::run(&a)?;
+            match output {
+                OutputFormat::Json => print_json(&report)?,
+                OutputFormat::Text => super::bench_plan::print_text(&report),
+            }
+            Ok(())
+        }
         BenchCommand::Converge(a) => {
             let report = super::bench_converge::run(&a).await?;
             match output {

@@ -4,6 +4,7 @@ pub mod artifacts;
 pub mod backup;
 pub mod bench;
 pub mod bench_converge;
+pub mod bench_plan;
 pub mod certs;
 pub mod clusters;
 pub mod completion;
