@@ -181,7 +181,10 @@ pub async fn store_verified(
     snap: &etcd::Snapshot,
 ) -> Result<BackupMeta, PhaseError> {
     let file = etcdctl::snapshot_file(snap);
-    let path = etcdctl::upload_snapshot(t, host, name, file.clone())
+    // A work file of this call's own: the node's shipping and a collect can verify the
+    // same snapshot at the same moment.
+    let work = format!("{name}.{:08x}", rand::random::<u32>());
+    let path = etcdctl::upload_snapshot(t, host, &work, file.clone())
         .await
         .map_err(|e| PhaseError::host(phase, e))?;
     let verified = etcdctl::verify(t, host, &path, secrets).await;
@@ -318,6 +321,8 @@ pub async fn collect(
             }
             match collect_one(phase, s.as_ref(), h, store, secrets, name, c).await {
                 Ok(m) => got.push(m),
+                // Shipped by its node meanwhile (spec.backup.ship): stored, not a problem.
+                Err(_) if matches!(store.snapshot_meta(name).await, Ok(Some(_))) => {}
                 Err(e) => problems.push(format!("{}: {name}: {e}", h.name)),
             }
         }
@@ -495,13 +500,18 @@ pub async fn ship(config: &ShipConfig, stream_path: &std::path::Path) -> Result<
         &config.kubernetes_version,
         &snap,
     )
-    .await
-    .map_err(|e| crate::error::render_chain(&e))?;
+    .await;
+    let meta = match meta {
+        Ok(m) => Some(m),
+        // Collected by `backup collect` or `apply` meanwhile: stored all the same.
+        Err(_) if matches!(store.snapshot_meta(&name).await, Ok(Some(_))) => None,
+        Err(e) => return Err(crate::error::render_chain(&e)),
+    };
     let pruned = prune(&store, config.keep as usize)
         .await
         .map_err(|e| format!("stored {name}, but retention failed: {e}"))?;
     Ok(Shipped {
-        stored: Some(meta),
+        stored: meta,
         name,
         pruned,
     })

@@ -109,7 +109,9 @@ pub async fn verify(
     path: &str,
     secrets: &dyn Redact,
 ) -> Result<Status, HostError> {
-    let scratch = format!("{WORK_DIR}/verify");
+    // Next to the file and named after it: two verifications on one node (the node's
+    // own shipping and a `backup collect`) never share a scratch directory.
+    let scratch = format!("{path}.verify");
     let restore = command(&format!(
         "snapshot restore {path} --data-dir {scratch} --name verify \
 --initial-cluster verify=https://127.0.0.1:2380 --initial-advertise-peer-urls https://127.0.0.1:2380 \
