@@ -191,6 +191,7 @@ impl Session {
                     verbose: opts.verbose,
                     api: Default::default(),
                     facts: Default::default(),
+                    facts_at: Default::default(),
                 })
             }
             Err(e) => Err(crate::error::render_chain(e)

@@ -45,6 +45,22 @@ impl Phase for Connect {
 
     async fn apply(&self, ctx: &ApplyContext<'_>, plan: &PhasePlan) -> Result<(), PhaseError> {
         let names: Vec<String> = plan.hosts.iter().map(|h| h.host.clone()).collect();
+        // The facts the confirmed plan was made from, gathered moments ago by this run's
+        // preview over the same connections: used as they are when they cover every host
+        // (none missing or unreachable, no kubeforge command of an earlier run still
+        // busy), nothing earlier in this run changed a machine, and this phase finished
+        // last time. Otherwise (a fresh cluster, machines just made, a long wait at the
+        // prompt) the hosts are asked again.
+        if let Some(f) = ctx.rt.fresh_facts(REUSE_FACTS_FOR) {
+            let covered = names.iter().all(|n| {
+                f.hosts
+                    .get(n)
+                    .is_some_and(|h| h.busy.is_empty() && supported(h).is_ok())
+            });
+            if ctx.quiet && covered && f.absent.is_empty() {
+                return record(ctx, self.name(), &f.pod_cidrs()).await;
+            }
+        }
         let opts = FanOutOptions {
             concurrency: ctx.rt.concurrency,
             progress: ctx.rt.progress,
@@ -86,14 +102,7 @@ impl Phase for Connect {
         })
         .await;
         // Pin what was learned even when some hosts failed: the keys are facts.
-        let keys = ctx.rt.host_keys.snapshot();
-        ctx.state
-            .update(|doc| doc.host_keys.extend(keys))
-            .await
-            .map_err(|source| PhaseError::State {
-                phase: self.name().into(),
-                source,
-            })?;
+        record(ctx, self.name(), &[]).await?;
         let mut facts = crate::facts::ClusterFacts {
             leaving: crate::facts::leaving(ctx.cluster, &ctx.state.get().await),
             ..Default::default()
@@ -114,19 +123,7 @@ impl Phase for Connect {
             }
         }
         // A node keeps the pod /24 it has: pinned for this run's rendering and recorded.
-        let pods = facts.pod_cidrs();
-        ctx.cluster.topology.pod_cidr_pins.pin(pods.clone());
-        ctx.state
-            .update(|doc| {
-                for (n, c) in &pods {
-                    doc.pod_cidrs.insert(n.clone(), c.to_string());
-                }
-            })
-            .await
-            .map_err(|source| PhaseError::State {
-                phase: self.name().into(),
-                source,
-            })?;
+        record(ctx, self.name(), &facts.pod_cidrs()).await?;
         // Nodes and etcd as the cluster sees them, for the phases' plans.
         let facts = crate::facts::complete(&ctx.rt.pool, ctx.cluster, facts, ctx.secrets).await;
         ctx.rt.set_facts(facts);
@@ -139,6 +136,34 @@ impl Phase for Connect {
             })
         }
     }
+}
+
+/// How old the preview's facts may be for `connect` to use them as they are.
+const REUSE_FACTS_FOR: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Record the pinned host keys and the nodes' pod subnets in the state (each node keeps
+/// the /24 it has; pinned for this run's rendering too). Unchanged values are no write.
+async fn record(
+    ctx: &ApplyContext<'_>,
+    phase: &str,
+    pods: &[(String, ipnet::IpNet)],
+) -> Result<(), PhaseError> {
+    let keys = ctx.rt.host_keys.snapshot();
+    if !pods.is_empty() {
+        ctx.cluster.topology.pod_cidr_pins.pin(pods.to_vec());
+    }
+    ctx.state
+        .update(|doc| {
+            doc.host_keys.extend(keys);
+            for (n, c) in pods {
+                doc.pod_cidrs.insert(n.clone(), c.to_string());
+            }
+        })
+        .await
+        .map_err(|source| PhaseError::State {
+            phase: phase.into(),
+            source,
+        })
 }
 
 /// The facts of one host, refused when kubeforge cannot run there.
@@ -156,17 +181,20 @@ async fn host_facts(
     )
     .await?;
     let facts = crate::facts::parse_host(&out);
+    supported(&facts).map_err(|message| HostError::Other {
+        host: name.to_string(),
+        message,
+    })?;
+    Ok(facts)
+}
+
+/// Whether kubeforge can run on a host with these facts.
+fn supported(facts: &crate::facts::HostFacts) -> Result<(), String> {
     if facts.arch != "x86_64" && facts.arch != "aarch64" {
-        return Err(HostError::Other {
-            host: name.to_string(),
-            message: format!("unsupported architecture `{}`", facts.arch),
-        });
+        return Err(format!("unsupported architecture `{}`", facts.arch));
     }
     if !facts.systemd {
-        return Err(HostError::Other {
-            host: name.to_string(),
-            message: "systemd (systemctl) is required".into(),
-        });
+        return Err("systemd (systemctl) is required".into());
     }
-    Ok(facts)
+    Ok(())
 }

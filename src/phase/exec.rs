@@ -26,6 +26,8 @@ pub struct Runtime {
     pub api: crate::addons::ApiAccess,
     /// What `connect` (or a plan) found on the hosts; phases plan from it.
     pub facts: std::sync::Mutex<Option<std::sync::Arc<crate::facts::ClusterFacts>>>,
+    /// When `facts` were gathered.
+    pub facts_at: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Runtime {
@@ -38,6 +40,18 @@ impl Runtime {
         if let Ok(mut f) = self.facts.lock() {
             *f = Some(std::sync::Arc::new(facts));
         }
+        if let Ok(mut at) = self.facts_at.lock() {
+            *at = Some(std::time::Instant::now());
+        }
+    }
+
+    /// The facts gathered in this run, if at most `max_age` old.
+    pub fn fresh_facts(
+        &self,
+        max_age: std::time::Duration,
+    ) -> Option<std::sync::Arc<crate::facts::ClusterFacts>> {
+        let at = self.facts_at.lock().ok().and_then(|a| *a)?;
+        (at.elapsed() <= max_age).then(|| self.facts()).flatten()
     }
 }
 
