@@ -43,14 +43,31 @@ pub struct PlanContext<'a> {
     pub hosts: Vec<&'a Host>,
     /// What the hosts and the cluster are now (None: offline, or before `connect`).
     pub facts: Option<&'a crate::facts::ClusterFacts>,
+    /// `files` by host (indices, in order): a plan of thousands of hosts looks up each
+    /// host's files without scanning every file of every host.
+    pub by_host: std::collections::HashMap<&'a str, Vec<usize>>,
 }
 
-impl PlanContext<'_> {
+impl<'a> PlanContext<'a> {
+    /// The index of `files` by host.
+    pub fn index(
+        files: &'a [(FileGroup, RenderedFile)],
+    ) -> std::collections::HashMap<&'a str, Vec<usize>> {
+        let mut by_host: std::collections::HashMap<&str, Vec<usize>> = Default::default();
+        for (i, (_, f)) in files.iter().enumerate() {
+            by_host.entry(f.host.as_str()).or_default().push(i);
+        }
+        by_host
+    }
+
     /// The files of `group` for `host`.
-    pub fn files_for(&self, host: &str, group: FileGroup) -> Vec<&RenderedFile> {
-        self.files
-            .iter()
-            .filter(|(g, f)| *g == group && f.host == host)
+    pub fn files_for(&self, host: &str, group: FileGroup) -> Vec<&'a RenderedFile> {
+        self.by_host
+            .get(host)
+            .into_iter()
+            .flatten()
+            .map(|&i| &self.files[i])
+            .filter(|(g, _)| *g == group)
             .map(|(_, f)| f)
             .collect()
     }
@@ -466,6 +483,7 @@ pub fn plan_phase(
         secrets,
         hosts: r.hosts.select_with_init(t, init),
         facts,
+        by_host: PlanContext::index(files),
     };
     let mut p = phase.plan(&ctx);
     p.strategy = r.strategy;
