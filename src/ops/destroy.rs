@@ -96,6 +96,13 @@ async fn run_locked(s: &Session, yes: bool, output: OutputFormat) -> Result<Dest
                 doc.addons.clear();
             })
             .await?;
+        // And from this run's pins, which the session writes back when it ends: a
+        // machine made later at the same address has a new key.
+        if let Ok(rt) = s.rt() {
+            for host in rt.host_keys.snapshot().into_keys() {
+                rt.host_keys.forget(&host);
+            }
+        }
         Some(s.state.get().await.generation)
     } else {
         None
