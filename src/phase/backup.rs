@@ -57,8 +57,21 @@ impl Phase for EtcdBackupTimer {
                 );
                 s
             };
-            p.hosts
-                .push(host_plan(ctx, h, &[FileGroup::Backup], vec![step]));
+            let mut steps = vec![step];
+            let shipping = b.ship.is_some() && b.interval_minutes > 0;
+            if !shipping {
+                // Shipping turned off (or never on): no S3 key stays on the node.
+                steps.push(
+                    Step::cmd(format!(
+                        "rm -f {SHIP_CONFIG} {SHIP_CA} {NODE_BINARY}  # spec.backup.ship is not set"
+                    ))
+                    .unless_check(
+                        "no snapshot-shipping key or binary on the node",
+                        format!("! test -e {SHIP_CONFIG} && ! test -e {SHIP_CA} && ! test -e {NODE_BINARY}"),
+                    ),
+                );
+            }
+            p.hosts.push(host_plan(ctx, h, &[FileGroup::Backup], steps));
         }
         p
     }
