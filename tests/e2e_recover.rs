@@ -540,20 +540,7 @@ spec:
     std::fs::write(dir.path().join("half.age"), &good[..good.len() / 2]).unwrap();
     std::fs::write(dir.path().join("good.age"), &good).unwrap();
     curl(&["-sSf", "-T", &half, &object]);
-    let out = kubeforge(dir.path())
-        .args([
-            "restore",
-            "-f",
-            "cluster.yaml",
-            "--yes",
-            "--snapshot",
-            &snapshot,
-        ])
-        .timeout(Duration::from_secs(300))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(!out.status.success(), "{stderr}");
+    let stderr = refused_restore(dir.path(), &snapshot);
     assert!(stderr.contains("corrupted or truncated"), "{stderr}");
     let still = docker(&[
         "exec",
@@ -567,31 +554,20 @@ spec:
     // A snapshot planted by someone with only the bucket's key (it encrypts to the
     // state's public key like a node, but cannot sign the metadata) is never used.
     let planted = "auto-kf-recover-cp-1-20991231T000000Z";
-    curl(&[
-        "-sSf",
-        "-X",
-        "PUT",
-        "--data-binary",
-        &whole,
-        &snapshot_url(planted),
-    ]);
-    let out = kubeforge(dir.path())
-        .args([
-            "restore",
-            "-f",
-            "cluster.yaml",
-            "--yes",
-            "--snapshot",
-            planted,
-        ])
-        .timeout(Duration::from_secs(300))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(!out.status.success(), "{stderr}");
+    curl(&["-sSf", "-T", &whole, &snapshot_url(planted)]);
+    let stderr = refused_restore(dir.path(), planted);
     assert!(
         stderr.contains("refused") && stderr.contains("no metadata"),
         "{stderr}"
+    );
+    let list = kubeforge(dir.path())
+        .args(["backup", "list", "-f", "cluster.yaml"])
+        .output()
+        .unwrap();
+    let list = String::from_utf8_lossy(&list.stdout).to_string();
+    assert!(
+        list.contains(&format!("! {planted}: no metadata")),
+        "{list}"
     );
     curl(&["-sSf", "-X", "DELETE", &snapshot_url(planted)]);
 
@@ -1021,6 +997,25 @@ fn wait_for_timer_snapshot(dir: &Path, after: chrono::DateTime<chrono::Utc>) -> 
         );
         std::thread::sleep(Duration::from_secs(5));
     }
+}
+
+/// `restore --snapshot NAME`, which must fail (before anything is stopped); its stderr.
+fn refused_restore(dir: &Path, snapshot: &str) -> String {
+    let out = kubeforge(dir)
+        .args([
+            "restore",
+            "-f",
+            "cluster.yaml",
+            "--yes",
+            "--snapshot",
+            snapshot,
+        ])
+        .timeout(Duration::from_secs(300))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "{stderr}");
+    stderr
 }
 
 /// The object URL (path style, moto) of snapshot `name` in the test's bucket.
