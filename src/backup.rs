@@ -211,7 +211,7 @@ pub async fn store_verified(
                 .collect()
         })
         .unwrap_or_default();
-    let meta = BackupMeta {
+    let mut meta = BackupMeta {
         name: name.to_string(),
         taken,
         trigger: trigger.to_string(),
@@ -226,7 +226,6 @@ pub async fn store_verified(
         mac: None,
         mac_log_n: None,
     };
-    let mut meta = meta;
     sign_meta(store, &mut meta).map_err(state_err(phase))?;
     store
         .put_snapshot(name, &file)
