@@ -516,23 +516,28 @@ pub async fn ship(config: &ShipConfig, stream_path: &std::path::Path) -> Result<
     })
 }
 
+/// A stored snapshot with its raw record parsed and checked.
+fn listed(store: &StateStore, name: String, size: u64, raw: Option<&[u8]>) -> Listed {
+    let meta: Option<BackupMeta> = raw.and_then(|b| serde_json::from_slice(b).ok());
+    let mut authenticity = authenticity(store, raw);
+    // A verified record copied next to another object names that other one.
+    if meta.as_ref().is_some_and(|m| m.name != name) {
+        authenticity = Authenticity::Forged;
+    }
+    Listed {
+        name,
+        size,
+        meta,
+        authenticity,
+    }
+}
+
 /// Every stored snapshot with its metadata, oldest first.
 pub async fn list(store: &StateStore) -> Result<Vec<Listed>, crate::state::StateError> {
     let mut out = Vec::new();
     for i in store.snapshots().await? {
         let raw = store.snapshot_meta(&i.name).await.ok().flatten();
-        let meta: Option<BackupMeta> = raw.as_deref().and_then(|b| serde_json::from_slice(b).ok());
-        let mut authenticity = authenticity(store, raw.as_deref());
-        // A verified metadata copied next to another object names that other one.
-        if meta.as_ref().is_some_and(|m| m.name != i.name) {
-            authenticity = Authenticity::Forged;
-        }
-        out.push(Listed {
-            name: i.name,
-            size: i.size,
-            meta,
-            authenticity,
-        });
+        out.push(listed(store, i.name, i.size, raw.as_deref()));
     }
     out.sort_by_key(|l| l.taken());
     Ok(out)
@@ -611,13 +616,8 @@ pub fn choose<'a>(listed: &'a [Listed], wanted: Option<&str>) -> Result<&'a List
 /// database (`db_sha256`, of the decrypted object).
 pub async fn check_stored(store: &StateStore, name: &str, db_sha256: &str) -> Result<(), String> {
     let raw = store.snapshot_meta(name).await.map_err(|e| e.to_string())?;
-    let l = Listed {
-        name: name.to_string(),
-        size: 0,
-        meta: raw.as_deref().and_then(|b| serde_json::from_slice(b).ok()),
-        authenticity: authenticity(store, raw.as_deref()),
-    };
-    if l.authenticity == Authenticity::Forged || l.meta.as_ref().is_some_and(|m| m.name != name) {
+    let l = listed(store, name.to_string(), 0, raw.as_deref());
+    if l.authenticity == Authenticity::Forged {
         return Err(format!(
             "its metadata {} (not written by kubeforge with the state key or by a control plane shipping it)",
             if l.meta.is_none() { "is missing" } else { "does not verify" }
