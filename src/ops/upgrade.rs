@@ -7,6 +7,7 @@
 
 use crate::cli::UpgradeArgs;
 use crate::error::Error;
+use crate::facts::ClusterFacts;
 use crate::ops::runner::{run_playbook, RunOptions, RunReport};
 use crate::ops::session::{with_session, Session, SessionOptions};
 use crate::output::{print_json, OutputFormat};
@@ -17,6 +18,8 @@ use crate::transport::Transport;
 use crate::{phase, playbook};
 use semver::Version;
 use serde::Serialize;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -210,6 +213,58 @@ echo expiry=$(openssl x509 -enddate -noout -in /etc/kubernetes/pki/apiserver.crt
     Ok(lines)
 }
 
+/// How long the preflight of an upgrade that was interrupted waits for the node it was
+/// working on to settle (its detached kubeadm restarts etcd and the apiserver, then the
+/// kubelet restarts): about one node's upgrade, with margin.
+const SETTLE: Duration = Duration::from_secs(300);
+
+/// Whether the facts show an upgrade under way: a node cordoned (a node is cordoned from
+/// its drain until it is back in service) or kubelets at different versions.
+fn upgrade_under_way(facts: &ClusterFacts) -> bool {
+    facts.nodes.as_ref().is_some_and(|nodes| {
+        nodes.iter().any(|n| n.unschedulable)
+            || nodes
+                .iter()
+                .any(|n| n.kubelet_version != nodes[0].kubelet_version)
+    })
+}
+
+/// The facts the upgrade starts from, with no finding. A cluster that is not healthy is
+/// refused at once, unless an upgrade was under way (a killed run resumed at once finds
+/// the node it left restarting its etcd and apiserver): then the findings are looked at
+/// again every 5 s for up to [`SETTLE`] before refusing.
+async fn settled_facts(s: &Session, output: OutputFormat) -> Result<Arc<ClusterFacts>, Error> {
+    let start = Instant::now();
+    let mut waiting = false;
+    loop {
+        let facts = crate::ops::preview::gather_facts(s).await?;
+        let findings = facts.findings(&s.cluster);
+        if findings.is_empty() {
+            return Ok(facts);
+        }
+        if start.elapsed() >= SETTLE || !upgrade_under_way(&facts) {
+            return Err(refuse(format!(
+                "the cluster is not healthy; nothing was changed{}:\n  - {}\nRepair it first (`kubeforge recover`).",
+                if waiting {
+                    format!(" (an upgrade was under way; waited {}s for it to settle)", start.elapsed().as_secs())
+                } else {
+                    String::new()
+                },
+                findings.join("\n  - ")
+            )));
+        }
+        if !waiting && output == OutputFormat::Text {
+            eprintln!(
+                "An upgrade was under way and the cluster is settling; waiting up to {}s for:\n  - {}",
+                SETTLE.as_secs(),
+                findings.join("\n  - ")
+            );
+        }
+        waiting = true;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+}
+
 /// The upgrade inside an open session: preflight, then the upgrade playbook (None in
 /// `run`: nothing to upgrade). `apply` calls it too when the file's version was raised.
 pub(crate) async fn upgrade_session(
@@ -219,14 +274,7 @@ pub(crate) async fn upgrade_session(
 ) -> Result<UpgradeReport, Error> {
     let pb = playbook::named("upgrade", &phase::names())?;
     let target = s.cluster.version();
-    let facts = crate::ops::preview::gather_facts(s).await?;
-    let findings = facts.findings(&s.cluster);
-    if !findings.is_empty() {
-        return Err(refuse(format!(
-            "the cluster is not healthy; nothing was changed:\n  - {}\nRepair it first (`kubeforge recover`).",
-            findings.join("\n  - ")
-        )));
-    }
+    let facts = settled_facts(s, output).await?;
     let (cps, kubelets) = versions(s, &facts)?;
     let verdict = policy(&cps, &kubelets, &target).map_err(refuse)?;
     let shown = |v: &[(String, Version)]| {
@@ -361,6 +409,36 @@ mod tests {
         // A kubelet newer than the target.
         let e = policy(&cps, &at(&[("w-1", "v1.21.0")]), &v("v1.20.5")).unwrap_err();
         assert!(e.contains("w-1"), "{e}");
+    }
+
+    #[test]
+    fn an_upgrade_under_way_is_seen_in_the_nodes() {
+        let node = |name: &str, v: &str, cordoned: bool| crate::kube::NodeInfo {
+            name: name.into(),
+            ready: true,
+            kubelet_version: v.into(),
+            unschedulable: cordoned,
+        };
+        let with = |nodes: Vec<crate::kube::NodeInfo>| ClusterFacts {
+            nodes: Some(nodes),
+            ..Default::default()
+        };
+        let even = vec![
+            node("cp-1", "v1.20.2", false),
+            node("w-1", "v1.20.2", false),
+        ];
+        assert!(!upgrade_under_way(&with(even)));
+        assert!(!upgrade_under_way(&ClusterFacts::default()));
+        let cordoned = vec![
+            node("cp-1", "v1.20.2", false),
+            node("cp-2", "v1.20.2", true),
+        ];
+        assert!(upgrade_under_way(&with(cordoned)));
+        let mixed = vec![
+            node("cp-1", "v1.20.2+kf.1", false),
+            node("cp-2", "v1.20.2", false),
+        ];
+        assert!(upgrade_under_way(&with(mixed)));
     }
 
     #[test]
