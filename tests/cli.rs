@@ -531,3 +531,36 @@ fn shipping_a_snapshot_fails_clearly_and_keeps_it_on_the_node() {
         "{e}"
     );
 }
+
+#[test]
+fn bench_bootstrap_refuses_bad_input_before_starting_anything() {
+    kubeforge()
+        .args(["bench", "bootstrap", "--control-planes", "2"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("--control-planes must be 1 or 3"));
+    let empty = tempfile::tempdir().unwrap();
+    kubeforge()
+        .args(["bench", "bootstrap", "--mirror"])
+        .arg(empty.path())
+        .assert()
+        .failure()
+        .stderr(
+            predicate::str::contains("no v1.20.2 in it")
+                .and(predicate::str::contains("scripts/up.sh")),
+        );
+    let mirror = tempfile::tempdir().unwrap();
+    std::fs::create_dir(mirror.path().join("v1.20.2")).unwrap();
+    kubeforge()
+        .args([
+            "bench",
+            "bootstrap",
+            "--subnet",
+            "10.250.7.0/25",
+            "--mirror",
+        ])
+        .arg(mirror.path())
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("/24 or larger"));
+}

@@ -504,6 +504,38 @@ pub enum BenchCommand {
         after_help = "Examples:\n  kubeforge bench plan --hosts 1000\n  kubeforge bench plan --hosts 5000 --rounds 5 -o json"
     )]
     Plan(PlanBenchArgs),
+    /// Bootstrap a cluster of local machines twice: once with the bare kubeadm commands
+    /// run back to back, once with `kubeforge apply`; where the time goes, phase by phase.
+    #[command(
+        after_help = "Examples:\n  kubeforge bench bootstrap\n  kubeforge bench bootstrap --workers 2 --mirror .kubeforge/mirror -o json"
+    )]
+    Bootstrap(BootstrapBenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BootstrapBenchArgs {
+    /// Control-plane nodes (1 or 3).
+    #[arg(long, default_value_t = 3)]
+    pub control_planes: usize,
+    /// Worker nodes.
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    /// Load balancers (HAProxy + keepalived in front of the control planes).
+    #[arg(long, default_value_t = 1)]
+    pub load_balancers: usize,
+    /// Kubernetes binaries and images (the directory scripts/up.sh links at
+    /// .kubeforge/mirror).
+    #[arg(long, default_value = ".kubeforge/mirror")]
+    pub mirror: PathBuf,
+    /// Kubernetes version (the mirror must hold it).
+    #[arg(long, default_value = "v1.20.2")]
+    pub kubernetes_version: String,
+    /// Subnet of the benchmark's internal network (the VIP is its .254).
+    #[arg(long, default_value = "10.250.7.0/24")]
+    pub subnet: ipnet::IpNet,
+    /// Keep the last round's machines afterwards.
+    #[arg(long)]
+    pub keep: bool,
 }
 
 #[derive(Debug, Args)]

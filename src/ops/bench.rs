@@ -64,6 +64,14 @@ pub async fn run(args: BenchArgs, output: OutputFormat) -> Result<(), Error> {
             }
             Ok(())
         }
+        BenchCommand::Bootstrap(a) => {
+            let report = super::bench_bootstrap::run(&a).await?;
+            match output {
+                OutputFormat::Json => print_json(&report)?,
+                OutputFormat::Text => super::bench_bootstrap::print_text(&report),
+            }
+            Ok(())
+        }
         BenchCommand::Converge(a) => {
             let report = super::bench_converge::run(&a).await?;
             match output {

@@ -3,6 +3,7 @@ pub mod apply;
 pub mod artifacts;
 pub mod backup;
 pub mod bench;
+pub mod bench_bootstrap;
 pub mod bench_converge;
 pub mod bench_plan;
 pub mod certs;
