@@ -533,7 +533,7 @@ pub struct BootstrapBenchArgs {
     /// Subnet of the benchmark's internal network (the VIP is its .254).
     #[arg(long, default_value = "10.250.7.0/24")]
     pub subnet: ipnet::IpNet,
-    /// Keep the last round's machines afterwards.
+    /// Keep the last round's machines and the scratch directory (cluster file, state).
     #[arg(long)]
     pub keep: bool,
 }

@@ -143,7 +143,15 @@ pub async fn run(a: &BootstrapBenchArgs) -> Result<BootstrapReport, Error> {
         // Whatever round failed leaves its machines: they go.
         let _ = kubeforge(&dir, &["destroy", "-f", "cluster.yaml", "--yes"]);
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    if a.keep {
+        say(&format!(
+            "kept the machines and {} (cluster.yaml, its state and key): `kubeforge destroy -f {}/cluster.yaml` removes them",
+            dir.display(),
+            dir.display()
+        ));
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     result
 }
 
