@@ -8,7 +8,7 @@ use crate::error::Error;
 use crate::facts::ClusterFacts;
 use crate::ops::plan::{self as planmod, Plan};
 use crate::ops::session::Session;
-use crate::phase::exec::{resolve_host, HostError, Runtime};
+use crate::phase::exec::{resolve_hosts, HostError, Runtime};
 use crate::phase::{self, PhasePlan};
 use crate::playbook::{Playbook, Selector};
 use crate::provider::ResourceChange;
@@ -251,23 +251,38 @@ pub async fn against_hosts(
     let per_host = futures::future::join_all(names.iter().map(|name| {
         let (plans, files, secrets) = (&plans, &files, &secrets);
         async move {
-            let mut resolved = Vec::new();
-            for (i, plan) in plans.iter().enumerate() {
-                for hp in plan.hosts.iter().filter(|hp| hp.host == *name) {
-                    match resolve_host(rt, c, files, secrets, hp).await {
-                        Ok(h) => resolved.push((i, h)),
-                        Err(e) => return (resolved, Some(e)),
-                    }
-                }
+            // The host's part of every phase, asked in two round trips.
+            let mine: Vec<(usize, &crate::phase::HostPlan)> = plans
+                .iter()
+                .enumerate()
+                .flat_map(|(i, plan)| {
+                    plan.hosts
+                        .iter()
+                        .filter(|hp| hp.host == *name)
+                        .map(move |hp| (i, hp))
+                })
+                .collect();
+            let hps: Vec<&crate::phase::HostPlan> = mine.iter().map(|(_, hp)| *hp).collect();
+            match resolve_hosts(rt, c, files, secrets, &hps).await {
+                Ok(hs) => (
+                    mine.iter()
+                        .zip(hs)
+                        .map(|((i, hp), h)| (*i, h, phase::host_plan_digest(hp)))
+                        .collect::<Vec<_>>(),
+                    None,
+                ),
+                Err(e) => (Vec::new(), Some(e)),
             }
-            (resolved, None)
         }
     }))
     .await;
     let mut by_phase: Vec<Vec<crate::phase::exec::ResolvedHost>> = vec![Vec::new(); plans.len()];
+    let mut done = std::collections::BTreeSet::new();
     for (resolved, error) in per_host {
-        for (i, h) in resolved {
-            if !h.is_empty() {
+        for (i, h, digest) in resolved {
+            if h.is_empty() {
+                done.insert((plans[i].name.clone(), h.host, digest));
+            } else {
                 by_phase[i].push(h);
             }
         }
@@ -297,6 +312,7 @@ pub async fn against_hosts(
             phases,
             addons,
             addons_error,
+            done,
         },
         failures,
     ))
@@ -319,6 +335,9 @@ pub struct OnlinePlan {
     pub removals: Vec<String>,
     /// Phases that would change something, with what.
     pub phases: Vec<OnlinePhase>,
+    /// Host parts found done: (phase, host, digest of the host plan).
+    #[serde(skip)]
+    pub done: std::collections::BTreeSet<(String, String, String)>,
     /// Addon objects to create, update (with diffs) or delete (server-side dry run).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub addons: Vec<crate::addons::engine::ObjectChange>,
@@ -474,6 +493,7 @@ mod detailed_exitcode_tests {
             facts: Default::default(),
             removals: Vec::new(),
             phases: Vec::new(),
+            done: Default::default(),
             addons: vec![crate::addons::engine::ObjectChange {
                 addon: "metallb".into(),
                 object: "Deployment/controller".into(),

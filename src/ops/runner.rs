@@ -57,6 +57,10 @@ fn internal(what: &str) -> Error {
     Error::Internal(what.to_string())
 }
 
+/// How long what the preview found on the hosts stands for them, while the run has
+/// changed nothing (a confirmation that took longer asks the hosts again).
+const PREVIEW_TRUST: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Preview, confirm, then run every phase of `pb` in order.
 pub async fn run_playbook(
     s: &Session,
@@ -67,6 +71,20 @@ pub async fn run_playbook(
     let rt = s.rt()?;
     let output = s.opts.output;
     let preview = crate::ops::preview::build(s, pb).await?;
+    let previewed_at = Instant::now();
+    // Host parts the preview found done, trusted while nothing changed (see
+    // `phase::DECLARATIVE`).
+    let found_done = match &preview {
+        crate::ops::preview::Preview::Online { plan, .. }
+            if pb
+                .phases
+                .iter()
+                .all(|p| phase::DECLARATIVE.contains(&p.name.as_str())) =>
+        {
+            plan.done.clone()
+        }
+        _ => Default::default(),
+    };
     if output == OutputFormat::Text {
         eprint!("{}", crate::ops::preview::text(&preview, c));
     }
@@ -123,6 +141,21 @@ pub async fn run_playbook(
         }
         let span = tracing::info_span!("phase", name = %plan.name);
         let quiet = !changed && s.state.journal_done(&plan.name, None).await;
+        let unchanged = if !changed && previewed_at.elapsed() <= PREVIEW_TRUST {
+            plan.hosts
+                .iter()
+                .filter(|hp| {
+                    found_done.contains(&(
+                        plan.name.clone(),
+                        hp.host.clone(),
+                        phase::host_plan_digest(hp),
+                    ))
+                })
+                .map(|hp| hp.host.clone())
+                .collect()
+        } else {
+            Default::default()
+        };
         let entry = s.state.journal_start(&plan.name, &digest, None).await;
         let started = Instant::now();
         let ctx = ApplyContext {
@@ -138,6 +171,7 @@ pub async fn run_playbook(
             restore: &opts.restore,
             notes: Default::default(),
             quiet,
+            unchanged,
         };
         let result = tracing::Instrument::instrument(ph.apply(&ctx, &plan), span).await;
         let seconds = started.elapsed().as_secs_f64();

@@ -198,6 +198,7 @@ pub async fn apply_hosts(
     secrets: &Secrets,
     plan: &PhasePlan,
     special: &dyn SpecialSteps,
+    unchanged: &std::collections::HashSet<String>,
 ) -> Result<Vec<(String, HostReport)>, Vec<HostError>> {
     let names: Vec<String> = plan.hosts.iter().map(|h| h.host.clone()).collect();
     if names.is_empty() {
@@ -218,6 +219,13 @@ pub async fn apply_hosts(
             .iter()
             .find(|h| h.host == name)
             .ok_or(HostError::Cancelled)?;
+        if unchanged.contains(&name) {
+            // Found done by the run's preview moments ago: every step skipped.
+            return Ok(HostReport {
+                steps_skipped: hp.commands.iter().filter(|s| s.check.is_some()).count(),
+                ..Default::default()
+            });
+        }
         apply_host(rt, c, files, secrets, hp, special).await
     })
     .await;
@@ -269,87 +277,82 @@ impl ResolvedHost {
     }
 }
 
-/// Compare a host plan with the host: files by sha256 (diffs for files without
-/// secrets), steps by their checks. Read-only.
-pub async fn resolve_host(
+/// Compare plans of one host (its part of every phase of a run) with the host: files by
+/// sha256 (diffs for files without secrets), steps by their checks; every file's sha256
+/// in one round trip and every check in another, whatever the number of phases.
+/// Read-only, so each answer is what that phase would find when no earlier phase
+/// changes the host. One [`ResolvedHost`] per plan, in order.
+pub async fn resolve_hosts(
     rt: &Runtime,
     c: &LoadedCluster,
     files: &[(crate::render::FileGroup, RenderedFile)],
     secrets: &Secrets,
-    hp: &HostPlan,
-) -> Result<ResolvedHost, HostError> {
-    let host = c.topology.host(&hp.host).ok_or_else(|| HostError::Other {
-        host: hp.host.clone(),
-        message: "not in the cluster's topology".into(),
-    })?;
-    let s = session(rt, host).await?;
-    let mut out = ResolvedHost {
-        host: hp.host.clone(),
-        ..Default::default()
+    hps: &[&HostPlan],
+) -> Result<Vec<ResolvedHost>, HostError> {
+    let Some(first) = hps.first() else {
+        return Ok(Vec::new());
     };
-    let planned: Vec<&RenderedFile> = hp
-        .files
+    let host = c
+        .topology
+        .host(&first.host)
+        .ok_or_else(|| HostError::Other {
+            host: first.host.clone(),
+            message: "not in the cluster's topology".into(),
+        })?;
+    if let Some(other) = hps.iter().find(|hp| hp.host != first.host) {
+        return Err(HostError::Other {
+            host: other.host.clone(),
+            message: format!("resolved together with {}", first.host),
+        });
+    }
+    let s = session(rt, host).await?;
+    // Each plan's files, and each plan's steps (described steps the phase carries out
+    // itself, e.g. "gather facts", are left out).
+    let planned: Vec<Vec<&RenderedFile>> = hps
         .iter()
-        .filter_map(|pf| {
-            files
+        .map(|hp| {
+            hp.files
                 .iter()
-                .map(|(_, f)| f)
-                .find(|f| f.host == hp.host && f.path == pf.path)
+                .filter_map(|pf| {
+                    files
+                        .iter()
+                        .map(|(_, f)| f)
+                        .find(|f| f.host == hp.host && f.path == pf.path)
+                })
+                .collect()
+        })
+        .collect();
+    let steps: Vec<Vec<&Step>> = hps
+        .iter()
+        .map(|hp| {
+            hp.commands
+                .iter()
+                .filter(|st| st.run.is_some() || st.check.is_some())
+                .collect()
         })
         .collect();
     // Every file's sha256 in one round trip.
+    let all: Vec<&RenderedFile> = planned.iter().flatten().copied().collect();
     let mut probe = String::new();
-    for f in &planned {
+    for f in &all {
         probe.push_str(&format!(
             "echo \"$(sha256sum -- {} 2>/dev/null | cut -d' ' -f1)\"; ",
             crate::transport::shell::quote(&f.path)
         ));
     }
     probe.push_str("true");
-    let remote = if planned.is_empty() {
+    let remote = if all.is_empty() {
         String::new()
     } else {
         run(s.as_ref(), &host.name, &probe, secrets, false).await?
     };
-    let mut lines = remote.lines();
-    for f in planned {
-        let remote = lines.next().unwrap_or_default().trim();
-        if remote == f.sha256() {
-            continue;
-        }
-        let change = if remote.is_empty() {
-            FileChange::Create
-        } else if f.sensitive {
-            FileChange::Update {
-                diff: String::new(),
-            }
-        } else {
-            let old = download(s.as_ref(), &host.name, &f.path).await?;
-            let old = String::from_utf8_lossy(&old);
-            FileChange::Update {
-                diff: similar::TextDiff::from_lines(old.as_ref(), f.content.as_str())
-                    .unified_diff()
-                    .context_radius(2)
-                    .header(
-                        &format!("{} (on {})", f.path, host.name),
-                        &format!("{} (planned)", f.path),
-                    )
-                    .to_string(),
-            }
-        };
-        out.files.push(ResolvedFile {
-            path: f.path.clone(),
-            change,
-        });
-    }
+    let mut digests = remote.lines();
     // The steps' checks in one round trip (read-only: they all see the host as it is).
-    let steps: Vec<&Step> = hp
-        .commands
+    let checks: Vec<String> = steps
         .iter()
-        // Described steps the phase carries out itself (e.g. "gather facts") are left out.
-        .filter(|st| st.run.is_some() || st.check.is_some())
+        .flatten()
+        .filter_map(|st| st.check.clone())
         .collect();
-    let checks: Vec<String> = steps.iter().filter_map(|st| st.check.clone()).collect();
     let mut answers = s
         .checks(&checks)
         .await
@@ -358,11 +361,49 @@ pub async fn resolve_host(
             source,
         })?
         .into_iter();
-    for step in steps {
-        let done = step.check.is_some() && answers.next().unwrap_or(false);
-        if !done {
-            out.commands.push(secrets.redact(&step.action));
+    let mut out = Vec::new();
+    for (hp, (planned, steps)) in hps.iter().zip(planned.into_iter().zip(steps)) {
+        let mut r = ResolvedHost {
+            host: hp.host.clone(),
+            ..Default::default()
+        };
+        for f in planned {
+            let remote = digests.next().unwrap_or_default().trim();
+            if remote == f.sha256() {
+                continue;
+            }
+            let change = if remote.is_empty() {
+                FileChange::Create
+            } else if f.sensitive {
+                FileChange::Update {
+                    diff: String::new(),
+                }
+            } else {
+                let old = download(s.as_ref(), &host.name, &f.path).await?;
+                let old = String::from_utf8_lossy(&old);
+                FileChange::Update {
+                    diff: similar::TextDiff::from_lines(old.as_ref(), f.content.as_str())
+                        .unified_diff()
+                        .context_radius(2)
+                        .header(
+                            &format!("{} (on {})", f.path, host.name),
+                            &format!("{} (planned)", f.path),
+                        )
+                        .to_string(),
+                }
+            };
+            r.files.push(ResolvedFile {
+                path: f.path.clone(),
+                change,
+            });
         }
+        for step in steps {
+            let done = step.check.is_some() && answers.next().unwrap_or(false);
+            if !done {
+                r.commands.push(secrets.redact(&step.action));
+            }
+        }
+        out.push(r);
     }
     Ok(out)
 }

@@ -97,6 +97,9 @@ pub struct ApplyContext<'a> {
     /// finished last time: gates that prove what a change did (a probe Pod behind a
     /// Service) can stand on that run's proof.
     pub quiet: bool,
+    /// Hosts whose part of this phase the run's preview found done (the same plan,
+    /// moments ago, nothing changed since): they are not asked again.
+    pub unchanged: std::collections::HashSet<String>,
 }
 
 impl ApplyContext<'_> {
@@ -136,6 +139,7 @@ impl ApplyContext<'_> {
             self.secrets,
             plan,
             special,
+            &self.unchanged,
         )
         .await
         .map_err(|errors| PhaseError::Hosts {
@@ -260,6 +264,35 @@ pub struct PhasePlan {
     pub operator: Vec<Step>,
     pub hosts: Vec<HostPlan>,
 }
+
+/// A digest of everything a host plan would do (files by content hash and mode, steps
+/// with their commands and checks): the preview and the run compare it to know they
+/// speak of the same plan.
+pub fn host_plan_digest(hp: &HostPlan) -> String {
+    use sha2::{Digest, Sha256};
+    let json = serde_json::to_vec(hp).unwrap_or_default();
+    hex::encode(Sha256::digest(&json))
+}
+
+/// The phases whose effect on a host is all in their host plans (files and checked
+/// steps); what else they do goes through the API or the state. While a run of only
+/// these has changed nothing, a host part its preview found done moments ago is not
+/// asked again.
+pub const DECLARATIVE: &[&str] = &[
+    "provision",
+    "connect",
+    "prepare-hosts",
+    "load-balancer",
+    "remove-nodes",
+    "init-control-plane",
+    "join-control-plane",
+    "join-workers",
+    "kubeconfig",
+    "cni",
+    "wait-ready",
+    "etcd-backup",
+    "addons",
+];
 
 #[derive(Debug, Clone, Serialize)]
 pub struct HostPlan {

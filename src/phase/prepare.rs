@@ -146,6 +146,10 @@ impl Phase for PrepareHosts {
         if plan.hosts.is_empty() {
             return Ok(());
         }
+        if plan.hosts.iter().all(|hp| ctx.unchanged.contains(&hp.host)) {
+            // Every host found done moments ago: nothing to fetch or verify.
+            return ctx.hosts(plan, &super::exec::NoSpecial).await.map(|_| ());
+        }
         // Fetched and verified once, before any host is touched.
         let fetched = crate::phase::binaries::fetch(ctx.cluster)
             .await
