@@ -331,22 +331,28 @@ pub async fn resolve_hosts(
                 .collect()
         })
         .collect();
-    // Every file's sha256 in one round trip.
-    let all: Vec<&RenderedFile> = planned.iter().flatten().copied().collect();
-    let mut probe = String::new();
-    for f in &all {
-        probe.push_str(&format!(
-            "echo \"$(sha256sum -- {} 2>/dev/null | cut -d' ' -f1)\"; ",
-            crate::transport::shell::quote(&f.path)
-        ));
-    }
-    probe.push_str("true");
-    let remote = if all.is_empty() {
+    // Every file's sha256 in one round trip and one process (a missing file is left
+    // out of the answer).
+    let mut paths: Vec<&str> = planned.iter().flatten().map(|f| f.path.as_str()).collect();
+    paths.sort_unstable();
+    paths.dedup();
+    let remote = if paths.is_empty() {
         String::new()
     } else {
-        run(s.as_ref(), &host.name, &probe, secrets, false).await?
+        let quoted: Vec<String> = paths
+            .iter()
+            .map(|p| crate::transport::shell::quote(p))
+            .collect();
+        run(
+            s.as_ref(),
+            &host.name,
+            &format!("sha256sum -- {} 2>/dev/null; true", quoted.join(" ")),
+            secrets,
+            false,
+        )
+        .await?
     };
-    let mut digests = remote.lines();
+    let digests = parse_sha256sum(&remote);
     // The steps' checks in one round trip (read-only: they all see the host as it is).
     let checks: Vec<String> = steps
         .iter()
@@ -368,7 +374,7 @@ pub async fn resolve_hosts(
             ..Default::default()
         };
         for f in planned {
-            let remote = digests.next().unwrap_or_default().trim();
+            let remote = digests.get(f.path.as_str()).copied().unwrap_or_default();
             if remote == f.sha256() {
                 continue;
             }
@@ -406,4 +412,31 @@ pub async fn resolve_hosts(
         out.push(r);
     }
     Ok(out)
+}
+
+/// `sha256sum` output (`<hex>  <path>` per line) as path → hex. Lines of names that
+/// `sha256sum` escapes (a backslash or newline in them) are left out: such a file reads
+/// as missing, and is written again.
+fn parse_sha256sum(out: &str) -> std::collections::HashMap<&str, &str> {
+    out.lines()
+        .filter_map(|l| {
+            let (hash, path) = l.split_once("  ")?;
+            (hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()))
+                .then_some((path, hash))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sha256sum_output_maps_paths_to_digests() {
+        let h = "a".repeat(64);
+        let out = format!("{h}  /etc/a b.conf\n\\{h}  /etc/odd\\nname\nnot a line\n");
+        let m = parse_sha256sum(&out);
+        assert_eq!(m.get("/etc/a b.conf"), Some(&h.as_str()));
+        assert_eq!(m.len(), 1, "{m:?}");
+    }
 }
