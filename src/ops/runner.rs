@@ -73,13 +73,15 @@ pub async fn run_playbook(
     let preview = crate::ops::preview::build(s, pb).await?;
     let previewed_at = Instant::now();
     // Host parts the preview found done, trusted while nothing changed (see
-    // `phase::DECLARATIVE`).
+    // `phase::DECLARATIVE`); not when a kubeadm of an earlier run was still busy on a
+    // host (`connect` waits for it, and it changes the host meanwhile).
     let found_done = match &preview {
         crate::ops::preview::Preview::Online { plan, .. }
             if pb
                 .phases
                 .iter()
-                .all(|p| phase::DECLARATIVE.contains(&p.name.as_str())) =>
+                .all(|p| phase::DECLARATIVE.contains(&p.name.as_str()))
+                && plan.facts.hosts.values().all(|h| h.busy.is_empty()) =>
         {
             plan.done.clone()
         }
