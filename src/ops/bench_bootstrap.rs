@@ -296,6 +296,7 @@ async fn rounds(
     let json = kubeforge(dir, &["apply", "-f", "cluster.yaml", "--yes", "-o", "json"])?;
     let whole = t.elapsed().as_secs_f64();
     let phases = phase_times(&json)?;
+    let phase_notes = phase_notes(&json);
     say(&format!("round 2: kubeforge apply {whole:.1} s"));
     if !a.keep {
         kubeforge(dir, &["destroy", "-f", "cluster.yaml", "--yes"])?;
@@ -370,10 +371,13 @@ async fn rounds(
         measurements,
         load_before,
         load_after: super::bench_converge::load_average(),
-        notes: vec![
+        notes: [
             "the two rounds run one after the other on fresh machines of the same topology; the preparation (machines, binaries, images, containerd, kubelet, load balancers) is kubeforge's in both".into(),
             "bare kubeadm runs the same commands with the same configurations, back to back over one SSH connection per host, and stops when every Node is Ready; kubeforge's gates go further (every apiserver ready, etcd healthy, a Service programmed by every kube-proxy, a pod on every node) and it records the CA, the shared PKI and the admin kubeconfig in the encrypted state".into(),
-        ],
+        ]
+        .into_iter()
+        .chain(phase_notes)
+        .collect(),
     })
 }
 
@@ -397,6 +401,29 @@ fn phase_times(json: &str) -> Result<Vec<(String, f64)>, Error> {
         .iter()
         .filter_map(|p| Some((p["phase"].as_str()?.to_string(), p["seconds"].as_f64()?)))
         .collect())
+}
+
+/// What kubeforge's phases reported (gates that had to repair something, addons), as
+/// `kubeforge <phase>: <note>`.
+fn phase_notes(json: &str) -> Vec<String> {
+    let v: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
+    let phases = v["phases"]
+        .as_array()
+        .or_else(|| v["run"]["phases"].as_array())
+        .cloned()
+        .unwrap_or_default();
+    phases
+        .iter()
+        .flat_map(|p| {
+            let name = p["phase"].as_str().unwrap_or("?").to_string();
+            p["notes"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(move |n| Some(format!("kubeforge {name}: {}", n.as_str()?)))
+        })
+        .collect()
 }
 
 /// Upload the rendered files of `group` for `h`.
@@ -553,5 +580,10 @@ mod tests {
         assert_eq!(phase_times(nested).unwrap(), vec![("cni".to_string(), 1.5)]);
         assert!(phase_times("not json").is_err());
         assert!(phase_times("{}").is_err());
+        let noted = r#"{"phases":[{"phase":"wait-ready","seconds":48.0,"notes":["kube-proxy replaced"]},{"phase":"cni","seconds":1.0}]}"#;
+        assert_eq!(
+            phase_notes(noted),
+            vec!["kubeforge wait-ready: kube-proxy replaced".to_string()]
+        );
     }
 }
