@@ -389,15 +389,21 @@ fn ratio(a: f64, b: f64) -> f64 {
     }
 }
 
-/// The phase times of an `apply -o json` report.
-fn phase_times(json: &str) -> Result<Vec<(String, f64)>, Error> {
+/// The phases of an `apply -o json` report (at its top, or under `run` when the apply
+/// ran an upgrade).
+fn report_phases(json: &str) -> Result<Vec<serde_json::Value>, Error> {
     let v: serde_json::Value = serde_json::from_str(json)
         .map_err(|e| usage(format!("`apply -o json` printed no JSON report: {e}")))?;
-    let phases = v["phases"]
+    v["phases"]
         .as_array()
         .or_else(|| v["run"]["phases"].as_array())
-        .ok_or_else(|| usage("`apply -o json`: no phases in the report"))?;
-    Ok(phases
+        .cloned()
+        .ok_or_else(|| usage("`apply -o json`: no phases in the report"))
+}
+
+/// The phase times of an `apply -o json` report.
+fn phase_times(json: &str) -> Result<Vec<(String, f64)>, Error> {
+    Ok(report_phases(json)?
         .iter()
         .filter_map(|p| Some((p["phase"].as_str()?.to_string(), p["seconds"].as_f64()?)))
         .collect())
@@ -406,13 +412,8 @@ fn phase_times(json: &str) -> Result<Vec<(String, f64)>, Error> {
 /// What kubeforge's phases reported (gates that had to repair something, addons), as
 /// `kubeforge <phase>: <note>`.
 fn phase_notes(json: &str) -> Vec<String> {
-    let v: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
-    let phases = v["phases"]
-        .as_array()
-        .or_else(|| v["run"]["phases"].as_array())
-        .cloned()
-        .unwrap_or_default();
-    phases
+    report_phases(json)
+        .unwrap_or_default()
         .iter()
         .flat_map(|p| {
             let name = p["phase"].as_str().unwrap_or("?").to_string();
