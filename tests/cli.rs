@@ -539,6 +539,11 @@ fn bench_bootstrap_refuses_bad_input_before_starting_anything() {
         .assert()
         .failure()
         .stderr(predicate::str::contains("--control-planes must be 1 or 3"));
+    kubeforge()
+        .args(["bench", "bootstrap", "--kubernetes-version", "../v1"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("is not a Kubernetes version"));
     let empty = tempfile::tempdir().unwrap();
     kubeforge()
         .args(["bench", "bootstrap", "--mirror"])

@@ -127,6 +127,12 @@ pub async fn run(a: &BootstrapBenchArgs) -> Result<BootstrapReport, Error> {
             "--workers must be at most 10 and --load-balancers at most 3 (the machines share this host's cores)",
         ));
     }
+    if crate::spec::validate::parse_kubernetes_version(&a.kubernetes_version).is_none() {
+        return Err(usage(format!(
+            "--kubernetes-version `{}` is not a Kubernetes version like v1.20.2",
+            a.kubernetes_version
+        )));
+    }
     let mirror = std::path::absolute(&a.mirror)
         .map_err(|e| usage(format!("--mirror {}: {e}", a.mirror.display())))?;
     if !mirror.join(&a.kubernetes_version).is_dir() {
