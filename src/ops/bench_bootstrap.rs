@@ -16,9 +16,9 @@
 //! Each round ends with `kubeforge destroy`. What kubeforge adds over the peer is its own
 //! share: the detached kubeadm and its marker, the facts and state it records, and its
 //! gates (every apiserver's /readyz, etcd members healthy, a Service programmed by every
-//! kube-proxy, a pod on every node).
+//! kube-proxy).
 
-use super::bench::{usage, Measurement};
+use super::bench::{measurements, usage, Measurement};
 use crate::cli::BootstrapBenchArgs;
 use crate::error::Error;
 use crate::kube::{self, Kubeadm};
@@ -344,25 +344,16 @@ async fn rounds(
         kubeforge: whole,
         ratio: ratio(whole, bare_total),
     });
-    let measurements = stages
+    let rows: Vec<(String, String, f64)> = stages
         .iter()
         .flat_map(|s| {
             [
-                Measurement {
-                    work: s.work.clone(),
-                    tool: "kubeforge".into(),
-                    seconds: s.kubeforge,
-                    ratio_to_kubeforge: 1.0,
-                },
-                Measurement {
-                    work: s.work.clone(),
-                    tool: "bare kubeadm".into(),
-                    seconds: s.bare_kubeadm,
-                    ratio_to_kubeforge: ratio(s.bare_kubeadm, s.kubeforge),
-                },
+                (s.work.clone(), "kubeforge".to_string(), s.kubeforge),
+                (s.work.clone(), "bare kubeadm".to_string(), s.bare_kubeadm),
             ]
         })
         .collect();
+    let measurements = measurements(&rows);
     Ok(BootstrapReport {
         control_planes: a.control_planes,
         workers: a.workers,
@@ -379,7 +370,7 @@ async fn rounds(
         load_after: super::bench_converge::load_average(),
         notes: [
             "the two rounds run one after the other on fresh machines of the same topology; the preparation (machines, binaries, images, containerd, kubelet, load balancers) is kubeforge's in both".into(),
-            "bare kubeadm runs the same commands with the same configurations, back to back over one SSH connection per host, and stops when every Node is Ready; kubeforge's gates go further (every apiserver ready, etcd healthy, a Service programmed by every kube-proxy, a pod on every node) and it records the CA, the shared PKI and the admin kubeconfig in the encrypted state".into(),
+            "bare kubeadm runs the same commands with the same configurations, back to back over one SSH connection per host, and stops when every Node is Ready; kubeforge's gates go further (every apiserver ready, etcd healthy, a Service programmed by every kube-proxy) and it records the CA, the shared PKI and the admin kubeconfig in the encrypted state".into(),
         ]
         .into_iter()
         .chain(phase_notes)
