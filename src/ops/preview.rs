@@ -267,7 +267,7 @@ pub async fn against_hosts(
                 Ok(hs) => (
                     mine.iter()
                         .zip(hs)
-                        .map(|((i, hp), h)| (*i, h, phase::host_plan_digest(hp)))
+                        .map(|((i, hp), h)| (*i, h, *hp))
                         .collect::<Vec<_>>(),
                     None,
                 ),
@@ -279,9 +279,9 @@ pub async fn against_hosts(
     let mut by_phase: Vec<Vec<crate::phase::exec::ResolvedHost>> = vec![Vec::new(); plans.len()];
     let mut done = std::collections::BTreeSet::new();
     for (resolved, error) in per_host {
-        for (i, h, digest) in resolved {
+        for (i, h, hp) in resolved {
             if h.is_empty() {
-                done.insert((plans[i].name.clone(), h.host, digest));
+                done.insert((plans[i].name.clone(), h.host, phase::host_plan_digest(hp)));
             } else {
                 by_phase[i].push(h);
             }

@@ -236,7 +236,8 @@ pub async fn run_playbook(
 }
 
 fn plan_digest(p: &PhasePlan) -> String {
-    use sha2::{Digest, Sha256};
-    let json = serde_json::to_vec(p).unwrap_or_default();
-    hex::encode(&Sha256::digest(&json)[..8])
+    // The journal keeps the first 8 bytes.
+    let mut d = phase::json_digest(p);
+    d.truncate(16);
+    d
 }

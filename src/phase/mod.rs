@@ -269,8 +269,13 @@ pub struct PhasePlan {
 /// with their commands and checks): the preview and the run compare it to know they
 /// speak of the same plan.
 pub fn host_plan_digest(hp: &HostPlan) -> String {
+    json_digest(hp)
+}
+
+/// sha256 (hex) of a value's JSON: what a plan (or part of one) is, for comparing.
+pub fn json_digest<T: Serialize>(value: &T) -> String {
     use sha2::{Digest, Sha256};
-    let json = serde_json::to_vec(hp).unwrap_or_default();
+    let json = serde_json::to_vec(value).unwrap_or_default();
     hex::encode(Sha256::digest(&json))
 }
 
