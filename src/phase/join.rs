@@ -258,6 +258,11 @@ impl Phase for JoinControlPlane {
                 "after {}: etcd lists {members} started members; https://{endpoint}/readyz answers ok",
                 h.name
             )));
+            if members == 2 {
+                p.operator.push(Step::new(
+                    "if etcd had a single member before this join: replace the kube-proxy Pods (their watches went blind while etcd had no leader)",
+                ));
+            }
         }
         p
     }
@@ -267,8 +272,6 @@ impl Phase for JoinControlPlane {
             return Ok(());
         }
         let phase = self.name().to_string();
-        repair_before_joins(ctx, &phase, plan).await?;
-        refresh_join_credentials(ctx, &phase, true).await?;
         let (first, s) =
             ctx.first_control_plane(&phase)
                 .await?
@@ -277,6 +280,32 @@ impl Phase for JoinControlPlane {
                     message: "no control-plane node".into(),
                 })?;
         let err = |e: HostError| PhaseError::host(&phase, e);
+        if ctx.nothing_to_do(plan) {
+            // Every node joined (the preview saw it moments ago): no credentials to
+            // refresh, no join; what the gates prove after the last join is proved once.
+            ctx.hosts(plan, &exec::NoSpecial).await?;
+            wait_members(
+                ctx,
+                s.as_ref(),
+                &first.name,
+                &phase,
+                1 + plan.hosts.len(),
+                "the joins",
+            )
+            .await?;
+            return super::wait_readyz(ctx, s.as_ref(), &phase).await;
+        }
+        repair_before_joins(ctx, &phase, plan).await?;
+        refresh_join_credentials(ctx, &phase, true).await?;
+        // A lone etcd member loses its leader when the second member is added, until
+        // that member's etcd starts: watches served by the apiserver next to it stay
+        // silent afterwards (reproduced here: clients that reconnect, such as kubelets,
+        // recover; kube-proxy keeps its blind watch and never programs a new Service).
+        let lone_member = etcd_members(s.as_ref(), &first.name, ctx)
+            .await
+            .map_err(err)?
+            .len()
+            == 1;
         let mut expected = 1;
         // Strictly one node at a time; a failed join or gate stops the rest.
         for hp in &plan.hosts {
@@ -286,31 +315,82 @@ impl Phase for JoinControlPlane {
                 ..plan.clone()
             };
             ctx.hosts(&one, &exec::NoSpecial).await?;
-            let start = Instant::now();
-            loop {
-                let members = etcd_members(s.as_ref(), &first.name, ctx)
+            let after = format!("joining {}", hp.host);
+            wait_members(ctx, s.as_ref(), &first.name, &phase, expected, &after).await?;
+            super::wait_readyz(ctx, s.as_ref(), &phase).await?;
+            if lone_member && expected == 2 {
+                replace_kube_proxies(ctx, s.as_ref(), &first.name)
                     .await
                     .map_err(err)?;
-                if members.len() >= expected {
-                    break;
-                }
-                if start.elapsed() > MEMBER_WAIT {
-                    return Err(PhaseError::Gate {
-                        phase,
-                        message: format!(
-                            "after joining {}, etcd lists {} started members ({}), expected {expected}",
-                            hp.host,
-                            members.len(),
-                            members.join(", ")
-                        ),
-                    });
-                }
-                tokio::time::sleep(Duration::from_secs(2)).await;
             }
-            super::wait_readyz(ctx, s.as_ref(), &phase).await?;
         }
         Ok(())
     }
+}
+
+/// Gate: etcd (asked of `first`) lists at least `expected` started members within
+/// `MEMBER_WAIT`.
+async fn wait_members(
+    ctx: &ApplyContext<'_>,
+    t: &dyn crate::transport::Transport,
+    first: &str,
+    phase: &str,
+    expected: usize,
+    after: &str,
+) -> Result<(), PhaseError> {
+    let start = Instant::now();
+    loop {
+        let members = etcd_members(t, first, ctx)
+            .await
+            .map_err(|e| PhaseError::host(phase, e))?;
+        if members.len() >= expected {
+            return Ok(());
+        }
+        if start.elapsed() > MEMBER_WAIT {
+            return Err(PhaseError::Gate {
+                phase: phase.to_string(),
+                message: format!(
+                    "after {after}, etcd lists {} started members ({}), expected {expected}",
+                    members.len(),
+                    members.join(", ")
+                ),
+            });
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// Replace every kube-proxy Pod (the DaemonSet starts a new one at once; the rules it
+/// programmed stay in place meanwhile, so no Service stops routing): run after etcd
+/// went from one member to two, whose leaderless moment left their watches blind.
+async fn replace_kube_proxies(
+    ctx: &ApplyContext<'_>,
+    t: &dyn crate::transport::Transport,
+    first: &str,
+) -> Result<(), HostError> {
+    let out = exec::run(
+        t,
+        first,
+        &format!(
+            "{} -n kube-system delete pod -l k8s-app=kube-proxy --wait=false -o name",
+            crate::kube::kubectl()
+        ),
+        ctx.secrets,
+        false,
+    )
+    .await?;
+    let pods: Vec<&str> = out
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    if !pods.is_empty() {
+        ctx.note(format!(
+            "etcd went from one member to two (its leader is gone until the new member starts, and the watches of the first kube-apiserver stay blind after that): replaced the kube-proxy Pods that were running ({})",
+            pods.join(", ")
+        ));
+    }
+    Ok(())
 }
 
 #[async_trait::async_trait]
@@ -347,8 +427,10 @@ impl Phase for JoinWorkers {
         if plan.hosts.is_empty() {
             return Ok(());
         }
-        repair_before_joins(ctx, self.name(), plan).await?;
-        refresh_join_credentials(ctx, self.name(), false).await?;
+        if !ctx.nothing_to_do(plan) {
+            repair_before_joins(ctx, self.name(), plan).await?;
+            refresh_join_credentials(ctx, self.name(), false).await?;
+        }
         ctx.hosts(plan, &exec::NoSpecial).await.map(|_| ())
     }
 }

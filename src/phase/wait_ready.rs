@@ -244,20 +244,28 @@ async fn watchers_gate(
             s,
             first,
             &format!(
-                "{} -n kube-system get pod -l k8s-app=kube-proxy --field-selector {} -o jsonpath='{{range .items[*]}}{{.metadata.name}} restarts={{.status.containerStatuses[0].restartCount}} state={{.status.containerStatuses[0].state}}{{end}}' 2>&1 || true",
-                kubectl(),
-                crate::transport::shell::quote(&format!("spec.nodeName={}", h.name))
+                "{k} -n kube-system get pod -l k8s-app=kube-proxy --field-selector {sel} -o jsonpath='{{range .items[*]}}{{.metadata.name}} restarts={{.status.containerStatuses[0].restartCount}} state={{.status.containerStatuses[0].state}}{{end}}' 2>&1 || true; \
+for p in $({k} -n kube-system get pod -l k8s-app=kube-proxy --field-selector {sel} -o name 2>/dev/null); do echo; {k} -n kube-system logs --tail=6 \"$p\" 2>&1 | cut -c1-300; done",
+                k = kubectl(),
+                sel = crate::transport::shell::quote(&format!("spec.nodeName={}", h.name))
             ),
             ctx.secrets,
             false,
         )
         .await
         .unwrap_or_default();
+        let mut seen = seen.trim().lines();
+        let status = seen.next().unwrap_or_default().trim().to_string();
+        let log: Vec<&str> = seen.map(str::trim).filter(|l| !l.is_empty()).collect();
         ctx.note(format!(
-            "kube-proxy did not program a new Service within {}s on {} ({}): replacing its Pod there",
+            "kube-proxy did not program a new Service within {}s on {} ({status}): replacing its Pod there{}",
             PROXY_WAIT.as_secs(),
             h.name,
-            seen.trim()
+            if log.is_empty() {
+                String::new()
+            } else {
+                format!("; its last log lines: {}", log.join(" | "))
+            }
         ));
     }
     for h in &late {
@@ -370,7 +378,7 @@ serves them within {}s (a stale one is restarted, /readyz before the next); kube
                     ),
                 });
             }
-            tokio::time::sleep(Duration::from_secs(3)).await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
 }
