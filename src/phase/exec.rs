@@ -359,6 +359,7 @@ pub async fn resolve_hosts(
         .flatten()
         .filter_map(|st| st.check.clone())
         .collect();
+    let asked = std::time::Instant::now();
     let mut answers = s
         .checks(&checks)
         .await
@@ -367,6 +368,7 @@ pub async fn resolve_hosts(
             source,
         })?
         .into_iter();
+    tracing::debug!(host = %host.name, checks = checks.len(), seconds = asked.elapsed().as_secs_f64(), "checks answered");
     let mut out = Vec::new();
     for (hp, (planned, steps)) in hps.iter().zip(planned.into_iter().zip(steps)) {
         let mut r = ResolvedHost {

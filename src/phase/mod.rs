@@ -108,6 +108,15 @@ impl ApplyContext<'_> {
             n.push(line);
         }
     }
+
+    /// Whether the preview found every host part of `plan` done moments ago and the
+    /// plan has no repair of kubeforge's own: nothing of it will change a host.
+    pub fn nothing_to_do(&self, plan: &PhasePlan) -> bool {
+        plan.hosts
+            .iter()
+            .all(|hp| self.unchanged.contains(&hp.host))
+            && plan.operator.iter().all(|s| s.special.is_none())
+    }
 }
 
 impl ApplyContext<'_> {

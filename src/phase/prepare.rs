@@ -54,11 +54,16 @@ impl Phase for PrepareHosts {
             "[ \"$({BIN_DIR}/kubeadm version -o short 2>/dev/null)\" = {} ] && [ -x {BIN_DIR}/kubelet ] && [ -x {BIN_DIR}/kubectl ]",
             quote(&version)
         );
-        for i in &images {
-            installed_check.push_str(&format!(
-                " && ctr -n k8s.io images ls -q {} | grep -q .",
-                quote(&format!("name=={i}"))
-            ));
+        // One listing of containerd's images (a `ctr` per image cost a Go process
+        // each), every reference looked up in it as a whole line.
+        if !images.is_empty() {
+            installed_check.push_str(" && imgs=$(ctr -n k8s.io images ls -q)");
+            for i in &images {
+                installed_check.push_str(&format!(
+                    " && printf '%s\\n' \"$imgs\" | grep -qxF -- {}",
+                    quote(i)
+                ));
+            }
         }
         for h in &ctx.hosts {
             let files = ctx.files_for(&h.name, FileGroup::NodeBase);
@@ -146,7 +151,7 @@ impl Phase for PrepareHosts {
         if plan.hosts.is_empty() {
             return Ok(());
         }
-        if plan.hosts.iter().all(|hp| ctx.unchanged.contains(&hp.host)) {
+        if ctx.nothing_to_do(plan) {
             // Every host found done moments ago: nothing to fetch or verify.
             return ctx.hosts(plan, &super::exec::NoSpecial).await.map(|_| ());
         }
