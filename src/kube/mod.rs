@@ -325,6 +325,43 @@ pub async fn service_programmed(
     Ok(out.trim() == "yes")
 }
 
+/// Delete the kube-proxy Pods, of the Node `node` or (None) of every node, without
+/// waiting: the DaemonSet starts new ones at once, and the rules the old ones programmed
+/// stay in place meanwhile. Returns the Pods deleted (`pod/<name>`).
+pub async fn replace_kube_proxies(
+    t: &dyn Transport,
+    host: &str,
+    node: Option<&str>,
+    secrets: &dyn Redact,
+    verbose: bool,
+) -> Result<Vec<String>, HostError> {
+    let on = node
+        .map(|n| {
+            format!(
+                " --field-selector {}",
+                crate::transport::shell::quote(&format!("spec.nodeName={n}"))
+            )
+        })
+        .unwrap_or_default();
+    let out = remote::run(
+        t,
+        host,
+        &format!(
+            "{} -n kube-system delete pods -l k8s-app=kube-proxy{on} --wait=false -o name",
+            kubectl()
+        ),
+        secrets,
+        verbose,
+    )
+    .await?;
+    Ok(out
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect())
+}
+
 /// Stop the oldest process whose command line matches `pattern` (a static Pod's main
 /// process: `^etcd `, `^kube-scheduler `) on the machine behind `t` with SIGTERM and wait
 /// up to `limit_secs` until it is gone; kubelet starts the container again. Nothing runs:

@@ -360,30 +360,14 @@ async fn wait_members(
     }
 }
 
-/// Replace every kube-proxy Pod (the DaemonSet starts a new one at once; the rules it
-/// programmed stay in place meanwhile, so no Service stops routing): run after etcd
-/// went from one member to two, whose leaderless moment left their watches blind.
+/// Replace every kube-proxy Pod: run after etcd went from one member to two, whose
+/// leaderless moment left their watches blind.
 async fn replace_kube_proxies(
     ctx: &ApplyContext<'_>,
     t: &dyn crate::transport::Transport,
     first: &str,
 ) -> Result<(), HostError> {
-    let out = exec::run(
-        t,
-        first,
-        &format!(
-            "{} -n kube-system delete pod -l k8s-app=kube-proxy --wait=false -o name",
-            crate::kube::kubectl()
-        ),
-        ctx.secrets,
-        false,
-    )
-    .await?;
-    let pods: Vec<&str> = out
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect();
+    let pods = crate::kube::replace_kube_proxies(t, first, None, ctx.secrets, false).await?;
     if !pods.is_empty() {
         ctx.note(format!(
             "etcd went from one member to two (its leader is gone until the new member starts, and the watches of the first kube-apiserver stay blind after that): replaced the kube-proxy Pods that were running ({})",

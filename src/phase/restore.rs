@@ -468,18 +468,9 @@ impl Phase for RestoreFinish {
             }
         }
         super::wait_readyz(ctx, t, phase).await?;
-        exec::run(
-            t,
-            &target.name,
-            &format!(
-                "{} -n kube-system delete pods -l k8s-app=kube-proxy --wait=false",
-                kube::kubectl()
-            ),
-            ctx.secrets,
-            ctx.rt.verbose,
-        )
-        .await
-        .map_err(err)?;
+        kube::replace_kube_proxies(t, &target.name, None, ctx.secrets, ctx.rt.verbose)
+            .await
+            .map_err(err)?;
         ctx.note(
             "kube-controller-manager and kube-scheduler restarted, kubelets restarted, kube-proxy Pods replaced"
                 .into(),

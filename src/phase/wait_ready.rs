@@ -269,19 +269,9 @@ for p in $({k} -n kube-system get pod -l k8s-app=kube-proxy --field-selector {se
         ));
     }
     for h in &late {
-        exec::run(
-            s,
-            first,
-            &format!(
-                "{} -n kube-system delete pod -l k8s-app=kube-proxy --field-selector {} --wait=false",
-                kubectl(),
-                crate::transport::shell::quote(&format!("spec.nodeName={}", h.name))
-            ),
-            ctx.secrets,
-            false,
-        )
-        .await
-        .map_err(err)?;
+        crate::kube::replace_kube_proxies(s, first, Some(&h.name), ctx.secrets, false)
+            .await
+            .map_err(err)?;
     }
     for h in late {
         let hs = exec::session(ctx.rt, h).await.map_err(err)?;
