@@ -319,26 +319,168 @@ pub fn init_node<'a>(
     }
 }
 
+/// Where a host's facts command keeps the versions of the Go binaries it asked, with
+/// the binary's identity (size, mtime, ctime, inode) when asked: a binary unchanged
+/// since is not run again (each run of one costs a Go process start on the host).
+pub const VERSION_CACHE: &str = "/var/lib/kubeforge/versions";
+
 /// One round trip per host: `key=value` lines.
 pub fn host_command() -> String {
+    host_command_in(BIN_DIR, VERSION_CACHE)
+}
+
+/// A shell function `kfv NAME BINARY` (NAME: containerd, kubelet or kubeadm) that
+/// prints `NAME=VERSION` of the binary, asking it only when its identity changed since
+/// its version was kept in `version_cache` (nothing when it is missing or says none).
+pub fn version_function(version_cache: &str) -> String {
     format!(
-        "echo arch=$(uname -m); . /etc/os-release 2>/dev/null; echo \"os=$ID $VERSION_ID\"; \
+        "kfv() {{ n=$1; b=$2; [ -n \"$b\" ] || return 0; k=$(stat -Lc '%s:%.9Y:%.9Z:%i' \"$b\" 2>/dev/null) || return 0; \
+c={vc}/$n; ck=; cv=; [ -r \"$c\" ] && read -r ck cv < \"$c\"; \
+if [ \"$ck\" != \"$k\" ] || [ -z \"$cv\" ]; then case $n in \
+containerd) cv=$(\"$b\" --version 2>/dev/null | awk '{{print $3}}');; \
+kubelet) cv=$(\"$b\" --version 2>/dev/null | awk '{{print $2}}');; \
+kubeadm) cv=$(\"$b\" version -o short 2>/dev/null);; esac; \
+[ -n \"$cv\" ] && {{ mkdir -p -m 700 {vc} && echo \"$k $cv\" > \"$c.$$\" && mv -f \"$c.$$\" \"$c\"; }} 2>/dev/null; fi; \
+[ -n \"$cv\" ] && echo \"$n=$cv\"; return 0; }};",
+        vc = version_cache,
+    )
+}
+
+fn host_command_in(bin_dir: &str, version_cache: &str) -> String {
+    format!(
+        "{kfv} echo arch=$(uname -m); . /etc/os-release 2>/dev/null; echo \"os=$ID $VERSION_ID\"; \
 command -v systemctl >/dev/null && echo systemd=yes; \
-v=$(containerd --version 2>/dev/null) && echo \"containerd=$(echo $v | awk '{{print $3}}')\"; \
-v=$({BIN_DIR}/kubelet --version 2>/dev/null) && echo \"kubelet=$(echo $v | awk '{{print $2}}')\"; \
-v=$({BIN_DIR}/kubeadm version -o short 2>/dev/null) && echo \"kubeadm=$v\"; \
+kfv containerd \"$(command -v containerd)\"; \
+[ -x {bin_dir}/kubelet ] && kfv kubelet {bin_dir}/kubelet; \
+[ -x {bin_dir}/kubeadm ] && kfv kubeadm {bin_dir}/kubeadm; \
 test -f {init} && echo init=yes; test -f {kc} && echo kubelet_conf=yes; \
 test -f {m}/etcd.yaml && test -f {m}/kube-apiserver.yaml && echo cp=yes; \
 test -f {held}/etcd.yaml && test -f {held}/kube-apiserver.yaml && echo held=yes; \
 v=$(sed -n 's/^ *image: *//p' {m}/kube-apiserver.yaml {held}/kube-apiserver.yaml 2>/dev/null | head -n1) && [ -n \"$v\" ] && echo \"apiserver_image=$v\"; \
 v=$(sed -n 's/.*\"subnet\": *\"\\([0-9./]*\\)\".*/\\1/p' {conflist} 2>/dev/null | head -n1) && [ -n \"$v\" ] && echo \"pod_cidr=$v\"; \
 for u in $(systemctl list-units --state=active --plain --no-legend 'kubeforge-kubeadm-*' 2>/dev/null | awk '{{print $1}}'); do echo \"busy=${{u%.service}}\"; done; true",
+        kfv = version_function(version_cache),
         init = kube::kubeadm::INIT_DONE,
         kc = kube::KUBELET_CONF,
         m = kube::MANIFESTS,
         held = kube::etcdctl::HELD_DIR,
         conflist = crate::render::views::CONFLIST_TEMPLATE,
     )
+}
+
+/// Marks the sections of the cluster part of an answer (after the host's own lines).
+const SECTION: &str = "@@kubeforge-facts";
+
+/// The etcd client URL kubeadm gives the member of a control plane at `address`.
+fn client_url(address: &str) -> Option<String> {
+    match address.parse::<std::net::IpAddr>().ok()? {
+        std::net::IpAddr::V4(ip) => Some(format!("https://{ip}:2379")),
+        std::net::IpAddr::V6(ip) => Some(format!("https://[{ip}]:2379")),
+    }
+}
+
+/// The etcd client URLs whose health the cluster part asks for at once: every
+/// control-plane host's of the file, then those of the control planes that leave. A
+/// member elsewhere is asked on its own.
+fn health_urls(c: &LoadedCluster, leaving: &[Leaving]) -> Vec<String> {
+    let mut out: Vec<String> = c
+        .topology
+        .hosts
+        .iter()
+        .filter(|h| h.has(Role::ControlPlane))
+        .filter_map(|h| client_url(&h.internal_address.to_string()))
+        .collect();
+    for l in leaving.iter().filter(|l| l.has(Role::ControlPlane)) {
+        out.extend(l.addresses.iter().filter_map(|a| client_url(a)));
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The cluster part of the facts, asked on one control-plane node in one round trip:
+/// the nodes (`kubectl get nodes`), the etcd members and the health of each of `urls`,
+/// all at once in the background. `start` begins it (only where an API server and
+/// etcd run and the admin kubeconfig is); `collect` waits and prints it in sections.
+fn cluster_script(urls: &[String]) -> (String, String) {
+    let curl = etcd::CURL;
+    let mut start = format!(
+        "kfd=; if [ -f {admin} ] && [ -f {m}/etcd.yaml ] && [ -f {m}/kube-apiserver.yaml ]; then kfd=$(mktemp -d 2>/dev/null) || kfd=; fi; \
+if [ -n \"$kfd\" ]; then \
+( {kubectl} get nodes -o json --request-timeout=10s >$kfd/nodes 2>/dev/null; echo $? >$kfd/nodes.rc ) & \
+( {curl} -X POST https://127.0.0.1:2379/v3/cluster/member/list >$kfd/members 2>/dev/null; echo $? >$kfd/members.rc ) & ",
+        admin = kube::ADMIN_CONF,
+        m = kube::MANIFESTS,
+        kubectl = kube::kubectl(),
+    );
+    let mut collect = format!(
+        "if [ -n \"$kfd\" ]; then wait; \
+echo \"{SECTION} nodes $(cat $kfd/nodes.rc)\"; cat $kfd/nodes; echo; \
+echo \"{SECTION} members $(cat $kfd/members.rc)\"; cat $kfd/members; echo; "
+    );
+    for (i, url) in urls.iter().filter(|u| etcd::client_url_ok(u)).enumerate() {
+        start.push_str(&format!(
+            "( {curl} {url}/health >$kfd/health{i} 2>/dev/null ) & "
+        ));
+        collect.push_str(&format!(
+            "echo \"{SECTION} health {url}\"; cat $kfd/health{i}; echo; "
+        ));
+    }
+    start.push_str("fi; ");
+    collect.push_str("rm -rf \"$kfd\"; fi; true");
+    (start, collect)
+}
+
+/// The cluster part of an answer: the nodes and members JSON (None: the command
+/// failed) and, by client URL, whether that etcd member said it is healthy.
+#[derive(Debug, Default)]
+struct ClusterAnswer {
+    nodes: Option<String>,
+    members: Option<String>,
+    health: BTreeMap<String, bool>,
+}
+
+/// An answer split into the host's own lines and the cluster part (None: not asked,
+/// or no control plane runs there).
+fn split_answer(out: &str) -> (&str, Option<ClusterAnswer>) {
+    let Some(at) = out
+        .match_indices(SECTION)
+        .map(|(i, _)| i)
+        .find(|&i| i == 0 || out.as_bytes()[i - 1] == b'\n')
+    else {
+        return (out, None);
+    };
+    let mut answer = ClusterAnswer::default();
+    let mut section: Option<(String, String)> = None;
+    let mut body = String::new();
+    let mut finish = |section: Option<(String, String)>, body: &mut String| {
+        if let Some((kind, arg)) = section {
+            match kind.as_str() {
+                "nodes" if arg == "0" => answer.nodes = Some(std::mem::take(body)),
+                "members" if arg == "0" => answer.members = Some(std::mem::take(body)),
+                "health" => {
+                    let ok = body.replace(' ', "").contains("\"health\":\"true\"");
+                    answer.health.insert(arg, ok);
+                }
+                _ => {}
+            }
+        }
+        body.clear();
+    };
+    for line in out[at..].lines() {
+        if let Some(rest) = line.strip_prefix(SECTION) {
+            finish(section.take(), &mut body);
+            let mut words = rest.split_whitespace();
+            let kind = words.next().unwrap_or_default().to_string();
+            let arg = words.next().unwrap_or_default().to_string();
+            section = Some((kind, arg));
+        } else {
+            body.push_str(line);
+            body.push('\n');
+        }
+    }
+    finish(section, &mut body);
+    (&out[..at], Some(answer))
 }
 
 pub fn parse_host(out: &str) -> HostFacts {
@@ -430,9 +572,25 @@ pub async fn gather(
         label: "facts".into(),
         cancel_on_ctrl_c: true,
     };
-    let cmd = host_command();
+    // The first control plane of the file (the node later phases ask) answers the
+    // cluster part in the same round trip as its own facts, when it runs one.
+    let urls = health_urls(c, &facts.leaving);
+    let designated = c
+        .topology
+        .first_control_plane()
+        .map(|h| h.name.clone())
+        .filter(|n| names.contains(n));
+    let plain = host_command();
+    let with_cluster = {
+        let (start, collect) = cluster_script(&urls);
+        format!("{start}{plain}; {collect}")
+    };
     let results = fan_out(&names, &opts, |name| {
-        let cmd = cmd.clone();
+        let cmd = if designated.as_deref() == Some(name.as_str()) {
+            with_cluster.clone()
+        } else {
+            plain.clone()
+        };
         async move {
             let Some(h) = c.topology.host(&name) else {
                 return Err(HostError::Other {
@@ -449,13 +607,18 @@ pub async fn gather(
                 })?;
             let out =
                 crate::transport::remote::run(s.as_ref(), &name, &cmd, secrets, false).await?;
-            Ok::<_, HostError>(parse_host(&out))
+            let (own, cluster) = split_answer(&out);
+            Ok::<_, HostError>((parse_host(own), cluster))
         }
     })
     .await;
+    let mut answered = None;
     for r in results {
         match r.result {
-            Ok(f) => {
+            Ok((f, cluster)) => {
+                if let Some(a) = cluster {
+                    answered = Some((r.host.clone(), a));
+                }
                 facts.hosts.insert(r.host.clone(), f);
             }
             Err(e) => {
@@ -466,7 +629,8 @@ pub async fn gather(
             }
         }
     }
-    complete(pool, c, facts, secrets).await
+    cluster_facts(pool, c, &mut facts, secrets, answered).await;
+    facts
 }
 
 /// Add the nodes and etcd to the facts of the hosts.
@@ -476,7 +640,7 @@ pub async fn complete(
     mut facts: ClusterFacts,
     secrets: &dyn Redact,
 ) -> ClusterFacts {
-    cluster_facts(pool, c, &mut facts, secrets).await;
+    cluster_facts(pool, c, &mut facts, secrets, None).await;
     facts
 }
 
@@ -527,12 +691,14 @@ fn joining(c: &LoadedCluster, hosts: &BTreeMap<String, HostFacts>, peer: &str) -
         })
 }
 
-/// Nodes and etcd, from the first control-plane node that answers and runs one.
+/// Nodes and etcd, from the first control-plane node that answers and runs one (each
+/// asked in one round trip); `answered`: a node that already answered with its facts.
 async fn cluster_facts(
     pool: &SshPool,
     c: &LoadedCluster,
     facts: &mut ClusterFacts,
     secrets: &dyn Redact,
+    answered: Option<(String, ClusterAnswer)>,
 ) {
     // The control planes of the file that run one, then those that leave the cluster
     // (they still run theirs until they are removed).
@@ -556,47 +722,204 @@ async fn cluster_facts(
             .filter(|l| l.has(Role::ControlPlane))
             .map(|l| (l.name.clone(), l.address.clone())),
     );
+    let urls = health_urls(c, &facts.leaving);
+    let mut answered = answered;
     for (name, address) in &ask {
+        if facts.nodes.is_some() && facts.etcd.is_some() {
+            break;
+        }
         let Ok(Ok(s)) =
             tokio::time::timeout(std::time::Duration::from_secs(15), pool.session(address)).await
         else {
             continue;
         };
-        let name = name.as_str();
-        if facts.nodes.is_none() {
-            if let Ok(n) = kube::nodes(s.as_ref(), name, secrets).await {
-                facts.nodes = Some(n);
+        let answer = match answered.take() {
+            // Asked already, in the same round trip as its facts.
+            Some((n, a)) if n == *name => a,
+            other => {
+                answered = other;
+                let (start, collect) = cluster_script(&urls);
+                let Ok(out) = crate::transport::remote::run(
+                    s.as_ref(),
+                    name,
+                    &format!("{start}{collect}"),
+                    secrets,
+                    false,
+                )
+                .await
+                else {
+                    continue;
+                };
+                match split_answer(&out).1 {
+                    Some(a) => a,
+                    None => continue,
+                }
             }
-        }
-        if facts.etcd.is_none() {
-            if let Ok(members) = etcd::members(s.as_ref(), name, secrets).await {
-                let healthy = etcd::healthy(s.as_ref(), &members).await;
-                let stale = etcd::stale(&members, |peer| {
-                    machine_gone(c, &facts.hosts, &facts.absent, &facts.leaving, peer)
-                })
-                .into_iter()
-                // A member added by a join that is still running is not stale.
-                .filter(|m| {
-                    m.started() || !m.peer_host().is_some_and(|p| joining(c, &facts.hosts, &p))
-                })
-                .cloned()
-                .collect();
-                facts.etcd = Some(EtcdFacts {
-                    asked: name.to_string(),
-                    members,
-                    healthy,
-                    stale,
-                });
-            }
-        }
-        if facts.nodes.is_some() && facts.etcd.is_some() {
-            break;
+        };
+        take_answer(c, facts, name, answer, s.as_ref()).await;
+    }
+}
+
+/// Fill what the facts lack of the nodes and etcd from a control plane's answer; an
+/// etcd member whose health was not asked with it is asked now, through `t`.
+async fn take_answer(
+    c: &LoadedCluster,
+    facts: &mut ClusterFacts,
+    name: &str,
+    answer: ClusterAnswer,
+    t: &dyn crate::transport::Transport,
+) {
+    if facts.nodes.is_none() {
+        if let Some(n) = answer
+            .nodes
+            .as_deref()
+            .and_then(|j| kube::parse_nodes(j).ok())
+        {
+            facts.nodes = Some(n);
         }
     }
+    if facts.etcd.is_some() {
+        return;
+    }
+    let Some(members) = answer
+        .members
+        .as_deref()
+        .and_then(|j| etcd::parse_members(j).ok())
+    else {
+        return;
+    };
+    let mut healthy = Vec::new();
+    for m in &members {
+        let Some(url) = m.client_urls.first() else {
+            continue;
+        };
+        let ok = match answer.health.get(url) {
+            Some(ok) => *ok,
+            None => etcd::health(t, url).await.is_ok(),
+        };
+        if ok {
+            healthy.push(m.id);
+        }
+    }
+    let stale = etcd::stale(&members, |peer| {
+        machine_gone(c, &facts.hosts, &facts.absent, &facts.leaving, peer)
+    })
+    .into_iter()
+    // A member added by a join that is still running is not stale.
+    .filter(|m| m.started() || !m.peer_host().is_some_and(|p| joining(c, &facts.hosts, &p)))
+    .cloned()
+    .collect();
+    facts.etcd = Some(EtcdFacts {
+        asked: name.to_string(),
+        members,
+        healthy,
+        stale,
+    });
 }
 
 #[cfg(test)]
 mod tests {
+    use std::process::Command;
+
+    fn bash(script: &str) -> String {
+        let out = Command::new("bash").arg("-c").arg(script).output();
+        let out = out.expect("bash runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The Go binaries' versions are asked once and kept with the binary's identity:
+    /// asked again only when the binary changes.
+    #[test]
+    fn binary_versions_are_asked_once_per_binary() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let bin = dir.path().join("bin");
+        let cache = dir.path().join("versions");
+        std::fs::create_dir(&bin).expect("bin dir");
+        let calls = dir.path().join("calls");
+        let fake = |name: &str, answer: &str| {
+            let p = bin.join(name);
+            std::fs::write(
+                &p,
+                format!(
+                    "#!/bin/sh\necho {name} >> {}\necho '{answer}'\n",
+                    calls.display()
+                ),
+            )
+            .expect("fake binary");
+            Command::new("chmod")
+                .arg("+x")
+                .arg(&p)
+                .status()
+                .expect("chmod");
+        };
+        fake("kubelet", "Kubernetes v1.20.2");
+        fake("kubeadm", "v1.20.2");
+        let cmd =
+            super::host_command_in(bin.to_str().expect("utf-8"), cache.to_str().expect("utf-8"));
+        let count = || {
+            std::fs::read_to_string(&calls)
+                .unwrap_or_default()
+                .lines()
+                .count()
+        };
+        let first = super::parse_host(&bash(&cmd));
+        assert_eq!(first.kubelet.as_deref(), Some("v1.20.2"));
+        assert_eq!(first.kubeadm.as_deref(), Some("v1.20.2"));
+        assert_eq!(count(), 2);
+        let again = super::parse_host(&bash(&cmd));
+        assert_eq!(
+            (again.kubelet, again.kubeadm),
+            (first.kubelet, first.kubeadm)
+        );
+        assert_eq!(count(), 2, "unchanged binaries are not run again");
+        // A new kubelet (another size, mtime and ctime) is asked.
+        fake("kubelet", "Kubernetes v1.20.3");
+        let upgraded = super::parse_host(&bash(&cmd));
+        assert_eq!(upgraded.kubelet.as_deref(), Some("v1.20.3"));
+        assert_eq!(count(), 3);
+        // A binary that gives no version is absent, as before.
+        fake("kubeadm", "");
+        assert_eq!(super::parse_host(&bash(&cmd)).kubeadm, None);
+        std::fs::remove_file(bin.join("kubeadm")).expect("rm");
+        assert_eq!(super::parse_host(&bash(&cmd)).kubeadm, None);
+    }
+
+    /// The cluster part is valid shell wherever it runs: where no control plane runs it
+    /// prints nothing and the host's lines are read as before.
+    #[test]
+    fn cluster_part_is_silent_without_a_control_plane() {
+        let (start, collect) = super::cluster_script(&[
+            "https://10.0.0.11:2379".to_string(),
+            "https://[fd00::1]:2379".to_string(),
+            "https://x'; rm -rf /".to_string(),
+        ]);
+        assert!(!start.contains("rm -rf /"), "{start}");
+        let out = bash(&format!("{start}echo arch=x86_64; {collect}"));
+        let (own, cluster) = super::split_answer(&out);
+        assert!(cluster.is_none(), "{out}");
+        assert_eq!(super::parse_host(own).arch, "x86_64");
+    }
+
+    #[test]
+    fn cluster_part_is_read_by_section() {
+        let out = format!(
+            "arch=x86_64\ncp=yes\n{s} nodes 0\n{{\"items\":[]}}\n\n{s} members 7\n\n{s} health https://10.0.0.11:2379\n{{\"health\": \"true\"}}\n{s} health https://10.0.0.12:2379\ncurl: (28) timeout\n",
+            s = super::SECTION
+        );
+        let (own, cluster) = super::split_answer(&out);
+        assert_eq!(own, "arch=x86_64\ncp=yes\n");
+        let c = cluster.expect("cluster part");
+        assert_eq!(c.nodes.as_deref().map(str::trim), Some("{\"items\":[]}"));
+        assert_eq!(c.members, None, "a failed member list is no answer");
+        assert_eq!(c.health.get("https://10.0.0.11:2379"), Some(&true));
+        assert_eq!(c.health.get("https://10.0.0.12:2379"), Some(&false));
+    }
+
     #[test]
     fn host_facts_are_read_from_key_value_lines() {
         let f = super::parse_host(

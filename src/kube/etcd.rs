@@ -6,7 +6,7 @@ use crate::transport::remote::{self, HostError, Redact};
 use crate::transport::Transport;
 use serde::Serialize;
 
-const CURL: &str = "curl -sS --max-time 5 --cacert /etc/kubernetes/pki/etcd/ca.crt \
+pub(crate) const CURL: &str = "curl -sS --max-time 5 --cacert /etc/kubernetes/pki/etcd/ca.crt \
 --cert /etc/kubernetes/pki/etcd/healthcheck-client.crt \
 --key /etc/kubernetes/pki/etcd/healthcheck-client.key";
 
@@ -89,14 +89,21 @@ pub async fn members(
     })
 }
 
+/// Whether `url` is an etcd client URL safe to hand to a shell (`https://` and a host
+/// and port of letters, digits, `.:[]-`).
+pub fn client_url_ok(url: &str) -> bool {
+    url.strip_prefix("https://").is_some_and(|rest| {
+        !rest.is_empty()
+            && rest
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b".:[]-".contains(&b))
+    })
+}
+
 /// Whether the member serving `client_url` answers its health endpoint with
 /// `"health":"true"`, asked from `t`; the answer otherwise.
 pub async fn health(t: &dyn Transport, client_url: &str) -> Result<(), String> {
-    if !client_url.starts_with("https://")
-        || !client_url[8..]
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b".:[]-".contains(&b))
-    {
+    if !client_url_ok(client_url) {
         return Err(format!("`{client_url}` is not an etcd client URL"));
     }
     let cmd = format!("{CURL} {client_url}/health");

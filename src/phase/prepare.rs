@@ -50,9 +50,12 @@ impl Phase for PrepareHosts {
             Ok(cat) if provides_images => cat.images.iter().map(|i| i.reference()).collect(),
             _ => Vec::new(),
         };
+        // kubeadm's version as the facts keep it (asked again only when the binary
+        // changed: a Go process start saved).
         let mut installed_check = format!(
-            "[ \"$({BIN_DIR}/kubeadm version -o short 2>/dev/null)\" = {} ] && [ -x {BIN_DIR}/kubelet ] && [ -x {BIN_DIR}/kubectl ]",
-            quote(&version)
+            "{} [ \"$(kfv kubeadm {BIN_DIR}/kubeadm)\" = {} ] && [ -x {BIN_DIR}/kubelet ] && [ -x {BIN_DIR}/kubectl ]",
+            crate::facts::version_function(crate::facts::VERSION_CACHE),
+            quote(&format!("kubeadm={version}"))
         );
         // One listing of containerd's images (a `ctr` per image cost a Go process
         // each), every reference looked up in it as a whole line.
