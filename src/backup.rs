@@ -294,23 +294,26 @@ pub async fn collect(
         .collect();
     let mut got = Vec::new();
     let mut problems = Vec::new();
-    for h in c.topology.control_planes() {
-        let Ok(s) = crate::phase::exec::session(rt, h).await else {
-            continue;
-        };
-        let Ok(out) = remote::run(
-            s.as_ref(),
-            &h.name,
-            &format!(
-                "ls -1 {SNAPSHOT_TIMER_DIR} 2>/dev/null | grep -E '^auto-.*\\.stream$' || true"
-            ),
-            secrets,
-            false,
-        )
-        .await
-        else {
-            continue;
-        };
+    // What every control plane's timer took, asked of all at once; then collected one
+    // node at a time.
+    let listings =
+        futures::future::join_all(c.topology.control_planes().into_iter().map(|h| async move {
+            let s = crate::phase::exec::session(rt, h).await.ok()?;
+            let out = remote::run(
+                s.as_ref(),
+                &h.name,
+                &format!(
+                    "ls -1 {SNAPSHOT_TIMER_DIR} 2>/dev/null | grep -E '^auto-.*\\.stream$' || true"
+                ),
+                secrets,
+                false,
+            )
+            .await
+            .ok()?;
+            Some((h, s, out))
+        }))
+        .await;
+    for (h, s, out) in listings.into_iter().flatten() {
         for file in out.lines().map(str::trim).filter(|l| !l.is_empty()) {
             let Some(name) = file.strip_suffix(".stream") else {
                 continue;

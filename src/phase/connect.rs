@@ -51,7 +51,7 @@ impl Phase for Connect {
         // busy), nothing earlier in this run changed a machine, and this phase finished
         // last time. Otherwise (a fresh cluster, machines just made, a long wait at the
         // prompt) the hosts are asked again.
-        if let Some(f) = ctx.rt.fresh_facts(REUSE_FACTS_FOR) {
+        if let Some(f) = ctx.rt.fresh_facts(super::FACTS_HOLD_FOR) {
             let covered = names.iter().all(|n| {
                 f.hosts
                     .get(n)
@@ -137,9 +137,6 @@ impl Phase for Connect {
         }
     }
 }
-
-/// How old the preview's facts may be for `connect` to use them as they are.
-const REUSE_FACTS_FOR: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Record the pinned host keys and the nodes' pod subnets in the state (each node keeps
 /// the /24 it has; pinned for this run's rendering too). Unchanged values are no write.

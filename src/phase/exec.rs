@@ -7,7 +7,7 @@ use super::{HostPlan, PhasePlan, Step};
 use crate::playbook::Strategy;
 use crate::render::{RenderedFile, Secrets};
 use crate::spec::{Host, LoadedCluster};
-pub use crate::transport::remote::{download, run, tail, CommandFailure, HostError};
+pub use crate::transport::remote::{download, download_all, run, tail, CommandFailure, HostError};
 use crate::transport::{
     fan_out, FanOutOptions, ProgressMode, SshPool, SshSession, Transport, UploadTarget,
 };
@@ -331,44 +331,37 @@ pub async fn resolve_hosts(
                 .collect()
         })
         .collect();
-    // Every file's sha256 in one round trip and one process (a missing file is left
-    // out of the answer).
+    // Every file's sha256 (one process; a missing file is left out of the answer) and
+    // every step's check, in one round trip: read-only, so each answer is what the host
+    // is now.
     let mut paths: Vec<&str> = planned.iter().flatten().map(|f| f.path.as_str()).collect();
     paths.sort_unstable();
     paths.dedup();
-    let remote = if paths.is_empty() {
-        String::new()
-    } else {
-        let quoted: Vec<String> = paths
-            .iter()
-            .map(|p| crate::transport::shell::quote(p))
-            .collect();
-        run(
-            s.as_ref(),
-            &host.name,
-            &format!("sha256sum -- {} 2>/dev/null; true", quoted.join(" ")),
-            secrets,
-            false,
-        )
-        .await?
-    };
-    let digests = parse_sha256sum(&remote);
-    // The steps' checks in one round trip (read-only: they all see the host as it is).
     let checks: Vec<String> = steps
         .iter()
         .flatten()
         .filter_map(|st| st.check.clone())
         .collect();
+    let mut script = String::new();
+    if !paths.is_empty() {
+        let quoted: Vec<String> = paths
+            .iter()
+            .map(|p| crate::transport::shell::quote(p))
+            .collect();
+        script.push_str(&format!("sha256sum -- {} 2>/dev/null; ", quoted.join(" ")));
+    }
+    script.push_str(&crate::transport::ssh::checks_script(&checks));
     let asked = std::time::Instant::now();
-    let mut answers = s
-        .checks(&checks)
-        .await
-        .map_err(|source| HostError::Transport {
-            host: host.name.clone(),
-            source,
-        })?
+    let transport = |source| HostError::Transport {
+        host: host.name.clone(),
+        source,
+    };
+    let answer = s.exec(&script).await.map_err(transport)?;
+    let digests = parse_sha256sum(&answer.stdout);
+    let mut answers = crate::transport::ssh::parse_checks(&host.name, &answer, checks.len())
+        .map_err(transport)?
         .into_iter();
-    tracing::debug!(host = %host.name, checks = checks.len(), seconds = asked.elapsed().as_secs_f64(), "checks answered");
+    tracing::debug!(host = %host.name, checks = checks.len(), seconds = asked.elapsed().as_secs_f64(), "files and checks answered");
     let mut out = Vec::new();
     for (hp, (planned, steps)) in hps.iter().zip(planned.into_iter().zip(steps)) {
         let mut r = ResolvedHost {

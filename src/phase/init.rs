@@ -127,31 +127,32 @@ impl Phase for InitControlPlane {
         let Some((first, s)) = ctx.first_control_plane(&phase).await? else {
             return Ok(());
         };
-        let pem = exec::download(s.as_ref(), &first.name, CA_CERT)
+        // The CA certificate and the shared PKI a rebuild needs (every control plane
+        // lost): the same CAs and service-account key keep workers, kubeconfigs and
+        // tokens valid. Read in one round trip; encrypted with the other secrets of the
+        // state.
+        let mut paths = vec![CA_CERT.to_string()];
+        paths.extend(
+            SHARED_PKI
+                .iter()
+                .map(|n| format!("/etc/kubernetes/pki/{n}")),
+        );
+        let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
+        let mut read = exec::download_all(s.as_ref(), &first.name, &paths)
             .await
-            .map_err(|e| PhaseError::host(&phase, e))?;
+            .map_err(|e| PhaseError::host(&phase, e))?
+            .into_iter();
+        let pem = read.next().unwrap_or_default();
         let hash = ca_cert_hash(&pem).map_err(|message| PhaseError::Gate {
             phase: phase.clone(),
             message: format!("{CA_CERT} on {}: {message}", first.name),
         })?;
         let ca = String::from_utf8_lossy(&pem).to_string();
-        // The shared PKI a rebuild needs (every control plane lost): the same CAs and
-        // service-account key keep workers, kubeconfigs and tokens valid. Encrypted
-        // with the other secrets of the state.
-        let mut shared = std::collections::BTreeMap::new();
-        for name in SHARED_PKI {
-            let bytes = exec::download(
-                s.as_ref(),
-                &first.name,
-                &format!("/etc/kubernetes/pki/{name}"),
-            )
-            .await
-            .map_err(|e| PhaseError::host(&phase, e))?;
-            shared.insert(
-                name.to_string(),
-                String::from_utf8_lossy(&bytes).to_string(),
-            );
-        }
+        let shared: std::collections::BTreeMap<String, String> = SHARED_PKI
+            .iter()
+            .zip(read)
+            .map(|(n, bytes)| (n.to_string(), String::from_utf8_lossy(&bytes).to_string()))
+            .collect();
         ctx.state
             .update(|doc| {
                 doc.secrets.pki.extend(shared);
@@ -163,6 +164,11 @@ impl Phase for InitControlPlane {
                 phase: phase.clone(),
                 source,
             })?;
+        // Nothing changed in this run and the preview's facts were answered through the
+        // API moments ago: no readiness wait.
+        if ctx.nothing_to_do(plan) && ctx.standing_facts().is_some_and(|f| f.nodes.is_some()) {
+            return Ok(());
+        }
         super::wait_readyz(ctx, s.as_ref(), &phase).await
     }
 }

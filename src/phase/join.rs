@@ -282,8 +282,21 @@ impl Phase for JoinControlPlane {
         let err = |e: HostError| PhaseError::host(&phase, e);
         if ctx.nothing_to_do(plan) {
             // Every node joined (the preview saw it moments ago): no credentials to
-            // refresh, no join; what the gates prove after the last join is proved once.
+            // refresh, no join; what the gates prove after the last join is proved once,
+            // or stands on the preview's facts when they show it: every member started
+            // and healthy, none stale, and the API answering through the endpoint.
             ctx.hosts(plan, &exec::NoSpecial).await?;
+            let proved = ctx.standing_facts().is_some_and(|f| {
+                f.nodes.is_some()
+                    && f.etcd.as_ref().is_some_and(|e| {
+                        e.members.iter().filter(|m| m.started()).count() > plan.hosts.len()
+                            && e.healthy.len() == e.members.len()
+                            && e.stale.is_empty()
+                    })
+            });
+            if proved {
+                return Ok(());
+            }
             wait_members(
                 ctx,
                 s.as_ref(),

@@ -82,13 +82,18 @@ impl Phase for LoadBalancer {
             ctx.hosts(plan, &exec::NoSpecial).await?;
             return Ok(());
         }
-        if ctx.cluster.cluster.spec.load_balancer.failover.is_some() {
+        if ctx.cluster.cluster.spec.load_balancer.failover.is_some() && !ctx.nothing_to_do(plan) {
             self.check_python(ctx, plan).await?;
         }
         // One load balancer at a time, the VIP holder last, and the VIP answering
         // before the next: a configuration change never takes every HAProxy or
         // keepalived down at once, and the holder keeps the VIP while the others change.
-        let (holders, _) = self.vip_state(ctx).await?;
+        let holders = if ctx.nothing_to_do(plan) {
+            // Nothing changes on them (the preview found every part done): no order.
+            Vec::new()
+        } else {
+            self.vip_state(ctx).await?.0
+        };
         let mut order: Vec<&crate::phase::HostPlan> = plan.hosts.iter().collect();
         order.sort_by_key(|h| holders.contains(&h.host));
         for hp in order {
@@ -160,31 +165,40 @@ impl LoadBalancer {
             phase: self.name().into(),
             message,
         };
+        // Every load balancer at once, each in one round trip: does it hold the VIP, and
+        // does the VIP accept connections from there.
+        let asks = ctx
+            .cluster
+            .topology
+            .lb_hosts()
+            .into_iter()
+            .map(|h| async move {
+                let s = exec::session(ctx.rt, h)
+                    .await
+                    .map_err(|e| gate(e.to_string()))?;
+                let out = exec::run(
+                    s.as_ref(),
+                    &h.name,
+                    &format!(
+                        "ip -o addr show | grep -qw 'inet {vip}' && echo held; \
+                     timeout 2 bash -c '</dev/tcp/{vip}/{port}' 2>/dev/null && echo answers; true"
+                    ),
+                    ctx.secrets,
+                    false,
+                )
+                .await
+                .map_err(|e: HostError| gate(e.to_string()))?;
+                let said = |w: &str| out.lines().any(|l| l.trim() == w);
+                Ok::<_, PhaseError>((h.name.clone(), said("held"), said("answers")))
+            });
         let mut holders = Vec::new();
         let mut answered = false;
-        for h in ctx.cluster.topology.lb_hosts() {
-            let s = exec::session(ctx.rt, h)
-                .await
-                .map_err(|e| gate(e.to_string()))?;
-            let has = exec::run(
-                s.as_ref(),
-                &h.name,
-                &format!("ip -o addr show | grep -qw 'inet {vip}' && echo yes || true"),
-                ctx.secrets,
-                false,
-            )
-            .await
-            .map_err(|e: HostError| gate(e.to_string()))?;
-            if has.trim() == "yes" {
-                holders.push(h.name.clone());
+        for r in futures::future::join_all(asks).await {
+            let (name, held, answers) = r?;
+            if held {
+                holders.push(name);
             }
-            if !answered {
-                answered = s
-                    .exec(&format!("timeout 2 bash -c '</dev/tcp/{vip}/{port}'"))
-                    .await
-                    .map(|o| o.success())
-                    .unwrap_or(false);
-            }
+            answered |= answers;
         }
         Ok((holders, answered))
     }

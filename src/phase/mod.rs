@@ -119,7 +119,21 @@ impl ApplyContext<'_> {
     }
 }
 
+/// How old the run's facts may be for a phase that changes nothing to stand on them
+/// instead of asking the hosts again.
+pub const FACTS_HOLD_FOR: std::time::Duration = std::time::Duration::from_secs(60);
+
 impl ApplyContext<'_> {
+    /// The run's facts (its preview's, moments ago), when a phase that changes nothing
+    /// may stand on them instead of asking again: nothing changed earlier in this run,
+    /// this phase finished last time, and they are at most [`FACTS_HOLD_FOR`] old.
+    pub fn standing_facts(&self) -> Option<std::sync::Arc<crate::facts::ClusterFacts>> {
+        if !self.quiet {
+            return None;
+        }
+        self.rt.fresh_facts(FACTS_HOLD_FOR)
+    }
+
     /// The first control-plane node and the connection to it (None: no control plane).
     pub async fn first_control_plane(
         &self,

@@ -171,6 +171,53 @@ pub async fn download(t: &dyn Transport, host: &str, path: &str) -> Result<Vec<u
         })
 }
 
+/// Read several (small) remote files in one round trip; one missing or unreadable
+/// fails the whole read, naming it. The contents never reach a log.
+pub async fn download_all(
+    t: &dyn Transport,
+    host: &str,
+    paths: &[&str],
+) -> Result<Vec<Vec<u8>>, HostError> {
+    use base64::Engine;
+    let quoted: Vec<String> = paths.iter().map(|p| super::shell::quote(p)).collect();
+    let command = format!(
+        "for p in {}; do base64 -w0 -- \"$p\" || exit 3; echo; done",
+        quoted.join(" ")
+    );
+    let out = t
+        .exec(&command)
+        .await
+        .map_err(|source| HostError::Transport {
+            host: host.to_string(),
+            source,
+        })?;
+    let failed = |stderr: String| {
+        HostError::Command(CommandFailure {
+            host: host.to_string(),
+            command: format!("read {}", paths.join(" ")),
+            exit_code: out.exit_code,
+            stderr_tail: stderr,
+        })
+    };
+    if !out.success() {
+        return Err(failed(out.stderr.trim().to_string()));
+    }
+    let files: Vec<Vec<u8>> = out
+        .stdout
+        .lines()
+        .map(|l| base64::engine::general_purpose::STANDARD.decode(l.trim()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| failed(format!("unreadable answer: {e}")))?;
+    if files.len() != paths.len() {
+        return Err(failed(format!(
+            "{} of {} files answered",
+            files.len(),
+            paths.len()
+        )));
+    }
+    Ok(files)
+}
+
 #[cfg(test)]
 mod timeout_tests {
     use super::*;

@@ -1029,33 +1029,8 @@ impl Transport for SshSession {
             }
             return Ok(out);
         }
-        let mut script = String::new();
-        for c in commands {
-            script.push_str(&format!(
-                "( {c} ) </dev/null >/dev/null 2>&1; echo \"{CHECK_MARK} $?\"; "
-            ));
-        }
-        script.push_str("true");
-        let now = Transport::exec(self, &script).await?;
-        let codes: Vec<bool> = now
-            .stdout
-            .lines()
-            .filter_map(|l| l.strip_prefix(CHECK_MARK))
-            .map(|c| c.trim() == "0")
-            .collect();
-        if codes.len() != commands.len() {
-            return Err(TransportError::Upload {
-                host: self.host.clone(),
-                path: "(checks)".into(),
-                detail: format!(
-                    "{} of {} checks answered: {}",
-                    codes.len(),
-                    commands.len(),
-                    now.stderr.trim()
-                ),
-            });
-        }
-        Ok(codes)
+        let now = Transport::exec(self, &checks_script(commands)).await?;
+        parse_checks(&self.host, &now, commands.len())
     }
 
     async fn download(&self, path: &str) -> Result<Vec<u8>, TransportError> {
@@ -1198,6 +1173,42 @@ pub fn encode_key(key: &PrivateKey) -> Result<(String, String), russh::keys::ssh
 /// What is at `path` now, in one round trip: `size mode owner:group` and, when the size
 /// is `size`, its sha256, from the digest cache when the file's id still matches the
 /// entry, else hashed (and the entry written).
+/// A script that runs side-effect-free `commands` one after another and prints, for
+/// each, a line with its exit code (read by [`parse_checks`]); it always exits 0.
+pub fn checks_script(commands: &[String]) -> String {
+    let mut script = String::new();
+    for c in commands {
+        script.push_str(&format!(
+            "( {c} ) </dev/null >/dev/null 2>&1; echo \"{CHECK_MARK} $?\"; "
+        ));
+    }
+    script.push_str("true");
+    script
+}
+
+/// Whether each of `n` checks of [`checks_script`] exited 0, from its output (other
+/// lines in it are ignored).
+pub fn parse_checks(host: &str, out: &ExecOutput, n: usize) -> Result<Vec<bool>, TransportError> {
+    let codes: Vec<bool> = out
+        .stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix(CHECK_MARK))
+        .map(|c| c.trim() == "0")
+        .collect();
+    if codes.len() != n {
+        return Err(TransportError::Upload {
+            host: host.to_string(),
+            path: "(checks)".into(),
+            detail: format!(
+                "{} of {n} checks answered: {}",
+                codes.len(),
+                out.stderr.trim()
+            ),
+        });
+    }
+    Ok(codes)
+}
+
 fn probe_script(path: &str, size: u64, cache_dir: &str) -> String {
     let p = quote(path);
     let entry = quote(&digest_entry(cache_dir, path));
