@@ -25,7 +25,7 @@ pub use ssh::{
 };
 
 /// What a command returned. A non-zero exit is a value, not an error.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ExecOutput {
     /// Exit status; 128 + signal number style is not applied: see `signal`.
     pub exit_code: u32,
