@@ -192,7 +192,8 @@ async fn measure(a: &ConvergeArgs, m: &BenchMachines) -> Result<ConvergeReport, 
             check(results).map(|changes| (took, changes.iter().sum::<usize>()))
         }
     };
-    // plan: every file's sha256 and every check, one round trip each, nothing changed.
+    // plan: every file's sha256 and every check in one round trip per host, as the
+    // preview asks them; nothing changed.
     let plan = || {
         let pool = pool.clone();
         let (configs, steps, opts) = (&configs, &steps, &opts);
@@ -202,14 +203,15 @@ async fn measure(a: &ConvergeArgs, m: &BenchMachines) -> Result<ConvergeReport, 
                 let pool = pool.clone();
                 async move {
                     let s = pool.session(&h).await?;
-                    let mut probe = String::new();
-                    for (p, _) in configs.iter() {
-                        probe.push_str(&format!("sha256sum -- {p} 2>/dev/null | cut -d' ' -f1; "));
-                    }
-                    probe.push_str("true");
-                    s.exec_checked(&probe).await?;
+                    let paths: Vec<&str> = configs.iter().map(|(p, _)| p.as_str()).collect();
                     let checks: Vec<String> = steps.iter().map(|(c, _)| c.clone()).collect();
-                    s.checks(&checks).await.map(|_| ())
+                    let script = format!(
+                        "sha256sum -- {} 2>/dev/null; {}",
+                        paths.join(" "),
+                        crate::transport::ssh::checks_script(&checks)
+                    );
+                    let out = s.exec_checked(&script).await?;
+                    crate::transport::ssh::parse_checks(&h, &out, checks.len()).map(|_| ())
                 }
             })
             .await;
