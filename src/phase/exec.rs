@@ -279,7 +279,7 @@ impl ResolvedHost {
 
 /// Compare plans of one host (its part of every phase of a run) with the host: files by
 /// sha256 (diffs for files without secrets), steps by their checks; every file's sha256
-/// in one round trip and every check in another, whatever the number of phases.
+/// and every check in one round trip, whatever the number of phases.
 /// Read-only, so each answer is what that phase would find when no earlier phase
 /// changes the host. One [`ResolvedHost`] per plan, in order.
 pub async fn resolve_hosts(
