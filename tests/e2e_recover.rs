@@ -348,6 +348,7 @@ spec:
     through_proxy("healthy cluster");
 
     let prober = Prober::start(&format!("{SUBNET}.254:6443"));
+    prober.first_round();
     let mut figures = Vec::new();
 
     // 1. A control-plane machine is gone.

@@ -163,6 +163,7 @@ pub fn etcd_member_list(machine: &str) -> serde_json::Value {
 /// seconds and the answer of every request that failed.
 pub struct Prober {
     stop: Arc<AtomicBool>,
+    rounds: Arc<std::sync::atomic::AtomicUsize>,
     handle: Option<std::thread::JoinHandle<Probed>>,
 }
 
@@ -198,6 +199,8 @@ impl Prober {
         let endpoint = endpoint.to_string();
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
+        let rounds = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let done = rounds.clone();
         let handle = std::thread::spawn(move || {
             let t0 = Instant::now();
             let mut p = Probed::default();
@@ -214,13 +217,27 @@ impl Prober {
                     Ok(body) => p.not_ready.push((at, body)),
                     Err(e) => p.not_ready.push((at, e)),
                 }
+                done.fetch_add(1, Ordering::Relaxed);
                 std::thread::sleep(Duration::from_secs(1));
             }
             p
         });
         Prober {
             stop,
+            rounds,
             handle: Some(handle),
+        }
+    }
+
+    /// Wait until the first round has answered (at most 10 s): a disaster started now
+    /// falls between two rounds. A request in flight through HAProxy to a machine at the
+    /// instant it is destroyed breaks with it whatever the tool does (TCP mode cannot
+    /// retry an established connection); starting the loss together with the first
+    /// request made that collision likely.
+    pub fn first_round(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.rounds.load(Ordering::Relaxed) == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
