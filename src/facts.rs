@@ -1,7 +1,8 @@
 //! Facts: what the hosts and the cluster are now, gathered fresh in each run (the
 //! `connect` phase, and `plan` against live hosts). Phases plan from intent (the
-//! cluster file) + facts + state. One command per host; then, from one control-plane
-//! node that answers, the nodes and the etcd members with their health.
+//! cluster file) + facts + state. One command per host; the first control plane's also
+//! answers the nodes and the etcd members with their health (else the next control
+//! plane that answers is asked, one round trip each).
 
 use crate::kube::{self, etcd};
 use crate::render::views::BIN_DIR;

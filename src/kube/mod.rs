@@ -74,27 +74,6 @@ pub fn ready_nodes(json: &str) -> Result<(Vec<String>, Vec<String>), String> {
     ))
 }
 
-/// The nodes as the API server on `host` (a control-plane node) sees them.
-pub async fn nodes(
-    t: &dyn Transport,
-    host: &str,
-    secrets: &dyn Redact,
-) -> Result<Vec<NodeInfo>, HostError> {
-    let out = remote::run(
-        t,
-        host,
-        // Bounded: facts must not wait on an API server that does not answer.
-        &format!("{} get nodes -o json --request-timeout=10s", kubectl()),
-        secrets,
-        false,
-    )
-    .await?;
-    parse_nodes(&out).map_err(|message| HostError::Other {
-        host: host.to_string(),
-        message,
-    })
-}
-
 /// Whether `https://{endpoint}/readyz` answers `ok`, asked from `t`; the answer
 /// otherwise.
 pub async fn readyz(t: &dyn Transport, endpoint: &str) -> Result<(), String> {
