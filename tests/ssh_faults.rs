@@ -8,7 +8,7 @@ use common_docker::{run, with_cluster};
 use kubeforge::provider::{MachineRole, Provider};
 use kubeforge::transport::{
     fan_out, ConnectFailure, FanOutOptions, MemoryHostKeyStore, ProgressMode, SshPool, SshSession,
-    Transport, TransportError,
+    Transport, TransportError, UploadSource, UploadTarget,
 };
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -264,6 +264,60 @@ fn a_network_partition_gives_a_clear_error_and_heals() {
                 .unwrap();
             let s = pool.session(&hosts[1]).await.unwrap();
             assert_eq!(s.exec("hostname").await.unwrap().stdout.trim(), cut.name);
+            pool.close_all().await;
+        })
+        .await;
+    });
+}
+
+#[test]
+fn an_upload_to_a_machine_that_hangs_mid_transfer_fails_within_the_keepalive_window() {
+    run(|| async {
+        with_cluster("kft-upstall", &THREE[..1], |c| async move {
+            let mut cfg = c.ssh_config("root");
+            cfg.keepalive_interval = Some(Duration::from_secs(1));
+            // Far above the keepalive window: a run that waits on the dead transfer
+            // until these limits end shows up as a Timeout, not a lost connection.
+            cfg.command_timeout = Some(Duration::from_secs(600));
+            cfg.long_command_timeout = Some(Duration::from_secs(600));
+            let pool = Arc::new(SshPool::new(cfg, Arc::new(MemoryHostKeyStore::new())));
+            let host = c.ip(0);
+            let s = pool.session(&host).await.unwrap();
+            // Enough that the transfer is still running when the machine freezes.
+            let payload = bytes::Bytes::from(vec![7u8; 1 << 30]);
+            let target = UploadTarget::new("/var/tmp/kf-stall.bin", 0o600);
+            let name = c.machines[0].name.clone();
+            let freeze = {
+                let c = c.clone();
+                async move {
+                    tokio::time::sleep(Duration::from_secs(4)).await;
+                    c.provider.pause(&name).await.unwrap();
+                }
+            };
+            let t = Instant::now();
+            let (res, ()) = tokio::join!(s.upload(UploadSource::Bytes(payload), &target), freeze);
+            let took = t.elapsed();
+            let err = res.expect_err("the transfer ended before the machine froze");
+            eprintln!(
+                "upload to a frozen machine failed after {:.1} s: {}",
+                took.as_secs_f64(),
+                kubeforge::error::render_chain(&err)
+            );
+            assert!(
+                matches!(err, TransportError::ConnectionLost { .. }),
+                "expected the connection to count as lost, got: {err}"
+            );
+            assert!(err.to_string().contains(&host), "{err}");
+
+            // Thawed, the pool opens a new connection and the half-sent file is not
+            // where the upload was going.
+            c.provider.unpause(&c.machines[0].name).await.unwrap();
+            let s = pool.session(&host).await.unwrap();
+            let out = s
+                .exec("test -e /var/tmp/kf-stall.bin && echo present || echo absent")
+                .await
+                .unwrap();
+            assert_eq!(out.stdout.trim(), "absent");
             pool.close_all().await;
         })
         .await;

@@ -220,13 +220,24 @@ impl SshConfig {
     fn russh_config(&self) -> Arc<client::Config> {
         Arc::new(client::Config {
             keepalive_interval: self.keepalive_interval,
-            keepalive_max: 3,
+            keepalive_max: KEEPALIVE_MAX,
+            // Keepalives alone miss a peer that died while we were sending: the session
+            // loop sits in a socket write the kernel cannot finish (TCP retries for ~15
+            // minutes) and never gets to send the next keepalive. Bounding every write
+            // and every silence (a live server answers each keepalive, so an idle or
+            // silent command never reaches it) closes that connection instead.
+            inactivity_timeout: self
+                .keepalive_interval
+                .map(|i| i * (KEEPALIVE_MAX as u32 + 2)),
             nodelay: true,
             window_size: 8 * 1024 * 1024,
             ..Default::default()
         })
     }
 }
+
+/// Unanswered keepalives before the connection counts as lost.
+const KEEPALIVE_MAX: usize = 3;
 
 /// Why the handshake was aborted by [`PinningHandler`].
 #[derive(Debug)]
@@ -642,13 +653,22 @@ impl SshSession {
             }
             (out, got_status)
         };
-        let (fed, (out, got_status)) = tokio::join!(feed, collect);
+        // The channel's end decides: a write waiting for window space is never woken
+        // when the connection dies under it, so once the channel has ended (command
+        // done, or connection gone) the rest of the input is dropped, not waited for.
+        tokio::pin!(feed, collect);
+        let (fed, (out, got_status)) = tokio::select! {
+            fed = &mut feed => (Some(fed), collect.await),
+            collected = &mut collect => (None, collected),
+        };
         if !got_status {
-            return Err(lost(fed.err()));
+            return Err(lost(fed.and_then(|f| f.err())));
         }
-        if let Err(e) = fed {
+        match fed {
+            Some(Ok(())) => {}
             // The command exited before reading all of its input.
-            tracing::debug!(host = %self.host, error = %e, "stdin not fully sent");
+            Some(Err(e)) => tracing::debug!(host = %self.host, error = %e, "stdin not fully sent"),
+            None => tracing::debug!(host = %self.host, "command ended before its input was sent"),
         }
         Ok(out)
     }
