@@ -278,12 +278,16 @@ pub async fn take(
 /// Bring the timer's snapshots from the control-plane nodes that answer into the store
 /// (those not there yet), each verified first. Returns what was stored and, per host,
 /// what could not be (a corrupted file is named and left on the node).
+///
+/// `ahead`: the control planes' listings asked in the facts' round trip may stand (a
+/// run that has changed nothing, moments after its facts).
 pub async fn collect(
     phase: &str,
     rt: &Runtime,
     c: &LoadedCluster,
     store: &StateStore,
     secrets: &dyn Redact,
+    ahead: bool,
 ) -> Result<(Vec<BackupMeta>, Vec<String>), PhaseError> {
     let stored: Vec<String> = store
         .snapshots()
@@ -299,17 +303,13 @@ pub async fn collect(
     let listings =
         futures::future::join_all(c.topology.control_planes().into_iter().map(|h| async move {
             let s = crate::phase::exec::session(rt, h).await.ok()?;
-            let out = remote::run(
-                s.as_ref(),
-                &h.name,
-                &format!(
-                    "ls -1 {SNAPSHOT_TIMER_DIR} 2>/dev/null | grep -E '^auto-.*\\.stream$' || true"
-                ),
-                secrets,
-                false,
-            )
-            .await
-            .ok()?;
+            let command = listing_command();
+            let out = match ahead.then(|| rt.asked_ahead(&h.name, &command)).flatten() {
+                Some(out) => out,
+                None => remote::run(s.as_ref(), &h.name, &command, secrets, false)
+                    .await
+                    .ok()?,
+            };
             Some((h, s, out))
         }))
         .await;
@@ -330,6 +330,12 @@ pub async fn collect(
         }
     }
     Ok((got, problems))
+}
+
+/// On a control plane: the snapshots its timer took and kubeforge has not collected
+/// (one name per line).
+pub fn listing_command() -> String {
+    format!("ls -1 {SNAPSHOT_TIMER_DIR} 2>/dev/null | grep -E '^auto-.*\\.stream$' || true")
 }
 
 async fn collect_one(

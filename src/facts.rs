@@ -563,6 +563,9 @@ pub fn wait_units_command(units: &[String]) -> String {
 
 /// Gather the facts of `hosts` (one connection attempt each through `pool`) and of the
 /// cluster. `missing` are hosts the provider has no machine for (not contacted).
+/// `extra`: a script per host to run in the same round trip; its output comes back by
+/// host (what it printed; a host that did not answer is left out).
+#[allow(clippy::too_many_arguments)]
 pub async fn gather(
     pool: &SshPool,
     c: &LoadedCluster,
@@ -571,7 +574,8 @@ pub async fn gather(
     leaving: Vec<Leaving>,
     secrets: &dyn Redact,
     concurrency: usize,
-) -> ClusterFacts {
+    extra: &BTreeMap<String, String>,
+) -> (ClusterFacts, BTreeMap<String, String>) {
     let mut facts = ClusterFacts {
         leaving,
         ..Default::default()
@@ -599,16 +603,11 @@ pub async fn gather(
         .map(|h| h.name.clone())
         .filter(|n| names.contains(n));
     let plain = host_command();
-    let with_cluster = {
-        let (start, collect) = cluster_script(&urls);
-        format!("{start}{plain}; {collect}")
-    };
+    let (start, collect) = cluster_script(&urls);
     let results = fan_out(&names, &opts, |name| {
-        let cmd = if designated.as_deref() == Some(name.as_str()) {
-            with_cluster.clone()
-        } else {
-            plain.clone()
-        };
+        let cluster = (designated.as_deref() == Some(name.as_str()))
+            .then_some((start.as_str(), collect.as_str()));
+        let cmd = compose(&plain, cluster, extra.get(&name).map(String::as_str));
         async move {
             let Some(h) = c.topology.host(&name) else {
                 return Err(HostError::Other {
@@ -625,17 +624,22 @@ pub async fn gather(
                 })?;
             let out =
                 crate::transport::remote::run(s.as_ref(), &name, &cmd, secrets, false).await?;
+            let (out, extra) = split_extra(&out);
             let (own, cluster) = split_answer(&out);
-            Ok::<_, HostError>((parse_host(own), cluster))
+            Ok::<_, HostError>((parse_host(own), cluster, extra))
         }
     })
     .await;
     let mut answered = None;
+    let mut extras = BTreeMap::new();
     for r in results {
         match r.result {
-            Ok((f, cluster)) => {
+            Ok((f, cluster, extra)) => {
                 if let Some(a) = cluster {
                     answered = Some((r.host.clone(), a));
+                }
+                if let Some(e) = extra {
+                    extras.insert(r.host.clone(), e);
                 }
                 facts.hosts.insert(r.host.clone(), f);
             }
@@ -648,7 +652,41 @@ pub async fn gather(
         }
     }
     cluster_facts(pool, c, &mut facts, secrets, answered).await;
-    facts
+    (facts, extras)
+}
+
+/// Mark the output of a host's extra script in a facts answer.
+const EXTRA_BEGIN: &str = "@@kubeforge-extra-begin";
+const EXTRA_END: &str = "@@kubeforge-extra-end";
+
+/// One host's facts command: its own facts, the cluster part (`start`, `collect`) where
+/// asked, and an extra script; the extra runs after the host's facts (on the first
+/// control plane while the cluster part is still being answered), its output between
+/// two marks.
+fn compose(plain: &str, cluster: Option<(&str, &str)>, extra: Option<&str>) -> String {
+    let extra = extra
+        .map(|e| format!("echo; echo '{EXTRA_BEGIN}'; ( {e} ); echo; echo '{EXTRA_END}'; "))
+        .unwrap_or_default();
+    match cluster {
+        Some((start, collect)) => format!("{start}{plain}; {extra}{collect}"),
+        None => format!("{plain}; {extra}true"),
+    }
+}
+
+/// An answer without the extra script's output, and that output (None: not asked, or
+/// cut short).
+fn split_extra(out: &str) -> (String, Option<String>) {
+    let begin = format!("\n{EXTRA_BEGIN}\n");
+    let end = format!("\n{EXTRA_END}\n");
+    let Some(b) = out.find(&begin) else {
+        return (out.to_string(), None);
+    };
+    let body_at = b + begin.len();
+    let Some(e) = out[body_at..].find(&end).map(|e| body_at + e) else {
+        return (out[..b + 1].to_string(), None);
+    };
+    let rest = format!("{}{}", &out[..b + 1], &out[e + end.len()..]);
+    (rest, Some(out[body_at..e + 1].to_string()))
 }
 
 /// Add the nodes and etcd to the facts of the hosts.
@@ -928,6 +966,28 @@ mod tests {
         let (own, cluster) = super::split_answer(&out);
         assert!(cluster.is_none(), "{out}");
         assert_eq!(super::parse_host(own).arch, "x86_64");
+    }
+
+    /// An extra script's output comes back on its own, whatever it prints, and the
+    /// facts and cluster part around it read as without it.
+    #[test]
+    fn extra_output_is_read_apart_from_the_facts() {
+        let (start, collect) = super::cluster_script(&["https://10.0.0.11:2379".to_string()]);
+        let extra = "printf 'no newline at the end'";
+        for cluster in [None, Some((start.as_str(), collect.as_str()))] {
+            let out = bash(&super::compose("echo arch=x86_64", cluster, Some(extra)));
+            let (rest, got) = super::split_extra(&out);
+            assert_eq!(got.as_deref(), Some("no newline at the end\n"), "{out}");
+            let (own, part) = super::split_answer(&rest);
+            assert_eq!(super::parse_host(own).arch, "x86_64");
+            assert!(part.is_none(), "{rest}");
+            let plain = bash(&super::compose("echo arch=x86_64", cluster, None));
+            assert_eq!(super::split_extra(&plain), (plain.clone(), None));
+        }
+        // Cut short (no end mark): no extra answer, the facts before it stay.
+        let (rest, got) =
+            super::split_extra(&format!("arch=x86_64\n\n{}\nabc", super::EXTRA_BEGIN));
+        assert_eq!((rest.as_str(), got), ("arch=x86_64\n\n", None));
     }
 
     #[test]

@@ -13,12 +13,15 @@ use crate::{phase, playbook};
 /// fresh, while the state holds its CA) is not bootstrapped again over its state: that
 /// would make a new, empty cluster under the old name. Refused before anything changes,
 /// with the two ways on.
-async fn control_plane_lost_guard(s: &crate::ops::session::Session) -> Result<(), Error> {
+async fn control_plane_lost_guard(
+    s: &crate::ops::session::Session,
+    pb: &playbook::Playbook,
+) -> Result<(), Error> {
     let doc = s.state.get().await;
     if doc.machines.is_empty() || !doc.secrets.pki.contains_key("ca.crt") {
         return Ok(());
     }
-    let facts = crate::ops::preview::gather_facts(s).await?;
+    let facts = crate::ops::preview::gather_facts_for(s, Some(pb)).await?;
     let cps = s.cluster.topology.control_planes();
     let any_running = cps.iter().any(|h| {
         facts
@@ -153,7 +156,7 @@ pub async fn run(args: ApplyArgs, output: OutputFormat, verbose: bool) -> Result
     let whole = args.phases.is_empty() && args.playbook.is_none();
     let report = with_session(&args.spec.file, opts, |s| {
         Box::pin(async move {
-            control_plane_lost_guard(s).await?;
+            control_plane_lost_guard(s, &pb).await?;
             removal_guard(s).await?;
             if let Some(from) = version_change(s).await? {
                 if !whole {

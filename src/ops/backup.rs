@@ -89,7 +89,7 @@ async fn save(spec: SpecArgs, take: bool, output: OutputFormat) -> Result<(), Er
             })?;
             let store = &s.state.store;
             let (collected, problems) =
-                backup::collect(PHASE, rt, &s.cluster, store, &secrets).await.map_err(|e| Error::Phase(Box::new(e)))?;
+                backup::collect(PHASE, rt, &s.cluster, store, &secrets, false).await.map_err(|e| Error::Phase(Box::new(e)))?;
             let taken = if take {
                 let host = healthy_member(s).await?;
                 let h = s

@@ -192,6 +192,8 @@ impl Session {
                     api: Default::default(),
                     facts: Default::default(),
                     facts_at: Default::default(),
+                    speculated: Default::default(),
+                    ahead: Default::default(),
                 })
             }
             Err(e) => Err(crate::error::render_chain(e)

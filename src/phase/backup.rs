@@ -9,7 +9,7 @@ use super::{
 use crate::backup::{ShipConfig, NODE_BINARY, SHIP_CA, SHIP_CONFIG};
 use crate::render::views::{SNAPSHOT_TIMER_DIR, SNAPSHOT_UNIT};
 use crate::render::FileGroup;
-use crate::spec::ShipSpec;
+use crate::spec::{LoadedCluster, ShipSpec};
 use crate::transport::remote::HostError;
 use crate::transport::{Transport, UploadSource, UploadTarget};
 
@@ -76,6 +76,14 @@ impl Phase for EtcdBackupTimer {
         p
     }
 
+    fn ask_ahead(&self, c: &LoadedCluster) -> Vec<(String, String)> {
+        c.topology
+            .control_planes()
+            .into_iter()
+            .map(|h| (h.name.clone(), crate::backup::listing_command()))
+            .collect()
+    }
+
     /// The timer on every control plane, then what it took so far into the state store
     /// (verified, encrypted) and retention applied. Collecting is best effort: a
     /// snapshot that cannot be collected now stays on its node for the next run.
@@ -94,7 +102,10 @@ impl Phase for EtcdBackupTimer {
         }
         ctx.hosts(plan, &exec::NoSpecial).await?;
         let store = &ctx.state.store;
-        match crate::backup::collect(self.name(), ctx.rt, ctx.cluster, store, ctx.secrets).await {
+        let ahead = ctx.standing_facts().is_some();
+        match crate::backup::collect(self.name(), ctx.rt, ctx.cluster, store, ctx.secrets, ahead)
+            .await
+        {
             Ok((got, problems)) => {
                 for m in &got {
                     ctx.note(format!(

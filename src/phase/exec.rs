@@ -9,8 +9,9 @@ use crate::render::{RenderedFile, Secrets};
 use crate::spec::{Host, LoadedCluster};
 pub use crate::transport::remote::{download, download_all, run, tail, CommandFailure, HostError};
 use crate::transport::{
-    fan_out, FanOutOptions, ProgressMode, SshPool, SshSession, Transport, UploadTarget,
+    fan_out, ExecOutput, FanOutOptions, ProgressMode, SshPool, SshSession, Transport, UploadTarget,
 };
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// What host execution needs from the run.
@@ -28,12 +29,38 @@ pub struct Runtime {
     pub facts: std::sync::Mutex<Option<std::sync::Arc<crate::facts::ClusterFacts>>>,
     /// When `facts` were gathered.
     pub facts_at: std::sync::Mutex<Option<std::time::Instant>>,
+    /// What hosts answered, in the facts' round trip, to the files-and-checks script of
+    /// the plan the run is expected to make (host → (script, answer)); the preview uses
+    /// an answer only for the very script it would send (see [`resolve_hosts`]).
+    pub speculated: std::sync::Mutex<HashMap<String, (String, ExecOutput)>>,
+    /// Answers to the phases' [`super::Phase::ask_ahead`] commands, from the facts' round
+    /// trip: (host, command) → output.
+    pub ahead: std::sync::Mutex<HashMap<(String, String), String>>,
 }
 
 impl Runtime {
     /// The facts gathered in this run, if any.
     pub fn facts(&self) -> Option<std::sync::Arc<crate::facts::ClusterFacts>> {
         self.facts.lock().map(|f| f.clone()).unwrap_or_default()
+    }
+
+    /// The answers of [`Runtime::speculated`], taken (later calls get none: an answer
+    /// stands only for the preview made right after the facts).
+    pub fn take_speculated(&self) -> HashMap<String, (String, ExecOutput)> {
+        self.speculated
+            .lock()
+            .map(|mut m| std::mem::take(&mut *m))
+            .unwrap_or_default()
+    }
+
+    /// The answer `host` gave to `command` in the facts' round trip, taken (asked once);
+    /// none once the facts are older than [`super::FACTS_HOLD_FOR`].
+    pub fn asked_ahead(&self, host: &str, command: &str) -> Option<String> {
+        self.fresh_facts(super::FACTS_HOLD_FOR)?;
+        self.ahead
+            .lock()
+            .ok()?
+            .remove(&(host.to_string(), command.to_string()))
     }
 
     pub fn set_facts(&self, facts: crate::facts::ClusterFacts) {
@@ -282,12 +309,16 @@ impl ResolvedHost {
 /// and every check in one round trip, whatever the number of phases.
 /// Read-only, so each answer is what that phase would find when no earlier phase
 /// changes the host. One [`ResolvedHost`] per plan, in order.
+///
+/// `known`: a (script, answer) the host gave moments ago (in the facts' round trip); used
+/// instead of asking when the script is the one [`files_and_checks_script`] makes now.
 pub async fn resolve_hosts(
     rt: &Runtime,
     c: &LoadedCluster,
     files: &[(crate::render::FileGroup, RenderedFile)],
     secrets: &Secrets,
     hps: &[&HostPlan],
+    known: Option<&(String, ExecOutput)>,
 ) -> Result<Vec<ResolvedHost>, HostError> {
     let Some(first) = hps.first() else {
         return Ok(Vec::new());
@@ -306,60 +337,20 @@ pub async fn resolve_hosts(
         });
     }
     let s = session(rt, host).await?;
-    // Each plan's files, and each plan's steps (described steps the phase carries out
-    // itself, e.g. "gather facts", are left out).
-    let planned: Vec<Vec<&RenderedFile>> = hps
-        .iter()
-        .map(|hp| {
-            hp.files
-                .iter()
-                .filter_map(|pf| {
-                    files
-                        .iter()
-                        .map(|(_, f)| f)
-                        .find(|f| f.host == hp.host && f.path == pf.path)
-                })
-                .collect()
-        })
-        .collect();
-    let steps: Vec<Vec<&Step>> = hps
-        .iter()
-        .map(|hp| {
-            hp.commands
-                .iter()
-                .filter(|st| st.run.is_some() || st.check.is_some())
-                .collect()
-        })
-        .collect();
-    // Every file's sha256 (one process; a missing file is left out of the answer) and
-    // every step's check, in one round trip: read-only, so each answer is what the host
-    // is now.
-    let mut paths: Vec<&str> = planned.iter().flatten().map(|f| f.path.as_str()).collect();
-    paths.sort_unstable();
-    paths.dedup();
-    let checks: Vec<String> = steps
-        .iter()
-        .flatten()
-        .filter_map(|st| st.check.clone())
-        .collect();
-    let mut script = String::new();
-    if !paths.is_empty() {
-        let quoted: Vec<String> = paths
-            .iter()
-            .map(|p| crate::transport::shell::quote(p))
-            .collect();
-        script.push_str(&format!("sha256sum -- {} 2>/dev/null; ", quoted.join(" ")));
-    }
-    script.push_str(&crate::transport::ssh::checks_script(&checks));
+    let (planned, steps) = planned_parts(files, hps);
+    let (script, checks) = probe(&planned, &steps);
     let asked = std::time::Instant::now();
     let transport = |source| HostError::Transport {
         host: host.name.clone(),
         source,
     };
-    let answer = if paths.is_empty() && checks.is_empty() {
-        crate::transport::ExecOutput::default()
-    } else {
-        s.exec(&script).await.map_err(transport)?
+    let answer = match (script, known) {
+        (None, _) => crate::transport::ExecOutput::default(),
+        (Some(script), Some((asked_script, answer))) if *asked_script == script => {
+            tracing::debug!(host = %host.name, "files and checks answered in the facts' round trip");
+            answer.clone()
+        }
+        (Some(script), _) => s.exec(&script).await.map_err(transport)?,
     };
     let digests = parse_sha256sum(&answer.stdout);
     let mut answers = crate::transport::ssh::parse_checks(&host.name, &answer, checks.len())
@@ -411,6 +402,78 @@ pub async fn resolve_hosts(
         out.push(r);
     }
     Ok(out)
+}
+
+/// Each plan's files, and each plan's steps (described steps the phase carries out
+/// itself, e.g. "gather facts", are left out).
+type PlannedParts<'a> = (Vec<Vec<&'a RenderedFile>>, Vec<Vec<&'a Step>>);
+
+fn planned_parts<'a>(
+    files: &'a [(crate::render::FileGroup, RenderedFile)],
+    hps: &[&'a HostPlan],
+) -> PlannedParts<'a> {
+    let planned = hps
+        .iter()
+        .map(|hp| {
+            hp.files
+                .iter()
+                .filter_map(|pf| {
+                    files
+                        .iter()
+                        .map(|(_, f)| f)
+                        .find(|f| f.host == hp.host && f.path == pf.path)
+                })
+                .collect()
+        })
+        .collect();
+    let steps = hps
+        .iter()
+        .map(|hp| {
+            hp.commands
+                .iter()
+                .filter(|st| st.run.is_some() || st.check.is_some())
+                .collect()
+        })
+        .collect();
+    (planned, steps)
+}
+
+/// Every file's sha256 (one process; a missing file is left out of the answer) and every
+/// step's check, as one script (None: nothing to ask), and the checks in order.
+/// Read-only, so each answer is what the host is now.
+fn probe(planned: &[Vec<&RenderedFile>], steps: &[Vec<&Step>]) -> (Option<String>, Vec<String>) {
+    let mut paths: Vec<&str> = planned.iter().flatten().map(|f| f.path.as_str()).collect();
+    paths.sort_unstable();
+    paths.dedup();
+    let checks: Vec<String> = steps
+        .iter()
+        .flatten()
+        .filter_map(|st| st.check.clone())
+        .collect();
+    if paths.is_empty() && checks.is_empty() {
+        return (None, checks);
+    }
+    let mut script = String::new();
+    if !paths.is_empty() {
+        let quoted: Vec<String> = paths
+            .iter()
+            .map(|p| crate::transport::shell::quote(p))
+            .collect();
+        script.push_str(&format!("sha256sum -- {} 2>/dev/null; ", quoted.join(" ")));
+    }
+    script.push_str(&crate::transport::ssh::checks_script(&checks));
+    (Some(script), checks)
+}
+
+/// The script [`resolve_hosts`] sends for these plans of one host (None: nothing to
+/// ask); a caller may send it ahead, in another round trip, and hand the answer back
+/// as `known`.
+pub fn files_and_checks_script(
+    files: &[(crate::render::FileGroup, RenderedFile)],
+    hps: &[&HostPlan],
+) -> Option<String> {
+    let (planned, steps) = planned_parts(files, hps);
+    probe(&planned, &steps).0
 }
 
 /// `sha256sum` output (`<hex>  <path>` per line) as path → hex. Lines of names that

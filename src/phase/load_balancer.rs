@@ -92,25 +92,50 @@ impl Phase for LoadBalancer {
             // Nothing changes on them (the preview found every part done): no order.
             Vec::new()
         } else {
-            self.vip_state(ctx).await?.0
+            self.vip_state(ctx, false).await?.0
         };
         let mut order: Vec<&crate::phase::HostPlan> = plan.hosts.iter().collect();
         order.sort_by_key(|h| holders.contains(&h.host));
+        let mut changed = false;
         for hp in order {
             let one = PhasePlan {
                 hosts: vec![hp.clone()],
                 ..plan.clone()
             };
             let reports = ctx.hosts(&one, &exec::NoSpecial).await?;
+            changed |= reports
+                .iter()
+                .any(|(_, r)| r.steps_run > 0 || r.files_sent > 0);
             if reports.iter().any(|(_, r)| r.steps_run > 0) {
                 // Something was restarted or reloaded here: before the next host, the VIP
                 // must answer with the same holders for a few VRRP advertisement
                 // intervals, so that a host taking over has done so.
-                self.wait_vip(ctx, false, SETTLE).await?;
+                self.wait_vip(ctx, false, SETTLE, false).await?;
             }
         }
-        self.wait_vip(ctx, true, Duration::ZERO).await
+        // Unchanged load balancers: their answer from the facts' round trip stands.
+        self.wait_vip(ctx, true, Duration::ZERO, !changed).await
     }
+
+    fn ask_ahead(&self, c: &crate::spec::LoadedCluster) -> Vec<(String, String)> {
+        let Endpoint::Vip { vip, port, .. } = &c.topology.endpoint else {
+            return Vec::new();
+        };
+        c.topology
+            .lb_hosts()
+            .into_iter()
+            .map(|h| (h.name.clone(), vip_command(&vip.to_string(), *port)))
+            .collect()
+    }
+}
+
+/// On a load balancer: `held` when it holds `vip`, `answers` when `vip:port` accepts a
+/// connection from there.
+fn vip_command(vip: &str, port: u16) -> String {
+    format!(
+        "ip -o addr show | grep -qw 'inet {vip}' && echo held; \
+timeout 2 bash -c '</dev/tcp/{vip}/{port}' 2>/dev/null && echo answers; true"
+    )
 }
 
 impl LoadBalancer {
@@ -157,7 +182,12 @@ impl LoadBalancer {
 
     /// Which load balancers hold the VIP, and whether the VIP accepts connections on the
     /// API port (asked from the load balancers).
-    async fn vip_state(&self, ctx: &ApplyContext<'_>) -> Result<(Vec<String>, bool), PhaseError> {
+    /// `ahead`: an answer of the facts' round trip may stand (see [`ApplyContext::ask`]).
+    async fn vip_state(
+        &self,
+        ctx: &ApplyContext<'_>,
+        ahead: bool,
+    ) -> Result<(Vec<String>, bool), PhaseError> {
         let Endpoint::Vip { vip, port, .. } = &ctx.cluster.topology.endpoint else {
             return Ok((Vec::new(), true));
         };
@@ -173,20 +203,15 @@ impl LoadBalancer {
             .lb_hosts()
             .into_iter()
             .map(|h| async move {
-                let s = exec::session(ctx.rt, h)
-                    .await
-                    .map_err(|e| gate(e.to_string()))?;
-                let out = exec::run(
-                    s.as_ref(),
-                    &h.name,
-                    &format!(
-                        "ip -o addr show | grep -qw 'inet {vip}' && echo held; \
-                     timeout 2 bash -c '</dev/tcp/{vip}/{port}' 2>/dev/null && echo answers; true"
-                    ),
-                    ctx.secrets,
-                    false,
-                )
-                .await
+                let command = vip_command(&vip.to_string(), *port);
+                let out = if ahead {
+                    ctx.ask(h, &command).await
+                } else {
+                    match exec::session(ctx.rt, h).await {
+                        Ok(s) => exec::run(s.as_ref(), &h.name, &command, ctx.secrets, false).await,
+                        Err(e) => Err(e),
+                    }
+                }
                 .map_err(|e: HostError| gate(e.to_string()))?;
                 let said = |w: &str| out.lines().any(|l| l.trim() == w);
                 Ok::<_, PhaseError>((h.name.clone(), said("held"), said("answers")))
@@ -210,6 +235,7 @@ impl LoadBalancer {
         ctx: &ApplyContext<'_>,
         exactly: bool,
         stable_for: Duration,
+        mut ahead: bool,
     ) -> Result<(), PhaseError> {
         let Endpoint::Vip { vip, port, .. } = &ctx.cluster.topology.endpoint else {
             return Ok(());
@@ -217,7 +243,9 @@ impl LoadBalancer {
         let start = Instant::now();
         let mut since: Option<(Instant, Vec<String>)> = None;
         loop {
-            let (holders, answered) = self.vip_state(ctx).await?;
+            let (holders, answered) = self.vip_state(ctx, ahead).await?;
+            // Asked again (the answer from before is spent).
+            ahead = false;
             let held = if exactly {
                 holders.len() == 1
             } else {

@@ -134,6 +134,20 @@ impl ApplyContext<'_> {
         self.rt.fresh_facts(FACTS_HOLD_FOR)
     }
 
+    /// The output of read-only `command` on `host`: its answer asked ahead in the facts'
+    /// round trip (see [`Phase::ask_ahead`]) while this phase stands on the facts
+    /// ([`ApplyContext::standing_facts`]), else asked now. A command that fails is an
+    /// error naming the host.
+    pub async fn ask(&self, host: &Host, command: &str) -> Result<String, exec::HostError> {
+        if self.standing_facts().is_some() {
+            if let Some(out) = self.rt.asked_ahead(&host.name, command) {
+                return Ok(out);
+            }
+        }
+        let s = exec::session(self.rt, host).await?;
+        exec::run(s.as_ref(), &host.name, command, self.secrets, false).await
+    }
+
     /// The first control-plane node and the connection to it (None: no control plane).
     pub async fn first_control_plane(
         &self,
@@ -275,6 +289,12 @@ pub trait Phase: Send + Sync {
     /// commands (guarded by their checks).
     async fn apply(&self, ctx: &ApplyContext<'_>, plan: &PhasePlan) -> Result<(), PhaseError> {
         ctx.hosts(plan, &exec::NoSpecial).await.map(|_| ())
+    }
+    /// Read-only commands (host name, command) whose output `apply` reads even when it
+    /// changes nothing: asked ahead in the facts' round trip, and read back through
+    /// [`ApplyContext::ask`] while the run has changed nothing.
+    fn ask_ahead(&self, _cluster: &LoadedCluster) -> Vec<(String, String)> {
+        Vec::new()
     }
 }
 
