@@ -173,7 +173,14 @@ pub async fn gather_facts_for(
         .secrets()
         .await
         .unwrap_or_else(crate::render::Secrets::generate);
-    let (missing, down) = provider_absences(s).await;
+    // The plan is made ahead while the provider says which machines run.
+    let planned_secrets = s.secrets().await;
+    let ((missing, down), speculated) = tokio::join!(provider_absences(s), async {
+        match (pb, planned_secrets) {
+            (Some(pb), Some(secrets)) => expected_probes(&s.cluster, pb, &secrets),
+            _ => Default::default(),
+        }
+    });
     let hosts: Vec<&crate::spec::Host> = s
         .cluster
         .topology
@@ -181,10 +188,6 @@ pub async fn gather_facts_for(
         .iter()
         .filter(|h| !down.iter().any(|(n, _)| *n == h.name))
         .collect();
-    let speculated = match (pb, s.secrets().await) {
-        (Some(pb), Some(secrets)) => expected_probes(&s.cluster, pb, &secrets),
-        _ => Default::default(),
-    };
     // Per host: the files-and-checks script (when there is one), then the commands the
     // phases ask ahead, each in its own part.
     let mut parts: std::collections::BTreeMap<String, Vec<String>> = Default::default();
