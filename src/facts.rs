@@ -330,6 +330,32 @@ pub fn host_command() -> String {
     host_command_in(BIN_DIR, VERSION_CACHE)
 }
 
+/// containerd's metadata database (where it records its images) at its default root.
+pub const CONTAINERD_META_DB: &str = "/var/lib/containerd/io.containerd.metadata.v1.bolt/meta.db";
+
+/// Where `image_list_function` keeps containerd's image list, with the identity of its
+/// metadata database when listed.
+/// (Not `/var/lib/kubeforge/images`: the image archives are there.)
+pub const IMAGE_LIST_CACHE: &str = "/var/lib/kubeforge/image-list";
+
+/// A shell function `kfimgs` that prints containerd's image references (`ctr -n k8s.io
+/// images ls -q`), listing them only when the metadata database `meta_db` changed since
+/// the list was kept in `cache` (every change of an image is a write to it: its size,
+/// mtime or ctime moves). Without that database (another root), `ctr` is asked each time.
+/// Fails when `ctr` fails.
+pub fn image_list_function(meta_db: &str, cache: &str) -> String {
+    format!(
+        "kfimgs() {{ k=$(stat -c '%s:%.9Y:%.9Z:%i' {db} 2>/dev/null) || {{ ctr -n k8s.io images ls -q; return; }}; \
+ck=; [ -f {cache} ] && read -r ck < {cache}; \
+if [ -n \"$ck\" ] && [ \"$ck\" = \"$k\" ]; then tail -n +2 {cache}; return 0; fi; \
+l=$(ctr -n k8s.io images ls -q) || return 1; \
+[ -d {cache} ] || {{ mkdir -p -m 700 \"$(dirname {cache})\" && printf '%s\\n%s\\n' \"$k\" \"$l\" > {cache}.$$ && mv -f {cache}.$$ {cache}; }} 2>/dev/null; \
+printf '%s\\n' \"$l\"; }};",
+        db = meta_db,
+        cache = cache,
+    )
+}
+
 /// A shell function `kfv NAME BINARY` (NAME: containerd, kubelet or kubeadm) that
 /// prints `NAME=VERSION` of the binary, asking it only when its identity changed since
 /// its version was kept in `version_cache` (nothing when it is missing or says none).
@@ -950,6 +976,77 @@ mod tests {
         assert_eq!(super::parse_host(&bash(&cmd)).kubeadm, None);
         std::fs::remove_file(bin.join("kubeadm")).expect("rm");
         assert_eq!(super::parse_host(&bash(&cmd)).kubeadm, None);
+    }
+
+    /// containerd's image list is asked once and kept with the identity of its metadata
+    /// database: asked again only when the database changes; without the database,
+    /// every time; a failing `ctr` fails the function.
+    #[test]
+    fn image_list_is_asked_once_per_metadata_change() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let bin = dir.path().join("bin");
+        std::fs::create_dir(&bin).expect("bin dir");
+        let calls = dir.path().join("calls");
+        let db = dir.path().join("meta.db");
+        let cache = dir.path().join("state/images");
+        let ctr = |images: &str, code: i32| {
+            let p = bin.join("ctr");
+            std::fs::write(
+                &p,
+                format!(
+                    "#!/bin/sh\necho ctr >> {}\nprintf '{images}'\nexit {code}\n",
+                    calls.display()
+                ),
+            )
+            .expect("fake ctr");
+            Command::new("chmod")
+                .arg("+x")
+                .arg(&p)
+                .status()
+                .expect("chmod");
+        };
+        ctr("k8s.gcr.io/pause:3.2\\nk8s.gcr.io/etcd:3.4.13-0\\n", 0);
+        std::fs::write(&db, "v1").expect("db");
+        let f =
+            super::image_list_function(db.to_str().expect("utf-8"), cache.to_str().expect("utf-8"));
+        let run = || {
+            bash(&format!(
+                "PATH={}:$PATH; {f} imgs=$(kfimgs) && printf '%s\\n' \"$imgs\" | grep -qxF -- k8s.gcr.io/etcd:3.4.13-0 && echo found || echo absent",
+                bin.display()
+            ))
+        };
+        let count = || {
+            std::fs::read_to_string(&calls)
+                .unwrap_or_default()
+                .lines()
+                .count()
+        };
+        assert_eq!(run().trim(), "found");
+        assert_eq!(run().trim(), "found");
+        assert_eq!(count(), 1, "an unchanged database is not listed again");
+        // An image removed: containerd writes its database, the list is asked again.
+        ctr("k8s.gcr.io/pause:3.2\\n", 0);
+        std::fs::write(&db, "v2, longer").expect("db");
+        assert_eq!(run().trim(), "absent");
+        assert_eq!(count(), 2);
+        // ctr failing: the function fails (the check is not done), nothing is kept.
+        ctr("", 1);
+        std::fs::write(&db, "v3, longer still").expect("db");
+        assert_eq!(run().trim(), "absent");
+        // A directory where the list would be kept: left alone, asked each time.
+        std::fs::remove_file(&cache).ok();
+        std::fs::create_dir_all(&cache).expect("dir");
+        ctr("k8s.gcr.io/etcd:3.4.13-0\\n", 0);
+        assert_eq!(run().trim(), "found");
+        assert_eq!(run().trim(), "found");
+        assert_eq!(count(), 5);
+        assert_eq!(std::fs::read_dir(&cache).expect("dir").count(), 0);
+        // Without the database: asked each time.
+        std::fs::remove_file(&db).expect("rm");
+        ctr("k8s.gcr.io/etcd:3.4.13-0\\n", 0);
+        assert_eq!(run().trim(), "found");
+        assert_eq!(run().trim(), "found");
+        assert_eq!(count(), 7);
     }
 
     /// The cluster part is valid shell wherever it runs: where no control plane runs it

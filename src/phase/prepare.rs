@@ -59,8 +59,16 @@ impl Phase for PrepareHosts {
         );
         // One listing of containerd's images (a `ctr` per image cost a Go process
         // each), every reference looked up in it as a whole line.
+        // The listing is kept with the identity of containerd's metadata database: a
+        // `ctr` (a Go process start) only when an image may have changed.
         if !images.is_empty() {
-            installed_check.push_str(" && imgs=$(ctr -n k8s.io images ls -q)");
+            installed_check = format!(
+                "{} {installed_check} && imgs=$(kfimgs)",
+                crate::facts::image_list_function(
+                    crate::facts::CONTAINERD_META_DB,
+                    crate::facts::IMAGE_LIST_CACHE
+                )
+            );
             for i in &images {
                 installed_check.push_str(&format!(
                     " && printf '%s\\n' \"$imgs\" | grep -qxF -- {}",
