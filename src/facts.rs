@@ -589,8 +589,9 @@ pub fn wait_units_command(units: &[String]) -> String {
 
 /// Gather the facts of `hosts` (one connection attempt each through `pool`) and of the
 /// cluster. `missing` are hosts the provider has no machine for (not contacted).
-/// `extra`: a script per host to run in the same round trip; its output comes back by
-/// host (what it printed; a host that did not answer is left out).
+/// `extra`: read-only commands per host to run in the same round trip; what each printed
+/// comes back by host, in order (None: it failed; a host that did not answer is left
+/// out).
 #[allow(clippy::too_many_arguments)]
 pub async fn gather(
     pool: &SshPool,
@@ -600,8 +601,8 @@ pub async fn gather(
     leaving: Vec<Leaving>,
     secrets: &dyn Redact,
     concurrency: usize,
-    extra: &BTreeMap<String, String>,
-) -> (ClusterFacts, BTreeMap<String, String>) {
+    extra: &BTreeMap<String, Vec<String>>,
+) -> (ClusterFacts, BTreeMap<String, Vec<Option<String>>>) {
     let mut facts = ClusterFacts {
         leaving,
         ..Default::default()
@@ -633,7 +634,9 @@ pub async fn gather(
     let results = fan_out(&names, &opts, |name| {
         let cluster = (designated.as_deref() == Some(name.as_str()))
             .then_some((start.as_str(), collect.as_str()));
-        let cmd = compose(&plain, cluster, extra.get(&name).map(String::as_str));
+        let asked = extra.get(&name).map(Vec::as_slice).unwrap_or_default();
+        let cmd = compose(&plain, cluster, asked);
+        let n = asked.len();
         async move {
             let Some(h) = c.topology.host(&name) else {
                 return Err(HostError::Other {
@@ -650,7 +653,7 @@ pub async fn gather(
                 })?;
             let out =
                 crate::transport::remote::run(s.as_ref(), &name, &cmd, secrets, false).await?;
-            let (out, extra) = split_extra(&out);
+            let (out, extra) = split_parts(&out, n);
             let (own, cluster) = split_answer(&out);
             Ok::<_, HostError>((parse_host(own), cluster, extra))
         }
@@ -664,8 +667,8 @@ pub async fn gather(
                 if let Some(a) = cluster {
                     answered = Some((r.host.clone(), a));
                 }
-                if let Some(e) = extra {
-                    extras.insert(r.host.clone(), e);
+                if !extra.is_empty() {
+                    extras.insert(r.host.clone(), extra);
                 }
                 facts.hosts.insert(r.host.clone(), f);
             }
@@ -681,38 +684,57 @@ pub async fn gather(
     (facts, extras)
 }
 
-/// Mark the output of a host's extra script in a facts answer.
-const EXTRA_BEGIN: &str = "@@kubeforge-extra-begin";
-const EXTRA_END: &str = "@@kubeforge-extra-end";
+/// Marks the parts of a facts answer that answer a host's extra commands.
+const PART: &str = "@@kubeforge-part";
 
 /// One host's facts command: its own facts, the cluster part (`start`, `collect`) where
-/// asked, and an extra script; the extra runs after the host's facts (on the first
-/// control plane while the cluster part is still being answered), its output between
-/// two marks.
-fn compose(plain: &str, cluster: Option<(&str, &str)>, extra: Option<&str>) -> String {
-    let extra = extra
-        .map(|e| format!("echo; echo '{EXTRA_BEGIN}'; ( {e} ); echo; echo '{EXTRA_END}'; "))
-        .unwrap_or_default();
+/// asked, and the extra commands; these run after the host's facts (on the first control
+/// plane while the cluster part is still being answered), each in its own subshell, its
+/// output between marks with its exit code.
+fn compose(plain: &str, cluster: Option<(&str, &str)>, extra: &[String]) -> String {
+    let mut parts = String::new();
+    if !extra.is_empty() {
+        parts.push_str("echo; ");
+    }
+    for (i, p) in extra.iter().enumerate() {
+        parts.push_str(&format!(
+            "echo '{PART} {i}'; ( {p} ) </dev/null 2>/dev/null; kfrc=$?; echo; echo \"{PART}-end {i} $kfrc\"; "
+        ));
+    }
     match cluster {
-        Some((start, collect)) => format!("{start}{plain}; {extra}{collect}"),
-        None => format!("{plain}; {extra}true"),
+        Some((start, collect)) => format!("{start}{plain}; {parts}{collect}"),
+        None => format!("{plain}; {parts}true"),
     }
 }
 
-/// An answer without the extra script's output, and that output (None: not asked, or
-/// cut short).
-fn split_extra(out: &str) -> (String, Option<String>) {
-    let begin = format!("\n{EXTRA_BEGIN}\n");
-    let end = format!("\n{EXTRA_END}\n");
-    let Some(b) = out.find(&begin) else {
-        return (out.to_string(), None);
+/// An answer without the parts of its `n` extra commands, and what each printed
+/// (exactly; None for one that failed or did not answer).
+fn split_parts(out: &str, n: usize) -> (String, Vec<Option<String>>) {
+    let mut got = vec![None; n];
+    let first = format!("\n{PART} 0\n");
+    let Some(start) = out.find(&first).filter(|_| n > 0).map(|b| b + 1) else {
+        return (out.to_string(), got);
     };
-    let body_at = b + begin.len();
-    let Some(e) = out[body_at..].find(&end).map(|e| body_at + e) else {
-        return (out[..b + 1].to_string(), None);
-    };
-    let rest = format!("{}{}", &out[..b + 1], &out[e + end.len()..]);
-    (rest, Some(out[body_at..e + 1].to_string()))
+    let mut rest = &out[start..];
+    for (i, slot) in got.iter_mut().enumerate() {
+        // Cut short: what follows is not read as facts either.
+        let Some(body) = rest.strip_prefix(&format!("{PART} {i}\n")) else {
+            rest = "";
+            break;
+        };
+        let end = format!("\n{PART}-end {i} ");
+        let Some(e) = body.find(&end) else {
+            rest = "";
+            break;
+        };
+        let after = &body[e + end.len()..];
+        let (code, next) = after.split_once('\n').unwrap_or((after, ""));
+        if code == "0" {
+            *slot = Some(body[..e].to_string());
+        }
+        rest = next;
+    }
+    (format!("{}{rest}", &out[..start]), got)
 }
 
 /// Add the nodes and etcd to the facts of the hosts.
@@ -1065,26 +1087,47 @@ mod tests {
         assert_eq!(super::parse_host(own).arch, "x86_64");
     }
 
-    /// An extra script's output comes back on its own, whatever it prints, and the
-    /// facts and cluster part around it read as without it.
+    /// Each extra command's output comes back exactly as printed (with or without a
+    /// last newline, empty), a failed one as none, whatever the others print; the facts
+    /// and cluster part around them read as without them.
     #[test]
     fn extra_output_is_read_apart_from_the_facts() {
         let (start, collect) = super::cluster_script(&["https://10.0.0.11:2379".to_string()]);
-        let extra = "printf 'no newline at the end'";
+        let extra: Vec<String> = [
+            "printf 'a\\nb\\n'",
+            "printf 'no newline'",
+            "true",
+            "echo half; false",
+            "echo '@@kubeforge-part 9'; echo 'last'",
+        ]
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
         for cluster in [None, Some((start.as_str(), collect.as_str()))] {
-            let out = bash(&super::compose("echo arch=x86_64", cluster, Some(extra)));
-            let (rest, got) = super::split_extra(&out);
-            assert_eq!(got.as_deref(), Some("no newline at the end\n"), "{out}");
+            let out = bash(&super::compose("echo arch=x86_64", cluster, &extra));
+            let (rest, got) = super::split_parts(&out, extra.len());
+            assert_eq!(
+                got,
+                vec![
+                    Some("a\nb\n".to_string()),
+                    Some("no newline".to_string()),
+                    Some(String::new()),
+                    None,
+                    Some("@@kubeforge-part 9\nlast\n".to_string()),
+                ],
+                "{out}"
+            );
             let (own, part) = super::split_answer(&rest);
             assert_eq!(super::parse_host(own).arch, "x86_64");
             assert!(part.is_none(), "{rest}");
-            let plain = bash(&super::compose("echo arch=x86_64", cluster, None));
-            assert_eq!(super::split_extra(&plain), (plain.clone(), None));
+            let plain = bash(&super::compose("echo arch=x86_64", cluster, &[]));
+            assert_eq!(super::split_parts(&plain, 0), (plain.clone(), Vec::new()));
         }
-        // Cut short (no end mark): no extra answer, the facts before it stay.
-        let (rest, got) =
-            super::split_extra(&format!("arch=x86_64\n\n{}\nabc", super::EXTRA_BEGIN));
-        assert_eq!((rest.as_str(), got), ("arch=x86_64\n\n", None));
+        // Cut short: what answered stands, the rest is none, the facts before it stay.
+        let cut = "arch=x86_64\n\n@@kubeforge-part 0\nx\n\n@@kubeforge-part-end 0 0\n@@kubeforge-part 1\ny";
+        let (rest, got) = super::split_parts(cut, 2);
+        assert_eq!(got, vec![Some("x\n".to_string()), None]);
+        assert_eq!(rest, "arch=x86_64\n\n");
     }
 
     #[test]

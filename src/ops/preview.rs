@@ -160,27 +160,24 @@ pub async fn gather_facts(s: &Session) -> Result<std::sync::Arc<ClusterFacts>, E
 
 /// [`gather_facts`], for a run of `pb` when given: each host is also asked, in the same
 /// round trip, what the preview of `pb` would ask it (its files and checks) when the
-/// control plane is where the file says ([`against_hosts`] uses an answer when that is
-/// what it asks, the same script, and asks again otherwise), and the read-only commands
-/// the phases of `pb` ask ahead ([`crate::phase::Phase::ask_ahead`], read back through
-/// [`crate::phase::ApplyContext::ask`]).
+/// control plane is where the file says, and the read-only commands the phases of `pb`
+/// ask ahead ([`crate::phase::Phase::ask_ahead`]). The answers are kept by host and exact
+/// command ([`crate::phase::exec::Runtime::asked_ahead`]): the preview uses one only for
+/// the very script it would send, and asks again otherwise.
 pub async fn gather_facts_for(
     s: &Session,
     pb: Option<&Playbook>,
 ) -> Result<std::sync::Arc<ClusterFacts>, Error> {
     let rt = s.rt()?;
-    let secrets = s
-        .secrets()
-        .await
-        .unwrap_or_else(crate::render::Secrets::generate);
-    // The plan is made ahead while the provider says which machines run.
-    let planned_secrets = s.secrets().await;
+    let known_secrets = s.secrets().await;
+    // What the preview will ask is made ahead while the provider says which machines run.
     let ((missing, down), speculated) = tokio::join!(provider_absences(s), async {
-        match (pb, planned_secrets) {
-            (Some(pb), Some(secrets)) => expected_probes(&s.cluster, pb, &secrets),
+        match (pb, &known_secrets) {
+            (Some(pb), Some(secrets)) => expected_probes(&s.cluster, pb, secrets),
             _ => Default::default(),
         }
     });
+    let secrets = known_secrets.unwrap_or_else(crate::render::Secrets::generate);
     let hosts: Vec<&crate::spec::Host> = s
         .cluster
         .topology
@@ -189,31 +186,18 @@ pub async fn gather_facts_for(
         .filter(|h| !down.iter().any(|(n, _)| *n == h.name))
         .collect();
     // Per host: the files-and-checks script (when there is one), then the commands the
-    // phases ask ahead, each in its own part.
-    let mut parts: std::collections::BTreeMap<String, Vec<String>> = Default::default();
-    let mut ahead: Vec<(String, String)> = Vec::new();
+    // phases ask ahead; each answer is kept under its exact command.
+    let mut extra = speculated;
     if let Some(pb) = pb {
         let registry = phase::registry();
         for r in &pb.phases {
             if let Some(ph) = registry.iter().find(|p| p.name() == r.name) {
-                ahead.extend(ph.ask_ahead(&s.cluster));
+                for (host, command) in ph.ask_ahead(&s.cluster) {
+                    extra.entry(host).or_default().push(command);
+                }
             }
         }
     }
-    for (host, script) in &speculated {
-        parts.entry(host.clone()).or_default().push(script.clone());
-    }
-    for (host, command) in &ahead {
-        if !speculated.contains_key(host) {
-            // Part 0 is the files-and-checks script: an empty one where there is none.
-            parts.entry(host.clone()).or_default().push("true".into());
-        }
-        parts.entry(host.clone()).or_default().push(command.clone());
-    }
-    let extra: std::collections::BTreeMap<String, String> = parts
-        .iter()
-        .map(|(h, p)| (h.clone(), parts_script(p)))
-        .collect();
     let (mut facts, answers) = crate::facts::gather(
         &rt.pool,
         &s.cluster,
@@ -225,32 +209,17 @@ pub async fn gather_facts_for(
         &extra,
     )
     .await;
-    let mut spec_answers = std::collections::HashMap::new();
-    let mut ahead_answers = std::collections::HashMap::new();
-    for (host, answer) in answers {
-        let Some(asked) = parts.get(&host) else {
-            continue;
-        };
-        let mut got = read_parts(&answer, asked.len()).into_iter();
-        let first = got.next().flatten();
-        if let (Some(script), Some(out)) = (speculated.get(&host), first) {
-            let out = crate::transport::ExecOutput {
-                stdout: out,
-                ..Default::default()
-            };
-            spec_answers.insert(host.clone(), (script.clone(), out));
-        }
-        for (command, out) in asked.iter().skip(1).zip(got) {
+    let mut ahead = std::collections::HashMap::new();
+    for (host, outs) in answers {
+        let asked = extra.get(&host).map(Vec::as_slice).unwrap_or_default();
+        for (command, out) in asked.iter().zip(outs) {
             if let Some(out) = out {
-                ahead_answers.insert((host.clone(), command.clone()), out);
+                ahead.insert((host.clone(), command.clone()), out);
             }
         }
     }
-    if let Ok(mut m) = rt.speculated.lock() {
-        *m = spec_answers;
-    }
     if let Ok(mut m) = rt.ahead.lock() {
-        *m = ahead_answers;
+        *m = ahead;
     }
     for (name, why) in down {
         facts
@@ -261,51 +230,6 @@ pub async fn gather_facts_for(
     rt.set_facts(facts);
     rt.facts()
         .ok_or_else(|| Error::Internal("facts were not recorded".into()))
-}
-
-/// Marks the parts of a host's extra script in the facts' round trip.
-const PART: &str = "@@kubeforge-part";
-
-/// `parts` one after another, each in its own subshell, its output between marks with
-/// its exit code.
-fn parts_script(parts: &[String]) -> String {
-    let mut o = String::new();
-    for (i, p) in parts.iter().enumerate() {
-        o.push_str(&format!(
-            "echo '{PART} {i}'; ( {p} ) </dev/null 2>/dev/null; kfrc=$?; echo; echo \"{PART}-end {i} $kfrc\"; "
-        ));
-    }
-    o.push_str("true");
-    o
-}
-
-/// The output of each of `n` parts of [`parts_script`] (exactly what it printed), None
-/// for a part that failed or did not answer.
-fn read_parts(out: &str, n: usize) -> Vec<Option<String>> {
-    let mut got = vec![None; n];
-    let mut rest = out;
-    for (i, slot) in got.iter_mut().enumerate() {
-        let begin = format!("{PART} {i}\n");
-        let Some(b) = rest
-            .match_indices(&begin)
-            .map(|(at, _)| at)
-            .find(|&at| at == 0 || rest.as_bytes()[at - 1] == b'\n')
-        else {
-            break;
-        };
-        let body = &rest[b + begin.len()..];
-        let end = format!("\n{PART}-end {i} ");
-        let Some(e) = body.find(&end) else {
-            break;
-        };
-        let after = &body[e + end.len()..];
-        let code = after.lines().next().unwrap_or_default();
-        if code == "0" {
-            *slot = Some(body[..e].to_string());
-        }
-        rest = after;
-    }
-    got
 }
 
 /// Each host's part of every phase of `plans`, in the order of the phases.
@@ -323,12 +247,13 @@ fn host_parts<'a>(plans: &'a [PhasePlan], name: &str) -> Vec<(usize, &'a crate::
 }
 
 /// What [`against_hosts`] would ask each host for `pb` when the facts change nothing
-/// in the plans (the first control plane of the file inits the cluster): host → script.
+/// in the plans (the first control plane of the file inits the cluster): host → its
+/// files-and-checks script (one).
 fn expected_probes(
     c: &LoadedCluster,
     pb: &Playbook,
     secrets: &crate::render::Secrets,
-) -> std::collections::BTreeMap<String, String> {
+) -> std::collections::BTreeMap<String, Vec<String>> {
     let init = phase::init_node_name(c, None);
     let Ok(files) = render::render_all_with_init(c, secrets, init.as_deref()) else {
         return Default::default();
@@ -351,7 +276,7 @@ fn expected_probes(
                 .map(|(_, hp)| hp)
                 .collect();
             let script = crate::phase::exec::files_and_checks_script(&files, &hps)?;
-            Some((h.name.clone(), script))
+            Some((h.name.clone(), vec![script]))
         })
         .collect()
 }
@@ -374,7 +299,6 @@ pub async fn against_hosts(
         Some(f) => f,
         None => gather_facts_for(s, Some(pb)).await?,
     };
-    let known = rt.take_speculated();
     let registry = phase::registry();
     let init = phase::init_node_name(c, Some(&facts));
     let files = render::render_all_with_init(c, &secrets, init.as_deref())?;
@@ -417,13 +341,13 @@ pub async fn against_hosts(
         }
     }
     let per_host = futures::future::join_all(names.iter().map(|name| {
-        let (plans, files, secrets, known) = (&plans, &files, &secrets, &known);
+        let (plans, files, secrets) = (&plans, &files, &secrets);
         async move {
             // The host's part of every phase, asked in one round trip (none when the
             // facts' round trip answered it).
             let mine = host_parts(plans, name);
             let hps: Vec<&crate::phase::HostPlan> = mine.iter().map(|(_, hp)| *hp).collect();
-            match resolve_hosts(rt, c, files, secrets, &hps, known.get(*name)).await {
+            match resolve_hosts(rt, c, files, secrets, &hps).await {
                 Ok(hs) => (
                     mine.iter()
                         .zip(hs)
@@ -639,48 +563,6 @@ pub fn online_text(p: &OnlinePlan) -> String {
         }
     }
     o
-}
-
-#[cfg(test)]
-mod parts_tests {
-    /// Each part's output comes back exactly as printed (with or without a last
-    /// newline, empty), a failed part as none, whatever the others print.
-    #[test]
-    fn parts_come_back_as_printed() {
-        let parts: Vec<String> = [
-            "printf 'a\\nb\\n'",
-            "printf 'no newline'",
-            "true",
-            "echo half; false",
-            "echo '@@kubeforge-part 9'; echo 'last'",
-        ]
-        .iter()
-        .map(|p| p.to_string())
-        .collect();
-        let out = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(super::parts_script(&parts))
-            .output()
-            .expect("sh runs");
-        assert!(out.status.success());
-        let got = super::read_parts(&String::from_utf8_lossy(&out.stdout), parts.len());
-        assert_eq!(
-            got,
-            vec![
-                Some("a\nb\n".to_string()),
-                Some("no newline".to_string()),
-                Some(String::new()),
-                None,
-                Some("@@kubeforge-part 9\nlast\n".to_string()),
-            ]
-        );
-        // Cut short: what answered stands, the rest is none.
-        let cut = "@@kubeforge-part 0\nx\n\n@@kubeforge-part-end 0 0\n@@kubeforge-part 1\ny";
-        assert_eq!(
-            super::read_parts(cut, 2),
-            vec![Some("x\n".to_string()), None]
-        );
-    }
 }
 
 #[cfg(test)]

@@ -192,7 +192,6 @@ impl Session {
                     api: Default::default(),
                     facts: Default::default(),
                     facts_at: Default::default(),
-                    speculated: Default::default(),
                     ahead: Default::default(),
                 })
             }

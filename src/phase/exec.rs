@@ -29,12 +29,9 @@ pub struct Runtime {
     pub facts: std::sync::Mutex<Option<std::sync::Arc<crate::facts::ClusterFacts>>>,
     /// When `facts` were gathered.
     pub facts_at: std::sync::Mutex<Option<std::time::Instant>>,
-    /// What hosts answered, in the facts' round trip, to the files-and-checks script of
-    /// the plan the run is expected to make (host → (script, answer)); the preview uses
-    /// an answer only for the very script it would send (see [`resolve_hosts`]).
-    pub speculated: std::sync::Mutex<HashMap<String, (String, ExecOutput)>>,
-    /// Answers to the phases' [`super::Phase::ask_ahead`] commands, from the facts' round
-    /// trip: (host, command) → output.
+    /// Read-only commands asked ahead in the facts' round trip, (host, command) → what
+    /// it printed: the files-and-checks script of the plan the run is expected to make
+    /// (see [`resolve_hosts`]) and the phases' [`super::Phase::ask_ahead`] commands.
     pub ahead: std::sync::Mutex<HashMap<(String, String), String>>,
 }
 
@@ -42,15 +39,6 @@ impl Runtime {
     /// The facts gathered in this run, if any.
     pub fn facts(&self) -> Option<std::sync::Arc<crate::facts::ClusterFacts>> {
         self.facts.lock().map(|f| f.clone()).unwrap_or_default()
-    }
-
-    /// The answers of [`Runtime::speculated`], taken (later calls get none: an answer
-    /// stands only for the preview made right after the facts).
-    pub fn take_speculated(&self) -> HashMap<String, (String, ExecOutput)> {
-        self.speculated
-            .lock()
-            .map(|mut m| std::mem::take(&mut *m))
-            .unwrap_or_default()
     }
 
     /// The answer `host` gave to `command` in the facts' round trip, taken (asked once);
@@ -310,15 +298,14 @@ impl ResolvedHost {
 /// Read-only, so each answer is what that phase would find when no earlier phase
 /// changes the host. One [`ResolvedHost`] per plan, in order.
 ///
-/// `known`: a (script, answer) the host gave moments ago (in the facts' round trip); used
-/// instead of asking when the script is the one [`files_and_checks_script`] makes now.
+/// The host is not asked when it answered this very script in the facts' round trip
+/// ([`Runtime::asked_ahead`]).
 pub async fn resolve_hosts(
     rt: &Runtime,
     c: &LoadedCluster,
     files: &[(crate::render::FileGroup, RenderedFile)],
     secrets: &Secrets,
     hps: &[&HostPlan],
-    known: Option<&(String, ExecOutput)>,
 ) -> Result<Vec<ResolvedHost>, HostError> {
     let Some(first) = hps.first() else {
         return Ok(Vec::new());
@@ -344,13 +331,18 @@ pub async fn resolve_hosts(
         host: host.name.clone(),
         source,
     };
-    let answer = match (script, known) {
-        (None, _) => crate::transport::ExecOutput::default(),
-        (Some(script), Some((asked_script, answer))) if *asked_script == script => {
-            tracing::debug!(host = %host.name, "files and checks answered in the facts' round trip");
-            answer.clone()
-        }
-        (Some(script), _) => s.exec(&script).await.map_err(transport)?,
+    let answer = match script {
+        None => ExecOutput::default(),
+        Some(script) => match rt.asked_ahead(&host.name, &script) {
+            Some(stdout) => {
+                tracing::debug!(host = %host.name, "files and checks answered in the facts' round trip");
+                ExecOutput {
+                    stdout,
+                    ..Default::default()
+                }
+            }
+            None => s.exec(&script).await.map_err(transport)?,
+        },
     };
     let digests = parse_sha256sum(&answer.stdout);
     let mut answers = crate::transport::ssh::parse_checks(&host.name, &answer, checks.len())
@@ -466,8 +458,7 @@ fn probe(planned: &[Vec<&RenderedFile>], steps: &[Vec<&Step>]) -> (Option<String
 }
 
 /// The script [`resolve_hosts`] sends for these plans of one host (None: nothing to
-/// ask); a caller may send it ahead, in another round trip, and hand the answer back
-/// as `known`.
+/// ask); a caller may send it ahead, in the facts' round trip.
 pub fn files_and_checks_script(
     files: &[(crate::render::FileGroup, RenderedFile)],
     hps: &[&HostPlan],

@@ -204,15 +204,10 @@ impl LoadBalancer {
             .into_iter()
             .map(|h| async move {
                 let command = vip_command(&vip.to_string(), *port);
-                let out = if ahead {
-                    ctx.ask(h, &command).await
-                } else {
-                    match exec::session(ctx.rt, h).await {
-                        Ok(s) => exec::run(s.as_ref(), &h.name, &command, ctx.secrets, false).await,
-                        Err(e) => Err(e),
-                    }
-                }
-                .map_err(|e: HostError| gate(e.to_string()))?;
+                let out = ctx
+                    .ask(h, &command, ahead)
+                    .await
+                    .map_err(|e: HostError| gate(e.to_string()))?;
                 let said = |w: &str| out.lines().any(|l| l.trim() == w);
                 Ok::<_, PhaseError>((h.name.clone(), said("held"), said("answers")))
             });

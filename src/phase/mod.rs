@@ -134,12 +134,17 @@ impl ApplyContext<'_> {
         self.rt.fresh_facts(FACTS_HOLD_FOR)
     }
 
-    /// The output of read-only `command` on `host`: its answer asked ahead in the facts'
-    /// round trip (see [`Phase::ask_ahead`]) while this phase stands on the facts
-    /// ([`ApplyContext::standing_facts`]), else asked now. A command that fails is an
-    /// error naming the host.
-    pub async fn ask(&self, host: &Host, command: &str) -> Result<String, exec::HostError> {
-        if self.standing_facts().is_some() {
+    /// The output of read-only `command` on `host`: with `ahead`, its answer asked ahead
+    /// in the facts' round trip (see [`Phase::ask_ahead`]) while this phase stands on the
+    /// facts ([`ApplyContext::standing_facts`]); else asked now. A command that fails is
+    /// an error naming the host.
+    pub async fn ask(
+        &self,
+        host: &Host,
+        command: &str,
+        ahead: bool,
+    ) -> Result<String, exec::HostError> {
+        if ahead && self.standing_facts().is_some() {
             if let Some(out) = self.rt.asked_ahead(&host.name, command) {
                 return Ok(out);
             }
