@@ -338,6 +338,22 @@ pub const CONTAINERD_META_DB: &str = "/var/lib/containerd/io.containerd.metadata
 /// (Not `/var/lib/kubeforge/images`: the image archives are there.)
 pub const IMAGE_LIST_CACHE: &str = "/var/lib/kubeforge/image-list";
 
+/// Shell function `kfid PATH`: sets `$kfi` to the identity of the file at PATH (size,
+/// mtime, ctime, inode; symlinks followed), fails when it cannot be read. Taken from
+/// `$kfst` when the facts stated the file earlier in the same script (`identities`),
+/// else asked of `stat`.
+const IDENTITY_FUNCTION: &str = "kfid() { case \" ${kfst:-} \" in *\" $1=\"*) kfi=\" $kfst\"; kfi=${kfi#*\" $1=\"}; \
+kfi=${kfi%% *}; [ -n \"$kfi\" ];; *) kfi=$(stat -Lc '%s:%.9Y:%.9Z:%i' \"$1\" 2>/dev/null);; esac; };";
+
+/// Sets `$kfst` to `PATH=IDENTITY` of each of `paths` that can be stated (one `stat`
+/// for the files `kfid` is asked about later in the same script).
+fn identities(paths: &[&str]) -> String {
+    format!(
+        "kfst=$(stat -L --printf '%n=%s:%.9Y:%.9Z:%i ' -- {} 2>/dev/null);",
+        paths.join(" ")
+    )
+}
+
 /// A shell function `kfimgs` that prints containerd's image references (`ctr -n k8s.io
 /// images ls -q`), listing them only when the metadata database `meta_db` changed since
 /// the list was kept in `cache` (every change of an image is a write to it: its size,
@@ -345,9 +361,9 @@ pub const IMAGE_LIST_CACHE: &str = "/var/lib/kubeforge/image-list";
 /// Fails when `ctr` fails.
 pub fn image_list_function(meta_db: &str, cache: &str) -> String {
     format!(
-        "kfimgs() {{ k=$(stat -c '%s:%.9Y:%.9Z:%i' {db} 2>/dev/null) || {{ ctr -n k8s.io images ls -q; return; }}; \
-ck=; [ -f {cache} ] && read -r ck < {cache}; \
-if [ -n \"$ck\" ] && [ \"$ck\" = \"$k\" ]; then tail -n +2 {cache}; return 0; fi; \
+        "{IDENTITY_FUNCTION} kfimgs() {{ kfid {db} || {{ ctr -n k8s.io images ls -q; return; }}; k=$kfi; \
+if [ -f {cache} ] && {{ IFS= read -r ck && [ -n \"$ck\" ] && [ \"$ck\" = \"$k\" ] && \
+while IFS= read -r l; do printf '%s\\n' \"$l\"; done; }} < {cache}; then return 0; fi; \
 l=$(ctr -n k8s.io images ls -q) || return 1; \
 [ -d {cache} ] || {{ mkdir -p -m 700 \"$(dirname {cache})\" && printf '%s\\n%s\\n' \"$k\" \"$l\" > {cache}.$$ && mv -f {cache}.$$ {cache}; }} 2>/dev/null; \
 printf '%s\\n' \"$l\"; }};",
@@ -361,7 +377,7 @@ printf '%s\\n' \"$l\"; }};",
 /// its version was kept in `version_cache` (nothing when it is missing or says none).
 pub fn version_function(version_cache: &str) -> String {
     format!(
-        "kfv() {{ n=$1; b=$2; [ -n \"$b\" ] || return 0; k=$(stat -Lc '%s:%.9Y:%.9Z:%i' \"$b\" 2>/dev/null) || return 0; \
+        "{IDENTITY_FUNCTION} kfv() {{ n=$1; b=$2; [ -n \"$b\" ] || return 0; kfid \"$b\" || return 0; k=$kfi; \
 c={vc}/$n; ck=; cv=; [ -r \"$c\" ] && read -r ck cv < \"$c\"; \
 if [ \"$ck\" != \"$k\" ] || [ -z \"$cv\" ]; then case $n in \
 containerd) cv=$(\"$b\" --version 2>/dev/null | awk '{{print $3}}');; \
@@ -376,22 +392,29 @@ kubeadm) cv=$(\"$b\" version -o short 2>/dev/null);; esac; \
 fn host_command_in(bin_dir: &str, version_cache: &str) -> String {
     format!(
         "{kfv} echo arch=$(uname -m); . /etc/os-release 2>/dev/null; echo \"os=$ID $VERSION_ID\"; \
-command -v systemctl >/dev/null && echo systemd=yes; \
-kfv containerd \"$(command -v containerd)\"; \
+command -v systemctl >/dev/null && echo systemd=yes; kfcd=$(command -v containerd); {ids} \
+kfv containerd \"$kfcd\"; \
 [ -x {bin_dir}/kubelet ] && kfv kubelet {bin_dir}/kubelet; \
 [ -x {bin_dir}/kubeadm ] && kfv kubeadm {bin_dir}/kubeadm; \
 test -f {init} && echo init=yes; test -f {kc} && echo kubelet_conf=yes; \
 test -f {m}/etcd.yaml && test -f {m}/kube-apiserver.yaml && echo cp=yes; \
 test -f {held}/etcd.yaml && test -f {held}/kube-apiserver.yaml && echo held=yes; \
-v=$(sed -n 's/^ *image: *//p' {m}/kube-apiserver.yaml {held}/kube-apiserver.yaml 2>/dev/null | head -n1) && [ -n \"$v\" ] && echo \"apiserver_image=$v\"; \
-v=$(sed -n 's/.*\"subnet\": *\"\\([0-9./]*\\)\".*/\\1/p' {conflist} 2>/dev/null | head -n1) && [ -n \"$v\" ] && echo \"pod_cidr=$v\"; \
-for u in $(systemctl list-units --state=active --plain --no-legend 'kubeforge-kubeadm-*' 2>/dev/null | awk '{{print $1}}'); do echo \"busy=${{u%.service}}\"; done; true",
+v=$(sed -n '/^ *image: */{{s///p;q}}' {m}/kube-apiserver.yaml {held}/kube-apiserver.yaml 2>/dev/null) && [ -n \"$v\" ] && echo \"apiserver_image=$v\"; \
+v=$(sed -n '/.*\"subnet\": *\"\\([0-9./]*\\)\".*/{{s//\\1/p;q}}' {conflist} 2>/dev/null) && [ -n \"$v\" ] && echo \"pod_cidr=$v\"; \
+{units} for u in $kfunits; do case $u in kubeforge-kubeadm-*) echo \"busy=${{u%.service}}\";; esac; done; true",
         kfv = version_function(version_cache),
         init = kube::kubeadm::INIT_DONE,
         kc = kube::KUBELET_CONF,
         m = kube::MANIFESTS,
         held = kube::etcdctl::HELD_DIR,
         conflist = crate::render::views::CONFLIST_TEMPLATE,
+        units = crate::transport::shell::LIST_ACTIVE_UNITS,
+        ids = identities(&[
+            "\"$kfcd\"",
+            &format!("{bin_dir}/kubelet"),
+            &format!("{bin_dir}/kubeadm"),
+            CONTAINERD_META_DB,
+        ]),
     )
 }
 
@@ -431,9 +454,11 @@ fn health_urls(c: &LoadedCluster, leaving: &[Leaving]) -> Vec<String> {
 /// private directory for the credentials while curl runs.
 fn nodes_command(dir: &str) -> String {
     format!(
-        "{{ umask 077; a={admin}; srv=$(sed -n 's/^ *server: *//p' $a | head -n1); \
-for f in certificate-authority client-certificate client-key; do \
-sed -n \"s/^ *$f-data: *//p\" $a | head -n1 | base64 -d > {dir}/$f 2>/dev/null; done; \
+        "{{ umask 077; srv=; kfn_ca=; kfn_cc=; kfn_ck=; while read -r kfn_k kfn_v; do case $kfn_k in \
+server:) [ -n \"$srv\" ] || srv=$kfn_v;; certificate-authority-data:) [ -n \"$kfn_ca\" ] || kfn_ca=$kfn_v;; \
+client-certificate-data:) [ -n \"$kfn_cc\" ] || kfn_cc=$kfn_v;; client-key-data:) [ -n \"$kfn_ck\" ] || kfn_ck=$kfn_v;; \
+esac; done < {admin}; printf '%s' \"$kfn_ca\" | base64 -d > {dir}/certificate-authority; \
+printf '%s' \"$kfn_cc\" | base64 -d > {dir}/client-certificate; printf '%s' \"$kfn_ck\" | base64 -d > {dir}/client-key; \
 case $srv in https://*) [ -s {dir}/client-key ] && curl -sS --fail --max-time 10 \
 --cacert {dir}/certificate-authority --cert {dir}/client-certificate --key {dir}/client-key \
 \"$srv/api/v1/nodes\";; *) false;; esac; }} || {kubectl} get nodes -o json --request-timeout=10s",
@@ -462,12 +487,22 @@ if [ -n \"$kfd\" ]; then \
 echo \"{SECTION} nodes $(cat $kfd/nodes.rc)\"; cat $kfd/nodes; echo; \
 echo \"{SECTION} members $(cat $kfd/members.rc)\"; cat $kfd/members; echo; "
     );
-    for (i, url) in urls.iter().filter(|u| etcd::client_url_ok(u)).enumerate() {
+    // Every member's health in one curl, the transfers in parallel (`-Z`, curl 7.66):
+    // a TLS client set up once (~20 ms of CPU each on a busy node). An older curl
+    // refuses the option (exit 2, nothing transferred): one curl per member then.
+    let urls: Vec<&String> = urls.iter().filter(|u| etcd::client_url_ok(u)).collect();
+    if !urls.is_empty() {
+        let mut one = format!("{curl} -Z");
+        let mut each = String::new();
+        for (i, url) in urls.iter().enumerate() {
+            one.push_str(&format!(" {url}/health -o $kfd/health{i}"));
+            each.push_str(&format!("( {curl} {url}/health >$kfd/health{i} ) & "));
+            collect.push_str(&format!(
+                "echo \"{SECTION} health {url}\"; cat $kfd/health{i} 2>/dev/null; echo; "
+            ));
+        }
         start.push_str(&format!(
-            "( {curl} {url}/health >$kfd/health{i} 2>/dev/null ) & "
-        ));
-        collect.push_str(&format!(
-            "echo \"{SECTION} health {url}\"; cat $kfd/health{i}; echo; "
+            "( {one} 2>/dev/null; [ $? != 2 ] || {{ {each}wait; }} 2>/dev/null ) & "
         ));
     }
     start.push_str("fi; ");
@@ -998,6 +1033,38 @@ mod tests {
         assert_eq!(super::parse_host(&bash(&cmd)).kubeadm, None);
         std::fs::remove_file(bin.join("kubeadm")).expect("rm");
         assert_eq!(super::parse_host(&bash(&cmd)).kubeadm, None);
+    }
+
+    /// A file's identity is the same whether the facts' one `stat` gave it or `kfid`
+    /// asked its own; a missing file has none either way; a changed file another.
+    #[test]
+    fn identity_is_the_same_listed_or_asked() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let a = dir.path().join("kubelet");
+        let b = dir.path().join("kubelet2");
+        let missing = dir.path().join("missing");
+        std::fs::write(&a, "binary").expect("write");
+        std::fs::write(&b, "binary").expect("write");
+        let (a, b, missing) = (
+            a.to_str().expect("utf-8"),
+            b.to_str().expect("utf-8"),
+            missing.to_str().expect("utf-8"),
+        );
+        let ids = super::identities(&[b, a, missing]);
+        let out = bash(&format!(
+            "{f} kfid {a} && echo \"own $kfi\"; kfid {missing} || echo none; {ids} \
+kfid {a} && echo \"listed $kfi\"; kfid {missing} || echo none; kfid {b} && echo \"other $kfi\"",
+            f = super::IDENTITY_FUNCTION
+        ));
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 5, "{out}");
+        let own = lines[0].strip_prefix("own ").expect("own");
+        assert_eq!(lines[1], "none");
+        assert_eq!(lines[2], format!("listed {own}"));
+        assert_eq!(lines[3], "none");
+        let other = lines[4].strip_prefix("other ").expect("other");
+        assert_ne!(own, other, "another inode");
+        assert_eq!(own.split(':').count(), 4, "{own}");
     }
 
     /// containerd's image list is asked once and kept with the identity of its metadata

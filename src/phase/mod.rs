@@ -480,9 +480,10 @@ pub fn restart_step(
     // 128 bits are plenty to notice a change.
     let digest = hex::encode(&h.finalize()[..16]);
     let path = format!("{APPLIED_DIR}/{marker}");
-    let mut check = format!("[ \"$(cat {path} 2>/dev/null)\" = {digest} ]");
+    use crate::transport::shell::{FILE_EQUALS, UNIT_ACTIVE};
+    let mut check = format!("{FILE_EQUALS} kfeq {path} {digest}");
     if let Some(svc) = service {
-        check.push_str(&format!(" && systemctl is-active --quiet {svc}"));
+        check = format!("{UNIT_ACTIVE} {check} && kfup {svc}");
     }
     Step::cmd(format!(
         "{restart} && mkdir -p {APPLIED_DIR} && echo {digest} > {path}"

@@ -6,7 +6,7 @@ use super::{
 use crate::render::views::{Profile, BIN_DIR, CGROUP_SCRIPT};
 use crate::render::FileGroup;
 use crate::spec::Host;
-use crate::transport::shell::quote;
+use crate::transport::shell::{quote, FILE_EQUALS};
 use crate::transport::Transport;
 
 pub struct PrepareHosts;
@@ -17,8 +17,11 @@ const INSTALL: &str = "install kubeadm, kubelet, kubectl";
 /// Container machines: kubelet's cgroups go under the machine's own cgroup (PID 1's,
 /// less systemd's init.scope), or every machine's kubelet would share (and fight over)
 /// /kubepods on the docker host, and `docker rm` would leave pods behind.
+/// (The first line of /proc/1/cgroup for the memory controller, or cgroup v2's `0::`;
+/// read by the shell, no awk.)
 const CGROUP_ROOT: &str =
-    "cg=$(awk -F: '$2==\"memory\"{print $3; exit} $1==\"0\"{print $3; exit}' /proc/1/cgroup); \
+    "cg=; while IFS=: read -r kfc_n kfc_c kfc_p; do if [ \"$kfc_c\" = memory ] || [ \"$kfc_n\" = 0 ]; then \
+cg=$kfc_p; break; fi; done < /proc/1/cgroup; \
 cg=${cg%/init.scope}; want=\"KUBELET_EXTRA_ARGS=--cgroup-root=${cg:-/}\"";
 
 #[async_trait::async_trait]
@@ -63,17 +66,15 @@ impl Phase for PrepareHosts {
         // `ctr` (a Go process start) only when an image may have changed.
         if !images.is_empty() {
             installed_check = format!(
-                "{} {installed_check} && imgs=$(kfimgs)",
+                "{} {} {installed_check} && imgs=$(kfimgs)",
+                crate::transport::shell::HAS_WORD,
                 crate::facts::image_list_function(
                     crate::facts::CONTAINERD_META_DB,
                     crate::facts::IMAGE_LIST_CACHE
                 )
             );
             for i in &images {
-                installed_check.push_str(&format!(
-                    " && printf '%s\\n' \"$imgs\" | grep -qxF -- {}",
-                    quote(i)
-                ));
+                installed_check.push_str(&format!(" && kfhas \"$imgs\" {}", quote(i)));
             }
         }
         for h in &ctx.hosts {
@@ -87,7 +88,8 @@ impl Phase for PrepareHosts {
             };
             let mut cmds = vec![Step::cmd("swapoff -a").unless_check(
                 "no swap is active",
-                "[ -z \"$(swapon --noheadings --show 2>/dev/null)\" ]",
+                // /proc/swaps (what `swapon --show` reads): a header, then a line per swap.
+                "kfs_l=; { read -r kfs_h; read -r kfs_l; } 2>/dev/null < /proc/swaps; [ -z \"$kfs_l\" ]",
             )];
             if container {
                 cmds.push(
@@ -108,7 +110,7 @@ impl Phase for PrepareHosts {
                     ))
                     .unless_check(
                         "kubelet's cgroup root is the machine's cgroup",
-                        format!("{CGROUP_ROOT}; [ \"$(cat /etc/default/kubelet 2>/dev/null)\" = \"$want\" ]"),
+                        format!("{CGROUP_ROOT}; {FILE_EQUALS} kfeq /etc/default/kubelet \"$want\""),
                     ),
                 );
             } else {
