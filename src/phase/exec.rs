@@ -467,10 +467,34 @@ pub fn files_and_checks_script(
     probe(&planned, &steps).0
 }
 
+/// `sha256sum` of `paths`: read-only, asked ahead by phases that read files only to
+/// learn whether they changed (see [`super::ApplyContext::files_unchanged_ahead`]).
+pub fn digests_command(paths: &[&str]) -> String {
+    let quoted: Vec<String> = paths
+        .iter()
+        .map(|p| crate::transport::shell::quote(p))
+        .collect();
+    format!("sha256sum -- {}", quoted.join(" "))
+}
+
+/// Whether `out` (what [`digests_command`] printed for `paths`) says each file holds
+/// what `known` holds for it; an unknown content or a file not in `out` does not match.
+pub fn digests_match(out: &str, paths: &[&str], known: &[Option<&str>]) -> bool {
+    use sha2::{Digest, Sha256};
+    let got = parse_sha256sum(out);
+    paths.len() == known.len()
+        && paths.iter().zip(known).all(|(p, k)| {
+            k.is_some_and(|k| {
+                got.get(p)
+                    .is_some_and(|d| *d == hex::encode(Sha256::digest(k.as_bytes())))
+            })
+        })
+}
+
 /// `sha256sum` output (`<hex>  <path>` per line) as path → hex. Lines of names that
 /// `sha256sum` escapes (a backslash or newline in them) are left out: such a file reads
 /// as missing, and is written again.
-fn parse_sha256sum(out: &str) -> std::collections::HashMap<&str, &str> {
+pub(crate) fn parse_sha256sum(out: &str) -> std::collections::HashMap<&str, &str> {
     out.lines()
         .filter_map(|l| {
             let (hash, path) = l.split_once("  ")?;
@@ -483,6 +507,36 @@ fn parse_sha256sum(out: &str) -> std::collections::HashMap<&str, &str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `sha256sum` prints on a host is compared with contents known here: equal
+    /// content matches; another content, an unknown one or a missing file does not.
+    #[test]
+    fn digests_asked_on_a_host_match_only_the_same_contents() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let a = dir.path().join("ca.crt");
+        let b = dir.path().join("sa key");
+        std::fs::write(&a, "-----BEGIN CERTIFICATE-----\nx\n").expect("write");
+        std::fs::write(&b, "key\n").expect("write");
+        let (a, b) = (a.to_str().expect("utf-8"), b.to_str().expect("utf-8"));
+        let missing = dir.path().join("missing");
+        let missing = missing.to_str().expect("utf-8");
+        let ask = |paths: &[&str]| {
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(digests_command(paths))
+                .output()
+                .expect("sh");
+            String::from_utf8(out.stdout).expect("utf-8")
+        };
+        let out = ask(&[a, b]);
+        let cert = "-----BEGIN CERTIFICATE-----\nx\n";
+        assert!(digests_match(&out, &[a, b], &[Some(cert), Some("key\n")]));
+        assert!(!digests_match(&out, &[a, b], &[Some(cert), Some("key")]));
+        assert!(!digests_match(&out, &[a, b], &[Some(cert), None]));
+        assert!(!digests_match(&out, &[a, b], &[Some(cert)]));
+        let out = ask(&[a, missing]);
+        assert!(!digests_match(&out, &[a, missing], &[Some(cert), Some("")]));
+    }
 
     #[test]
     fn sha256sum_output_maps_paths_to_digests() {

@@ -130,40 +130,26 @@ impl Phase for InitControlPlane {
         // The CA certificate and the shared PKI a rebuild needs (every control plane
         // lost): the same CAs and service-account key keep workers, kubeconfigs and
         // tokens valid. Read in one round trip; encrypted with the other secrets of the
-        // state.
-        let mut paths = vec![CA_CERT.to_string()];
-        paths.extend(
-            SHARED_PKI
-                .iter()
-                .map(|n| format!("/etc/kubernetes/pki/{n}")),
-        );
+        // state. A run that changed nothing knows from the facts' round trip whether
+        // they still are what the state holds (their digests asked ahead): no read then.
+        let paths = pki_paths();
         let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
-        let mut read = exec::download_all(s.as_ref(), &first.name, &paths)
-            .await
-            .map_err(|e| PhaseError::host(&phase, e))?
-            .into_iter();
-        let pem = read.next().unwrap_or_default();
-        let hash = ca_cert_hash(&pem).map_err(|message| PhaseError::Gate {
-            phase: phase.clone(),
-            message: format!("{CA_CERT} on {}: {message}", first.name),
-        })?;
-        let ca = String::from_utf8_lossy(&pem).to_string();
-        let shared: std::collections::BTreeMap<String, String> = SHARED_PKI
-            .iter()
-            .zip(read)
-            .map(|(n, bytes)| (n.to_string(), String::from_utf8_lossy(&bytes).to_string()))
-            .collect();
-        ctx.state
-            .update(|doc| {
-                doc.secrets.pki.extend(shared);
-                doc.secrets.pki.insert("ca.crt".into(), ca);
-                doc.secrets.extra.insert(CA_HASH_KEY.into(), hash);
-            })
-            .await
-            .map_err(|source| PhaseError::State {
-                phase: phase.clone(),
-                source,
-            })?;
+        let kept = {
+            let doc = ctx.state.get().await;
+            let pki = &doc.secrets.pki;
+            let known: Vec<Option<&str>> = std::iter::once("ca.crt")
+                .chain(SHARED_PKI)
+                .map(|n| pki.get(n).map(String::as_str))
+                .collect();
+            doc.secrets.extra.contains_key(CA_HASH_KEY)
+                && ctx.nothing_to_do(plan)
+                && ctx.files_unchanged_ahead(first, &paths, &known)
+        };
+        if kept {
+            tracing::debug!(host = %first.name, "the PKI is what the state holds (digests asked ahead)");
+        } else {
+            read_pki(ctx, first, s.as_ref(), &paths, &phase).await?;
+        }
         // Nothing changed in this run and the preview's facts were answered through the
         // API moments ago: no readiness wait.
         if ctx.nothing_to_do(plan) && ctx.standing_facts().is_some_and(|f| f.nodes.is_some()) {
@@ -171,6 +157,60 @@ impl Phase for InitControlPlane {
         }
         super::wait_readyz(ctx, s.as_ref(), &phase).await
     }
+
+    fn ask_ahead(&self, c: &crate::spec::LoadedCluster) -> Vec<(String, String)> {
+        let Some(first) = crate::facts::init_node(&c.topology, None) else {
+            return Vec::new();
+        };
+        let paths = pki_paths();
+        let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
+        vec![(first.name.clone(), exec::digests_command(&paths))]
+    }
+}
+
+/// The CA certificate, then the shared PKI (`SHARED_PKI`), as paths on a control plane.
+fn pki_paths() -> Vec<String> {
+    std::iter::once(CA_CERT.to_string())
+        .chain(
+            SHARED_PKI
+                .iter()
+                .map(|n| format!("/etc/kubernetes/pki/{n}")),
+        )
+        .collect()
+}
+
+/// Read the CA and the shared PKI from `first` into the state.
+async fn read_pki(
+    ctx: &ApplyContext<'_>,
+    first: &crate::spec::Host,
+    s: &dyn crate::transport::Transport,
+    paths: &[&str],
+    phase: &str,
+) -> Result<(), PhaseError> {
+    let phase = phase.to_string();
+    let mut read = exec::download_all(s, &first.name, paths)
+        .await
+        .map_err(|e| PhaseError::host(&phase, e))?
+        .into_iter();
+    let pem = read.next().unwrap_or_default();
+    let hash = ca_cert_hash(&pem).map_err(|message| PhaseError::Gate {
+        phase: phase.clone(),
+        message: format!("{CA_CERT} on {}: {message}", first.name),
+    })?;
+    let ca = String::from_utf8_lossy(&pem).to_string();
+    let shared: std::collections::BTreeMap<String, String> = SHARED_PKI
+        .iter()
+        .zip(read)
+        .map(|(n, bytes)| (n.to_string(), String::from_utf8_lossy(&bytes).to_string()))
+        .collect();
+    ctx.state
+        .update(|doc| {
+            doc.secrets.pki.extend(shared);
+            doc.secrets.pki.insert("ca.crt".into(), ca);
+            doc.secrets.extra.insert(CA_HASH_KEY.into(), hash);
+        })
+        .await
+        .map_err(|source| PhaseError::State { phase, source })
 }
 
 #[cfg(test)]

@@ -34,6 +34,12 @@ impl Phase for Kubeconfig {
         let Some((first, s)) = ctx.first_control_plane(phase).await? else {
             return Ok(());
         };
+        // A run that changed nothing asked the file's digest in the facts' round trip:
+        // no read when it is what the state holds (the secret itself never rides there).
+        let known = ctx.state.get().await.secrets.admin_kubeconfig.clone();
+        if ctx.files_unchanged_ahead(first, &[ADMIN_CONF], &[known.as_deref()]) {
+            return Ok(());
+        }
         let conf = exec::download(s.as_ref(), &first.name, ADMIN_CONF)
             .await
             .map_err(|e| PhaseError::host(phase, e))?;
@@ -50,5 +56,12 @@ impl Phase for Kubeconfig {
                 phase: phase.into(),
                 source,
             })
+    }
+
+    fn ask_ahead(&self, c: &crate::spec::LoadedCluster) -> Vec<(String, String)> {
+        crate::facts::init_node(&c.topology, None)
+            .map(|first| (first.name.clone(), exec::digests_command(&[ADMIN_CONF])))
+            .into_iter()
+            .collect()
     }
 }

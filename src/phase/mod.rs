@@ -153,6 +153,29 @@ impl ApplyContext<'_> {
         exec::run(s.as_ref(), &host.name, command, self.secrets, false).await
     }
 
+    /// Whether `host`'s files at `paths` hold exactly `known` (compared by sha256), told
+    /// by the answer to [`exec::digests_command`] asked ahead in the facts' round trip
+    /// while this phase stands on the facts. False whenever that cannot be told (no such
+    /// answer, a file missing there or unknown here): the caller reads the files then.
+    /// Secrets stay out of the facts' answer this way: only their digests ride in it.
+    pub fn files_unchanged_ahead(
+        &self,
+        host: &Host,
+        paths: &[&str],
+        known: &[Option<&str>],
+    ) -> bool {
+        if paths.len() != known.len() || self.standing_facts().is_none() {
+            return false;
+        }
+        let Some(out) = self
+            .rt
+            .asked_ahead(&host.name, &exec::digests_command(paths))
+        else {
+            return false;
+        };
+        exec::digests_match(&out, paths, known)
+    }
+
     /// The first control-plane node and the connection to it (None: no control plane).
     pub async fn first_control_plane(
         &self,
