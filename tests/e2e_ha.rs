@@ -234,6 +234,40 @@ fn apply_bootstraps_a_three_master_cluster_behind_a_vip() {
     );
     eprintln!("re-run: {rerun:?}");
 
+    // The admin kubeconfig changed on the first control plane outside kubeforge: a run
+    // that changes nothing else still notices (its digest differs from the state's)
+    // and keeps the new one.
+    let touched = "# touched outside kubeforge";
+    let out = docker(&[
+        "exec",
+        &cp1,
+        "sh",
+        "-c",
+        &format!("echo '{touched}' >> /etc/kubernetes/admin.conf"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    kubeforge(dir.path())
+        .args(["apply", "-f", "cluster.yaml", "--yes", "-o", "json"])
+        .assert()
+        .success();
+    let out = kubeforge(dir.path())
+        .args(["kubeconfig", "-f", "cluster.yaml"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(touched),
+        "the state keeps the admin kubeconfig as it was before the change on the host"
+    );
+
     // The rolling upgrade on this live cluster (tests/common_upgrade).
     common_upgrade::upgrade_scenarios(dir.path(), NAME, &format!("{SUBNET}.254"));
 
