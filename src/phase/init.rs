@@ -137,8 +137,7 @@ impl Phase for InitControlPlane {
         let kept = {
             let doc = ctx.state.get().await;
             let pki = &doc.secrets.pki;
-            let known: Vec<Option<&str>> = std::iter::once("ca.crt")
-                .chain(SHARED_PKI)
+            let known: Vec<Option<&str>> = pki_names()
                 .map(|n| pki.get(n).map(String::as_str))
                 .collect();
             doc.secrets.extra.contains_key(CA_HASH_KEY)
@@ -168,14 +167,17 @@ impl Phase for InitControlPlane {
     }
 }
 
-/// The CA certificate, then the shared PKI (`SHARED_PKI`), as paths on a control plane.
+/// What is read of the first control plane's PKI, by name under /etc/kubernetes/pki (as
+/// the state keeps it): the CA certificate (`CA_CERT`, whose hash is taken), then the
+/// shared PKI (`SHARED_PKI`).
+fn pki_names() -> impl Iterator<Item = &'static str> {
+    std::iter::once("ca.crt").chain(SHARED_PKI)
+}
+
+/// [`pki_names`] as paths on a control plane.
 fn pki_paths() -> Vec<String> {
-    std::iter::once(CA_CERT.to_string())
-        .chain(
-            SHARED_PKI
-                .iter()
-                .map(|n| format!("/etc/kubernetes/pki/{n}")),
-        )
+    pki_names()
+        .map(|n| format!("/etc/kubernetes/pki/{n}"))
         .collect()
 }
 
@@ -216,6 +218,14 @@ async fn read_pki(
 #[cfg(test)]
 mod tests {
     use std::process::Command;
+
+    /// The first file read is the CA certificate whose hash the joins use.
+    #[test]
+    fn the_pki_read_starts_with_the_ca_certificate() {
+        let paths = super::pki_paths();
+        assert_eq!(paths.first().map(String::as_str), Some(super::CA_CERT));
+        assert_eq!(paths.len(), 1 + super::SHARED_PKI.len());
+    }
 
     #[test]
     fn ca_hash_matches_what_openssl_computes() {
