@@ -161,6 +161,14 @@ pub enum Command {
         after_help = "Examples:\n  kubeforge clusters --state-url file://.kubeforge\n  kubeforge clusters --state-url s3://kubeforge-state --endpoint https://minio:9000 --path-style -o json"
     )]
     Clusters(ClustersArgs),
+    /// Keep SSH connections open between runs (started by the runs themselves, reads
+    /// its configuration on stdin; see `spec.ssh.persistSeconds`).
+    #[command(hide = true)]
+    SshMux {
+        /// The control socket to serve.
+        #[arg(long)]
+        socket: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]

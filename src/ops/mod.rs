@@ -100,6 +100,9 @@ pub async fn run(cli: crate::cli::Cli) -> Result<u8, crate::error::Error> {
         Command::Man(args) => crate::ops::completion::man(args.out.as_deref(), output),
         Command::Schema => crate::ops::schema::run(),
         Command::Clusters(args) => crate::ops::clusters::run(args, output).await,
+        Command::SshMux { socket } => crate::transport::mux::serve(&socket)
+            .await
+            .map_err(|e| crate::error::Error::Usage(format!("ssh-mux: {e}"))),
         Command::Inventory(args) => {
             let query = match args.host {
                 Some(h) => crate::ops::inventory::Query::Host(h),

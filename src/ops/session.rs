@@ -178,7 +178,9 @@ impl Session {
                     cfg.retry.auth_window = Duration::ZERO;
                 }
                 Ok(Runtime {
-                    pool: Arc::new(SshPool::new(cfg, host_keys.clone())),
+                    pool: Arc::new(SshPool::new(cfg, host_keys.clone()).keep_connections(
+                        Duration::from_secs(cluster.cluster.spec.ssh.persist_seconds.into()),
+                    )),
                     host_keys,
                     concurrency: opts.concurrency.max(1),
                     progress: if opts.output == OutputFormat::Json

@@ -869,6 +869,12 @@ pub struct SshSpec {
     /// installs, etcd snapshots) and of file transfers (default 600 s).
     #[serde(default = "SshSpec::default_long_command_timeout")]
     pub long_command_timeout_seconds: u32,
+    /// Keep each host's connection open this long after its last use (default 60 s),
+    /// in a background kubeforge process only this user can reach, so that a run
+    /// within that time skips the SSH handshake (OpenSSH's ControlPersist). 0: every
+    /// run connects and disconnects itself.
+    #[serde(default = "SshSpec::default_persist")]
+    pub persist_seconds: u32,
 }
 
 impl SshSpec {
@@ -886,6 +892,9 @@ impl SshSpec {
     }
     fn default_long_command_timeout() -> u32 {
         crate::transport::DEFAULT_LONG_COMMAND_TIMEOUT.as_secs() as u32
+    }
+    fn default_persist() -> u32 {
+        60
     }
 
     /// The time limits of remote commands: (ordinary, long and transfers).
@@ -910,6 +919,7 @@ impl Default for SshSpec {
             connect_timeout_seconds: Self::default_connect_timeout(),
             command_timeout_seconds: Self::default_command_timeout(),
             long_command_timeout_seconds: Self::default_long_command_timeout(),
+            persist_seconds: Self::default_persist(),
         }
     }
 }

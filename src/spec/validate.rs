@@ -584,6 +584,15 @@ fn check_ssh(s: &ClusterSpec, rep: &mut Reporter<'_>) {
             rep.error(field, format!("{v} s is more than a day"));
         }
     }
+    if s.ssh.persist_seconds > 86_400 {
+        rep.error(
+            "spec.ssh.persistSeconds",
+            format!(
+                "{} s is more than a day (0 turns keeping connections off)",
+                s.ssh.persist_seconds
+            ),
+        );
+    }
 }
 
 /// Plain http:// for artifact mirrors and cloud API endpoints needs the same explicit

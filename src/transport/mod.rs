@@ -10,6 +10,7 @@
 pub mod fanout;
 pub mod hostkeys;
 pub mod local;
+pub mod mux;
 pub mod remote;
 pub mod shell;
 pub mod ssh;
@@ -21,7 +22,7 @@ pub use fanout::{fan_out, fan_out_until, FanOutOptions, HostResult, ProgressMode
 pub use hostkeys::{fingerprint, HostKeyStore, MemoryHostKeyStore};
 pub use ssh::{
     is_long_command, BastionConfig, HostOverride, RetryPolicy, SshAuth, SshConfig, SshPool,
-    SshSession, DEFAULT_COMMAND_TIMEOUT, DEFAULT_LONG_COMMAND_TIMEOUT,
+    SshSession, TunnelStream, DEFAULT_COMMAND_TIMEOUT, DEFAULT_LONG_COMMAND_TIMEOUT,
 };
 
 /// What a command returned. A non-zero exit is a value, not an error.

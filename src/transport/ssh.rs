@@ -295,11 +295,32 @@ enum Attempt {
     Fatal(TransportError),
 }
 
+/// How a session reaches its host.
+enum Link {
+    /// Its own connection.
+    Direct(Handle<PinningHandler>),
+    /// Channels of the connection the connection keeper holds ([`super::mux`]); its own
+    /// connection, made on the first channel the keeper cannot give, after that.
+    Kept(Box<Kept>),
+}
+
+struct Kept {
+    mux: Arc<super::mux::MuxClient>,
+    host_key: String,
+    cfg: SshConfig,
+    store: Arc<dyn HostKeyStore>,
+    own: tokio::sync::OnceCell<Handle<PinningHandler>>,
+}
+
+/// A TCP connection carried by SSH (see [`SshSession::direct_tcpip`]).
+pub trait TunnelStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> TunnelStream for T {}
+
 /// An authenticated connection to one host.
 pub struct SshSession {
     host: String,
     user: String,
-    handle: Handle<PinningHandler>,
+    link: Link,
     channels: Semaphore,
     command_timeout: Option<Duration>,
     long_command_timeout: Option<Duration>,
@@ -335,6 +356,49 @@ impl SshSession {
         store: Arc<dyn HostKeyStore>,
         bastion: Option<Arc<SshSession>>,
     ) -> Result<SshSession, TransportError> {
+        let handle = Self::connect_handle(host, cfg, store, bastion.as_deref()).await?;
+        Ok(SshSession {
+            host: host.to_string(),
+            user: cfg.user.clone(),
+            link: Link::Direct(handle),
+            channels: Semaphore::new(cfg.max_channels.max(1)),
+            command_timeout: cfg.command_timeout,
+            long_command_timeout: cfg.long_command_timeout,
+            _bastion: bastion,
+        })
+    }
+
+    /// A session on the connection the keeper holds for `host` (attached already).
+    fn kept(
+        host: &str,
+        cfg: &SshConfig,
+        store: Arc<dyn HostKeyStore>,
+        mux: Arc<super::mux::MuxClient>,
+        host_key: String,
+    ) -> SshSession {
+        SshSession {
+            host: host.to_string(),
+            user: cfg.user.clone(),
+            link: Link::Kept(Box::new(Kept {
+                mux,
+                host_key,
+                cfg: cfg.clone(),
+                store,
+                own: Default::default(),
+            })),
+            channels: Semaphore::new(cfg.max_channels.max(1)),
+            command_timeout: cfg.command_timeout,
+            long_command_timeout: cfg.long_command_timeout,
+            _bastion: None,
+        }
+    }
+
+    async fn connect_handle(
+        host: &str,
+        cfg: &SshConfig,
+        store: Arc<dyn HostKeyStore>,
+        bastion: Option<&SshSession>,
+    ) -> Result<Handle<PinningHandler>, TransportError> {
         let start = Instant::now();
         let mut attempts = 0u32;
         let mut backoff = cfg.retry.initial_backoff;
@@ -342,24 +406,14 @@ impl SshSession {
             attempts += 1;
             let outcome = tokio::time::timeout(
                 cfg.connect_timeout,
-                Self::attempt(host, cfg, store.clone(), bastion.as_deref()),
+                Self::attempt(host, cfg, store.clone(), bastion),
             )
             .await
             .unwrap_or(Err(Attempt::Retry(ConnectFailure::Timeout(
                 cfg.connect_timeout,
             ))));
             let attempt = match outcome {
-                Ok(handle) => {
-                    return Ok(SshSession {
-                        host: host.to_string(),
-                        user: cfg.user.clone(),
-                        handle,
-                        channels: Semaphore::new(cfg.max_channels.max(1)),
-                        command_timeout: cfg.command_timeout,
-                        long_command_timeout: cfg.long_command_timeout,
-                        _bastion: bastion,
-                    })
-                }
+                Ok(handle) => return Ok(handle),
                 Err(a) => a,
             };
             let elapsed = start.elapsed();
@@ -432,7 +486,17 @@ impl SshSession {
             }
             Some(b) => {
                 let channel = b
-                    .handle
+                    .handle()
+                    .ok_or_else(|| {
+                        Attempt::Fatal(TransportError::Bastion {
+                            bastion: b.host.clone(),
+                            source: Box::new(TransportError::ConnectionLost {
+                                host: b.host.clone(),
+                                command: "(tunnel)".into(),
+                                source: None,
+                            }),
+                        })
+                    })?
                     .channel_open_direct_tcpip(host, u32::from(cfg.port), "127.0.0.1", 0)
                     .await
                     .map_err(|e| Attempt::Retry(ConnectFailure::Tunnel(Box::new(e))))?;
@@ -466,7 +530,76 @@ impl SshSession {
 
     /// Whether the connection is gone (the pool then reconnects).
     pub fn is_closed(&self) -> bool {
-        self.handle.is_closed()
+        match &self.link {
+            Link::Direct(h) => h.is_closed(),
+            Link::Kept(k) => k.own.get().is_some_and(|h| h.is_closed()),
+        }
+    }
+
+    /// Whether this session's channels come from the connection keeper.
+    pub fn is_kept(&self) -> bool {
+        matches!(&self.link, Link::Kept(k) if k.own.get().is_none())
+    }
+
+    /// The session's own connection, when it has one.
+    fn handle(&self) -> Option<&Handle<PinningHandler>> {
+        match &self.link {
+            Link::Direct(h) => Some(h),
+            Link::Kept(k) => k.own.get(),
+        }
+    }
+
+    /// The session's own connection, made now when the keeper served it so far.
+    async fn own_handle(&self) -> Result<&Handle<PinningHandler>, TransportError> {
+        match &self.link {
+            Link::Direct(h) => Ok(h),
+            Link::Kept(k) => {
+                k.own
+                    .get_or_try_init(|| {
+                        Self::connect_handle(&self.host, &k.cfg, k.store.clone(), None)
+                    })
+                    .await
+            }
+        }
+    }
+
+    /// Whether the peer answers a ping within `limit`.
+    pub(super) async fn ping(&self, limit: Duration) -> bool {
+        let Some(h) = self.handle() else {
+            return false;
+        };
+        matches!(tokio::time::timeout(limit, h.send_ping()).await, Ok(Ok(())))
+    }
+
+    /// A new session channel of the session's own connection, with its place among the
+    /// channels open at once (for the connection keeper, which relays it).
+    pub(super) async fn open_channel(
+        &self,
+    ) -> Result<
+        (
+            tokio::sync::SemaphorePermit<'_>,
+            russh::Channel<client::Msg>,
+        ),
+        TransportError,
+    > {
+        let permit = self
+            .channels
+            .acquire()
+            .await
+            .map_err(|_| TransportError::ConnectionLost {
+                host: self.host.clone(),
+                command: "(channel)".into(),
+                source: None,
+            })?;
+        let handle = self.own_handle().await?;
+        let channel = handle
+            .channel_open_session()
+            .await
+            .map_err(|e| TransportError::Channel {
+                host: self.host.clone(),
+                source: Box::new(e),
+            })?;
+        Ok((permit, channel))
     }
 
     fn privileged(&self, command: &str) -> String {
@@ -590,8 +723,19 @@ impl SshSession {
             command: label.into(),
             source: source.map(Box::new),
         };
+        if let Link::Kept(k) = &self.link {
+            if k.own.get().is_none() {
+                match k.mux.exec(&self.host, &k.host_key, wire).await {
+                    Ok(stream) => return self.run_kept(label, stream, stdin).await,
+                    Err(why) => {
+                        tracing::debug!(host = %self.host, %why, "the connection keeper gave no channel; connecting");
+                    }
+                }
+            }
+        }
         let channel = self
-            .handle
+            .own_handle()
+            .await?
             .channel_open_session()
             .await
             .map_err(|e| match e {
@@ -673,7 +817,76 @@ impl SshSession {
         Ok(out)
     }
 
-    /// Close the connection politely.
+    /// The rest of [`SshSession::run_inner`] when the keeper runs the command: the
+    /// input sent as frames, the output and the exit read from them.
+    async fn run_kept<R: AsyncRead + Unpin + Send>(
+        &self,
+        label: &str,
+        stream: tokio::net::UnixStream,
+        stdin: Option<R>,
+    ) -> Result<RawOutput, TransportError> {
+        use super::mux::{
+            read_frame, write_frame, EXIT_SIGNAL, EXIT_STATUS, STDERR, STDIN, STDIN_END, STDOUT,
+        };
+        let (mut from_mux, mut to_mux) = stream.into_split();
+        let feed = async {
+            if let Some(mut input) = stdin {
+                let mut buf = vec![0u8; STDIN_CHUNK];
+                loop {
+                    let n = input.read(&mut buf).await?;
+                    if n == 0 {
+                        break;
+                    }
+                    write_frame(&mut to_mux, STDIN, &buf[..n]).await?;
+                }
+            }
+            write_frame(&mut to_mux, STDIN_END, b"").await
+        };
+        let collect = async {
+            let mut out = RawOutput {
+                exit_code: 255,
+                signal: None,
+                stdout: Vec::new(),
+                stderr: Vec::new(),
+            };
+            let mut got_status = false;
+            while let Some((kind, data)) = read_frame(&mut from_mux).await {
+                match kind {
+                    STDOUT => out.stdout.extend_from_slice(&data),
+                    STDERR => out.stderr.extend_from_slice(&data),
+                    EXIT_STATUS => {
+                        if let Ok(code) = <[u8; 4]>::try_from(&data[..]) {
+                            out.exit_code = u32::from_be_bytes(code);
+                            got_status = true;
+                        }
+                    }
+                    EXIT_SIGNAL => {
+                        out.signal = Some(String::from_utf8_lossy(&data).into_owned());
+                        got_status = true;
+                    }
+                    _ => {}
+                }
+            }
+            (out, got_status)
+        };
+        tokio::pin!(feed, collect);
+        let (fed, (out, got_status)) = tokio::select! {
+            fed = &mut feed => (Some(fed), collect.await),
+            collected = &mut collect => (None, collected),
+        };
+        if !got_status {
+            return Err(TransportError::ConnectionLost {
+                host: self.host.clone(),
+                command: label.into(),
+                source: None,
+            });
+        }
+        if let Some(Err(e)) = fed {
+            tracing::debug!(host = %self.host, error = %e, "stdin not fully sent");
+        }
+        Ok(out)
+    }
+
     /// A TCP connection from the host to `target:port` (SSH `direct-tcpip`, what
     /// `ssh -L` uses), carried over this session. The host's sshd must allow TCP
     /// forwarding (OpenSSH's default).
@@ -681,21 +894,35 @@ impl SshSession {
         &self,
         target: &str,
         port: u16,
-    ) -> Result<russh::ChannelStream<client::Msg>, TransportError> {
+    ) -> Result<Box<dyn TunnelStream>, TransportError> {
+        if let Link::Kept(k) = &self.link {
+            if k.own.get().is_none() {
+                match k.mux.tcpip(&self.host, &k.host_key, target, port).await {
+                    Ok(stream) => return Ok(Box::new(stream)),
+                    Err(why) => {
+                        tracing::debug!(host = %self.host, %why, "the connection keeper gave no tunnel; connecting");
+                    }
+                }
+            }
+        }
         let channel = self
-            .handle
+            .own_handle()
+            .await?
             .channel_open_direct_tcpip(target, u32::from(port), "127.0.0.1", 0)
             .await
             .map_err(|e| TransportError::Channel {
                 host: self.host.clone(),
                 source: Box::new(e),
             })?;
-        Ok(channel.into_stream())
+        Ok(Box::new(channel.into_stream()))
     }
 
+    /// Close the session's own connection politely (the keeper's stays open).
     pub async fn close(&self) {
-        let _ = self
-            .handle
+        let Some(handle) = self.handle() else {
+            return;
+        };
+        let _ = handle
             .disconnect(russh::Disconnect::ByApplication, "", "en")
             .await;
     }
@@ -1078,6 +1305,7 @@ pub struct SshPool {
     store: Arc<dyn HostKeyStore>,
     slots: std::sync::Mutex<HashMap<String, Slot>>,
     bastion: Mutex<Option<Arc<SshSession>>>,
+    mux: Option<Arc<super::mux::MuxClient>>,
 }
 
 impl SshPool {
@@ -1087,6 +1315,41 @@ impl SshPool {
             store,
             slots: std::sync::Mutex::new(HashMap::new()),
             bastion: Mutex::new(None),
+            mux: None,
+        }
+    }
+
+    /// Take connections from the connection keeper (kept `persist` after their last
+    /// use, [`super::mux`]) where it can serve them; zero: every run connects itself.
+    pub fn keep_connections(mut self, persist: Duration) -> Self {
+        self.mux = super::mux::MuxClient::new(&self.cfg, persist).map(Arc::new);
+        self
+    }
+
+    /// The keeper's session for `host`, when it serves this host: its key is pinned, the
+    /// run does not re-pin it, and the keeper holds (or now made) a live connection
+    /// with that key.
+    async fn kept_session(&self, host: &str) -> Option<SshSession> {
+        let mux = self.mux.as_ref()?;
+        if self.cfg.bastion.is_some() || self.cfg.accept_new_host_keys.contains(host) {
+            return None;
+        }
+        let key = self.store.pinned(host)?;
+        match mux.attach(host, &key).await {
+            Ok(()) => {
+                let cfg = self.cfg.for_host(host);
+                Some(SshSession::kept(
+                    host,
+                    &cfg,
+                    self.store.clone(),
+                    mux.clone(),
+                    key,
+                ))
+            }
+            Err(why) => {
+                tracing::debug!(host, %why, "not through the connection keeper");
+                None
+            }
         }
     }
 
@@ -1134,6 +1397,11 @@ impl SshPool {
         let mut guard = slot.lock().await;
         if let Some(s) = guard.as_ref().filter(|s| !s.is_closed()) {
             return Ok(s.clone());
+        }
+        if let Some(s) = self.kept_session(host).await {
+            let s = Arc::new(s);
+            *guard = Some(s.clone());
+            return Ok(s);
         }
         let bastion = self.bastion().await?;
         let cfg = self.cfg.for_host(host);
