@@ -29,9 +29,8 @@
 //! TCP forward carries raw bytes after `K`.
 
 use super::hostkeys::MemoryHostKeyStore;
-use super::ssh::{HostOverride, SshAuth, SshConfig, SshSession};
+use super::ssh::{HostOverride, Said, SshAuth, SshConfig, SshSession};
 use russh::keys::PrivateKey;
-use russh::ChannelMsg;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
@@ -160,6 +159,32 @@ struct MuxConfig {
 }
 
 impl MuxConfig {
+    /// What `cfg` hands to a mux keeping connections `idle`; None when a key cannot be
+    /// written out.
+    fn of(cfg: &SshConfig, idle: Duration) -> Option<MuxConfig> {
+        Some(MuxConfig {
+            protocol: PROTOCOL,
+            user: cfg.user.clone(),
+            port: cfg.port,
+            auth: WireAuth::of(&cfg.auth)?,
+            per_host: cfg
+                .per_host
+                .iter()
+                .map(|(h, o)| {
+                    let auth = match &o.auth {
+                        Some(a) => Some(WireAuth::of(a)?),
+                        None => None,
+                    };
+                    Some((h.clone(), (o.user.clone(), o.port, auth)))
+                })
+                .collect::<Option<_>>()?,
+            connect_timeout_ms: cfg.connect_timeout.as_millis() as u64,
+            keepalive_ms: cfg.keepalive_interval.map(|d| d.as_millis() as u64),
+            max_channels: cfg.max_channels,
+            idle_ms: idle.as_millis() as u64,
+        })
+    }
+
     fn ssh_config(&self) -> Result<SshConfig, String> {
         let mut cfg = SshConfig::new(self.user.clone(), self.auth.auth()?);
         cfg.port = self.port;
@@ -185,31 +210,33 @@ impl MuxConfig {
     }
 }
 
-/// The directory of the control sockets, created 0700 when missing; `None` when it is
-/// not a directory of this user that only this user can enter.
-fn socket_dir() -> Option<PathBuf> {
-    let uid = euid();
-    let dir = match std::env::var_os("XDG_RUNTIME_DIR") {
+/// The directory of the control sockets: `$XDG_RUNTIME_DIR/kubeforge`, else
+/// `/tmp/kubeforge-<uid>`.
+fn socket_dir() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR") {
         Some(d) if Path::new(&d).is_absolute() && Path::new(&d).is_dir() => {
             PathBuf::from(d).join("kubeforge")
         }
-        _ => std::env::temp_dir().join(format!("kubeforge-{uid}")),
-    };
-    if let Err(e) = std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+        _ => std::env::temp_dir().join(format!("kubeforge-{}", euid())),
+    }
+}
+
+/// Create `dir` 0700 when missing, then make sure it is a directory of this user that
+/// only this user can enter (not a link, nobody else's).
+fn private_dir(dir: &Path) -> Result<(), String> {
+    if let Err(e) = std::fs::DirBuilder::new().mode(0o700).create(dir) {
         if e.kind() != std::io::ErrorKind::AlreadyExists {
-            tracing::debug!(dir = %dir.display(), error = %e, "no control socket directory");
-            return None;
+            return Err(format!("{}: {e}", dir.display()));
         }
     }
-    let meta = std::fs::symlink_metadata(&dir).ok()?;
-    if !meta.is_dir() || meta.uid() != uid || meta.permissions().mode() & 0o077 != 0 {
-        tracing::warn!(
-            dir = %dir.display(),
-            "not using kept connections: the control socket directory is not a directory only this user can enter"
-        );
-        return None;
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    if !meta.is_dir() || meta.uid() != euid() || meta.permissions().mode() & 0o077 != 0 {
+        return Err(format!(
+            "{}: not a directory only this user can enter",
+            dir.display()
+        ));
     }
-    Some(dir)
+    Ok(())
 }
 
 /// This process's effective user id.
@@ -228,8 +255,9 @@ fn try_lock(file: &std::fs::File) -> bool {
 /// A run's way to the mux of its SSH configuration.
 pub struct MuxClient {
     socket: PathBuf,
-    /// The configuration (with the private key) for the mux this client starts.
-    config: Vec<u8>,
+    /// What the mux this client starts connects with (handed over only then).
+    cfg: SshConfig,
+    idle: Duration,
     started: tokio::sync::OnceCell<bool>,
 }
 
@@ -243,44 +271,24 @@ impl std::fmt::Debug for MuxClient {
 
 impl MuxClient {
     /// The mux for `cfg`, keeping connections `idle` after their last use; `None` when
-    /// there is nothing to keep (`idle` zero, a bastion) or no safe place for the socket.
+    /// there is nothing to keep (`idle` zero, a bastion). Nothing is touched until a
+    /// connection is asked for.
     pub fn new(cfg: &SshConfig, idle: Duration) -> Option<MuxClient> {
         if idle.is_zero() || cfg.bastion.is_some() {
             return None;
         }
-        let mc = MuxConfig {
-            protocol: PROTOCOL,
-            user: cfg.user.clone(),
-            port: cfg.port,
-            auth: WireAuth::of(&cfg.auth)?,
-            per_host: cfg
-                .per_host
-                .iter()
-                .map(|(h, o)| {
-                    let auth = match &o.auth {
-                        Some(a) => Some(WireAuth::of(a)?),
-                        None => None,
-                    };
-                    Some((h.clone(), (o.user.clone(), o.port, auth)))
-                })
-                .collect::<Option<_>>()?,
-            connect_timeout_ms: cfg.connect_timeout.as_millis() as u64,
-            keepalive_ms: cfg.keepalive_interval.map(|d| d.as_millis() as u64),
-            max_channels: cfg.max_channels,
-            idle_ms: idle.as_millis() as u64,
-        };
         let mut name = Sha256::new();
         name.update(format!(
             "{PROTOCOL} {} {} {} {} {} {:?} {:?} {} {}\n",
             env!("CARGO_PKG_VERSION"),
             euid(),
-            mc.user,
-            mc.port,
+            cfg.user,
+            cfg.port,
             identity(&cfg.auth),
-            mc.keepalive_ms,
-            mc.connect_timeout_ms,
-            mc.max_channels,
-            mc.idle_ms,
+            cfg.keepalive_interval.map(|d| d.as_millis()),
+            cfg.connect_timeout.as_millis(),
+            cfg.max_channels,
+            idle.as_millis(),
         ));
         for (h, o) in &cfg.per_host {
             name.update(format!(
@@ -290,12 +298,11 @@ impl MuxClient {
                 o.auth.as_ref().map(identity)
             ));
         }
-        let dir = socket_dir()?;
-        let socket = dir.join(format!("{}.sock", &hex::encode(name.finalize())[..24]));
-        let config = serde_json::to_vec(&mc).ok()?;
+        let socket = socket_dir().join(format!("{}.sock", &hex::encode(name.finalize())[..24]));
         Some(MuxClient {
             socket,
-            config,
+            cfg: cfg.clone(),
+            idle,
             started: Default::default(),
         })
     }
@@ -309,6 +316,11 @@ impl MuxClient {
         *self
             .started
             .get_or_init(|| async {
+                let dir = self.socket.parent().unwrap_or(Path::new("/"));
+                if let Err(e) = private_dir(dir) {
+                    tracing::warn!("not keeping connections: the control socket's directory {e}");
+                    return false;
+                }
                 if UnixStream::connect(&self.socket).await.is_ok() {
                     return true;
                 }
@@ -343,6 +355,9 @@ impl MuxClient {
                 exe.display()
             )));
         }
+        let config = MuxConfig::of(&self.cfg, self.idle)
+            .and_then(|mc| serde_json::to_vec(&mc).ok())
+            .ok_or_else(|| std::io::Error::other("the SSH key cannot be handed over"))?;
         let mut cmd = std::process::Command::new(exe);
         cmd.arg("ssh-mux")
             .arg("--socket")
@@ -362,7 +377,7 @@ impl MuxClient {
         let mut child = cmd.spawn()?;
         if let Some(mut stdin) = child.stdin.take() {
             use std::io::Write;
-            stdin.write_all(&self.config)?;
+            stdin.write_all(&config)?;
         }
         // Not waited for: it outlives this process (and is reaped by init).
         drop(child);
@@ -659,19 +674,16 @@ async fn serve_exec(session: &SshSession, mut conn: UnixStream, wire: &str) {
     };
     let relay = async {
         while let Some(msg) = read.wait().await {
-            let sent = match msg {
-                ChannelMsg::Data { data } => write_frame(&mut to_client, STDOUT, &data).await,
-                ChannelMsg::ExtendedData { data, ext: 1 } => {
-                    write_frame(&mut to_client, STDERR, &data).await
+            let sent = match Said::from(msg) {
+                Said::Stdout(data) => write_frame(&mut to_client, STDOUT, &data).await,
+                Said::Stderr(data) => write_frame(&mut to_client, STDERR, &data).await,
+                Said::Status(code) => {
+                    write_frame(&mut to_client, EXIT_STATUS, &code.to_be_bytes()).await
                 }
-                ChannelMsg::ExitStatus { exit_status } => {
-                    write_frame(&mut to_client, EXIT_STATUS, &exit_status.to_be_bytes()).await
-                }
-                ChannelMsg::ExitSignal { signal_name, .. } => {
-                    let name = format!("{signal_name:?}");
+                Said::Signal(name) => {
                     write_frame(&mut to_client, EXIT_SIGNAL, name.as_bytes()).await
                 }
-                _ => Ok(()),
+                Said::Other => Ok(()),
             };
             if sent.is_err() {
                 return false;
@@ -716,13 +728,7 @@ pub async fn serve(socket: &Path) -> Result<(), String> {
     let dir = socket
         .parent()
         .ok_or_else(|| "the socket has no directory".to_string())?;
-    let meta = std::fs::symlink_metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    if !meta.is_dir() || meta.uid() != euid() || meta.permissions().mode() & 0o077 != 0 {
-        return Err(format!(
-            "{}: not a directory only this user can enter",
-            dir.display()
-        ));
-    }
+    private_dir(dir)?;
     // One mux per socket: whoever holds the lock serves, a second one leaves.
     let lock_path = socket.with_extension("lock");
     let lock = std::fs::OpenOptions::new()
@@ -829,6 +835,7 @@ mod tests {
         assert_ne!(a.socket(), c.socket());
         let (private, _) = super::super::ssh::encode_key(&key).unwrap();
         assert!(!a.socket().to_string_lossy().contains(&private));
+        private_dir(a.socket().parent().unwrap()).unwrap();
         let meta = std::fs::symlink_metadata(a.socket().parent().unwrap()).unwrap();
         assert_eq!(meta.permissions().mode() & 0o777, 0o700);
         // Nothing kept when asked for nothing, or through a bastion.

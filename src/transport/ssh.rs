@@ -348,6 +348,73 @@ struct RawOutput {
     stderr: Vec<u8>,
 }
 
+/// What a channel says of its command: from russh, or relayed by the connection keeper
+/// (the bytes as each gives them, not copied on the way).
+pub(super) enum Said {
+    Stdout(bytes::Bytes),
+    Stderr(bytes::Bytes),
+    Status(u32),
+    Signal(String),
+    Other,
+}
+
+impl From<ChannelMsg> for Said {
+    fn from(msg: ChannelMsg) -> Self {
+        match msg {
+            ChannelMsg::Data { data } => Said::Stdout(data),
+            ChannelMsg::ExtendedData { data, ext: 1 } => Said::Stderr(data),
+            ChannelMsg::ExitStatus { exit_status } => Said::Status(exit_status),
+            ChannelMsg::ExitSignal { signal_name, .. } => Said::Signal(format!("{signal_name:?}")),
+            _ => Said::Other,
+        }
+    }
+}
+
+/// Feed a command's input while collecting what its channel says, until the channel
+/// ends: how feeding ended (None: the channel ended first), the output, and whether an
+/// exit status or signal came. The channel's end decides: a write waiting for window
+/// space is never woken when the connection dies under it, so once the channel has
+/// ended (command done, or connection gone) the rest of the input is dropped, not
+/// waited for.
+async fn feed_and_collect<E>(
+    feed: impl std::future::Future<Output = Result<(), E>>,
+    said: impl futures::Stream<Item = Said>,
+) -> (Option<Result<(), E>>, RawOutput, bool) {
+    use futures::StreamExt;
+    let collect = async {
+        let mut out = RawOutput {
+            exit_code: 255,
+            signal: None,
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+        };
+        let mut got_status = false;
+        tokio::pin!(said);
+        while let Some(s) = said.next().await {
+            match s {
+                Said::Stdout(d) => out.stdout.extend_from_slice(&d),
+                Said::Stderr(d) => out.stderr.extend_from_slice(&d),
+                Said::Status(code) => {
+                    out.exit_code = code;
+                    got_status = true;
+                }
+                Said::Signal(name) => {
+                    out.signal = Some(name);
+                    got_status = true;
+                }
+                Said::Other => {}
+            }
+        }
+        (out, got_status)
+    };
+    tokio::pin!(feed, collect);
+    let (fed, (out, got_status)) = tokio::select! {
+        fed = &mut feed => (Some(fed), collect.await),
+        collected = &mut collect => (None, collected),
+    };
+    (fed, out, got_status)
+}
+
 impl SshSession {
     /// Connect and authenticate, retrying retryable failures per `cfg.retry`.
     pub async fn connect(
@@ -534,11 +601,6 @@ impl SshSession {
             Link::Direct(h) => h.is_closed(),
             Link::Kept(k) => k.own.get().is_some_and(|h| h.is_closed()),
         }
-    }
-
-    /// Whether this session's channels come from the connection keeper.
-    pub fn is_kept(&self) -> bool {
-        matches!(&self.link, Link::Kept(k) if k.own.get().is_none())
     }
 
     /// The session's own connection, when it has one.
@@ -746,7 +808,7 @@ impl SshSession {
                 other => lost(Some(other)),
             })?;
         channel.exec(true, wire).await.map_err(|e| lost(Some(e)))?;
-        let (mut read, write) = channel.split();
+        let (read, write) = channel.split();
         let feed = async {
             if let Some(mut input) = stdin {
                 // Large reads handed over as owned chunks: russh cuts them into
@@ -770,51 +832,25 @@ impl SshSession {
             }
             write.eof().await
         };
-        let collect = async {
-            let mut out = RawOutput {
-                exit_code: 255,
-                signal: None,
-                stdout: Vec::new(),
-                stderr: Vec::new(),
-            };
-            let mut got_status = false;
-            while let Some(msg) = read.wait().await {
-                match msg {
-                    ChannelMsg::Data { data } => out.stdout.extend_from_slice(&data),
-                    ChannelMsg::ExtendedData { data, ext: 1 } => {
-                        out.stderr.extend_from_slice(&data)
-                    }
-                    ChannelMsg::ExitStatus { exit_status } => {
-                        out.exit_code = exit_status;
-                        got_status = true;
-                    }
-                    ChannelMsg::ExitSignal { signal_name, .. } => {
-                        out.signal = Some(format!("{signal_name:?}"));
-                        got_status = true;
-                    }
-                    _ => {}
-                }
-            }
-            (out, got_status)
-        };
-        // The channel's end decides: a write waiting for window space is never woken
-        // when the connection dies under it, so once the channel has ended (command
-        // done, or connection gone) the rest of the input is dropped, not waited for.
-        tokio::pin!(feed, collect);
-        let (fed, (out, got_status)) = tokio::select! {
-            fed = &mut feed => (Some(fed), collect.await),
-            collected = &mut collect => (None, collected),
-        };
+        let said = futures::stream::unfold(read, |mut read| async move {
+            read.wait().await.map(|msg| (Said::from(msg), read))
+        });
+        let (fed, out, got_status) = feed_and_collect(feed, said).await;
         if !got_status {
             return Err(lost(fed.and_then(|f| f.err())));
         }
+        self.input_ended(fed);
+        Ok(out)
+    }
+
+    /// Note how feeding a finished command's input ended.
+    fn input_ended<E: std::fmt::Display>(&self, fed: Option<Result<(), E>>) {
         match fed {
             Some(Ok(())) => {}
             // The command exited before reading all of its input.
             Some(Err(e)) => tracing::debug!(host = %self.host, error = %e, "stdin not fully sent"),
             None => tracing::debug!(host = %self.host, "command ended before its input was sent"),
         }
-        Ok(out)
     }
 
     /// The rest of [`SshSession::run_inner`] when the keeper runs the command: the
@@ -828,7 +864,7 @@ impl SshSession {
         use super::mux::{
             read_frame, write_frame, EXIT_SIGNAL, EXIT_STATUS, STDERR, STDIN, STDIN_END, STDOUT,
         };
-        let (mut from_mux, mut to_mux) = stream.into_split();
+        let (from_mux, mut to_mux) = stream.into_split();
         let feed = async {
             if let Some(mut input) = stdin {
                 let mut buf = vec![0u8; STDIN_CHUNK];
@@ -842,38 +878,21 @@ impl SshSession {
             }
             write_frame(&mut to_mux, STDIN_END, b"").await
         };
-        let collect = async {
-            let mut out = RawOutput {
-                exit_code: 255,
-                signal: None,
-                stdout: Vec::new(),
-                stderr: Vec::new(),
+        let said = futures::stream::unfold(from_mux, |mut from_mux| async move {
+            let (kind, data) = read_frame(&mut from_mux).await?;
+            let said = match kind {
+                STDOUT => Said::Stdout(data.into()),
+                STDERR => Said::Stderr(data.into()),
+                EXIT_STATUS => match <[u8; 4]>::try_from(&data[..]) {
+                    Ok(code) => Said::Status(u32::from_be_bytes(code)),
+                    Err(_) => Said::Other,
+                },
+                EXIT_SIGNAL => Said::Signal(String::from_utf8_lossy(&data).into_owned()),
+                _ => Said::Other,
             };
-            let mut got_status = false;
-            while let Some((kind, data)) = read_frame(&mut from_mux).await {
-                match kind {
-                    STDOUT => out.stdout.extend_from_slice(&data),
-                    STDERR => out.stderr.extend_from_slice(&data),
-                    EXIT_STATUS => {
-                        if let Ok(code) = <[u8; 4]>::try_from(&data[..]) {
-                            out.exit_code = u32::from_be_bytes(code);
-                            got_status = true;
-                        }
-                    }
-                    EXIT_SIGNAL => {
-                        out.signal = Some(String::from_utf8_lossy(&data).into_owned());
-                        got_status = true;
-                    }
-                    _ => {}
-                }
-            }
-            (out, got_status)
-        };
-        tokio::pin!(feed, collect);
-        let (fed, (out, got_status)) = tokio::select! {
-            fed = &mut feed => (Some(fed), collect.await),
-            collected = &mut collect => (None, collected),
-        };
+            Some((said, from_mux))
+        });
+        let (fed, out, got_status) = feed_and_collect(feed, said).await;
         if !got_status {
             return Err(TransportError::ConnectionLost {
                 host: self.host.clone(),
@@ -881,9 +900,7 @@ impl SshSession {
                 source: None,
             });
         }
-        if let Some(Err(e)) = fed {
-            tracing::debug!(host = %self.host, error = %e, "stdin not fully sent");
-        }
+        self.input_ended(fed);
         Ok(out)
     }
 
