@@ -82,6 +82,11 @@ fn vip_holders() -> Vec<String> {
         .collect()
 }
 
+/// This test's user id (the keeper's directory is named by it).
+fn own_uid() -> u32 {
+    std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap())
+}
+
 fn exec(machine: &str, cmd: &str) -> String {
     let out = docker(&["exec", machine, "sh", "-c", cmd]);
     String::from_utf8_lossy(&out.stdout).trim().to_string()
@@ -304,11 +309,19 @@ fn apply_brings_up_the_load_balancers_and_converges() {
     assert_eq!(p["phases"], serde_json::json!([]), "{p}");
     let after: Vec<usize> = machines.iter().map(|m| logins(m)).collect();
     assert_eq!(after, before, "a run 60 s after the last one logs in again");
-    let dir_mode = std::fs::metadata(std::env::temp_dir().join("kubeforge-0"))
-        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777);
-    if let Ok(mode) = dir_mode {
-        assert_eq!(mode, 0o700);
-    }
+    let socket_dir = match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) if Path::new(&d).is_absolute() && Path::new(&d).is_dir() => {
+            PathBuf::from(d).join("kubeforge")
+        }
+        _ => std::env::temp_dir().join(format!("kubeforge-{}", own_uid())),
+    };
+    let meta = std::fs::symlink_metadata(&socket_dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", socket_dir.display()));
+    assert!(meta.is_dir(), "{}", socket_dir.display());
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
+        0o700
+    );
     // ... and after one edit shows exactly that file's diff on the load balancers.
     let cluster = dir.path().join("cluster.yaml");
     let text = std::fs::read_to_string(&cluster).unwrap();
