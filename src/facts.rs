@@ -389,9 +389,33 @@ kubeadm) cv=$(\"$b\" version -o short 2>/dev/null);; esac; \
     )
 }
 
+/// Shell that sets `$v` to what follows `image:` and blanks on the first line of `files`
+/// that is blanks then `image:` (as `sed -n '/^ *image: */{s///p;q}'` prints it), read
+/// by the shell itself: no process on every host of every run.
+fn image_of(files: &[&str]) -> String {
+    format!(
+        "v=; for kff in {}; do [ -r \"$kff\" ] || continue; while IFS= read -r kfl || [ -n \"$kfl\" ]; do \
+kfl=${{kfl#\"${{kfl%%[! ]*}}\"}}; case $kfl in image:*) v=${{kfl#image:}}; v=${{v#\"${{v%%[! ]*}}\"}}; break 2;; esac; \
+done < \"$kff\"; done;",
+        files.join(" ")
+    )
+}
+
+/// Shell that sets `$v` to the subnet of the first line of `file` with `"subnet":`, blanks,
+/// and a quoted string of digits, dots and slashes (as `sed -n '/.*"subnet": *"\([0-9./]*\)".*/{s//\1/p;q}'`
+/// prints it), read by the shell itself.
+fn subnet_of(file: &str) -> String {
+    format!(
+        "v=; [ -r {file} ] && while IFS= read -r kfl || [ -n \"$kfl\" ]; do case $kfl in *'\"subnet\":'*) \
+kfl=${{kfl##*'\"subnet\":'}}; kfl=${{kfl#\"${{kfl%%[! ]*}}\"}}; case $kfl in '\"'*'\"'*) kfl=${{kfl#'\"'}}; \
+case ${{kfl%%'\"'*}} in *[!0-9./]*) ;; *) v=${{kfl%%'\"'*}}; break;; esac;; esac;; esac; kfl=; done < {file};"
+    )
+}
+
 fn host_command_in(bin_dir: &str, version_cache: &str) -> String {
     format!(
-        "{kfv} echo arch=$(uname -m); . /etc/os-release 2>/dev/null; echo \"os=$ID $VERSION_ID\"; \
+        "{kfv} kfa=; read -r kfa 2>/dev/null < /proc/sys/kernel/arch; \
+[ -n \"$kfa\" ] || kfa=$(uname -m); echo \"arch=$kfa\"; . /etc/os-release 2>/dev/null; echo \"os=$ID $VERSION_ID\"; \
 command -v systemctl >/dev/null && echo systemd=yes; kfcd=$(command -v containerd); {ids} \
 kfv containerd \"$kfcd\"; \
 [ -x {bin_dir}/kubelet ] && kfv kubelet {bin_dir}/kubelet; \
@@ -399,15 +423,19 @@ kfv containerd \"$kfcd\"; \
 test -f {init} && echo init=yes; test -f {kc} && echo kubelet_conf=yes; \
 test -f {m}/etcd.yaml && test -f {m}/kube-apiserver.yaml && echo cp=yes; \
 test -f {held}/etcd.yaml && test -f {held}/kube-apiserver.yaml && echo held=yes; \
-v=$(sed -n '/^ *image: */{{s///p;q}}' {m}/kube-apiserver.yaml {held}/kube-apiserver.yaml 2>/dev/null) && [ -n \"$v\" ] && echo \"apiserver_image=$v\"; \
-v=$(sed -n '/.*\"subnet\": *\"\\([0-9./]*\\)\".*/{{s//\\1/p;q}}' {conflist} 2>/dev/null) && [ -n \"$v\" ] && echo \"pod_cidr=$v\"; \
+{image} [ -n \"$v\" ] && echo \"apiserver_image=$v\"; \
+{subnet} [ -n \"$v\" ] && echo \"pod_cidr=$v\"; \
 {units} for u in $kfunits; do case $u in kubeforge-kubeadm-*) echo \"busy=${{u%.service}}\";; esac; done; true",
         kfv = version_function(version_cache),
         init = kube::kubeadm::INIT_DONE,
         kc = kube::KUBELET_CONF,
         m = kube::MANIFESTS,
         held = kube::etcdctl::HELD_DIR,
-        conflist = crate::render::views::CONFLIST_TEMPLATE,
+        image = image_of(&[
+            &format!("{}/kube-apiserver.yaml", kube::MANIFESTS),
+            &format!("{}/kube-apiserver.yaml", kube::etcdctl::HELD_DIR),
+        ]),
+        subnet = subnet_of(crate::render::views::CONFLIST_TEMPLATE),
         units = crate::transport::shell::LIST_ACTIVE_UNITS,
         ids = identities(&[
             "\"$kfcd\"",
@@ -448,65 +476,79 @@ fn health_urls(c: &LoadedCluster, leaving: &[Leaving]) -> Vec<String> {
     out
 }
 
-/// The node list as `kubectl get nodes -o json` gives it, asked with the admin
-/// kubeconfig's own server, CA and client certificate by curl (a kubectl costs a Go
-/// process start, ~0.15 s on a busy node); kubectl when that cannot be done. `dir`: a
-/// private directory for the credentials while curl runs.
-fn nodes_command(dir: &str) -> String {
+/// Sets the positional parameters to curl's options for the node list as `kubectl get
+/// nodes -o json` gives it, asked with the admin kubeconfig's own server, CA and client
+/// certificate (a kubectl costs a Go process start, ~0.15 s on a busy node): the body to
+/// `{dir}/nodes`, `kf-nodes HTTP-CODE EXIT-CODE` on stdout. To nothing when the
+/// kubeconfig does not carry them (kubectl asks then). `dir`: a private directory for
+/// the credentials.
+fn nodes_transfer(dir: &str) -> String {
     format!(
-        "{{ umask 077; srv=; kfn_ca=; kfn_cc=; kfn_ck=; while read -r kfn_k kfn_v; do case $kfn_k in \
+        "set --; srv=; kfn_ca=; kfn_cc=; kfn_ck=; while read -r kfn_k kfn_v; do case $kfn_k in \
 server:) [ -n \"$srv\" ] || srv=$kfn_v;; certificate-authority-data:) [ -n \"$kfn_ca\" ] || kfn_ca=$kfn_v;; \
 client-certificate-data:) [ -n \"$kfn_cc\" ] || kfn_cc=$kfn_v;; client-key-data:) [ -n \"$kfn_ck\" ] || kfn_ck=$kfn_v;; \
-esac; done < {admin}; printf '%s' \"$kfn_ca\" | base64 -d > {dir}/certificate-authority; \
+esac; done < {admin}; case $srv in https://*) printf '%s' \"$kfn_ca\" | base64 -d > {dir}/certificate-authority; \
 printf '%s' \"$kfn_cc\" | base64 -d > {dir}/client-certificate; printf '%s' \"$kfn_ck\" | base64 -d > {dir}/client-key; \
-case $srv in https://*) [ -s {dir}/client-key ] && curl -sS --fail --max-time 10 \
---cacert {dir}/certificate-authority --cert {dir}/client-certificate --key {dir}/client-key \
-\"$srv/api/v1/nodes\";; *) false;; esac; }} || {kubectl} get nodes -o json --request-timeout=10s",
+[ -s {dir}/client-key ] && set -- --max-time 10 --cacert {dir}/certificate-authority \
+--cert {dir}/client-certificate --key {dir}/client-key \"$srv/api/v1/nodes\" -o {dir}/nodes \
+-w 'kf-nodes %{{http_code}} %{{exitcode}}\\n';; esac;",
         admin = kube::ADMIN_CONF,
-        kubectl = kube::kubectl(),
     )
 }
 
 /// The cluster part of the facts, asked on one control-plane node in one round trip:
 /// the nodes (`kubectl get nodes`), the etcd members and the health of each of `urls`,
-/// all at once in the background. `start` begins it (only where an API server and
-/// etcd run and the admin kubeconfig is); `collect` waits and prints it in sections.
+/// in the background while the host's own facts are gathered. `start` begins it (only
+/// where an API server and etcd run and the admin kubeconfig is); `collect` waits and
+/// prints it in sections.
+///
+/// One curl asks everything at once (`-Z`, curl 7.66: one process, one TLS setup, ~20 ms
+/// of CPU less than a curl each on a busy node), each answer to its own file, and
+/// `kf-KIND HTTP-CODE EXIT-CODE` of the node and member lists on stdout (not `@...`: a
+/// format curl reads from a file; the exit code is empty before curl 7.75). An older
+/// curl refuses `-Z` (exit 2, nothing transferred): one curl per request then. When the
+/// node list did not come (the kubeconfig names its credentials by path, the API
+/// refused), kubectl asks. The sections are printed by one `cat`.
 fn cluster_script(urls: &[String]) -> (String, String) {
-    let curl = etcd::CURL;
-    let mut start = format!(
+    let etcd = etcd::CURL.strip_prefix("curl -sS ").unwrap_or(etcd::CURL);
+    let urls: Vec<&String> = urls.iter().filter(|u| etcd::client_url_ok(u)).collect();
+    let members = "-X POST https://127.0.0.1:2379/v3/cluster/member/list -o $kfd/members \
+-w 'kf-members %{http_code} %{exitcode}\\n'";
+    let mut health = String::new();
+    let mut each = String::new();
+    let mut headers = String::new();
+    let mut files = String::from("$kfd/h $kfd/nodes $kfd/hm $kfd/members");
+    for (i, url) in urls.iter().enumerate() {
+        health.push_str(&format!(" {url}/health -o $kfd/health{i}"));
+        each.push_str(&format!(
+            "curl -sS {etcd} {url}/health -o $kfd/health{i} & "
+        ));
+        headers.push_str(&format!(
+            "printf '\\n{SECTION} health %s\\n' '{url}' > $kfd/h{i}; "
+        ));
+        files.push_str(&format!(" $kfd/h{i} $kfd/health{i}"));
+    }
+    if !urls.is_empty() {
+        health = format!(" --next {etcd}{health}");
+    }
+    let start = format!(
         "kfd=; if [ -f {admin} ] && [ -f {m}/etcd.yaml ] && [ -f {m}/kube-apiserver.yaml ]; then kfd=$(mktemp -d 2>/dev/null) || kfd=; fi; \
-if [ -n \"$kfd\" ]; then \
-( {{ {nodes}; }} >$kfd/nodes 2>/dev/null; echo $? >$kfd/nodes.rc ) & \
-( {curl} -X POST https://127.0.0.1:2379/v3/cluster/member/list >$kfd/members 2>/dev/null; echo $? >$kfd/members.rc ) & ",
+if [ -n \"$kfd\" ]; then ( umask 077; {nodes} \
+curl -sS -Z \"$@\" ${{1:+--next}} {etcd} {members}{health} > $kfd/codes 2>/dev/null; \
+if [ $? = 2 ] && [ ! -s $kfd/codes ]; then {{ [ $# = 0 ] || curl -sS \"$@\" >> $kfd/codes & \
+curl -sS {etcd} {members} >> $kfd/codes & {each}wait; }} 2>/dev/null; fi; \
+kfok() {{ while read -r kfo_k kfo_v kfo_r; do [ \"$kfo_k\" = \"$1\" ] && [ \"$kfo_v\" = 200 ] && [ \"${{kfo_r:-0}}\" = 0 ] && return 0; done < $kfd/codes; return 1; }}; \
+kfok kf-nodes || {{ {kubectl} get nodes -o json --request-timeout=10s > $kfd/nodes 2>/dev/null && echo 'kf-nodes 200' >> $kfd/codes; }}; \
+kfok kf-nodes; printf '{SECTION} nodes %s\\n' $? > $kfd/h; kfok kf-members; printf '\\n{SECTION} members %s\\n' $? > $kfd/hm; \
+{headers}) >/dev/null 2>&1 & fi; ",
         admin = kube::ADMIN_CONF,
         m = kube::MANIFESTS,
-        nodes = nodes_command("$kfd"),
+        nodes = nodes_transfer("$kfd"),
+        kubectl = kube::kubectl(),
     );
-    let mut collect = format!(
-        "if [ -n \"$kfd\" ]; then wait; \
-echo \"{SECTION} nodes $(cat $kfd/nodes.rc)\"; cat $kfd/nodes; echo; \
-echo \"{SECTION} members $(cat $kfd/members.rc)\"; cat $kfd/members; echo; "
+    let collect = format!(
+        "if [ -n \"$kfd\" ]; then wait; cat {files} 2>/dev/null; echo; rm -rf \"$kfd\"; fi; true"
     );
-    // Every member's health in one curl, the transfers in parallel (`-Z`, curl 7.66):
-    // a TLS client set up once (~20 ms of CPU each on a busy node). An older curl
-    // refuses the option (exit 2, nothing transferred): one curl per member then.
-    let urls: Vec<&String> = urls.iter().filter(|u| etcd::client_url_ok(u)).collect();
-    if !urls.is_empty() {
-        let mut one = format!("{curl} -Z");
-        let mut each = String::new();
-        for (i, url) in urls.iter().enumerate() {
-            one.push_str(&format!(" {url}/health -o $kfd/health{i}"));
-            each.push_str(&format!("( {curl} {url}/health >$kfd/health{i} ) & "));
-            collect.push_str(&format!(
-                "echo \"{SECTION} health {url}\"; cat $kfd/health{i} 2>/dev/null; echo; "
-            ));
-        }
-        start.push_str(&format!(
-            "( {one} 2>/dev/null; [ $? != 2 ] || {{ {each}wait; }} 2>/dev/null ) & "
-        ));
-    }
-    start.push_str("fi; ");
-    collect.push_str("rm -rf \"$kfd\"; fi; true");
     (start, collect)
 }
 
@@ -976,6 +1018,94 @@ mod tests {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The apiserver image and the pod subnet, read by the shell, are what the `sed`
+    /// commands they replace print, under bash and a POSIX sh (dash, where there is one).
+    #[test]
+    fn image_and_subnet_are_read_as_sed_reads_them() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let a = dir.path().join("a.yaml");
+        let b = dir.path().join("b.yaml");
+        let (a, b) = (a.to_string_lossy(), b.to_string_lossy());
+        let cases: &[(&str, &str)] = &[
+            ("spec:\n  containers:\n  - command:\n    - kube-apiserver\n    image: k8s.gcr.io/kube-apiserver:v1.20.2\n    name: x\n", ""),
+            ("    image:    reg:5000/kube-apiserver:v1.21.0  \n    image: second\n", ""),
+            ("\timage: tabbed\n  image:\n  image: later\n", "  image: from-b\n"),
+            ("no image here\n", "image: k8s.gcr.io/kube-apiserver:v1.20.2"),
+            ("", ""),
+            ("  imagePullPolicy: x\n  xImage: y\n", "  image: \"quoted:v1\"\r\n"),
+        ];
+        let subnets: &[&str] = &[
+            "{\n  \"ipam\": {\n    \"type\": \"host-local\",\n    \"subnet\": \"10.244.3.0/24\"\n  }\n}\n",
+            "{\"subnet\":\"10.244.3.0/24\", \"x\": 1}",
+            "  \"subnet\": \"10.244.x.0/24\"\n  \"subnet\":   \"fd00:10:244::/64\"\n  \"subnet\": \"10.1.0.0/16\"\n",
+            "  \"subnet\": \"\"\n  \"subnet\": \"10.1.0.0/16\"\n",
+            "\"subnet\": 10.1.0.0/16\n\"subnet\": \"10.2.0.0/16\"",
+            "",
+        ];
+        let shells: Vec<&str> = ["bash", "dash"]
+            .into_iter()
+            .filter(|sh| Command::new(sh).arg("-c").arg("true").output().is_ok())
+            .collect();
+        let run = |sh: &str, script: &str| {
+            let out = Command::new(sh)
+                .arg("-c")
+                .arg(script)
+                .output()
+                .expect("shell");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        for (one, two) in cases {
+            std::fs::write(&*a, one).expect("a");
+            if two.is_empty() {
+                std::fs::remove_file(&*b).ok();
+            } else {
+                std::fs::write(&*b, two).expect("b");
+            }
+            let sed = run(
+                "bash",
+                &format!("v=$(sed -n '/^ *image: */{{s///p;q}}' {a} {b} 2>/dev/null); printf '[%s]' \"$v\""),
+            );
+            for sh in &shells {
+                let ours = run(
+                    sh,
+                    &format!("{} printf '[%s]' \"$v\"", super::image_of(&[&a, &b])),
+                );
+                assert_eq!(ours, sed, "{sh}: {one:?} {two:?}");
+            }
+        }
+        for text in subnets {
+            std::fs::write(&*a, text).expect("a");
+            let sed = run(
+                "bash",
+                &format!("v=$(sed -n '/.*\"subnet\": *\"\\([0-9./]*\\)\".*/{{s//\\1/p;q}}' {a} 2>/dev/null); printf '[%s]' \"$v\""),
+            );
+            for sh in &shells {
+                let ours = run(
+                    sh,
+                    &format!("{} printf '[%s]' \"$v\"", super::subnet_of(&a)),
+                );
+                assert_eq!(ours, sed, "{sh}: {text:?}");
+            }
+        }
+        // Files that are not there: nothing, and nothing on stderr.
+        let gone = dir.path().join("gone").to_string_lossy().into_owned();
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "{} {} printf '[%s]' \"$v\"",
+                super::image_of(&[&gone]),
+                super::subnet_of(&gone)
+            ))
+            .output()
+            .expect("bash");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "[]");
+        assert!(
+            out.stderr.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// The Go binaries' versions are asked once and kept with the binary's identity:
