@@ -15,10 +15,10 @@ use super::{
 };
 use bollard::errors::Error as BollardError;
 use bollard::models::{
-    ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, DeviceMapping,
-    EndpointIpamConfig, EndpointSettings, HostConfig, HostConfigCgroupnsModeEnum, Ipam, IpamConfig,
-    NetworkConnectRequest, NetworkCreateRequest, NetworkDisconnectRequest, NetworkingConfig,
-    VolumeCreateRequest,
+    ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, ContainerSummary,
+    ContainerSummaryStateEnum, DeviceMapping, EndpointIpamConfig, EndpointSettings, HostConfig,
+    HostConfigCgroupnsModeEnum, Ipam, IpamConfig, NetworkConnectRequest, NetworkCreateRequest,
+    NetworkDisconnectRequest, NetworkingConfig, VolumeCreateRequest,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, InspectNetworkOptions, KillContainerOptionsBuilder,
@@ -178,30 +178,6 @@ impl DockerProvider {
     }
 
     fn machine_from(&self, c: &ContainerInspectResponse) -> Machine {
-        let name = c
-            .name
-            .as_deref()
-            .unwrap_or_default()
-            .trim_start_matches('/')
-            .to_string();
-        let labels = c.config.as_ref().and_then(|c| c.labels.as_ref());
-        let role = labels
-            .and_then(|l| l.get(LABEL_ROLE))
-            .and_then(|r| MachineRole::parse(r))
-            .unwrap_or(MachineRole::Worker);
-        let endpoint = c
-            .network_settings
-            .as_ref()
-            .and_then(|n| n.networks.as_ref())
-            .and_then(|n| n.get(&self.cfg.network));
-        let ip = endpoint.and_then(|e| {
-            e.ipam_config
-                .as_ref()
-                .and_then(|i| i.ipv4_address.as_deref())
-                .filter(|s| !s.is_empty())
-                .or(e.ip_address.as_deref().filter(|s| !s.is_empty()))
-                .and_then(|s| s.parse().ok())
-        });
         let state = match c.state.as_ref().and_then(|s| s.status) {
             Some(ContainerStateStatusEnum::RUNNING) => MachineState::Running,
             Some(ContainerStateStatusEnum::PAUSED) => MachineState::Paused,
@@ -210,12 +186,68 @@ impl DockerProvider {
             Some(other) => MachineState::Other(other.to_string()),
             None => MachineState::Other("unknown".into()),
         };
+        self.machine(
+            c.name.as_deref(),
+            c.config.as_ref().and_then(|c| c.labels.as_ref()),
+            c.network_settings
+                .as_ref()
+                .and_then(|n| n.networks.as_ref()),
+            state,
+            c.id.as_deref(),
+        )
+    }
+
+    /// The machine of a container as the list of containers shows it (the same fields
+    /// as an inspection: no request per container).
+    fn machine_from_summary(&self, c: &ContainerSummary) -> Machine {
+        let state = match c.state {
+            Some(ContainerSummaryStateEnum::RUNNING) => MachineState::Running,
+            Some(ContainerSummaryStateEnum::PAUSED) => MachineState::Paused,
+            Some(ContainerSummaryStateEnum::CREATED) => MachineState::Created,
+            Some(ContainerSummaryStateEnum::EXITED) => MachineState::Stopped,
+            Some(ContainerSummaryStateEnum::EMPTY) | None => MachineState::Other("unknown".into()),
+            Some(other) => MachineState::Other(other.to_string()),
+        };
+        self.machine(
+            c.names.as_ref().and_then(|n| n.first()).map(String::as_str),
+            c.labels.as_ref(),
+            c.network_settings
+                .as_ref()
+                .and_then(|n| n.networks.as_ref()),
+            state,
+            c.id.as_deref(),
+        )
+    }
+
+    fn machine(
+        &self,
+        name: Option<&str>,
+        labels: Option<&HashMap<String, String>>,
+        networks: Option<&HashMap<String, EndpointSettings>>,
+        state: MachineState,
+        id: Option<&str>,
+    ) -> Machine {
+        let name = name.unwrap_or_default().trim_start_matches('/').to_string();
+        let role = labels
+            .and_then(|l| l.get(LABEL_ROLE))
+            .and_then(|r| MachineRole::parse(r))
+            .unwrap_or(MachineRole::Worker);
+        let ip = networks
+            .and_then(|n| n.get(&self.cfg.network))
+            .and_then(|e| {
+                e.ipam_config
+                    .as_ref()
+                    .and_then(|i| i.ipv4_address.as_deref())
+                    .filter(|s| !s.is_empty())
+                    .or(e.ip_address.as_deref().filter(|s| !s.is_empty()))
+                    .and_then(|s| s.parse().ok())
+            });
         Machine {
             name,
             role,
             ip,
             state,
-            id: c.id.clone().unwrap_or_default(),
+            id: id.unwrap_or_default().to_string(),
             public_ip: None,
         }
     }
@@ -681,15 +713,11 @@ impl Provider for DockerProvider {
             .list_containers(Some(opts))
             .await
             .map_err(docker_err("list containers"))?;
-        // Inspected at once (one after another, 7 machines took ~10 ms of every run).
-        let ids: Vec<String> = summaries.into_iter().filter_map(|s| s.id).collect();
-        let inspected =
-            futures::future::try_join_all(ids.iter().map(|id| self.inspect(id))).await?;
-        // A container removed between list and inspect is simply gone.
-        let mut machines: Vec<Machine> = inspected
+        // Read from the list itself: it carries what an inspection would (name, labels,
+        // state, addresses); inspecting each took ~5 ms of every run with 7 machines.
+        let mut machines: Vec<Machine> = summaries
             .iter()
-            .flatten()
-            .map(|c| self.machine_from(c))
+            .map(|c| self.machine_from_summary(c))
             .collect();
         machines.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(machines)
