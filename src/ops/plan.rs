@@ -127,21 +127,22 @@ pub async fn run(args: crate::cli::PlanArgs, output: OutputFormat) -> Result<Cha
                 None
             }
         };
-        let loaded_state = match &store {
-            Some(store) => Some(store.load().await),
-            None => None,
-        };
-        if let Some(result) = loaded_state {
-            match result {
-                Ok(Some((doc, _))) if !doc.machines.is_empty() => {
+        if let Some(store) = store {
+            match store.load().await {
+                Ok(Some(state)) if !state.0.machines.is_empty() => {
                     let pb = playbook::load(args.playbook.as_deref(), &phase::names())?;
                     let opts = crate::ops::session::SessionOptions {
                         provider: true,
                         ..crate::ops::session::SessionOptions::read_only(output)
                     };
-                    return crate::ops::session::with_session(file, opts, |s| {
-                        Box::pin(async move { online(s, &pb, output).await })
-                    })
+                    crate::ops::validate::print_warnings(&loaded.warnings, output);
+                    return crate::ops::session::with_loaded_session(
+                        loaded,
+                        store,
+                        state,
+                        opts,
+                        |s| Box::pin(async move { online(s, &pb, output).await }),
+                    )
                     .await;
                 }
                 Ok(_) => note(

@@ -89,12 +89,37 @@ pub async fn with_session<T>(
     opts: SessionOptions,
     body: impl for<'s> FnOnce(&'s Session) -> BodyFuture<'s, T>,
 ) -> Result<T, Error> {
-    let mut cluster = spec::load_file(file)?;
+    let cluster = spec::load_file(file)?;
+    crate::ops::validate::print_warnings(&cluster.warnings, opts.output);
+    let store = open_store(&cluster)?;
+    run(cluster, store, None, opts, body).await
+}
+
+/// [`with_session`] for a read-only command that loaded the cluster file and read the
+/// state already (to choose what to do): the session starts from them instead of
+/// reading both again (~5 ms of every `plan`). Without a lock, a state read a moment
+/// earlier is as current as one read now. A session with `opts.lock` reads it again.
+pub async fn with_loaded_session<T>(
+    cluster: LoadedCluster,
+    store: StateStore,
+    state: (StateDocument, crate::state::Version),
+    opts: SessionOptions,
+    body: impl for<'s> FnOnce(&'s Session) -> BodyFuture<'s, T>,
+) -> Result<T, Error> {
+    let state = (!opts.lock).then_some(state);
+    run(cluster, store, state, opts, body).await
+}
+
+async fn run<T>(
+    mut cluster: LoadedCluster,
+    store: StateStore,
+    state: Option<(StateDocument, crate::state::Version)>,
+    opts: SessionOptions,
+    body: impl for<'s> FnOnce(&'s Session) -> BodyFuture<'s, T>,
+) -> Result<T, Error> {
     if let Some(v) = &opts.kubernetes_version {
         cluster.cluster.spec.kubernetes_version = v.clone();
     }
-    crate::ops::validate::print_warnings(&cluster.warnings, opts.output);
-    let store = open_store(&cluster)?;
     // The lock stays owned here (the session holds a reference), so that it is released
     // below on every path, Ctrl-C included (the session's future is dropped then).
     let lock = if opts.lock {
@@ -104,7 +129,7 @@ pub async fn with_session<T>(
     };
     let session_lock = lock.clone();
     let result = crate::state::until_ctrl_c(async move {
-        let session = Session::open(cluster, store, opts, session_lock).await?;
+        let session = Session::open(cluster, store, state, opts, session_lock).await?;
         let out = body(&session).await;
         let closed = session.close().await;
         let out = out?;
@@ -127,6 +152,7 @@ impl Session {
     async fn open(
         cluster: LoadedCluster,
         store: StateStore,
+        state: Option<(StateDocument, crate::state::Version)>,
         opts: SessionOptions,
         lock: Option<Arc<LockGuard>>,
     ) -> Result<Session, Error> {
@@ -142,14 +168,21 @@ impl Session {
             provider: None,
             lock,
         };
-        session.init(store).await?;
+        session.init(store, state).await?;
         Ok(session)
     }
 
-    async fn init(&mut self, store: StateStore) -> Result<(), Error> {
+    async fn init(
+        &mut self,
+        store: StateStore,
+        state: Option<(StateDocument, crate::state::Version)>,
+    ) -> Result<(), Error> {
         let cluster = &self.cluster;
         let opts = &self.opts;
-        let (doc, version) = store.load_or_new().await?;
+        let (doc, version) = match state {
+            Some(loaded) => loaded,
+            None => store.load_or_new().await?,
+        };
         if opts.ensure_secrets && !store.has_key() {
             return Err(Error::Usage(
                 "the state will hold secrets (join token, certificate key, kubeconfig): give it an encryption key \
