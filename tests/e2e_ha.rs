@@ -234,6 +234,60 @@ fn apply_bootstraps_a_three_master_cluster_behind_a_vip() {
     );
     eprintln!("re-run: {rerun:?}");
 
+    // The cluster part of the facts (node list, etcd members, every member's health)
+    // reads the same on a first control plane whose curl has no `-Z` (before 7.66: one
+    // curl per request) and when curl's node list fails (kubectl asks): a shim in
+    // /usr/local/bin, ahead of /usr/bin in the PATH of an SSH command, logs each call.
+    let cluster_facts = || -> serde_json::Value {
+        let out = kubeforge(dir.path())
+            .args(["plan", "-f", "cluster.yaml", "-o", "json"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let facts = &plan["facts"];
+        assert_eq!(facts["nodes"].as_array().map(Vec::len), Some(5), "{facts}");
+        assert_eq!(
+            facts["etcd"]["healthy"].as_array().map(Vec::len),
+            Some(3),
+            "{facts}"
+        );
+        serde_json::json!({ "nodes": facts["nodes"], "etcd": facts["etcd"] })
+    };
+    let with_curl = cluster_facts();
+    for (shim, logged) in [
+        (
+            "for a in \"$@\"; do [ \"$a\" = -Z ] && { echo 'curl: option -Z: is unknown' >&2; exit 2; }; done; echo \"$*\" >> /run/kf-curl.log; exec /usr/bin/curl \"$@\"",
+            "/health",
+        ),
+        (
+            "n=0; for a in \"$@\"; do case $a in */api/v1/nodes) a=${a%nodes}no-such-list;; esac; [ $n = 0 ] && set --; n=1; set -- \"$@\" \"$a\"; done; echo \"$*\" >> /run/kf-curl.log; exec /usr/bin/curl \"$@\"",
+            "/api/v1/no-such-list",
+        ),
+    ] {
+        let out = docker(&[
+            "exec",
+            &cp1,
+            "sh",
+            "-c",
+            &format!(
+                "rm -f /run/kf-curl.log; printf '#!/bin/sh\\n%s\\n' '{}' > /usr/local/bin/curl && chmod 755 /usr/local/bin/curl",
+                shim.replace('\'', "'\\''")
+            ),
+        ]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let got = cluster_facts();
+        let log = docker(&["exec", &cp1, "cat", "/run/kf-curl.log"]);
+        docker(&["exec", &cp1, "rm", "-f", "/usr/local/bin/curl", "/run/kf-curl.log"]);
+        let log = String::from_utf8_lossy(&log.stdout).into_owned();
+        assert!(log.contains(logged), "the shim was not used as meant: {log}");
+        assert_eq!(got, with_curl, "with the shim: {shim}");
+    }
+
     // The admin kubeconfig changed on the first control plane outside kubeforge: a run
     // that changes nothing else still notices (its digest differs from the state's)
     // and keeps the new one.
