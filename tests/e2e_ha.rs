@@ -262,7 +262,7 @@ fn apply_bootstraps_a_three_master_cluster_behind_a_vip() {
     for (shim, logged) in [
         (
             "for a in \"$@\"; do [ \"$a\" = -Z ] && { echo 'curl: option -Z: is unknown' >&2; exit 2; }; done; echo \"$*\" >> /run/kf-curl.log; exec /usr/bin/curl \"$@\"",
-            "/health",
+            ":2379/health -o ",
         ),
         (
             "n=0; for a in \"$@\"; do case $a in */api/v1/nodes) a=${a%nodes}no-such-list;; esac; [ $n = 0 ] && set --; n=1; set -- \"$@\" \"$a\"; done; echo \"$*\" >> /run/kf-curl.log; exec /usr/bin/curl \"$@\"",
