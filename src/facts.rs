@@ -408,7 +408,7 @@ fn subnet_of(file: &str) -> String {
     format!(
         "v=; [ -r {file} ] && while IFS= read -r kfl || [ -n \"$kfl\" ]; do case $kfl in *'\"subnet\":'*) \
 kfl=${{kfl##*'\"subnet\":'}}; kfl=${{kfl#\"${{kfl%%[! ]*}}\"}}; case $kfl in '\"'*'\"'*) kfl=${{kfl#'\"'}}; \
-case ${{kfl%%'\"'*}} in *[!0-9./]*) ;; *) v=${{kfl%%'\"'*}}; break;; esac;; esac;; esac; kfl=; done < {file};"
+case ${{kfl%%'\"'*}} in *[!0-9./]*) ;; *) v=${{kfl%%'\"'*}}; break;; esac;; esac;; esac; done < {file};"
     )
 }
 
@@ -520,9 +520,7 @@ fn cluster_script(urls: &[String]) -> (String, String) {
     let mut files = String::from("$kfd/h $kfd/nodes $kfd/hm $kfd/members");
     for (i, url) in urls.iter().enumerate() {
         health.push_str(&format!(" {url}/health -o $kfd/health{i}"));
-        each.push_str(&format!(
-            "curl -sS {etcd} {url}/health -o $kfd/health{i} & "
-        ));
+        each.push_str(&format!("{} {url}/health -o $kfd/health{i} & ", etcd::CURL));
         headers.push_str(&format!(
             "printf '\\n{SECTION} health %s\\n' '{url}' > $kfd/h{i}; "
         ));
@@ -536,7 +534,7 @@ fn cluster_script(urls: &[String]) -> (String, String) {
 if [ -n \"$kfd\" ]; then ( umask 077; {nodes} \
 curl -sS -Z \"$@\" ${{1:+--next}} {etcd} {members}{health} > $kfd/codes 2>/dev/null; \
 if [ $? = 2 ] && [ ! -s $kfd/codes ]; then {{ [ $# = 0 ] || curl -sS \"$@\" >> $kfd/codes & \
-curl -sS {etcd} {members} >> $kfd/codes & {each}wait; }} 2>/dev/null; fi; \
+{curl} {members} >> $kfd/codes & {each}wait; }} 2>/dev/null; fi; \
 kfok() {{ while read -r kfo_k kfo_v kfo_r; do [ \"$kfo_k\" = \"$1\" ] && [ \"$kfo_v\" = 200 ] && [ \"${{kfo_r:-0}}\" = 0 ] && return 0; done < $kfd/codes; return 1; }}; \
 kfok kf-nodes || {{ {kubectl} get nodes -o json --request-timeout=10s > $kfd/nodes 2>/dev/null && echo 'kf-nodes 200' >> $kfd/codes; }}; \
 kfok kf-nodes; printf '{SECTION} nodes %s\\n' $? > $kfd/h; kfok kf-members; printf '\\n{SECTION} members %s\\n' $? > $kfd/hm; \
@@ -545,6 +543,7 @@ kfok kf-nodes; printf '{SECTION} nodes %s\\n' $? > $kfd/h; kfok kf-members; prin
         m = kube::MANIFESTS,
         nodes = nodes_transfer("$kfd"),
         kubectl = kube::kubectl(),
+        curl = etcd::CURL,
     );
     let collect = format!(
         "if [ -n \"$kfd\" ]; then wait; cat {files} 2>/dev/null; echo; rm -rf \"$kfd\"; fi; true"
@@ -1056,6 +1055,17 @@ mod tests {
                 .expect("shell");
             String::from_utf8_lossy(&out.stdout).into_owned()
         };
+        // Ours, under every shell, prints what `sed` printed.
+        let agree = |sed: &str, ours: &str, case: &str| {
+            let want = run(
+                "bash",
+                &format!("v=$({sed} 2>/dev/null); printf '[%s]' \"$v\""),
+            );
+            for sh in &shells {
+                let got = run(sh, &format!("{ours} printf '[%s]' \"$v\""));
+                assert_eq!(got, want, "{sh}: {case}");
+            }
+        };
         for (one, two) in cases {
             std::fs::write(&*a, one).expect("a");
             if two.is_empty() {
@@ -1063,31 +1073,19 @@ mod tests {
             } else {
                 std::fs::write(&*b, two).expect("b");
             }
-            let sed = run(
-                "bash",
-                &format!("v=$(sed -n '/^ *image: */{{s///p;q}}' {a} {b} 2>/dev/null); printf '[%s]' \"$v\""),
+            agree(
+                &format!("sed -n '/^ *image: */{{s///p;q}}' {a} {b}"),
+                &super::image_of(&[&a, &b]),
+                &format!("{one:?} {two:?}"),
             );
-            for sh in &shells {
-                let ours = run(
-                    sh,
-                    &format!("{} printf '[%s]' \"$v\"", super::image_of(&[&a, &b])),
-                );
-                assert_eq!(ours, sed, "{sh}: {one:?} {two:?}");
-            }
         }
         for text in subnets {
             std::fs::write(&*a, text).expect("a");
-            let sed = run(
-                "bash",
-                &format!("v=$(sed -n '/.*\"subnet\": *\"\\([0-9./]*\\)\".*/{{s//\\1/p;q}}' {a} 2>/dev/null); printf '[%s]' \"$v\""),
+            agree(
+                &format!("sed -n '/.*\"subnet\": *\"\\([0-9./]*\\)\".*/{{s//\\1/p;q}}' {a}"),
+                &super::subnet_of(&a),
+                &format!("{text:?}"),
             );
-            for sh in &shells {
-                let ours = run(
-                    sh,
-                    &format!("{} printf '[%s]' \"$v\"", super::subnet_of(&a)),
-                );
-                assert_eq!(ours, sed, "{sh}: {text:?}");
-            }
         }
         // Files that are not there: nothing, and nothing on stderr.
         let gone = dir.path().join("gone").to_string_lossy().into_owned();

@@ -15,10 +15,10 @@ use super::{
 };
 use bollard::errors::Error as BollardError;
 use bollard::models::{
-    ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, ContainerSummary,
-    ContainerSummaryStateEnum, DeviceMapping, EndpointIpamConfig, EndpointSettings, HostConfig,
-    HostConfigCgroupnsModeEnum, Ipam, IpamConfig, NetworkConnectRequest, NetworkCreateRequest,
-    NetworkDisconnectRequest, NetworkingConfig, VolumeCreateRequest,
+    ContainerCreateBody, ContainerInspectResponse, ContainerSummary, DeviceMapping,
+    EndpointIpamConfig, EndpointSettings, HostConfig, HostConfigCgroupnsModeEnum, Ipam, IpamConfig,
+    NetworkConnectRequest, NetworkCreateRequest, NetworkDisconnectRequest, NetworkingConfig,
+    VolumeCreateRequest,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, InspectNetworkOptions, KillContainerOptionsBuilder,
@@ -178,21 +178,16 @@ impl DockerProvider {
     }
 
     fn machine_from(&self, c: &ContainerInspectResponse) -> Machine {
-        let state = match c.state.as_ref().and_then(|s| s.status) {
-            Some(ContainerStateStatusEnum::RUNNING) => MachineState::Running,
-            Some(ContainerStateStatusEnum::PAUSED) => MachineState::Paused,
-            Some(ContainerStateStatusEnum::CREATED) => MachineState::Created,
-            Some(ContainerStateStatusEnum::EXITED) => MachineState::Stopped,
-            Some(other) => MachineState::Other(other.to_string()),
-            None => MachineState::Other("unknown".into()),
-        };
         self.machine(
             c.name.as_deref(),
             c.config.as_ref().and_then(|c| c.labels.as_ref()),
             c.network_settings
                 .as_ref()
                 .and_then(|n| n.networks.as_ref()),
-            state,
+            c.state
+                .as_ref()
+                .and_then(|s| s.status)
+                .map(|s| s.to_string()),
             c.id.as_deref(),
         )
     }
@@ -200,21 +195,13 @@ impl DockerProvider {
     /// The machine of a container as the list of containers shows it (the same fields
     /// as an inspection: no request per container).
     fn machine_from_summary(&self, c: &ContainerSummary) -> Machine {
-        let state = match c.state {
-            Some(ContainerSummaryStateEnum::RUNNING) => MachineState::Running,
-            Some(ContainerSummaryStateEnum::PAUSED) => MachineState::Paused,
-            Some(ContainerSummaryStateEnum::CREATED) => MachineState::Created,
-            Some(ContainerSummaryStateEnum::EXITED) => MachineState::Stopped,
-            Some(ContainerSummaryStateEnum::EMPTY) | None => MachineState::Other("unknown".into()),
-            Some(other) => MachineState::Other(other.to_string()),
-        };
         self.machine(
             c.names.as_ref().and_then(|n| n.first()).map(String::as_str),
             c.labels.as_ref(),
             c.network_settings
                 .as_ref()
                 .and_then(|n| n.networks.as_ref()),
-            state,
+            c.state.map(|s| s.to_string()),
             c.id.as_deref(),
         )
     }
@@ -224,9 +211,18 @@ impl DockerProvider {
         name: Option<&str>,
         labels: Option<&HashMap<String, String>>,
         networks: Option<&HashMap<String, EndpointSettings>>,
-        state: MachineState,
+        status: Option<String>,
         id: Option<&str>,
     ) -> Machine {
+        // Docker's container status, as both the inspection and the list name it.
+        let state = match status.as_deref() {
+            Some("running") => MachineState::Running,
+            Some("paused") => MachineState::Paused,
+            Some("created") => MachineState::Created,
+            Some("exited") => MachineState::Stopped,
+            Some(other) => MachineState::Other(other.to_string()),
+            None => MachineState::Other("unknown".into()),
+        };
         let name = name.unwrap_or_default().trim_start_matches('/').to_string();
         let role = labels
             .and_then(|l| l.get(LABEL_ROLE))
