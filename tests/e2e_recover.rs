@@ -91,8 +91,10 @@ fn recover(dir: &Path) -> std::process::Output {
 }
 
 /// Lose `lost`, recover, and check 4 Ready nodes and 3 started etcd members of 3.
-fn lose_and_recover(dir: &Path, lost: &[&str], what: &str) -> Duration {
+fn lose_and_recover(dir: &Path, prober: &Prober, lost: &[&str], what: &str) -> Duration {
+    let at = prober.between_rounds();
     let t0 = Instant::now();
+    eprintln!("{what}: destroyed at {at:.1} s of the prober");
     for m in lost {
         docker(&["rm", "-f", "-v", &machine(m)]);
     }
@@ -129,7 +131,7 @@ fn lose_and_recover(dir: &Path, lost: &[&str], what: &str) -> Duration {
 
 /// `recover --watch` runs (a healthy round first); `lost` is destroyed; the watch
 /// repairs it by itself. Returns the time from the loss to a healthy cluster.
-fn lose_and_watch(dir: &Path, lost: &str) -> Duration {
+fn lose_and_watch(dir: &Path, prober: &Prober, lost: &str) -> Duration {
     let bin = assert_cmd::cargo::cargo_bin("kubeforge");
     let mut child = Std::new(bin)
         .current_dir(dir)
@@ -167,7 +169,9 @@ fn lose_and_watch(dir: &Path, lost: &str) -> Duration {
     };
     let first = next(300);
     assert_eq!(first["outcome"], "healthy", "{first}");
+    let at = prober.between_rounds();
     let t0 = Instant::now();
+    eprintln!("{lost} lost under recover --watch: destroyed at {at:.1} s of the prober");
     docker(&["rm", "-f", "-v", &machine(lost)]);
     let repaired = loop {
         let round = next(900);
@@ -348,11 +352,13 @@ spec:
     through_proxy("healthy cluster");
 
     let prober = Prober::start(&format!("{SUBNET}.254:6443"));
-    prober.first_round();
     let mut figures = Vec::new();
 
     // 1. A control-plane machine is gone.
-    figures.push(("cp-2", lose_and_recover(dir.path(), &["cp-2"], "cp-2 lost")));
+    figures.push((
+        "cp-2",
+        lose_and_recover(dir.path(), &prober, &["cp-2"], "cp-2 lost"),
+    ));
 
     // 2. The same on a cluster older than 2 hours: kubeadm has deleted the uploaded
     //    control-plane certificates; recover uploads them again.
@@ -366,17 +372,25 @@ spec:
     ]);
     figures.push((
         "cp-3 (kubeadm-certs gone)",
-        lose_and_recover(dir.path(), &["cp-3"], "cp-3 lost, kubeadm-certs gone"),
+        lose_and_recover(
+            dir.path(),
+            &prober,
+            &["cp-3"],
+            "cp-3 lost, kubeadm-certs gone",
+        ),
     ));
 
     // 3. The first control-plane machine (the one kubeadm init ran on).
     figures.push((
         "cp-1 (first)",
-        lose_and_recover(dir.path(), &["cp-1"], "cp-1 lost"),
+        lose_and_recover(dir.path(), &prober, &["cp-1"], "cp-1 lost"),
     ));
 
     // 4. The worker, repaired by `recover --watch` (auto-repair) without anyone asking.
-    figures.push(("worker-1 (--watch)", lose_and_watch(dir.path(), "worker-1")));
+    figures.push((
+        "worker-1 (--watch)",
+        lose_and_watch(dir.path(), &prober, "worker-1"),
+    ));
 
     // 5. An orphaned member: added by a join that never finished (no machine runs it).
     let add = docker(&[
@@ -416,6 +430,8 @@ spec:
     assert_eq!(health().2, 3, "the orphan was removed in one run");
 
     // 6. kubeforge killed (SIGKILL) in the middle of a repair: the next run finishes it.
+    let at = prober.between_rounds();
+    eprintln!("cp-2 lost again (recover killed): destroyed at {at:.1} s of the prober");
     docker(&["rm", "-f", "-v", &machine("cp-2")]);
     let bin = assert_cmd::cargo::cargo_bin("kubeforge");
     let mut child = Std::new(bin)

@@ -164,7 +164,7 @@ spec:
 
     // sw-3's machine is lost for good; the inventory names the spare (a new address).
     let prober = Prober::start(&format!("{first}:6443"));
-    prober.first_round();
+    prober.between_rounds();
     let t0 = Instant::now();
     docker(&["rm", "-f", "-v", &format!("{MACHINES}-cp-3")]);
     inventory(

@@ -162,6 +162,7 @@ pub fn etcd_member_list(machine: &str) -> serde_json::Value {
 /// all) and GET /readyz (is the answering apiserver ready, etcd included). Records the
 /// seconds and the answer of every request that failed.
 pub struct Prober {
+    started: Instant,
     stop: Arc<AtomicBool>,
     rounds: Arc<std::sync::atomic::AtomicUsize>,
     handle: Option<std::thread::JoinHandle<Probed>>,
@@ -201,8 +202,9 @@ impl Prober {
         let flag = stop.clone();
         let rounds = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let done = rounds.clone();
+        let started = Instant::now();
         let handle = std::thread::spawn(move || {
-            let t0 = Instant::now();
+            let t0 = started;
             let mut p = Probed::default();
             while !flag.load(Ordering::Relaxed) {
                 p.requests += 1;
@@ -223,22 +225,28 @@ impl Prober {
             p
         });
         Prober {
+            started,
             stop,
             rounds,
             handle: Some(handle),
         }
     }
 
-    /// Wait until the first round has answered (at most 10 s): a disaster started now
-    /// falls between two rounds. A request in flight through HAProxy to a machine at the
-    /// instant it is destroyed breaks with it whatever the tool does (TCP mode cannot
-    /// retry an established connection); starting the loss together with the first
-    /// request made that collision likely.
-    pub fn first_round(&self) {
+    /// Wait until a round of requests has ended (at most 10 s), and return the prober's
+    /// clock then (the seconds its failures are recorded in). The prober now sleeps 1 s:
+    /// a machine destroyed at once is destroyed between two rounds. A request in flight
+    /// through HAProxy to a machine at the instant it is destroyed breaks with it
+    /// whatever the tool does (in TCP mode HAProxy cannot retry an established
+    /// connection; CI once saw `SSL_connect: SSL_ERROR_SYSCALL` in the second a control
+    /// plane was removed). Every test that destroys a machine under a prober calls this
+    /// first, so that the prober counts what the tool did after the loss.
+    pub fn between_rounds(&self) -> f64 {
+        let before = self.rounds.load(Ordering::Relaxed);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while self.rounds.load(Ordering::Relaxed) == 0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
+        while self.rounds.load(Ordering::Relaxed) == before && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
         }
+        self.started.elapsed().as_secs_f64()
     }
 
     pub fn finish(mut self) -> Probed {
