@@ -92,12 +92,7 @@ fn recover(dir: &Path) -> std::process::Output {
 
 /// Lose `lost`, recover, and check 4 Ready nodes and 3 started etcd members of 3.
 fn lose_and_recover(dir: &Path, prober: &Prober, lost: &[&str], what: &str) -> Duration {
-    let at = prober.between_rounds();
-    let t0 = Instant::now();
-    eprintln!("{what}: destroyed at {at:.1} s of the prober");
-    for m in lost {
-        docker(&["rm", "-f", "-v", &machine(m)]);
-    }
+    let t0 = prober.destroy(&lost.iter().map(|m| machine(m)).collect::<Vec<_>>());
     let out = kubeforge(dir)
         .args(["plan", "-f", "cluster.yaml"])
         .output()
@@ -169,10 +164,7 @@ fn lose_and_watch(dir: &Path, prober: &Prober, lost: &str) -> Duration {
     };
     let first = next(300);
     assert_eq!(first["outcome"], "healthy", "{first}");
-    let at = prober.between_rounds();
-    let t0 = Instant::now();
-    eprintln!("{lost} lost under recover --watch: destroyed at {at:.1} s of the prober");
-    docker(&["rm", "-f", "-v", &machine(lost)]);
+    let t0 = prober.destroy(&[machine(lost)]);
     let repaired = loop {
         let round = next(900);
         match round["outcome"].as_str() {
@@ -430,9 +422,7 @@ spec:
     assert_eq!(health().2, 3, "the orphan was removed in one run");
 
     // 6. kubeforge killed (SIGKILL) in the middle of a repair: the next run finishes it.
-    let at = prober.between_rounds();
-    eprintln!("cp-2 lost again (recover killed): destroyed at {at:.1} s of the prober");
-    docker(&["rm", "-f", "-v", &machine("cp-2")]);
+    prober.destroy(&[machine("cp-2")]);
     let bin = assert_cmd::cargo::cargo_bin("kubeforge");
     let mut child = Std::new(bin)
         .current_dir(dir.path())

@@ -164,9 +164,7 @@ spec:
 
     // sw-3's machine is lost for good; the inventory names the spare (a new address).
     let prober = Prober::start(&format!("{first}:6443"));
-    prober.between_rounds();
-    let t0 = Instant::now();
-    docker(&["rm", "-f", "-v", &format!("{MACHINES}-cp-3")]);
+    let t0 = prober.destroy(&[format!("{MACHINES}-cp-3")]);
     inventory(
         &c,
         &[

@@ -239,14 +239,27 @@ impl Prober {
     /// whatever the tool does (in TCP mode HAProxy cannot retry an established
     /// connection; CI once saw `SSL_connect: SSL_ERROR_SYSCALL` in the second a control
     /// plane was removed). Every test that destroys a machine under a prober calls this
-    /// first, so that the prober counts what the tool did after the loss.
-    pub fn between_rounds(&self) -> f64 {
+    /// (through `destroy`), so that the prober counts what the tool did after the loss.
+    fn between_rounds(&self) -> f64 {
         let before = self.rounds.load(Ordering::Relaxed);
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.rounds.load(Ordering::Relaxed) == before && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
         self.started.elapsed().as_secs_f64()
+    }
+
+    /// Destroy `machines` (`docker rm -f -v`, volumes too) between two rounds, print the
+    /// prober's second of it, and return the instant the first removal began (a loss's
+    /// clock starts there, not while waiting for the round).
+    pub fn destroy<S: AsRef<str>>(&self, machines: &[S]) -> Instant {
+        let at = self.between_rounds();
+        let lost = Instant::now();
+        for m in machines {
+            eprintln!("{} destroyed at {at:.1} s of the prober", m.as_ref());
+            docker(&["rm", "-f", "-v", m.as_ref()]);
+        }
+        lost
     }
 
     pub fn finish(mut self) -> Probed {
